@@ -1,0 +1,52 @@
+//! Command-line entry: one file per subcommand, glue only.
+
+mod generate;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about = "A pull-through OCI registry mirror that survives a bad upstream path")]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `berth=debug`.
+    #[arg(long, env = "BERTH_LOG", default_value = "info", global = true)]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the mirror.
+    Serve(serve::ServeArgs),
+    /// Write a K3s/RKE2 registries.yaml that points every configured registry at this mirror.
+    K3sRegistries(generate::K3sArgs),
+    /// Write a containerd `config_path` tree (<dir>/<registry>/hosts.toml) pointing at this mirror.
+    ContainerdHosts(generate::HostsArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::K3sRegistries(args) => generate::k3s_registries(args),
+        Command::ContainerdHosts(args) => generate::containerd_hosts(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: what went wrong and, where the message has it, the fix.
+            eprintln!("berth: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

@@ -1,0 +1,161 @@
+//! Configuration: embedded defaults ← `berth.toml` ← `BERTH_*` environment ← flags.
+//!
+//! The file is parsed into `raw` types (every key optional, unknown keys refused), then
+//! validated once into [`Config`]. Nothing downstream re-checks strings.
+
+mod raw;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+
+pub use raw::RawConfig;
+
+/// Validated configuration of one berth process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Upstream used when a request names neither `?ns=` nor a path prefix.
+    pub default_upstream: String,
+    /// How nodes reach this mirror (used by the config generators), e.g. `http://10.27.27.10:5000`.
+    pub mirror_url: Option<Url>,
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// Bytes of manifests kept in memory in front of the store.
+    pub manifest_memory_cache: u64,
+}
+
+/// One configured upstream registry.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The registry name clients use: `docker.io`, `ghcr.io`, `registry.example:5000`.
+    pub name: String,
+    /// Where its API lives: `https://registry-1.docker.io`.
+    pub url: Url,
+    pub credentials: Option<Credentials>,
+    /// Extra CA (PEM) trusted for this upstream's TLS, on top of the public roots.
+    pub ca_file: Option<PathBuf>,
+    /// How long a tag → digest answer is trusted without asking the upstream.
+    pub tag_ttl: Duration,
+    /// One-component names get `library/` (Docker Hub's official images).
+    pub official_images_prefix: bool,
+    pub transport: Transport,
+}
+
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
+/// How berth talks to one upstream over the network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transport {
+    pub connect_timeout: Duration,
+    pub tls_timeout: Duration,
+    /// Time from request sent to response headers.
+    pub header_timeout: Duration,
+    /// No body bytes for this long = a stalled transfer.
+    pub stall_timeout: Duration,
+    /// Attempts per upstream request (first try included).
+    pub max_attempts: u32,
+    /// TCP_MAXSEG clamp for upstream sockets (e.g. 1360), off when `None`.
+    pub tcp_mss: Option<u32>,
+    pub http1_only: bool,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport {
+            connect_timeout: Duration::from_secs(10),
+            tls_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(20),
+            max_attempts: 4,
+            tcp_mss: None,
+            http1_only: false,
+        }
+    }
+}
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
+
+/// The upstreams used when the config file names none.
+pub const BUILTIN_UPSTREAMS: [(&str, &str); 4] = [
+    ("docker.io", "https://registry-1.docker.io"),
+    ("ghcr.io", "https://ghcr.io"),
+    ("quay.io", "https://quay.io"),
+    ("registry.k8s.io", "https://registry.k8s.io"),
+];
+
+/// A configuration problem, reported as one line naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("config error{}: `{key}`: {message}", source_suffix(.file))]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub key: String,
+    pub message: String,
+}
+
+fn source_suffix(file: &Option<PathBuf>) -> String {
+    file.as_ref().map(|f| format!(" in {}", f.display())).unwrap_or_default()
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { file: None, key: key.into(), message: message.into() }
+    }
+}
+
+/// Values from flags and environment that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub default_upstream: Option<String>,
+    pub mirror_url: Option<String>,
+}
+
+impl Config {
+    /// Loads the file (if any), applies overrides and validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let raw = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    file: Some(path.to_owned()),
+                    key: "--config".into(),
+                    message: format!("cannot read the file: {e}"),
+                })?;
+                RawConfig::parse(&text).map_err(|mut e| {
+                    e.file = Some(path.to_owned());
+                    e
+                })?
+            }
+            None => RawConfig::default(),
+        };
+        raw.validate(overrides).map_err(|mut e| {
+            e.file = file.map(Path::to_owned);
+            e
+        })
+    }
+
+    /// Parses and validates a config from TOML text (tests, embedded examples).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        RawConfig::parse(text)?.validate(&Overrides::default())
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.get(name)
+    }
+}

@@ -1,0 +1,345 @@
+//! The file format: every key optional, unknown keys refused, then [`RawConfig::validate`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use super::{
+    BUILTIN_UPSTREAMS, Config, ConfigError, Credentials, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
+    DEFAULT_TAG_TTL, Overrides, Transport, Upstream,
+};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub default_upstream: Option<String>,
+    pub mirror_url: Option<String>,
+    pub manifest_memory_cache_mb: Option<u64>,
+    #[serde(default)]
+    pub upstream_defaults: RawUpstream,
+    pub upstreams: Option<BTreeMap<String, RawUpstream>>,
+}
+
+/// One `[upstreams."name"]` table; also the shape of `[upstream_defaults]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub url: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub tag_ttl: Option<Duration>,
+    pub official_images_prefix: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub tls_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub stall_timeout: Option<Duration>,
+    pub max_attempts: Option<u32>,
+    pub tcp_mss: Option<u32>,
+    pub http1_only: Option<bool>,
+}
+
+impl RawConfig {
+    pub fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().trim().replace('\n', " ");
+            let key = if key == "." || key.is_empty() { "(top level)".into() } else { key };
+            ConfigError::new(key, message)
+        })
+    }
+
+    pub fn validate(self, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let listen_text = overrides
+            .listen
+            .map(|a| a.to_string())
+            .or(self.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            ConfigError::new("listen", format!("`{listen_text}` is not an address like 0.0.0.0:5000"))
+        })?;
+        let data_dir = overrides
+            .data_dir
+            .clone()
+            .or(self.data_dir)
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+
+        let defaults = self.upstream_defaults;
+        for (key, set) in [
+            ("url", defaults.url.is_some()),
+            ("username", defaults.username.is_some()),
+            ("password", defaults.password.is_some()),
+            ("password_env", defaults.password_env.is_some()),
+            ("password_file", defaults.password_file.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError::new(
+                    format!("upstream_defaults.{key}"),
+                    "belongs in an [upstreams.\"<name>\"] table, not in the defaults",
+                ));
+            }
+        }
+
+        let raw_upstreams = self.upstreams.unwrap_or_else(|| {
+            BUILTIN_UPSTREAMS
+                .iter()
+                .map(|(name, url)| {
+                    (name.to_string(), RawUpstream { url: Some(url.to_string()), ..Default::default() })
+                })
+                .collect()
+        });
+        if raw_upstreams.is_empty() {
+            return Err(ConfigError::new("upstreams", "no upstream configured; add [upstreams.\"docker.io\"] or remove the empty table"));
+        }
+        let mut upstreams = BTreeMap::new();
+        for (name, raw) in raw_upstreams {
+            let upstream = raw.resolve(&name, &defaults)?;
+            upstreams.insert(name, upstream);
+        }
+
+        let default_upstream = overrides
+            .default_upstream
+            .clone()
+            .or(self.default_upstream)
+            .unwrap_or_else(|| {
+                if upstreams.contains_key("docker.io") {
+                    "docker.io".into()
+                } else {
+                    upstreams.keys().next().cloned().unwrap_or_default()
+                }
+            });
+        if !upstreams.contains_key(&default_upstream) {
+            return Err(ConfigError::new(
+                "default_upstream",
+                format!("`{default_upstream}` is not one of the configured upstreams"),
+            ));
+        }
+
+        let mirror_url = match overrides.mirror_url.clone().or(self.mirror_url) {
+            Some(text) => Some(parse_http_url("mirror_url", &text)?),
+            None => None,
+        };
+
+        Ok(Config {
+            listen,
+            data_dir,
+            default_upstream,
+            mirror_url,
+            upstreams,
+            manifest_memory_cache: self.manifest_memory_cache_mb.unwrap_or(64) * 1024 * 1024,
+        })
+    }
+}
+
+impl RawUpstream {
+    fn resolve(self, name: &str, defaults: &RawUpstream) -> Result<Upstream, ConfigError> {
+        let key = |field: &str| format!("upstreams.{name}.{field}");
+        if !valid_registry_name(name) {
+            return Err(ConfigError::new(
+                format!("upstreams.{name}"),
+                "an upstream name is a registry host such as `ghcr.io` or `registry.local:5000`",
+            ));
+        }
+        let url_text = self
+            .url
+            .ok_or_else(|| ConfigError::new(key("url"), "missing; e.g. url = \"https://ghcr.io\""))?;
+        let url = parse_http_url(&key("url"), &url_text)?;
+
+        let password = match (self.password, self.password_env, self.password_file) {
+            (Some(p), None, None) => Some(p),
+            (None, Some(var), None) => Some(std::env::var(&var).map_err(|_| {
+                ConfigError::new(key("password_env"), format!("environment variable `{var}` is not set"))
+            })?),
+            (None, None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| {
+                        ConfigError::new(key("password_file"), format!("cannot read {}: {e}", path.display()))
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            ),
+            (None, None, None) => None,
+            _ => {
+                return Err(ConfigError::new(
+                    key("password"),
+                    "set only one of password, password_env, password_file",
+                ));
+            }
+        };
+        let credentials = match (self.username, password) {
+            (Some(username), Some(password)) => Some(Credentials { username, password }),
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError::new(key("password"), "username is set but no password")),
+            (None, Some(_)) => return Err(ConfigError::new(key("username"), "a password is set but no username")),
+        };
+
+        let ca_file = self.ca_file.or(defaults.ca_file.clone());
+        if let Some(path) = &ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                ConfigError::new(key("ca_file"), format!("cannot read {}: {e}", path.display()))
+            })?;
+            let certs = rustls_pemfile::certs(&mut pem.as_slice()).filter(|c| c.is_ok()).count();
+            if certs == 0 {
+                return Err(ConfigError::new(key("ca_file"), format!("{} holds no PEM certificate", path.display())));
+            }
+        }
+
+        let base = Transport::default();
+        let transport = Transport {
+            connect_timeout: self.connect_timeout.or(defaults.connect_timeout).unwrap_or(base.connect_timeout),
+            tls_timeout: self.tls_timeout.or(defaults.tls_timeout).unwrap_or(base.tls_timeout),
+            header_timeout: self.header_timeout.or(defaults.header_timeout).unwrap_or(base.header_timeout),
+            stall_timeout: self.stall_timeout.or(defaults.stall_timeout).unwrap_or(base.stall_timeout),
+            max_attempts: self.max_attempts.or(defaults.max_attempts).unwrap_or(base.max_attempts),
+            tcp_mss: self.tcp_mss.or(defaults.tcp_mss),
+            http1_only: self.http1_only.or(defaults.http1_only).unwrap_or(base.http1_only),
+        };
+        if transport.max_attempts == 0 {
+            return Err(ConfigError::new(key("max_attempts"), "must be at least 1"));
+        }
+        if let Some(mss) = transport.tcp_mss {
+            if !(536..=9000).contains(&mss) {
+                return Err(ConfigError::new(key("tcp_mss"), format!("{mss} is outside 536..=9000")));
+            }
+        }
+        for (field, value) in [
+            ("connect_timeout", transport.connect_timeout),
+            ("tls_timeout", transport.tls_timeout),
+            ("header_timeout", transport.header_timeout),
+            ("stall_timeout", transport.stall_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(key(field), "must be longer than zero"));
+            }
+        }
+
+        let is_docker_hub = name == "docker.io" || url.host_str() == Some("registry-1.docker.io");
+        Ok(Upstream {
+            name: name.to_string(),
+            url,
+            credentials,
+            ca_file,
+            tag_ttl: self.tag_ttl.or(defaults.tag_ttl).unwrap_or(DEFAULT_TAG_TTL),
+            official_images_prefix: self.official_images_prefix.unwrap_or(is_docker_hub),
+            transport,
+        })
+    }
+}
+
+fn parse_http_url(key: &str, text: &str) -> Result<Url, ConfigError> {
+    if !text.contains("://") {
+        return Err(ConfigError::new(
+            key,
+            format!("`{text}` has no scheme; write http://{text} or https://{text}"),
+        ));
+    }
+    let url = Url::parse(text).map_err(|e| ConfigError::new(key, format!("`{text}` is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::new(key, format!("`{text}` must be an http:// or https:// URL with a host")));
+    }
+    Ok(url)
+}
+
+/// `host` or `host:port`, lowercase, as registries are named in image references.
+fn valid_registry_name(name: &str) -> bool {
+    let (host, port) = match name.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (name, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
+    host_ok && port_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_builtin_upstreams() {
+        let config = Config::from_toml("").unwrap();
+        let names: Vec<_> = config.upstreams.keys().cloned().collect();
+        assert_eq!(names, ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]);
+        assert_eq!(config.default_upstream, "docker.io");
+        assert_eq!(config.listen.to_string(), "0.0.0.0:5000");
+        assert!(config.upstreams["docker.io"].official_images_prefix);
+        assert!(!config.upstreams["ghcr.io"].official_images_prefix);
+    }
+
+    #[test]
+    fn listed_upstreams_replace_builtins() {
+        let config = Config::from_toml("[upstreams.\"ghcr.io\"]\nurl = \"https://ghcr.io\"\n").unwrap();
+        assert_eq!(config.upstreams.len(), 1);
+        assert_eq!(config.default_upstream, "ghcr.io");
+    }
+
+    #[test]
+    fn defaults_apply_and_upstream_overrides_win() {
+        let text = r#"
+            [upstream_defaults]
+            stall_timeout = "7s"
+            tcp_mss = 1360
+            [upstreams."a.io"]
+            url = "https://a.io"
+            [upstreams."b.io"]
+            url = "https://b.io"
+            stall_timeout = "3s"
+        "#;
+        let config = Config::from_toml(text).unwrap();
+        assert_eq!(config.upstreams["a.io"].transport.stall_timeout, Duration::from_secs(7));
+        assert_eq!(config.upstreams["b.io"].transport.stall_timeout, Duration::from_secs(3));
+        assert_eq!(config.upstreams["b.io"].transport.tcp_mss, Some(1360));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("lisen = \"x\"", "lisen"),
+            ("[upstreams.\"a.io\"]\nurll = \"https://a\"", "urll"),
+            ("[upstreams.\"a.io\"]\nurl = \"a.io\"", "upstreams.a.io.url"),
+            ("[upstreams.\"a.io\"]\nurl = \"ftp://a.io\"", "upstreams.a.io.url"),
+            ("[upstreams.\"a.io\"]\nurl = \"https://a.io\"\nca_file = \"/nonexistent.pem\"", "ca_file"),
+            ("default_upstream = \"nope.io\"", "default_upstream"),
+            ("[upstreams.\"a.io\"]\nurl = \"https://a.io\"\nstall_timeout = \"soon\"", "stall_timeout"),
+            ("[upstream_defaults]\nurl = \"https://a.io\"", "upstream_defaults.url"),
+            ("listen = \"nowhere\"", "listen"),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml(text).expect_err(text).to_string();
+            assert!(err.contains(key), "{text:?} → {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn registry_names() {
+        for ok in ["docker.io", "registry.k8s.io", "localhost:5000", "a-b.example"] {
+            assert!(valid_registry_name(ok), "{ok}");
+        }
+        for bad in ["", "Docker.io", "a/b", "a..b", "-a.io", "a.io:http", "a.io:99999"] {
+            assert!(!valid_registry_name(bad), "{bad}");
+        }
+    }
+}

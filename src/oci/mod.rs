@@ -1,0 +1,13 @@
+//! Pure OCI distribution types: no I/O, nothing of ours imported.
+
+mod digest;
+mod error;
+mod media;
+mod path;
+mod reference;
+
+pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use error::ErrorCode;
+pub use media::{MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, accepts};
+pub use path::{Endpoint, OciPath, PathError};
+pub use reference::{NameError, Reference, Repository, Tag};
