@@ -1,0 +1,163 @@
+//! Request handlers: extract, one call into `mirror`, map to a response.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::header::{ACCEPT, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+
+use super::ApiError;
+use crate::mirror::{BlobBody, ByteRange, Mirror};
+use crate::oci::{Digest, Endpoint, ErrorCode, OciPath};
+
+const DIGEST_HEADER: &str = "docker-content-digest";
+
+pub async fn dispatch(State(mirror): State<Arc<Mirror>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    match handle(&mirror, &method, &uri, &headers).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(mirror: &Arc<Mirror>, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Response, ApiError> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = ApiError::new(ErrorCode::Unsupported, format!("{method} is not supported: berth is a read-only mirror"))
+            .into_response();
+        response.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Ok(response);
+    }
+    let (name, endpoint) = match OciPath::parse(uri.path())? {
+        OciPath::Base => return Ok(axum::Json(serde_json::json!({})).into_response()),
+        OciPath::Endpoint { name, endpoint } => (name, endpoint),
+    };
+    let query = Query::parse(uri.query());
+    let target = mirror.route(&name, query.ns.as_deref())?;
+    let want_body = method == Method::GET;
+    match endpoint {
+        Endpoint::Manifest(reference) => {
+            let manifest = mirror.manifest(&target, &reference, &accept_list(headers)).await?;
+            Ok(Response::builder()
+                .header(CONTENT_TYPE, &manifest.media_type)
+                .header(CONTENT_LENGTH, manifest.bytes.len())
+                .header(DIGEST_HEADER, manifest.digest.to_string())
+                .body(Body::from(manifest.bytes.clone()))
+                .unwrap_or_default())
+        }
+        Endpoint::Blob(digest) => {
+            let range = headers.get(RANGE).and_then(|v| v.to_str().ok()).and_then(ByteRange::parse);
+            let mut blob = mirror.blob(&target, &digest, range, want_body).await?;
+            if let Some(stream) = blob.body.take() {
+                let served = mirror.metrics().served_bytes.clone();
+                blob.body = Some(Box::pin(futures::StreamExt::inspect(stream, move |chunk| {
+                    if let Ok(bytes) = chunk {
+                        served.inc_by(bytes.len() as u64);
+                    }
+                })));
+            }
+            Ok(blob_response(&digest, blob))
+        }
+        Endpoint::Tags => {
+            let (body, content_type) = mirror.tag_list(&target, query.tags_query().as_deref()).await?;
+            Ok(passthrough_response(body, content_type, "application/json"))
+        }
+        Endpoint::Referrers(digest) => {
+            let (body, content_type) = mirror.referrers(&target, &digest, query.referrers_query().as_deref()).await?;
+            Ok(passthrough_response(body, content_type, "application/vnd.oci.image.index.v1+json"))
+        }
+    }
+}
+
+fn blob_response(digest: &Digest, blob: BlobBody) -> Response {
+    let mut builder = Response::builder()
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .header(ACCEPT_RANGES, "bytes")
+        .header(DIGEST_HEADER, digest.to_string());
+    match (blob.range, blob.total) {
+        (Some((start, end)), Some(total)) => {
+            builder = builder
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(CONTENT_RANGE, format!("bytes {start}-{end}/{total}"))
+                .header(CONTENT_LENGTH, end - start + 1);
+        }
+        (_, Some(total)) => builder = builder.header(CONTENT_LENGTH, total),
+        (_, None) => {}
+    }
+    let body = match blob.body {
+        Some(stream) => Body::from_stream(stream),
+        None => Body::empty(),
+    };
+    builder.body(body).unwrap_or_default()
+}
+
+fn passthrough_response(body: bytes::Bytes, content_type: Option<String>, default_type: &'static str) -> Response {
+    Response::builder()
+        .header(CONTENT_TYPE, content_type.unwrap_or_else(|| default_type.to_string()))
+        .body(Body::from(body))
+        .unwrap_or_default()
+}
+
+/// The client's `Accept` list as bare media types (parameters such as `q=` dropped).
+fn accept_list(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.split(';').next().unwrap_or("").trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// The query parameters berth understands; the rest are ignored.
+struct Query {
+    ns: Option<String>,
+    n: Option<String>,
+    last: Option<String>,
+    artifact_type: Option<String>,
+}
+
+impl Query {
+    fn parse(query: Option<&str>) -> Query {
+        let mut q = Query { ns: None, n: None, last: None, artifact_type: None };
+        for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match key.as_ref() {
+                "ns" => q.ns = Some(value.into_owned()),
+                "n" => q.n = Some(value.into_owned()),
+                "last" => q.last = Some(value.into_owned()),
+                "artifactType" => q.artifact_type = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        q
+    }
+
+    fn tags_query(&self) -> Option<String> {
+        let mut out = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(n) = &self.n {
+            out.append_pair("n", n);
+        }
+        if let Some(last) = &self.last {
+            out.append_pair("last", last);
+        }
+        Some(out.finish()).filter(|s| !s.is_empty())
+    }
+
+    fn referrers_query(&self) -> Option<String> {
+        let t = self.artifact_type.as_ref()?;
+        Some(url::form_urlencoded::Serializer::new(String::new()).append_pair("artifactType", t).finish())
+    }
+}
+
+pub async fn metrics(State(mirror): State<Arc<Mirror>>) -> Response {
+    (
+        [(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        mirror.metrics().encode(),
+    )
+        .into_response()
+}
+
+pub async fn not_found(uri: Uri) -> Response {
+    ApiError::new(ErrorCode::NameUnknown, format!("no such endpoint: {}", uri.path())).into_response()
+}

@@ -1,0 +1,32 @@
+//! The only module that names axum: one catch-all `/v2/` route, parsed once into an [`OciPath`].
+
+mod error;
+mod handlers;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{any, get};
+use http::HeaderValue;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::mirror::Mirror;
+
+pub fn router(mirror: Arc<Mirror>) -> Router {
+    Router::new()
+        .route("/v2", any(handlers::dispatch))
+        .route("/v2/", any(handlers::dispatch))
+        .route("/v2/{*rest}", any(handlers::dispatch))
+        .route("/metrics", get(handlers::metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(handlers::not_found)
+        .with_state(mirror)
+        .layer(SetResponseHeaderLayer::overriding(
+            http::HeaderName::from_static("docker-distribution-api-version"),
+            HeaderValue::from_static("registry/2.0"),
+        ))
+        .layer(TraceLayer::new_for_http())
+}

@@ -1,0 +1,239 @@
+//! One upstream fill, spooled to a local file, streamed to every waiting reader.
+//!
+//! The first request for an uncached object becomes the *leader*: it gets a [`FillWriter`]
+//! and runs in its own task, so a client that disconnects never cancels the fill. Everyone
+//! else (and the leader's own client) joins as a reader of the spool file: it reads what is
+//! already there, then follows new bytes as the writer announces them. The last byte of any
+//! response is held back until the writer reports the content verified, so a bad fill can
+//! never be delivered as a complete response. A writer dropped without `complete()` wakes
+//! its readers with [`FillFailure::Abandoned`].
+
+mod reader;
+mod singleflight;
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+pub use reader::FillReader;
+pub use singleflight::Singleflight;
+
+/// Why a fill ended without content.
+#[derive(Debug, Clone)]
+pub enum FillFailure<E> {
+    /// The producer failed with this error.
+    Failed(E),
+    /// The producer went away without finishing (panic, cancelled task).
+    Abandoned,
+}
+
+#[derive(Debug, Clone)]
+pub struct FillState<E> {
+    /// Total size, once the producer knows it (from upstream headers).
+    pub total: Option<u64>,
+    /// The producer has started receiving content (headers are in).
+    pub started: bool,
+    /// Bytes written to the spool and readable.
+    pub written: u64,
+    /// `Some` once the fill is over.
+    pub outcome: Option<Result<(), FillFailure<E>>>,
+}
+
+impl<E> Default for FillState<E> {
+    fn default() -> Self {
+        FillState { total: None, started: false, written: 0, outcome: None }
+    }
+}
+
+/// An in-progress fill that readers can follow.
+pub struct Fill<E> {
+    spool: Arc<std::fs::File>,
+    state: watch::Receiver<FillState<E>>,
+}
+
+impl<E: Clone + std::fmt::Display + Send + Sync + 'static> Fill<E> {
+    /// Waits until the producer has response headers (or failed); returns the total size if known.
+    pub async fn started(&self) -> Result<Option<u64>, FillFailure<E>> {
+        let mut rx = self.state.clone();
+        loop {
+            {
+                let state = rx.borrow_and_update();
+                if let Some(Err(e)) = &state.outcome {
+                    return Err(e.clone());
+                }
+                if state.started || state.outcome.is_some() {
+                    return Ok(state.total);
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(FillFailure::Abandoned);
+            }
+        }
+    }
+
+    /// Waits for the end of the fill.
+    pub async fn finished(&self) -> Result<(), FillFailure<E>> {
+        let mut rx = self.state.clone();
+        loop {
+            if let Some(outcome) = &rx.borrow_and_update().outcome {
+                return outcome.clone();
+            }
+            if rx.changed().await.is_err() {
+                return Err(FillFailure::Abandoned);
+            }
+        }
+    }
+
+    /// Streams `[start, end)` of the content (end `None` = to the end) as it arrives.
+    pub fn reader(&self, start: u64, end: Option<u64>) -> FillReader<E> {
+        FillReader::new(self.spool.clone(), self.state.clone(), start, end)
+    }
+}
+
+/// Fills in flight, keyed by what they fetch (e.g. a digest).
+pub struct Fills<K, E> {
+    inflight: Arc<Mutex<HashMap<K, Arc<Fill<E>>>>>,
+    spool_dir: PathBuf,
+}
+
+/// What [`Fills::join`] hands out: either join an existing fill, or lead a new one.
+pub enum Joined<K: Hash + Eq + Clone, E: Clone> {
+    Follower(Arc<Fill<E>>),
+    Leader(Arc<Fill<E>>, FillWriter<K, E>),
+}
+
+impl<K, E> Fills<K, E>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    E: Clone + std::fmt::Display + Send + Sync + 'static,
+{
+    /// `spool_dir` is emptied: spool files of a previous process are never trusted.
+    pub fn new(spool_dir: &Path) -> std::io::Result<Fills<K, E>> {
+        if spool_dir.exists() {
+            std::fs::remove_dir_all(spool_dir)?;
+        }
+        std::fs::create_dir_all(spool_dir)?;
+        Ok(Fills { inflight: Arc::default(), spool_dir: spool_dir.to_owned() })
+    }
+
+    /// Joins the fill for `key`, or starts one (creating its spool file) if none is running.
+    pub fn join(&self, key: K) -> std::io::Result<Joined<K, E>> {
+        let mut inflight = self.inflight.lock().unwrap();
+        if let Some(fill) = inflight.get(&key) {
+            return Ok(Joined::Follower(fill.clone()));
+        }
+        let path = self.spool_dir.join(format!("fill-{:016x}", rand::random::<u64>()));
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        let spool = Arc::new(file);
+        let (tx, rx) = watch::channel(FillState::default());
+        let fill = Arc::new(Fill { spool: spool.clone(), state: rx });
+        inflight.insert(key.clone(), fill.clone());
+        let writer = FillWriter {
+            key,
+            inflight: self.inflight.clone(),
+            spool,
+            path,
+            state: tx,
+            done: false,
+            committed: false,
+        };
+        Ok(Joined::Leader(fill, writer))
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inflight.lock().unwrap().len()
+    }
+}
+
+/// The producer's end of a fill. Only `complete()` reports success; dropping it fails the fill.
+pub struct FillWriter<K: Hash + Eq + Clone, E: Clone> {
+    key: K,
+    inflight: Arc<Mutex<HashMap<K, Arc<Fill<E>>>>>,
+    spool: Arc<std::fs::File>,
+    path: PathBuf,
+    state: watch::Sender<FillState<E>>,
+    done: bool,
+    committed: bool,
+}
+
+impl<K: Hash + Eq + Clone, E: Clone> FillWriter<K, E> {
+    /// Response headers are in; `total` is the size if the upstream said.
+    pub fn start(&self, total: Option<u64>) {
+        self.state.send_modify(|s| {
+            s.started = true;
+            s.total = total;
+        });
+    }
+
+    /// Bytes written so far (where a resumed transfer continues).
+    pub fn written(&self) -> u64 {
+        self.state.borrow().written
+    }
+
+    /// Appends a chunk to the spool and lets readers see it.
+    pub async fn append(&self, chunk: bytes::Bytes) -> std::io::Result<()> {
+        let file = self.spool.clone();
+        let offset = self.written();
+        let len = chunk.len() as u64;
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(&chunk, offset)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.state.send_modify(|s| s.written = offset + len);
+        Ok(())
+    }
+
+    /// Flushes the spool to disk; call before handing the file to the store.
+    pub async fn sync(&self) -> std::io::Result<()> {
+        let file = self.spool.clone();
+        tokio::task::spawn_blocking(move || file.sync_data()).await.map_err(std::io::Error::other)?
+    }
+
+    /// The spool file's path, for the store to adopt after verification.
+    pub fn spool_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The store now owns the spool file (it was moved or uploaded); don't delete it on drop.
+    pub fn mark_committed(&mut self) {
+        self.committed = true;
+    }
+
+    /// Success: the content is verified and stored. Readers may now deliver the last byte.
+    pub fn complete(mut self) {
+        self.finish(Ok(()));
+    }
+
+    /// Failure: readers abort their responses; the next request starts a fresh fill.
+    pub fn fail(mut self, error: E) {
+        self.finish(Err(FillFailure::Failed(error)));
+    }
+
+    fn finish(&mut self, outcome: Result<(), FillFailure<E>>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        // Leave the in-flight map first, so a request arriving after a failure starts afresh
+        // and one arriving after success finds the object in the store.
+        self.inflight.lock().unwrap().remove(&self.key);
+        if let (Ok(total), Ok(())) = (self.spool.metadata().map(|m| m.len()), &outcome) {
+            self.state.send_modify(|s| s.total = Some(total));
+        }
+        self.state.send_modify(|s| s.outcome = Some(outcome));
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, E: Clone> Drop for FillWriter<K, E> {
+    fn drop(&mut self) {
+        self.finish(Err(FillFailure::Abandoned));
+    }
+}

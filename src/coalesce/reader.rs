@@ -1,0 +1,105 @@
+//! A reader that follows a fill's spool file as it grows.
+
+use std::fmt::Display;
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use tokio::sync::watch;
+
+use super::{FillFailure, FillState};
+
+const CHUNK: u64 = 256 * 1024;
+
+/// Streams `[pos, end)` of a fill. Construct with [`super::Fill::reader`].
+pub struct FillReader<E> {
+    spool: Arc<std::fs::File>,
+    state: watch::Receiver<FillState<E>>,
+    pos: u64,
+    end: Option<u64>,
+}
+
+enum Step {
+    Read(u64),
+    Wait,
+    Done,
+    Fail(io::Error),
+}
+
+impl<E: Clone + Display + Send + Sync + 'static> FillReader<E> {
+    pub(super) fn new(spool: Arc<std::fs::File>, state: watch::Receiver<FillState<E>>, pos: u64, end: Option<u64>) -> Self {
+        FillReader { spool, state, pos, end }
+    }
+
+    pub fn into_stream(self) -> BoxStream<'static, io::Result<Bytes>> {
+        futures::stream::unfold(Some(self), |reader| async move {
+            let mut reader = reader?;
+            match reader.next_chunk().await {
+                Ok(Some(bytes)) => Some((Ok(bytes), Some(reader))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+        .boxed()
+    }
+
+    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        loop {
+            match self.step() {
+                Step::Read(len) => {
+                    let bytes = self.read_at(self.pos, len).await?;
+                    self.pos += bytes.len() as u64;
+                    return Ok(Some(bytes));
+                }
+                Step::Done => return Ok(None),
+                Step::Fail(e) => return Err(e),
+                Step::Wait => {
+                    if self.state.changed().await.is_err() {
+                        return Err(io::Error::other("fill abandoned by its producer"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decides what to do with the state as it is now.
+    fn step(&mut self) -> Step {
+        let state = self.state.borrow_and_update();
+        let verified = match &state.outcome {
+            Some(Ok(())) => true,
+            Some(Err(FillFailure::Failed(e))) => return Step::Fail(io::Error::other(format!("upstream fill failed: {e}"))),
+            Some(Err(FillFailure::Abandoned)) => return Step::Fail(io::Error::other("fill abandoned by its producer")),
+            None => false,
+        };
+        let limit = self.end.or(state.total);
+        if verified && limit.is_none_or(|l| self.pos >= l) && self.pos >= state.written.min(limit.unwrap_or(u64::MAX)) {
+            return Step::Done;
+        }
+        let mut available = state.written;
+        if let Some(l) = limit {
+            available = available.min(l);
+        }
+        if !verified {
+            // Hold back the last byte of the response until the content is verified, so an
+            // unverified fill can never look like a complete response.
+            available = available.min(state.written.saturating_sub(1));
+            if let Some(l) = limit {
+                available = available.min(l.saturating_sub(1));
+            }
+        }
+        if self.pos < available { Step::Read((available - self.pos).min(CHUNK)) } else { Step::Wait }
+    }
+
+    async fn read_at(&self, offset: u64, len: u64) -> io::Result<Bytes> {
+        let file = self.spool.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; len as usize];
+            file.read_exact_at(&mut buf, offset)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+}

@@ -1,0 +1,71 @@
+//! What can go wrong serving a pull, shaped for the API to pick status and OCI code.
+
+use std::time::Duration;
+
+use crate::oci::{NameError, Repository};
+use crate::upstream::UpstreamError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MirrorError {
+    #[error("registry `{0}` is not configured on this mirror; add it under [upstreams] in berth.toml")]
+    UnknownRegistry(String),
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    #[error("manifest unknown to {upstream}: {repo}:{reference}")]
+    ManifestUnknown { upstream: String, repo: Repository, reference: String },
+    #[error("blob unknown to {upstream}: {repo}@{digest}")]
+    BlobUnknown { upstream: String, repo: Repository, digest: String },
+    #[error("{upstream} refused access to {repo} (it does not exist there, or berth needs credentials for it)")]
+    Denied { upstream: String, repo: Repository },
+    #[error("{upstream} is rate limiting berth")]
+    RateLimited { upstream: String, retry_after: Option<Duration> },
+    #[error("{upstream} is unreachable and the content is not cached: {cause}")]
+    Unreachable { upstream: String, cause: String },
+    #[error("{upstream} failed: {cause}")]
+    BadUpstream { upstream: String, cause: String },
+    #[error("content from {upstream} failed verification: {cause}")]
+    Verification { upstream: String, cause: String },
+    #[error("requested range is not satisfiable for a blob of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("the manifest is larger than the 4 MiB limit")]
+    ManifestTooLarge,
+    #[error("local storage failed: {0}")]
+    Store(String),
+    /// Another fill committed the object while this one was starting; read the store instead.
+    #[error("object appeared in the store while filling")]
+    Raced,
+}
+
+impl MirrorError {
+    /// Converts an upstream failure for content that is not cached.
+    pub(crate) fn from_upstream(upstream: &str, repo: &Repository, reference: Reference<'_>, e: UpstreamError) -> MirrorError {
+        let upstream = upstream.to_string();
+        match e {
+            UpstreamError::NotFound => match reference {
+                Reference::Manifest(r) => MirrorError::ManifestUnknown { upstream, repo: repo.clone(), reference: r.into() },
+                Reference::Blob(d) => MirrorError::BlobUnknown { upstream, repo: repo.clone(), digest: d.into() },
+                Reference::Other => MirrorError::BadUpstream { upstream, cause: "not found".into() },
+            },
+            UpstreamError::Denied { .. } => MirrorError::Denied { upstream, repo: repo.clone() },
+            UpstreamError::TooManyRequests { retry_after } => MirrorError::RateLimited { upstream, retry_after },
+            UpstreamError::Transport(_) | UpstreamError::Timeout(_) | UpstreamError::Stalled(_) => {
+                MirrorError::Unreachable { upstream, cause: e.to_string() }
+            }
+            UpstreamError::Status { .. } | UpstreamError::Protocol(_) => MirrorError::BadUpstream { upstream, cause: e.to_string() },
+        }
+    }
+}
+
+/// What was being fetched, for naming the right "unknown" error.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reference<'a> {
+    Manifest(&'a str),
+    Blob(&'a str),
+    Other,
+}
+
+impl From<crate::store::StoreError> for MirrorError {
+    fn from(e: crate::store::StoreError) -> Self {
+        MirrorError::Store(e.to_string())
+    }
+}

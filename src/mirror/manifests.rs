@@ -1,0 +1,263 @@
+//! Manifests: tag freshness, stale serving, digest verification.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Method};
+use tokio::time::Instant;
+
+use crate::oci::{Digest, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, Reference, Tag, accepts};
+use crate::store::keys;
+use crate::upstream::{Kind, Request, UpstreamError};
+
+use super::error::Reference as What;
+use super::tags::TagRecord;
+use super::{Mirror, MirrorError, Target};
+
+/// How long a tag revalidation may take when a last known answer is there to fall back on.
+const REVALIDATE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A manifest as the registry sent it: bytes untouched, media type from its `Content-Type`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+impl Manifest {
+    /// Stored form: the media type on the first line, then the exact bytes.
+    fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.media_type.len() + 1 + self.bytes.len());
+        out.put_slice(self.media_type.as_bytes());
+        out.put_u8(b'\n');
+        out.put_slice(&self.bytes);
+        out.freeze()
+    }
+
+    fn decode(digest: Digest, stored: Bytes) -> Option<Manifest> {
+        let newline = stored.iter().position(|&b| b == b'\n')?;
+        let media_type = std::str::from_utf8(&stored[..newline]).ok()?.to_string();
+        Some(Manifest { digest, media_type, bytes: stored.slice(newline + 1..) })
+    }
+}
+
+impl Mirror {
+    /// The manifest for a tag or digest, from the cache when it may be, else from the upstream.
+    pub async fn manifest(self: &Arc<Self>, target: &Target, reference: &Reference, accept: &[String]) -> Result<Arc<Manifest>, MirrorError> {
+        match reference {
+            Reference::Digest(digest) => self.manifest_by_digest(target, digest, accept).await,
+            Reference::Tag(tag) => {
+                let record = self.resolve_tag(target, tag, accept).await?;
+                if !accepts(accept, &record.media_type) {
+                    // The client cannot take what the tag points to for everyone else; ask the
+                    // upstream for what it can take, without touching the shared tag record.
+                    return self.fetch_manifest(target, tag.as_str(), None, Some(accept)).await;
+                }
+                self.manifest_by_digest(target, &record.digest, accept).await
+            }
+        }
+    }
+
+    async fn cached_manifest(&self, digest: &Digest) -> Option<Arc<Manifest>> {
+        if let Some(m) = self.manifests.get(digest).await {
+            return Some(m);
+        }
+        let stored = self.store.get(&keys::manifest(digest)).await.ok()??;
+        let manifest = Arc::new(Manifest::decode(digest.clone(), stored)?);
+        self.manifests.insert(digest.clone(), manifest.clone()).await;
+        Some(manifest)
+    }
+
+    async fn manifest_by_digest(self: &Arc<Self>, target: &Target, digest: &Digest, accept: &[String]) -> Result<Arc<Manifest>, MirrorError> {
+        if let Some(m) = self.cached_manifest(digest).await {
+            self.metrics.cache_lookup("manifest", true);
+            return Ok(m);
+        }
+        self.metrics.cache_lookup("manifest", false);
+        let (this, target2, digest2, accept) = (self.clone(), target.clone(), digest.clone(), accept.to_vec());
+        let key = (target.upstream_name().to_string(), digest.clone());
+        self.manifest_flights
+            .run(key, async move { this.fetch_manifest(&target2, &digest2.to_string(), Some(&digest2), Some(&accept)).await })
+            .await
+    }
+
+    /// Tag → digest, honouring `tag_ttl`, revalidating with a HEAD, serving the last known
+    /// answer when the upstream fails.
+    async fn resolve_tag(self: &Arc<Self>, target: &Target, tag: &Tag, accept: &[String]) -> Result<TagRecord, MirrorError> {
+        let known = self.known_tag(target, tag).await;
+        if let Some(record) = &known {
+            if record.age() < target.upstream.config().tag_ttl {
+                self.metrics.tag_lookup(target.upstream_name(), "fresh");
+                return Ok(record.clone());
+            }
+        }
+        let key = (target.upstream_name().to_string(), target.repo.clone(), tag.clone());
+        let (this, target2, tag2, accept) = (self.clone(), target.clone(), tag.clone(), accept.to_vec());
+        self.tag_flights
+            .run(key, async move {
+                let revalidation = this.revalidate_tag(&target2, &tag2, known.as_ref(), &accept);
+                let result = match &known {
+                    Some(_) => tokio::time::timeout(REVALIDATE_DEADLINE, revalidation).await.unwrap_or_else(|_| {
+                        Err(MirrorError::Unreachable {
+                            upstream: target2.upstream_name().into(),
+                            cause: format!("no answer within {REVALIDATE_DEADLINE:?}"),
+                        })
+                    }),
+                    None => revalidation.await,
+                };
+                match (result, known) {
+                    (Ok(record), _) => Ok(record),
+                    (Err(e @ MirrorError::ManifestUnknown { .. }), _) => Err(e),
+                    (Err(e), Some(stale)) => {
+                        tracing::warn!(upstream = %target2.upstream_name(), repo = %target2.repo, tag = %tag2,
+                            digest = %stale.digest, error = %e, "upstream failed; serving the last known digest");
+                        this.metrics.tag_lookup(target2.upstream_name(), "stale");
+                        Ok(stale)
+                    }
+                    (Err(e), None) => Err(e),
+                }
+            })
+            .await
+    }
+
+    async fn revalidate_tag(&self, target: &Target, tag: &Tag, known: Option<&TagRecord>, accept: &[String]) -> Result<TagRecord, MirrorError> {
+        let upstream = target.upstream_name();
+        if let Some(known) = known {
+            // HEAD is free on Docker Hub's pull limit; only a changed digest costs a GET.
+            let request = Request {
+                kind: Kind::Manifest,
+                method: Method::HEAD,
+                repo: target.repo.clone(),
+                endpoint: format!("manifests/{tag}"),
+                query: None,
+                accept: Some(upstream_accept(accept)),
+                range_from: None,
+            };
+            let response = target
+                .upstream
+                .send(&request)
+                .await
+                .map_err(|e| MirrorError::from_upstream(upstream, &target.repo, What::Manifest(tag.as_str()), e))?;
+            let digest = header_digest(response.headers());
+            if digest.as_ref() == Some(&known.digest) && self.cached_manifest(&known.digest).await.is_some() {
+                let record = TagRecord { checked: Some(Instant::now()), ..known.clone() };
+                self.remember_tag(target, tag, &record).await?;
+                self.metrics.tag_lookup(upstream, "revalidated");
+                return Ok(record);
+            }
+        }
+        let manifest = self.fetch_manifest(target, tag.as_str(), None, Some(accept)).await?;
+        let record = TagRecord { digest: manifest.digest.clone(), media_type: manifest.media_type.clone(), checked: Some(Instant::now()) };
+        self.remember_tag(target, tag, &record).await?;
+        self.metrics.tag_lookup(upstream, "refreshed");
+        Ok(record)
+    }
+
+    /// GETs a manifest from the upstream, verifies it and stores it by digest.
+    async fn fetch_manifest(&self, target: &Target, reference: &str, expected: Option<&Digest>, accept: Option<&[String]>) -> Result<Arc<Manifest>, MirrorError> {
+        let upstream = target.upstream_name();
+        let failed = |e: UpstreamError| MirrorError::from_upstream(upstream, &target.repo, What::Manifest(reference), e);
+        let request = Request {
+            kind: Kind::Manifest,
+            method: Method::GET,
+            repo: target.repo.clone(),
+            endpoint: format!("manifests/{reference}"),
+            query: None,
+            accept: Some(upstream_accept(accept.unwrap_or_default())),
+            range_from: None,
+        };
+        let response = target.upstream.send(&request).await.map_err(failed)?;
+        let declared_len = response
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared_len.is_some_and(|len| len > MAX_MANIFEST_SIZE) {
+            return Err(MirrorError::ManifestTooLarge);
+        }
+        let header_digest = header_digest(response.headers());
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+            .filter(|v| !v.is_empty());
+        let bytes = target.upstream.read_to_bytes(response.into_body(), MAX_MANIFEST_SIZE).await.map_err(|e| match e {
+            UpstreamError::Protocol(_) => MirrorError::ManifestTooLarge,
+            e => failed(e),
+        })?;
+        let media_type = content_type.unwrap_or_else(|| sniff_media_type(&bytes));
+
+        // By digest: the bytes must hash to it. By tag: to the upstream's Docker-Content-Digest.
+        let digest = match (expected, &header_digest) {
+            (Some(want), _) => want.clone(),
+            (None, Some(header)) => header.clone(),
+            (None, None) => Digest::sha256_of(&bytes),
+        };
+        let actual = Digest::of(digest.algorithm(), &bytes);
+        if actual != digest {
+            self.metrics.verify_failures.inc();
+            return Err(MirrorError::Verification {
+                upstream: upstream.into(),
+                cause: format!("manifest {}:{reference} hashes to {actual}, expected {digest}", target.repo),
+            });
+        }
+        let manifest = Arc::new(Manifest { digest: digest.clone(), media_type, bytes });
+        self.store.put(&keys::manifest(&digest), manifest.encode()).await?;
+        self.manifests.insert(digest, manifest.clone()).await;
+        Ok(manifest)
+    }
+}
+
+/// The full list of manifest types plus anything else the client named: a tag record is
+/// shared by every client, so it is made from the richest answer (an index, not one platform).
+fn upstream_accept(client: &[String]) -> HeaderValue {
+    let mut types: Vec<&str> = MANIFEST_MEDIA_TYPES.to_vec();
+    for t in client {
+        if !types.contains(&t.as_str()) {
+            types.push(t);
+        }
+    }
+    HeaderValue::from_str(&types.join(", ")).unwrap_or_else(|_| HeaderValue::from_static(crate::oci::MANIFEST_MEDIA_TYPES[0]))
+}
+
+fn header_digest(headers: &http::HeaderMap) -> Option<Digest> {
+    headers.get("docker-content-digest")?.to_str().ok()?.trim().parse().ok()
+}
+
+/// For upstreams that send no Content-Type: the manifest's own `mediaType`, else OCI manifest.
+fn sniff_media_type(bytes: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    serde_json::from_slice::<Probe>(bytes)
+        .ok()
+        .and_then(|p| p.media_type)
+        .unwrap_or_else(|| crate::oci::MANIFEST_MEDIA_TYPES[1].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_form_round_trips_exact_bytes() {
+        let bytes = Bytes::from_static(b"{\n \"schemaVersion\": 2 }\n\n");
+        let m = Manifest { digest: Digest::sha256_of(&bytes), media_type: "application/x-odd".into(), bytes };
+        assert_eq!(Manifest::decode(m.digest.clone(), m.encode()), Some(m));
+    }
+
+    #[test]
+    fn upstream_accept_keeps_client_extras() {
+        let value = upstream_accept(&["application/vnd.docker.distribution.manifest.v1+prettyjws".into(), "*/*".into()]);
+        let text = value.to_str().unwrap();
+        assert!(text.starts_with("application/vnd.oci.image.index.v1+json"));
+        assert!(text.contains("prettyjws"));
+        assert!(text.ends_with("*/*"));
+    }
+}

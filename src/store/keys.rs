@@ -1,0 +1,16 @@
+//! Store key layout. Every key is built here from validated types, never from raw input.
+
+use crate::oci::{Digest, Repository, Tag};
+
+pub fn blob(digest: &Digest) -> String {
+    format!("blobs/{}/{}", digest.algorithm().as_str(), digest.hex())
+}
+
+pub fn manifest(digest: &Digest) -> String {
+    format!("manifests/{}/{}", digest.algorithm().as_str(), digest.hex())
+}
+
+/// `_tags` cannot collide with a repository component (components start with [a-z0-9]).
+pub fn tag(upstream: &str, repo: &Repository, tag: &Tag) -> String {
+    format!("tags/{upstream}/{repo}/_tags/{tag}")
+}

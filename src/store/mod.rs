@@ -1,0 +1,47 @@
+//! Where cached content lives: a key/value object store with range reads.
+//!
+//! Keys are built only from validated types (see [`keys`]). Blobs arrive as verified spool
+//! files ([`BlobStore::commit_file`]); small objects (manifests, tag records) via [`BlobStore::put`].
+//! Every write is atomic: a reader sees the whole object or nothing.
+
+mod disk;
+pub mod keys;
+
+use std::ops::Range;
+use std::path::Path;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+pub use disk::DiskStore;
+
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O error on {key}: {source}")]
+    Io { key: String, source: std::io::Error },
+    #[error("invalid store key {0:?}")]
+    InvalidKey(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(key: &str, source: std::io::Error) -> StoreError {
+        StoreError::Io { key: key.to_string(), source }
+    }
+}
+
+#[async_trait::async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Size of the object, or `None` if absent.
+    async fn size(&self, key: &str) -> Result<Option<u64>, StoreError>;
+    /// Streams `range` of the object (the caller has checked it against the size).
+    async fn read(&self, key: &str, range: Range<u64>) -> Result<ByteStream, StoreError>;
+    /// Reads a small object whole, or `None` if absent.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
+    /// Writes a small object atomically.
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError>;
+    /// Adopts a complete, verified local file as the object (moving or uploading it).
+    async fn commit_file(&self, key: &str, file: &Path) -> Result<(), StoreError>;
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+}

@@ -1,0 +1,62 @@
+//! Upstream failures, shaped by what the caller must decide: retry, serve stale, or tell the client.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("not found upstream")]
+    NotFound,
+    #[error("upstream refused access (HTTP {status}); check the upstream's credentials")]
+    Denied { status: u16 },
+    #[error("upstream rate limit (HTTP 429)")]
+    TooManyRequests { retry_after: Option<Duration> },
+    #[error("upstream answered HTTP {status}")]
+    Status { status: u16, retry_after: Option<Duration> },
+    #[error("upstream connection failed: {0}")]
+    Transport(String),
+    #[error("upstream timed out: {0}")]
+    Timeout(String),
+    #[error("upstream transfer stalled: no bytes for {0:?}")]
+    Stalled(Duration),
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+}
+
+impl UpstreamError {
+    /// Worth another attempt: the network or the upstream's momentary state, not the request.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            UpstreamError::Transport(_) | UpstreamError::Timeout(_) | UpstreamError::Stalled(_) => true,
+            UpstreamError::TooManyRequests { .. } => true,
+            UpstreamError::Status { status, .. } => *status >= 500,
+            UpstreamError::NotFound | UpstreamError::Denied { .. } | UpstreamError::Protocol(_) => false,
+        }
+    }
+
+    /// The upstream's own answer (as opposed to "we could not reach it").
+    pub fn is_definitive(&self) -> bool {
+        matches!(self, UpstreamError::NotFound | UpstreamError::Denied { .. })
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            UpstreamError::TooManyRequests { retry_after } | UpstreamError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub(crate) fn from_hyper(e: hyper_util::client::legacy::Error) -> UpstreamError {
+        // The connector's io::Error (timeouts, refused, TLS) sits in the source chain.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::TimedOut {
+                    return UpstreamError::Timeout(io.to_string());
+                }
+                return UpstreamError::Transport(io.to_string());
+            }
+            source = s.source();
+        }
+        UpstreamError::Transport(e.to_string())
+    }
+}
