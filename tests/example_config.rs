@@ -1,0 +1,55 @@
+//! The shipped example config must parse and mean exactly the built-in defaults,
+//! so the documentation cannot drift from the code.
+
+use berth::config::Config;
+
+#[test]
+fn shipped_example_equals_builtin_defaults() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/berth.toml")).unwrap();
+    let example = Config::from_toml(&text).expect("config/berth.toml must parse");
+    let builtin = Config::from_toml("").unwrap();
+    assert_eq!(example.listen, builtin.listen);
+    assert_eq!(example.data_dir, builtin.data_dir);
+    assert_eq!(example.default_upstream, builtin.default_upstream);
+    assert_eq!(example.manifest_memory_cache, builtin.manifest_memory_cache);
+    let names = |c: &Config| c.upstreams.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&example), names(&builtin));
+    for (name, upstream) in &builtin.upstreams {
+        let documented = &example.upstreams[name];
+        assert_eq!(documented.url, upstream.url, "{name}");
+        assert_eq!(documented.transport, upstream.transport, "{name}");
+        assert_eq!(documented.tag_ttl, upstream.tag_ttl, "{name}");
+        assert_eq!(documented.official_images_prefix, upstream.official_images_prefix, "{name}");
+    }
+}
+
+#[test]
+fn every_documented_key_is_a_real_key() {
+    // Uncommenting every `# key = value` line must still parse: commented examples are real keys.
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/berth.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let pem = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap().cert.pem();
+    std::fs::write(&ca, pem).unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "token\n").unwrap();
+    let uncommented: String = text
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if is_key_line(rest) => rest.to_string(),
+            _ => line.to_string(),
+        })
+        .map(|line| line.replace("/etc/berth/extra-ca.pem", ca.to_str().unwrap()))
+        .map(|line| line.replace("/etc/berth/dockerhub-token", secret.to_str().unwrap()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = Config::from_toml(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    assert_eq!(config.upstreams["docker.io"].transport.tcp_mss, Some(1360));
+    assert!(config.upstreams["docker.io"].credentials.is_some());
+    assert!(config.mirror_url.is_some());
+}
+
+/// `key = value` with a bare lowercase key: a commented-out setting, not prose.
+fn is_key_line(line: &str) -> bool {
+    line.split_once(" = ").is_some_and(|(key, _)| !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+}
