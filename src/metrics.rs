@@ -48,13 +48,45 @@ impl Default for Metrics {
         let cache_lookups = Family::default();
         let served_bytes = Counter::default();
         let verify_failures = Counter::default();
-        registry.register("upstream_requests", "Requests sent to upstream registries", upstream_requests.clone());
-        registry.register("upstream_blob_bytes", "Blob body bytes received from upstreams", upstream_blob_bytes.clone());
-        registry.register("tag_lookups", "Tag resolutions by outcome", tag_lookups.clone());
-        registry.register("cache_lookups", "Cache lookups by kind and result", cache_lookups.clone());
-        registry.register("served_blob_bytes", "Blob bytes sent to clients", served_bytes.clone());
-        registry.register("verify_failures", "Upstream content that failed digest verification", verify_failures.clone());
-        Metrics { registry, upstream_requests, upstream_blob_bytes, tag_lookups, cache_lookups, served_bytes, verify_failures }
+        registry.register(
+            "upstream_requests",
+            "Requests sent to upstream registries",
+            upstream_requests.clone(),
+        );
+        registry.register(
+            "upstream_blob_bytes",
+            "Blob body bytes received from upstreams",
+            upstream_blob_bytes.clone(),
+        );
+        registry.register(
+            "tag_lookups",
+            "Tag resolutions by outcome",
+            tag_lookups.clone(),
+        );
+        registry.register(
+            "cache_lookups",
+            "Cache lookups by kind and result",
+            cache_lookups.clone(),
+        );
+        registry.register(
+            "served_blob_bytes",
+            "Blob bytes sent to clients",
+            served_bytes.clone(),
+        );
+        registry.register(
+            "verify_failures",
+            "Upstream content that failed digest verification",
+            verify_failures.clone(),
+        );
+        Metrics {
+            registry,
+            upstream_requests,
+            upstream_blob_bytes,
+            tag_lookups,
+            cache_lookups,
+            served_bytes,
+            verify_failures,
+        }
     }
 }
 
@@ -66,15 +98,27 @@ impl Metrics {
     }
 
     pub fn upstream_request(&self, upstream: &str, kind: &'static str) {
-        self.upstream_requests.get_or_create(&UpstreamLabels { upstream: upstream.into(), kind }).inc();
+        self.upstream_requests
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.into(),
+                kind,
+            })
+            .inc();
     }
 
     pub fn tag_lookup(&self, upstream: &str, outcome: &'static str) {
-        self.tag_lookups.get_or_create(&UpstreamOutcomeLabels { upstream: upstream.into(), outcome }).inc();
+        self.tag_lookups
+            .get_or_create(&UpstreamOutcomeLabels {
+                upstream: upstream.into(),
+                outcome,
+            })
+            .inc();
     }
 
     pub fn cache_lookup(&self, kind: &'static str, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
-        self.cache_lookups.get_or_create(&CacheLabels { kind, result }).inc();
+        self.cache_lookups
+            .get_or_create(&CacheLabels { kind, result })
+            .inc();
     }
 }

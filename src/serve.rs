@@ -12,10 +12,18 @@ use crate::mirror::Mirror;
 use crate::store::DiskStore;
 
 /// Serves the mirror on `listener` until `shutdown` resolves. Shared by `berth serve` and tests.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data_dir {}; pick another with --data-dir", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create data_dir {}; pick another with --data-dir",
+            config.data_dir.display()
+        )
+    })?;
     let store = DiskStore::open(&config.data_dir)
         .with_context(|| format!("cannot open the cache in {}", config.data_dir.display()))?;
     let metrics = Arc::new(Metrics::default());
@@ -23,6 +31,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let app = crate::api::router(mirror);
     tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(),
         upstreams = ?config.upstreams.keys().collect::<Vec<_>>(), default = %config.default_upstream, "berth is serving");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }

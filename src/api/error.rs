@@ -21,7 +21,8 @@ pub struct ApiError {
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
-            status: StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            status: StatusCode::from_u16(code.status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code: code.as_str(),
             message: message.into(),
             headers: Vec::new(),
@@ -58,24 +59,31 @@ impl From<MirrorError> for ApiError {
         match e {
             MirrorError::UnknownRegistry(_) => ApiError::new(ErrorCode::NameUnknown, message),
             MirrorError::InvalidName(_) => ApiError::new(ErrorCode::NameInvalid, message),
-            MirrorError::ManifestUnknown { .. } => ApiError::new(ErrorCode::ManifestUnknown, message),
+            MirrorError::ManifestUnknown { .. } => {
+                ApiError::new(ErrorCode::ManifestUnknown, message)
+            }
             MirrorError::BlobUnknown { .. } => ApiError::new(ErrorCode::BlobUnknown, message),
             MirrorError::Denied { .. } => ApiError::new(ErrorCode::NameUnknown, message),
             MirrorError::RateLimited { retry_after, .. } => {
                 let wait = retry_after.map_or(60, |d| d.as_secs().max(1));
                 ApiError::new(ErrorCode::TooManyRequests, message).with_header(RETRY_AFTER, wait)
             }
-            MirrorError::Unreachable { .. } => ApiError::new(ErrorCode::Unavailable, message)
-                .with_status(StatusCode::SERVICE_UNAVAILABLE)
-                .with_header(RETRY_AFTER, UNREACHABLE_RETRY_AFTER_SECS),
+            MirrorError::Unreachable { retry_after, .. } => {
+                ApiError::new(ErrorCode::Unavailable, message)
+                    .with_status(StatusCode::SERVICE_UNAVAILABLE)
+                    .with_header(
+                        RETRY_AFTER,
+                        retry_after.map_or(UNREACHABLE_RETRY_AFTER_SECS, |d| d.as_secs().max(1)),
+                    )
+            }
             MirrorError::BadUpstream { .. } | MirrorError::Verification { .. } => {
                 ApiError::new(ErrorCode::Unavailable, message).with_status(StatusCode::BAD_GATEWAY)
             }
-            MirrorError::ManifestTooLarge => {
-                ApiError::new(ErrorCode::ManifestInvalid, message).with_status(StatusCode::BAD_GATEWAY)
-            }
+            MirrorError::ManifestTooLarge => ApiError::new(ErrorCode::ManifestInvalid, message)
+                .with_status(StatusCode::BAD_GATEWAY),
             MirrorError::RangeNotSatisfiable { size } => {
-                ApiError::new(ErrorCode::RangeInvalid, message).with_header(CONTENT_RANGE, format!("bytes */{size}"))
+                ApiError::new(ErrorCode::RangeInvalid, message)
+                    .with_header(CONTENT_RANGE, format!("bytes */{size}"))
             }
             MirrorError::Store(_) | MirrorError::Raced => ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -14,18 +14,33 @@ use crate::oci::{Digest, Endpoint, ErrorCode, OciPath};
 
 const DIGEST_HEADER: &str = "docker-content-digest";
 
-pub async fn dispatch(State(mirror): State<Arc<Mirror>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+pub async fn dispatch(
+    State(mirror): State<Arc<Mirror>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     match handle(&mirror, &method, &uri, &headers).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
 }
 
-async fn handle(mirror: &Arc<Mirror>, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn handle(
+    mirror: &Arc<Mirror>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     if method != Method::GET && method != Method::HEAD {
-        let mut response = ApiError::new(ErrorCode::Unsupported, format!("{method} is not supported: berth is a read-only mirror"))
-            .into_response();
-        response.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        let mut response = ApiError::new(
+            ErrorCode::Unsupported,
+            format!("{method} is not supported: berth is a read-only mirror"),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return Ok(response);
     }
     let (name, endpoint) = match OciPath::parse(uri.path())? {
@@ -37,7 +52,9 @@ async fn handle(mirror: &Arc<Mirror>, method: &Method, uri: &Uri, headers: &Head
     let want_body = method == Method::GET;
     match endpoint {
         Endpoint::Manifest(reference) => {
-            let manifest = mirror.manifest(&target, &reference, &accept_list(headers)).await?;
+            let manifest = mirror
+                .manifest(&target, &reference, &accept_list(headers))
+                .await?;
             Ok(Response::builder()
                 .header(CONTENT_TYPE, &manifest.media_type)
                 .header(CONTENT_LENGTH, manifest.bytes.len())
@@ -46,25 +63,39 @@ async fn handle(mirror: &Arc<Mirror>, method: &Method, uri: &Uri, headers: &Head
                 .unwrap_or_default())
         }
         Endpoint::Blob(digest) => {
-            let range = headers.get(RANGE).and_then(|v| v.to_str().ok()).and_then(ByteRange::parse);
+            let range = headers
+                .get(RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(ByteRange::parse);
             let mut blob = mirror.blob(&target, &digest, range, want_body).await?;
             if let Some(stream) = blob.body.take() {
                 let served = mirror.metrics().served_bytes.clone();
-                blob.body = Some(Box::pin(futures::StreamExt::inspect(stream, move |chunk| {
-                    if let Ok(bytes) = chunk {
-                        served.inc_by(bytes.len() as u64);
-                    }
-                })));
+                blob.body = Some(Box::pin(futures::StreamExt::inspect(
+                    stream,
+                    move |chunk| {
+                        if let Ok(bytes) = chunk {
+                            served.inc_by(bytes.len() as u64);
+                        }
+                    },
+                )));
             }
             Ok(blob_response(&digest, blob))
         }
         Endpoint::Tags => {
-            let (body, content_type) = mirror.tag_list(&target, query.tags_query().as_deref()).await?;
+            let (body, content_type) = mirror
+                .tag_list(&target, query.tags_query().as_deref())
+                .await?;
             Ok(passthrough_response(body, content_type, "application/json"))
         }
         Endpoint::Referrers(digest) => {
-            let (body, content_type) = mirror.referrers(&target, &digest, query.referrers_query().as_deref()).await?;
-            Ok(passthrough_response(body, content_type, "application/vnd.oci.image.index.v1+json"))
+            let (body, content_type) = mirror
+                .referrers(&target, &digest, query.referrers_query().as_deref())
+                .await?;
+            Ok(passthrough_response(
+                body,
+                content_type,
+                "application/vnd.oci.image.index.v1+json",
+            ))
         }
     }
 }
@@ -91,9 +122,16 @@ fn blob_response(digest: &Digest, blob: BlobBody) -> Response {
     builder.body(body).unwrap_or_default()
 }
 
-fn passthrough_response(body: bytes::Bytes, content_type: Option<String>, default_type: &'static str) -> Response {
+fn passthrough_response(
+    body: bytes::Bytes,
+    content_type: Option<String>,
+    default_type: &'static str,
+) -> Response {
     Response::builder()
-        .header(CONTENT_TYPE, content_type.unwrap_or_else(|| default_type.to_string()))
+        .header(
+            CONTENT_TYPE,
+            content_type.unwrap_or_else(|| default_type.to_string()),
+        )
         .body(Body::from(body))
         .unwrap_or_default()
 }
@@ -120,7 +158,12 @@ struct Query {
 
 impl Query {
     fn parse(query: Option<&str>) -> Query {
-        let mut q = Query { ns: None, n: None, last: None, artifact_type: None };
+        let mut q = Query {
+            ns: None,
+            n: None,
+            last: None,
+            artifact_type: None,
+        };
         for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match key.as_ref() {
                 "ns" => q.ns = Some(value.into_owned()),
@@ -146,18 +189,29 @@ impl Query {
 
     fn referrers_query(&self) -> Option<String> {
         let t = self.artifact_type.as_ref()?;
-        Some(url::form_urlencoded::Serializer::new(String::new()).append_pair("artifactType", t).finish())
+        Some(
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("artifactType", t)
+                .finish(),
+        )
     }
 }
 
 pub async fn metrics(State(mirror): State<Arc<Mirror>>) -> Response {
     (
-        [(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         mirror.metrics().encode(),
     )
         .into_response()
 }
 
 pub async fn not_found(uri: Uri) -> Response {
-    ApiError::new(ErrorCode::NameUnknown, format!("no such endpoint: {}", uri.path())).into_response()
+    ApiError::new(
+        ErrorCode::NameUnknown,
+        format!("no such endpoint: {}", uri.path()),
+    )
+    .into_response()
 }

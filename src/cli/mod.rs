@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "berth", version, about = "A pull-through OCI registry mirror that survives a bad upstream path")]
+#[command(
+    name = "berth",
+    version,
+    about = "A pull-through OCI registry mirror that survives a bad upstream path"
+)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `berth=debug`.
     #[arg(long, env = "BERTH_LOG", default_value = "info", global = true)]
@@ -48,5 +52,8 @@ pub fn main() -> ExitCode {
 fn init_tracing(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -35,7 +35,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .with_context(|| format!("cannot listen on {}; pick another address with --listen", config.listen))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {}; pick another address with --listen",
+                    config.listen
+                )
+            })?;
         crate::serve::run(config, listener, shutdown_signal()).await
     })
 }

@@ -44,7 +44,12 @@ pub struct FillState<E> {
 
 impl<E> Default for FillState<E> {
     fn default() -> Self {
-        FillState { total: None, started: false, written: 0, outcome: None }
+        FillState {
+            total: None,
+            started: false,
+            written: 0,
+            outcome: None,
+        }
     }
 }
 
@@ -116,7 +121,10 @@ where
             std::fs::remove_dir_all(spool_dir)?;
         }
         std::fs::create_dir_all(spool_dir)?;
-        Ok(Fills { inflight: Arc::default(), spool_dir: spool_dir.to_owned() })
+        Ok(Fills {
+            inflight: Arc::default(),
+            spool_dir: spool_dir.to_owned(),
+        })
     }
 
     /// Joins the fill for `key`, or starts one (creating its spool file) if none is running.
@@ -125,11 +133,20 @@ where
         if let Some(fill) = inflight.get(&key) {
             return Ok(Joined::Follower(fill.clone()));
         }
-        let path = self.spool_dir.join(format!("fill-{:016x}", rand::random::<u64>()));
-        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        let path = self
+            .spool_dir
+            .join(format!("fill-{:016x}", rand::random::<u64>()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         let spool = Arc::new(file);
         let (tx, rx) = watch::channel(FillState::default());
-        let fill = Arc::new(Fill { spool: spool.clone(), state: rx });
+        let fill = Arc::new(Fill {
+            spool: spool.clone(),
+            state: rx,
+        });
         inflight.insert(key.clone(), fill.clone());
         let writer = FillWriter {
             key,
@@ -191,7 +208,9 @@ impl<K: Hash + Eq + Clone, E: Clone> FillWriter<K, E> {
     /// Flushes the spool to disk; call before handing the file to the store.
     pub async fn sync(&self) -> std::io::Result<()> {
         let file = self.spool.clone();
-        tokio::task::spawn_blocking(move || file.sync_data()).await.map_err(std::io::Error::other)?
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     /// The spool file's path, for the store to adopt after verification.

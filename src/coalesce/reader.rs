@@ -28,8 +28,18 @@ enum Step {
 }
 
 impl<E: Clone + Display + Send + Sync + 'static> FillReader<E> {
-    pub(super) fn new(spool: Arc<std::fs::File>, state: watch::Receiver<FillState<E>>, pos: u64, end: Option<u64>) -> Self {
-        FillReader { spool, state, pos, end }
+    pub(super) fn new(
+        spool: Arc<std::fs::File>,
+        state: watch::Receiver<FillState<E>>,
+        pos: u64,
+        end: Option<u64>,
+    ) -> Self {
+        FillReader {
+            spool,
+            state,
+            pos,
+            end,
+        }
     }
 
     pub fn into_stream(self) -> BoxStream<'static, io::Result<Bytes>> {
@@ -68,12 +78,19 @@ impl<E: Clone + Display + Send + Sync + 'static> FillReader<E> {
         let state = self.state.borrow_and_update();
         let verified = match &state.outcome {
             Some(Ok(())) => true,
-            Some(Err(FillFailure::Failed(e))) => return Step::Fail(io::Error::other(format!("upstream fill failed: {e}"))),
-            Some(Err(FillFailure::Abandoned)) => return Step::Fail(io::Error::other("fill abandoned by its producer")),
+            Some(Err(FillFailure::Failed(e))) => {
+                return Step::Fail(io::Error::other(format!("upstream fill failed: {e}")));
+            }
+            Some(Err(FillFailure::Abandoned)) => {
+                return Step::Fail(io::Error::other("fill abandoned by its producer"));
+            }
             None => false,
         };
         let limit = self.end.or(state.total);
-        if verified && limit.is_none_or(|l| self.pos >= l) && self.pos >= state.written.min(limit.unwrap_or(u64::MAX)) {
+        if verified
+            && limit.is_none_or(|l| self.pos >= l)
+            && self.pos >= state.written.min(limit.unwrap_or(u64::MAX))
+        {
             return Step::Done;
         }
         let mut available = state.written;
@@ -88,7 +105,11 @@ impl<E: Clone + Display + Send + Sync + 'static> FillReader<E> {
                 available = available.min(l.saturating_sub(1));
             }
         }
-        if self.pos < available { Step::Read((available - self.pos).min(CHUNK)) } else { Step::Wait }
+        if self.pos < available {
+            Step::Read((available - self.pos).min(CHUNK))
+        } else {
+            Step::Wait
+        }
     }
 
     async fn read_at(&self, offset: u64, len: u64) -> io::Result<Bytes> {

@@ -14,7 +14,9 @@ pub struct Singleflight<K, V> {
 
 impl<K, V> Default for Singleflight<K, V> {
     fn default() -> Self {
-        Singleflight { calls: Arc::default() }
+        Singleflight {
+            calls: Arc::default(),
+        }
     }
 }
 

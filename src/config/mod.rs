@@ -53,7 +53,9 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials").field("username", &self.username).finish_non_exhaustive()
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
     }
 }
 
@@ -71,6 +73,26 @@ pub struct Transport {
     /// TCP_MAXSEG clamp for upstream sockets (e.g. 1360), off when `None`.
     pub tcp_mss: Option<u32>,
     pub http1_only: bool,
+    /// Which address family to try first when a host has both.
+    pub ip_preference: IpPreference,
+    /// A body slower than this (bytes/s) over `min_speed_window` counts as stalled. 0 = off.
+    pub min_speed: u64,
+    pub min_speed_window: Duration,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_threshold: u32,
+    /// How long an open breaker fails fast before letting a probe through.
+    pub breaker_cooldown: Duration,
+    /// Retries allowed per minute across all requests to this upstream.
+    pub retry_budget: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpPreference {
+    /// The resolver's order.
+    Auto,
+    Ipv4,
+    Ipv6,
 }
 
 impl Default for Transport {
@@ -83,6 +105,12 @@ impl Default for Transport {
             max_attempts: 4,
             tcp_mss: None,
             http1_only: false,
+            ip_preference: IpPreference::Auto,
+            min_speed: 0,
+            min_speed_window: Duration::from_secs(30),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(30),
+            retry_budget: 60,
         }
     }
 }
@@ -109,12 +137,18 @@ pub struct ConfigError {
 }
 
 fn source_suffix(file: &Option<PathBuf>) -> String {
-    file.as_ref().map(|f| format!(" in {}", f.display())).unwrap_or_default()
+    file.as_ref()
+        .map(|f| format!(" in {}", f.display()))
+        .unwrap_or_default()
 }
 
 impl ConfigError {
     pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { file: None, key: key.into(), message: message.into() }
+        ConfigError {
+            file: None,
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use url::Url;
 
 use super::{
     BUILTIN_UPSTREAMS, Config, ConfigError, Credentials, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
-    DEFAULT_TAG_TTL, Overrides, Transport, Upstream,
+    DEFAULT_TAG_TTL, IpPreference, Overrides, Transport, Upstream,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -50,6 +50,14 @@ pub struct RawUpstream {
     pub max_attempts: Option<u32>,
     pub tcp_mss: Option<u32>,
     pub http1_only: Option<bool>,
+    pub ip_preference: Option<IpPreference>,
+    pub min_speed: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub min_speed_window: Option<Duration>,
+    pub breaker_threshold: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub breaker_cooldown: Option<Duration>,
+    pub retry_budget: Option<u32>,
 }
 
 impl RawConfig {
@@ -59,7 +67,11 @@ impl RawConfig {
             let key = e.path().to_string();
             let inner = e.into_inner();
             let message = inner.message().trim().replace('\n', " ");
-            let key = if key == "." || key.is_empty() { "(top level)".into() } else { key };
+            let key = if key == "." || key.is_empty() {
+                "(top level)".into()
+            } else {
+                key
+            };
             ConfigError::new(key, message)
         })
     }
@@ -71,7 +83,10 @@ impl RawConfig {
             .or(self.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            ConfigError::new("listen", format!("`{listen_text}` is not an address like 0.0.0.0:5000"))
+            ConfigError::new(
+                "listen",
+                format!("`{listen_text}` is not an address like 0.0.0.0:5000"),
+            )
         })?;
         let data_dir = overrides
             .data_dir
@@ -99,12 +114,21 @@ impl RawConfig {
             BUILTIN_UPSTREAMS
                 .iter()
                 .map(|(name, url)| {
-                    (name.to_string(), RawUpstream { url: Some(url.to_string()), ..Default::default() })
+                    (
+                        name.to_string(),
+                        RawUpstream {
+                            url: Some(url.to_string()),
+                            ..Default::default()
+                        },
+                    )
                 })
                 .collect()
         });
         if raw_upstreams.is_empty() {
-            return Err(ConfigError::new("upstreams", "no upstream configured; add [upstreams.\"docker.io\"] or remove the empty table"));
+            return Err(ConfigError::new(
+                "upstreams",
+                "no upstream configured; add [upstreams.\"docker.io\"] or remove the empty table",
+            ));
         }
         let mut upstreams = BTreeMap::new();
         for (name, raw) in raw_upstreams {
@@ -155,20 +179,26 @@ impl RawUpstream {
                 "an upstream name is a registry host such as `ghcr.io` or `registry.local:5000`",
             ));
         }
-        let url_text = self
-            .url
-            .ok_or_else(|| ConfigError::new(key("url"), "missing; e.g. url = \"https://ghcr.io\""))?;
+        let url_text = self.url.ok_or_else(|| {
+            ConfigError::new(key("url"), "missing; e.g. url = \"https://ghcr.io\"")
+        })?;
         let url = parse_http_url(&key("url"), &url_text)?;
 
         let password = match (self.password, self.password_env, self.password_file) {
             (Some(p), None, None) => Some(p),
             (None, Some(var), None) => Some(std::env::var(&var).map_err(|_| {
-                ConfigError::new(key("password_env"), format!("environment variable `{var}` is not set"))
+                ConfigError::new(
+                    key("password_env"),
+                    format!("environment variable `{var}` is not set"),
+                )
             })?),
             (None, None, Some(path)) => Some(
                 std::fs::read_to_string(&path)
                     .map_err(|e| {
-                        ConfigError::new(key("password_file"), format!("cannot read {}: {e}", path.display()))
+                        ConfigError::new(
+                            key("password_file"),
+                            format!("cannot read {}: {e}", path.display()),
+                        )
                     })?
                     .trim_end_matches(['\r', '\n'])
                     .to_string(),
@@ -184,37 +214,106 @@ impl RawUpstream {
         let credentials = match (self.username, password) {
             (Some(username), Some(password)) => Some(Credentials { username, password }),
             (None, None) => None,
-            (Some(_), None) => return Err(ConfigError::new(key("password"), "username is set but no password")),
-            (None, Some(_)) => return Err(ConfigError::new(key("username"), "a password is set but no username")),
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    key("password"),
+                    "username is set but no password",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    key("username"),
+                    "a password is set but no username",
+                ));
+            }
         };
 
         let ca_file = self.ca_file.or(defaults.ca_file.clone());
         if let Some(path) = &ca_file {
             let pem = std::fs::read(path).map_err(|e| {
-                ConfigError::new(key("ca_file"), format!("cannot read {}: {e}", path.display()))
+                ConfigError::new(
+                    key("ca_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
             })?;
-            let certs = rustls_pemfile::certs(&mut pem.as_slice()).filter(|c| c.is_ok()).count();
+            let certs = rustls_pemfile::certs(&mut pem.as_slice())
+                .filter(|c| c.is_ok())
+                .count();
             if certs == 0 {
-                return Err(ConfigError::new(key("ca_file"), format!("{} holds no PEM certificate", path.display())));
+                return Err(ConfigError::new(
+                    key("ca_file"),
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
             }
         }
 
         let base = Transport::default();
         let transport = Transport {
-            connect_timeout: self.connect_timeout.or(defaults.connect_timeout).unwrap_or(base.connect_timeout),
-            tls_timeout: self.tls_timeout.or(defaults.tls_timeout).unwrap_or(base.tls_timeout),
-            header_timeout: self.header_timeout.or(defaults.header_timeout).unwrap_or(base.header_timeout),
-            stall_timeout: self.stall_timeout.or(defaults.stall_timeout).unwrap_or(base.stall_timeout),
-            max_attempts: self.max_attempts.or(defaults.max_attempts).unwrap_or(base.max_attempts),
+            connect_timeout: self
+                .connect_timeout
+                .or(defaults.connect_timeout)
+                .unwrap_or(base.connect_timeout),
+            tls_timeout: self
+                .tls_timeout
+                .or(defaults.tls_timeout)
+                .unwrap_or(base.tls_timeout),
+            header_timeout: self
+                .header_timeout
+                .or(defaults.header_timeout)
+                .unwrap_or(base.header_timeout),
+            stall_timeout: self
+                .stall_timeout
+                .or(defaults.stall_timeout)
+                .unwrap_or(base.stall_timeout),
+            max_attempts: self
+                .max_attempts
+                .or(defaults.max_attempts)
+                .unwrap_or(base.max_attempts),
             tcp_mss: self.tcp_mss.or(defaults.tcp_mss),
-            http1_only: self.http1_only.or(defaults.http1_only).unwrap_or(base.http1_only),
+            http1_only: self
+                .http1_only
+                .or(defaults.http1_only)
+                .unwrap_or(base.http1_only),
+            ip_preference: self
+                .ip_preference
+                .or(defaults.ip_preference)
+                .unwrap_or(base.ip_preference),
+            min_speed: self
+                .min_speed
+                .or(defaults.min_speed)
+                .unwrap_or(base.min_speed),
+            min_speed_window: self
+                .min_speed_window
+                .or(defaults.min_speed_window)
+                .unwrap_or(base.min_speed_window),
+            breaker_threshold: self
+                .breaker_threshold
+                .or(defaults.breaker_threshold)
+                .unwrap_or(base.breaker_threshold),
+            breaker_cooldown: self
+                .breaker_cooldown
+                .or(defaults.breaker_cooldown)
+                .unwrap_or(base.breaker_cooldown),
+            retry_budget: self
+                .retry_budget
+                .or(defaults.retry_budget)
+                .unwrap_or(base.retry_budget),
         };
+        if transport.breaker_threshold == 0 {
+            return Err(ConfigError::new(
+                key("breaker_threshold"),
+                "must be at least 1",
+            ));
+        }
         if transport.max_attempts == 0 {
             return Err(ConfigError::new(key("max_attempts"), "must be at least 1"));
         }
         if let Some(mss) = transport.tcp_mss {
             if !(536..=9000).contains(&mss) {
-                return Err(ConfigError::new(key("tcp_mss"), format!("{mss} is outside 536..=9000")));
+                return Err(ConfigError::new(
+                    key("tcp_mss"),
+                    format!("{mss} is outside 536..=9000"),
+                ));
             }
         }
         for (field, value) in [
@@ -222,6 +321,8 @@ impl RawUpstream {
             ("tls_timeout", transport.tls_timeout),
             ("header_timeout", transport.header_timeout),
             ("stall_timeout", transport.stall_timeout),
+            ("min_speed_window", transport.min_speed_window),
+            ("breaker_cooldown", transport.breaker_cooldown),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::new(key(field), "must be longer than zero"));
@@ -248,9 +349,13 @@ fn parse_http_url(key: &str, text: &str) -> Result<Url, ConfigError> {
             format!("`{text}` has no scheme; write http://{text} or https://{text}"),
         ));
     }
-    let url = Url::parse(text).map_err(|e| ConfigError::new(key, format!("`{text}` is not a URL: {e}")))?;
+    let url = Url::parse(text)
+        .map_err(|e| ConfigError::new(key, format!("`{text}` is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(ConfigError::new(key, format!("`{text}` must be an http:// or https:// URL with a host")));
+        return Err(ConfigError::new(
+            key,
+            format!("`{text}` must be an http:// or https:// URL with a host"),
+        ));
     }
     Ok(url)
 }
@@ -265,7 +370,9 @@ fn valid_registry_name(name: &str) -> bool {
         && host.len() <= 253
         && host.split('.').all(|label| {
             !label.is_empty()
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         });
@@ -281,7 +388,10 @@ mod tests {
     fn empty_file_gives_builtin_upstreams() {
         let config = Config::from_toml("").unwrap();
         let names: Vec<_> = config.upstreams.keys().cloned().collect();
-        assert_eq!(names, ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]);
+        assert_eq!(
+            names,
+            ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]
+        );
         assert_eq!(config.default_upstream, "docker.io");
         assert_eq!(config.listen.to_string(), "0.0.0.0:5000");
         assert!(config.upstreams["docker.io"].official_images_prefix);
@@ -290,7 +400,8 @@ mod tests {
 
     #[test]
     fn listed_upstreams_replace_builtins() {
-        let config = Config::from_toml("[upstreams.\"ghcr.io\"]\nurl = \"https://ghcr.io\"\n").unwrap();
+        let config =
+            Config::from_toml("[upstreams.\"ghcr.io\"]\nurl = \"https://ghcr.io\"\n").unwrap();
         assert_eq!(config.upstreams.len(), 1);
         assert_eq!(config.default_upstream, "ghcr.io");
     }
@@ -308,8 +419,14 @@ mod tests {
             stall_timeout = "3s"
         "#;
         let config = Config::from_toml(text).unwrap();
-        assert_eq!(config.upstreams["a.io"].transport.stall_timeout, Duration::from_secs(7));
-        assert_eq!(config.upstreams["b.io"].transport.stall_timeout, Duration::from_secs(3));
+        assert_eq!(
+            config.upstreams["a.io"].transport.stall_timeout,
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            config.upstreams["b.io"].transport.stall_timeout,
+            Duration::from_secs(3)
+        );
         assert_eq!(config.upstreams["b.io"].transport.tcp_mss, Some(1360));
     }
 
@@ -319,11 +436,23 @@ mod tests {
             ("lisen = \"x\"", "lisen"),
             ("[upstreams.\"a.io\"]\nurll = \"https://a\"", "urll"),
             ("[upstreams.\"a.io\"]\nurl = \"a.io\"", "upstreams.a.io.url"),
-            ("[upstreams.\"a.io\"]\nurl = \"ftp://a.io\"", "upstreams.a.io.url"),
-            ("[upstreams.\"a.io\"]\nurl = \"https://a.io\"\nca_file = \"/nonexistent.pem\"", "ca_file"),
+            (
+                "[upstreams.\"a.io\"]\nurl = \"ftp://a.io\"",
+                "upstreams.a.io.url",
+            ),
+            (
+                "[upstreams.\"a.io\"]\nurl = \"https://a.io\"\nca_file = \"/nonexistent.pem\"",
+                "ca_file",
+            ),
             ("default_upstream = \"nope.io\"", "default_upstream"),
-            ("[upstreams.\"a.io\"]\nurl = \"https://a.io\"\nstall_timeout = \"soon\"", "stall_timeout"),
-            ("[upstream_defaults]\nurl = \"https://a.io\"", "upstream_defaults.url"),
+            (
+                "[upstreams.\"a.io\"]\nurl = \"https://a.io\"\nstall_timeout = \"soon\"",
+                "stall_timeout",
+            ),
+            (
+                "[upstream_defaults]\nurl = \"https://a.io\"",
+                "upstream_defaults.url",
+            ),
             ("listen = \"nowhere\"", "listen"),
         ];
         for (text, key) in cases {
@@ -335,10 +464,23 @@ mod tests {
 
     #[test]
     fn registry_names() {
-        for ok in ["docker.io", "registry.k8s.io", "localhost:5000", "a-b.example"] {
+        for ok in [
+            "docker.io",
+            "registry.k8s.io",
+            "localhost:5000",
+            "a-b.example",
+        ] {
             assert!(valid_registry_name(ok), "{ok}");
         }
-        for bad in ["", "Docker.io", "a/b", "a..b", "-a.io", "a.io:http", "a.io:99999"] {
+        for bad in [
+            "",
+            "Docker.io",
+            "a/b",
+            "a..b",
+            "-a.io",
+            "a.io:http",
+            "a.io:99999",
+        ] {
             assert!(!valid_registry_name(bad), "{bad}");
         }
     }

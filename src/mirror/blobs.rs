@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use http::Method;
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE};
-use hyper::body::Incoming;
 
 use crate::coalesce::{FillFailure, FillWriter, Joined};
 use crate::oci::{Digest, Hasher};
@@ -35,7 +34,8 @@ impl ByteRange {
         let (a, b) = spec.split_once('-')?;
         let (a, b) = (a.trim(), b.trim());
         match (a.is_empty(), b.is_empty()) {
-            (false, false) => Some(ByteRange::FromTo(a.parse().ok()?, b.parse().ok()?)).filter(|r| matches!(r, ByteRange::FromTo(x, y) if x <= y)),
+            (false, false) => Some(ByteRange::FromTo(a.parse().ok()?, b.parse().ok()?))
+                .filter(|r| matches!(r, ByteRange::FromTo(x, y) if x <= y)),
             (false, true) => Some(ByteRange::From(a.parse().ok()?)),
             (true, false) => Some(ByteRange::Suffix(b.parse().ok()?)),
             (true, true) => None,
@@ -65,7 +65,13 @@ pub struct BlobBody {
 }
 
 impl Mirror {
-    pub async fn blob(self: &Arc<Self>, target: &Target, digest: &Digest, range: Option<ByteRange>, want_body: bool) -> Result<BlobBody, MirrorError> {
+    pub async fn blob(
+        self: &Arc<Self>,
+        target: &Target,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        want_body: bool,
+    ) -> Result<BlobBody, MirrorError> {
         // Two rounds at most: a fill that finds the blob committed meanwhile sends us to the store.
         for _ in 0..2 {
             if let Some(size) = self.store.size(&keys::blob(digest)).await? {
@@ -80,26 +86,54 @@ impl Mirror {
                 }
             }
         }
-        Err(MirrorError::Store("blob vanished from the store right after it was committed".into()))
+        Err(MirrorError::Store(
+            "blob vanished from the store right after it was committed".into(),
+        ))
     }
 
-    async fn blob_from_store(&self, digest: &Digest, size: u64, range: Option<ByteRange>, want_body: bool) -> Result<BlobBody, MirrorError> {
+    async fn blob_from_store(
+        &self,
+        digest: &Digest,
+        size: u64,
+        range: Option<ByteRange>,
+        want_body: bool,
+    ) -> Result<BlobBody, MirrorError> {
         let span = match range {
-            Some(r) => Some(r.resolve(size).ok_or(MirrorError::RangeNotSatisfiable { size })?),
+            Some(r) => Some(
+                r.resolve(size)
+                    .ok_or(MirrorError::RangeNotSatisfiable { size })?,
+            ),
             None => None,
         };
         let body = if want_body {
             let (start, end) = span.unwrap_or((0, size.saturating_sub(1)));
             let end_exclusive = if size == 0 { 0 } else { end + 1 };
-            Some(self.store.read(&keys::blob(digest), start..end_exclusive).await?)
+            Some(
+                self.store
+                    .read(&keys::blob(digest), start..end_exclusive)
+                    .await?,
+            )
         } else {
             None
         };
-        Ok(BlobBody { total: Some(size), range: span, body })
+        Ok(BlobBody {
+            total: Some(size),
+            range: span,
+            body,
+        })
     }
 
-    async fn blob_from_fill(self: &Arc<Self>, target: &Target, digest: &Digest, range: Option<ByteRange>, want_body: bool) -> Result<BlobBody, MirrorError> {
-        let joined = self.blob_fills.join(digest.clone()).map_err(|e| MirrorError::Store(format!("cannot create spool file: {e}")))?;
+    async fn blob_from_fill(
+        self: &Arc<Self>,
+        target: &Target,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        want_body: bool,
+    ) -> Result<BlobBody, MirrorError> {
+        let joined = self
+            .blob_fills
+            .join(digest.clone())
+            .map_err(|e| MirrorError::Store(format!("cannot create spool file: {e}")))?;
         let fill = match joined {
             Joined::Follower(fill) => fill,
             Joined::Leader(fill, writer) => {
@@ -115,7 +149,10 @@ impl Mirror {
         })?;
         // A range needs the size; a chunked upstream that did not send one gets the whole blob.
         let span = match (range, total) {
-            (Some(r), Some(size)) => Some(r.resolve(size).ok_or(MirrorError::RangeNotSatisfiable { size })?),
+            (Some(r), Some(size)) => Some(
+                r.resolve(size)
+                    .ok_or(MirrorError::RangeNotSatisfiable { size })?,
+            ),
             _ => None,
         };
         let body = want_body.then(|| {
@@ -125,12 +162,21 @@ impl Mirror {
             };
             fill.reader(start, end).into_stream()
         });
-        Ok(BlobBody { total, range: span, body })
+        Ok(BlobBody {
+            total,
+            range: span,
+            body,
+        })
     }
 
     /// The leader's work: download, hash, spool, verify, commit. Resumes a broken transfer
     /// with `Range: bytes=<received>-`, keeping the running hash.
-    async fn fill_blob(&self, target: &Target, digest: &Digest, mut writer: FillWriter<Digest, MirrorError>) {
+    async fn fill_blob(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        mut writer: FillWriter<Digest, MirrorError>,
+    ) {
         if let Ok(Some(_)) = self.store.size(&keys::blob(digest)).await {
             writer.fail(MirrorError::Raced);
             return;
@@ -142,7 +188,10 @@ impl Mirror {
         let max_failures = target.upstream.config().transport.max_attempts;
         loop {
             let written_before = writer.written();
-            match self.transfer(target, digest, &mut writer, &mut hasher, &mut total).await {
+            match self
+                .transfer(target, digest, &mut writer, &mut hasher, &mut total)
+                .await
+            {
                 Ok(()) => break,
                 Err(e) if e.is_retryable() => {
                     if writer.written() > written_before {
@@ -150,14 +199,24 @@ impl Mirror {
                     }
                     failures_without_progress += 1;
                     if failures_without_progress >= max_failures {
-                        writer.fail(MirrorError::from_upstream(upstream, &target.repo, What::Blob(&digest.to_string()), e));
+                        writer.fail(MirrorError::from_upstream(
+                            upstream,
+                            &target.repo,
+                            What::Blob(&digest.to_string()),
+                            e,
+                        ));
                         return;
                     }
                     tracing::warn!(%upstream, repo = %target.repo, %digest, received = writer.written(), error = %e,
                         "blob transfer broke; resuming");
                 }
                 Err(e) => {
-                    writer.fail(MirrorError::from_upstream(upstream, &target.repo, What::Blob(&digest.to_string()), e));
+                    writer.fail(MirrorError::from_upstream(
+                        upstream,
+                        &target.repo,
+                        What::Blob(&digest.to_string()),
+                        e,
+                    ));
                     return;
                 }
             }
@@ -165,22 +224,36 @@ impl Mirror {
 
         let received = writer.written();
         let verdict = if total.is_some_and(|t| t != received) {
-            Err(format!("received {received} bytes, upstream announced {}", total.unwrap_or(0)))
+            Err(format!(
+                "received {received} bytes, upstream announced {}",
+                total.unwrap_or(0)
+            ))
         } else {
             let actual = hasher.finish();
-            if &actual == digest { Ok(()) } else { Err(format!("blob hashes to {actual}, expected {digest}")) }
+            if &actual == digest {
+                Ok(())
+            } else {
+                Err(format!("blob hashes to {actual}, expected {digest}"))
+            }
         };
         if let Err(cause) = verdict {
             self.metrics.verify_failures.inc();
             tracing::error!(%upstream, repo = %target.repo, %digest, %cause, "blob failed verification; discarded");
-            writer.fail(MirrorError::Verification { upstream: upstream.into(), cause });
+            writer.fail(MirrorError::Verification {
+                upstream: upstream.into(),
+                cause,
+            });
             return;
         }
         if let Err(e) = writer.sync().await {
             writer.fail(MirrorError::Store(format!("cannot sync spool file: {e}")));
             return;
         }
-        match self.store.commit_file(&keys::blob(digest), writer.spool_path()).await {
+        match self
+            .store
+            .commit_file(&keys::blob(digest), writer.spool_path())
+            .await
+        {
             Ok(()) => {
                 writer.mark_committed();
                 tracing::info!(%upstream, repo = %target.repo, %digest, bytes = received, "blob cached");
@@ -212,7 +285,10 @@ impl Mirror {
         let response = target.upstream.send(&request).await?;
         let status = response.status();
         let headers = response.headers();
-        let length: Option<u64> = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let length: Option<u64> = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         // Bytes at the start of this response that we already have.
         let mut skip = 0;
         if have == 0 {
@@ -224,18 +300,23 @@ impl Mirror {
                 .and_then(|v| v.to_str().ok())
                 .and_then(content_range_start);
             if start != Some(have) {
-                return Err(UpstreamError::Protocol(format!("asked for bytes from {have}, got Content-Range {start:?}")));
+                return Err(UpstreamError::Protocol(format!(
+                    "asked for bytes from {have}, got Content-Range {start:?}"
+                )));
             }
         } else {
             // The upstream ignored Range: read from 0 again and drop what we have.
             tracing::info!(upstream = %target.upstream_name(), %digest, "upstream ignored Range; re-reading from 0");
             skip = have;
         }
-        let mut body: Incoming = response.into_body();
-        while let Some(mut chunk) = target.upstream.next_chunk(&mut body).await? {
+        let mut body = target.upstream.body(response.into_body());
+        while let Some(mut chunk) = body.next().await? {
             self.metrics
                 .upstream_blob_bytes
-                .get_or_create(&crate::metrics::UpstreamLabels { upstream: target.upstream_name().into(), kind: "blob" })
+                .get_or_create(&crate::metrics::UpstreamLabels {
+                    upstream: target.upstream_name().into(),
+                    kind: "blob",
+                })
                 .inc_by(chunk.len() as u64);
             if skip > 0 {
                 let n = skip.min(chunk.len() as u64);
@@ -246,13 +327,22 @@ impl Mirror {
                 }
             }
             if total.is_some_and(|t| writer.written() + chunk.len() as u64 > t) {
-                return Err(UpstreamError::Protocol("upstream sent more bytes than it announced".into()));
+                return Err(UpstreamError::Protocol(
+                    "upstream sent more bytes than it announced".into(),
+                ));
             }
             hasher.update(&chunk);
-            writer.append(chunk).await.map_err(|e| UpstreamError::Protocol(format!("spool write failed: {e}")))?;
+            writer
+                .append(chunk)
+                .await
+                .map_err(|e| UpstreamError::Protocol(format!("spool write failed: {e}")))?;
         }
         if total.is_some_and(|t| writer.written() < t) {
-            return Err(UpstreamError::Transport(format!("connection ended at {} of {} bytes", writer.written(), total.unwrap_or(0))));
+            return Err(UpstreamError::Transport(format!(
+                "connection ended at {} of {} bytes",
+                writer.written(),
+                total.unwrap_or(0)
+            )));
         }
         Ok(())
     }
@@ -260,7 +350,14 @@ impl Mirror {
 
 /// `bytes <start>-<end>/<total>` → start.
 fn content_range_start(value: &str) -> Option<u64> {
-    value.trim().strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+    value
+        .trim()
+        .strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -282,7 +379,13 @@ mod tests {
             let r = ByteRange::parse(header).unwrap();
             assert_eq!(r.resolve(size), want, "{header} of {size}");
         }
-        for ignored in ["bytes=5-1", "bytes=0-1,5-6", "items=0-1", "bytes=-", "bytes=a-b"] {
+        for ignored in [
+            "bytes=5-1",
+            "bytes=0-1,5-6",
+            "items=0-1",
+            "bytes=-",
+            "bytes=a-b",
+        ] {
             assert_eq!(ByteRange::parse(ignored), None, "{ignored}");
         }
         assert_eq!(content_range_start("bytes 100-199/200"), Some(100));

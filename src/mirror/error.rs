@@ -7,20 +7,39 @@ use crate::upstream::UpstreamError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MirrorError {
-    #[error("registry `{0}` is not configured on this mirror; add it under [upstreams] in berth.toml")]
+    #[error(
+        "registry `{0}` is not configured on this mirror; add it under [upstreams] in berth.toml"
+    )]
     UnknownRegistry(String),
     #[error(transparent)]
     InvalidName(#[from] NameError),
     #[error("manifest unknown to {upstream}: {repo}:{reference}")]
-    ManifestUnknown { upstream: String, repo: Repository, reference: String },
+    ManifestUnknown {
+        upstream: String,
+        repo: Repository,
+        reference: String,
+    },
     #[error("blob unknown to {upstream}: {repo}@{digest}")]
-    BlobUnknown { upstream: String, repo: Repository, digest: String },
-    #[error("{upstream} refused access to {repo} (it does not exist there, or berth needs credentials for it)")]
+    BlobUnknown {
+        upstream: String,
+        repo: Repository,
+        digest: String,
+    },
+    #[error(
+        "{upstream} refused access to {repo} (it does not exist there, or berth needs credentials for it)"
+    )]
     Denied { upstream: String, repo: Repository },
     #[error("{upstream} is rate limiting berth")]
-    RateLimited { upstream: String, retry_after: Option<Duration> },
+    RateLimited {
+        upstream: String,
+        retry_after: Option<Duration>,
+    },
     #[error("{upstream} is unreachable and the content is not cached: {cause}")]
-    Unreachable { upstream: String, cause: String },
+    Unreachable {
+        upstream: String,
+        cause: String,
+        retry_after: Option<Duration>,
+    },
     #[error("{upstream} failed: {cause}")]
     BadUpstream { upstream: String, cause: String },
     #[error("content from {upstream} failed verification: {cause}")]
@@ -38,20 +57,54 @@ pub enum MirrorError {
 
 impl MirrorError {
     /// Converts an upstream failure for content that is not cached.
-    pub(crate) fn from_upstream(upstream: &str, repo: &Repository, reference: Reference<'_>, e: UpstreamError) -> MirrorError {
+    pub(crate) fn from_upstream(
+        upstream: &str,
+        repo: &Repository,
+        reference: Reference<'_>,
+        e: UpstreamError,
+    ) -> MirrorError {
         let upstream = upstream.to_string();
         match e {
             UpstreamError::NotFound => match reference {
-                Reference::Manifest(r) => MirrorError::ManifestUnknown { upstream, repo: repo.clone(), reference: r.into() },
-                Reference::Blob(d) => MirrorError::BlobUnknown { upstream, repo: repo.clone(), digest: d.into() },
-                Reference::Other => MirrorError::BadUpstream { upstream, cause: "not found".into() },
+                Reference::Manifest(r) => MirrorError::ManifestUnknown {
+                    upstream,
+                    repo: repo.clone(),
+                    reference: r.into(),
+                },
+                Reference::Blob(d) => MirrorError::BlobUnknown {
+                    upstream,
+                    repo: repo.clone(),
+                    digest: d.into(),
+                },
+                Reference::Other => MirrorError::BadUpstream {
+                    upstream,
+                    cause: "not found".into(),
+                },
             },
-            UpstreamError::Denied { .. } => MirrorError::Denied { upstream, repo: repo.clone() },
-            UpstreamError::TooManyRequests { retry_after } => MirrorError::RateLimited { upstream, retry_after },
+            UpstreamError::Denied { .. } => MirrorError::Denied {
+                upstream,
+                repo: repo.clone(),
+            },
+            UpstreamError::TooManyRequests { retry_after } => MirrorError::RateLimited {
+                upstream,
+                retry_after,
+            },
             UpstreamError::Transport(_) | UpstreamError::Timeout(_) | UpstreamError::Stalled(_) => {
-                MirrorError::Unreachable { upstream, cause: e.to_string() }
+                MirrorError::Unreachable {
+                    upstream,
+                    cause: e.to_string(),
+                    retry_after: None,
+                }
             }
-            UpstreamError::Status { .. } | UpstreamError::Protocol(_) => MirrorError::BadUpstream { upstream, cause: e.to_string() },
+            UpstreamError::Down { retry_after } => MirrorError::Unreachable {
+                upstream,
+                cause: e.to_string(),
+                retry_after: Some(retry_after),
+            },
+            UpstreamError::Status { .. } | UpstreamError::Protocol(_) => MirrorError::BadUpstream {
+                upstream,
+                cause: e.to_string(),
+            },
         }
     }
 }

@@ -40,13 +40,22 @@ impl Manifest {
     fn decode(digest: Digest, stored: Bytes) -> Option<Manifest> {
         let newline = stored.iter().position(|&b| b == b'\n')?;
         let media_type = std::str::from_utf8(&stored[..newline]).ok()?.to_string();
-        Some(Manifest { digest, media_type, bytes: stored.slice(newline + 1..) })
+        Some(Manifest {
+            digest,
+            media_type,
+            bytes: stored.slice(newline + 1..),
+        })
     }
 }
 
 impl Mirror {
     /// The manifest for a tag or digest, from the cache when it may be, else from the upstream.
-    pub async fn manifest(self: &Arc<Self>, target: &Target, reference: &Reference, accept: &[String]) -> Result<Arc<Manifest>, MirrorError> {
+    pub async fn manifest(
+        self: &Arc<Self>,
+        target: &Target,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<Arc<Manifest>, MirrorError> {
         match reference {
             Reference::Digest(digest) => self.manifest_by_digest(target, digest, accept).await,
             Reference::Tag(tag) => {
@@ -54,9 +63,12 @@ impl Mirror {
                 if !accepts(accept, &record.media_type) {
                     // The client cannot take what the tag points to for everyone else; ask the
                     // upstream for what it can take, without touching the shared tag record.
-                    return self.fetch_manifest(target, tag.as_str(), None, Some(accept)).await;
+                    return self
+                        .fetch_manifest(target, tag.as_str(), None, Some(accept))
+                        .await;
                 }
-                self.manifest_by_digest(target, &record.digest, accept).await
+                self.manifest_by_digest(target, &record.digest, accept)
+                    .await
             }
         }
     }
@@ -67,26 +79,51 @@ impl Mirror {
         }
         let stored = self.store.get(&keys::manifest(digest)).await.ok()??;
         let manifest = Arc::new(Manifest::decode(digest.clone(), stored)?);
-        self.manifests.insert(digest.clone(), manifest.clone()).await;
+        self.manifests
+            .insert(digest.clone(), manifest.clone())
+            .await;
         Some(manifest)
     }
 
-    async fn manifest_by_digest(self: &Arc<Self>, target: &Target, digest: &Digest, accept: &[String]) -> Result<Arc<Manifest>, MirrorError> {
+    async fn manifest_by_digest(
+        self: &Arc<Self>,
+        target: &Target,
+        digest: &Digest,
+        accept: &[String],
+    ) -> Result<Arc<Manifest>, MirrorError> {
         if let Some(m) = self.cached_manifest(digest).await {
             self.metrics.cache_lookup("manifest", true);
             return Ok(m);
         }
         self.metrics.cache_lookup("manifest", false);
-        let (this, target2, digest2, accept) = (self.clone(), target.clone(), digest.clone(), accept.to_vec());
+        let (this, target2, digest2, accept) = (
+            self.clone(),
+            target.clone(),
+            digest.clone(),
+            accept.to_vec(),
+        );
         let key = (target.upstream_name().to_string(), digest.clone());
         self.manifest_flights
-            .run(key, async move { this.fetch_manifest(&target2, &digest2.to_string(), Some(&digest2), Some(&accept)).await })
+            .run(key, async move {
+                this.fetch_manifest(
+                    &target2,
+                    &digest2.to_string(),
+                    Some(&digest2),
+                    Some(&accept),
+                )
+                .await
+            })
             .await
     }
 
     /// Tag → digest, honouring `tag_ttl`, revalidating with a HEAD, serving the last known
     /// answer when the upstream fails.
-    async fn resolve_tag(self: &Arc<Self>, target: &Target, tag: &Tag, accept: &[String]) -> Result<TagRecord, MirrorError> {
+    async fn resolve_tag(
+        self: &Arc<Self>,
+        target: &Target,
+        tag: &Tag,
+        accept: &[String],
+    ) -> Result<TagRecord, MirrorError> {
         let known = self.known_tag(target, tag).await;
         if let Some(record) = &known {
             if record.age() < target.upstream.config().tag_ttl {
@@ -94,8 +131,13 @@ impl Mirror {
                 return Ok(record.clone());
             }
         }
-        let key = (target.upstream_name().to_string(), target.repo.clone(), tag.clone());
-        let (this, target2, tag2, accept) = (self.clone(), target.clone(), tag.clone(), accept.to_vec());
+        let key = (
+            target.upstream_name().to_string(),
+            target.repo.clone(),
+            tag.clone(),
+        );
+        let (this, target2, tag2, accept) =
+            (self.clone(), target.clone(), tag.clone(), accept.to_vec());
         self.tag_flights
             .run(key, async move {
                 let revalidation = this.revalidate_tag(&target2, &tag2, known.as_ref(), &accept);
@@ -104,6 +146,7 @@ impl Mirror {
                         Err(MirrorError::Unreachable {
                             upstream: target2.upstream_name().into(),
                             cause: format!("no answer within {REVALIDATE_DEADLINE:?}"),
+                            retry_after: None,
                         })
                     }),
                     None => revalidation.await,
@@ -123,7 +166,13 @@ impl Mirror {
             .await
     }
 
-    async fn revalidate_tag(&self, target: &Target, tag: &Tag, known: Option<&TagRecord>, accept: &[String]) -> Result<TagRecord, MirrorError> {
+    async fn revalidate_tag(
+        &self,
+        target: &Target,
+        tag: &Tag,
+        known: Option<&TagRecord>,
+        accept: &[String],
+    ) -> Result<TagRecord, MirrorError> {
         let upstream = target.upstream_name();
         if let Some(known) = known {
             // HEAD is free on Docker Hub's pull limit; only a changed digest costs a GET.
@@ -136,30 +185,47 @@ impl Mirror {
                 accept: Some(upstream_accept(accept)),
                 range_from: None,
             };
-            let response = target
-                .upstream
-                .send(&request)
-                .await
-                .map_err(|e| MirrorError::from_upstream(upstream, &target.repo, What::Manifest(tag.as_str()), e))?;
+            let response = target.upstream.send(&request).await.map_err(|e| {
+                MirrorError::from_upstream(upstream, &target.repo, What::Manifest(tag.as_str()), e)
+            })?;
             let digest = header_digest(response.headers());
-            if digest.as_ref() == Some(&known.digest) && self.cached_manifest(&known.digest).await.is_some() {
-                let record = TagRecord { checked: Some(Instant::now()), ..known.clone() };
+            if digest.as_ref() == Some(&known.digest)
+                && self.cached_manifest(&known.digest).await.is_some()
+            {
+                let record = TagRecord {
+                    checked: Some(Instant::now()),
+                    ..known.clone()
+                };
                 self.remember_tag(target, tag, &record).await?;
                 self.metrics.tag_lookup(upstream, "revalidated");
                 return Ok(record);
             }
         }
-        let manifest = self.fetch_manifest(target, tag.as_str(), None, Some(accept)).await?;
-        let record = TagRecord { digest: manifest.digest.clone(), media_type: manifest.media_type.clone(), checked: Some(Instant::now()) };
+        let manifest = self
+            .fetch_manifest(target, tag.as_str(), None, Some(accept))
+            .await?;
+        let record = TagRecord {
+            digest: manifest.digest.clone(),
+            media_type: manifest.media_type.clone(),
+            checked: Some(Instant::now()),
+        };
         self.remember_tag(target, tag, &record).await?;
         self.metrics.tag_lookup(upstream, "refreshed");
         Ok(record)
     }
 
     /// GETs a manifest from the upstream, verifies it and stores it by digest.
-    async fn fetch_manifest(&self, target: &Target, reference: &str, expected: Option<&Digest>, accept: Option<&[String]>) -> Result<Arc<Manifest>, MirrorError> {
+    async fn fetch_manifest(
+        &self,
+        target: &Target,
+        reference: &str,
+        expected: Option<&Digest>,
+        accept: Option<&[String]>,
+    ) -> Result<Arc<Manifest>, MirrorError> {
         let upstream = target.upstream_name();
-        let failed = |e: UpstreamError| MirrorError::from_upstream(upstream, &target.repo, What::Manifest(reference), e);
+        let failed = |e: UpstreamError| {
+            MirrorError::from_upstream(upstream, &target.repo, What::Manifest(reference), e)
+        };
         let request = Request {
             kind: Kind::Manifest,
             method: Method::GET,
@@ -185,10 +251,14 @@ impl Mirror {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
             .filter(|v| !v.is_empty());
-        let bytes = target.upstream.read_to_bytes(response.into_body(), MAX_MANIFEST_SIZE).await.map_err(|e| match e {
-            UpstreamError::Protocol(_) => MirrorError::ManifestTooLarge,
-            e => failed(e),
-        })?;
+        let bytes = target
+            .upstream
+            .read_to_bytes(response.into_body(), MAX_MANIFEST_SIZE)
+            .await
+            .map_err(|e| match e {
+                UpstreamError::Protocol(_) => MirrorError::ManifestTooLarge,
+                e => failed(e),
+            })?;
         let media_type = content_type.unwrap_or_else(|| sniff_media_type(&bytes));
 
         // By digest: the bytes must hash to it. By tag: to the upstream's Docker-Content-Digest.
@@ -202,11 +272,20 @@ impl Mirror {
             self.metrics.verify_failures.inc();
             return Err(MirrorError::Verification {
                 upstream: upstream.into(),
-                cause: format!("manifest {}:{reference} hashes to {actual}, expected {digest}", target.repo),
+                cause: format!(
+                    "manifest {}:{reference} hashes to {actual}, expected {digest}",
+                    target.repo
+                ),
             });
         }
-        let manifest = Arc::new(Manifest { digest: digest.clone(), media_type, bytes });
-        self.store.put(&keys::manifest(&digest), manifest.encode()).await?;
+        let manifest = Arc::new(Manifest {
+            digest: digest.clone(),
+            media_type,
+            bytes,
+        });
+        self.store
+            .put(&keys::manifest(&digest), manifest.encode())
+            .await?;
         self.manifests.insert(digest, manifest.clone()).await;
         Ok(manifest)
     }
@@ -221,11 +300,18 @@ fn upstream_accept(client: &[String]) -> HeaderValue {
             types.push(t);
         }
     }
-    HeaderValue::from_str(&types.join(", ")).unwrap_or_else(|_| HeaderValue::from_static(crate::oci::MANIFEST_MEDIA_TYPES[0]))
+    HeaderValue::from_str(&types.join(", "))
+        .unwrap_or_else(|_| HeaderValue::from_static(crate::oci::MANIFEST_MEDIA_TYPES[0]))
 }
 
 fn header_digest(headers: &http::HeaderMap) -> Option<Digest> {
-    headers.get("docker-content-digest")?.to_str().ok()?.trim().parse().ok()
+    headers
+        .get("docker-content-digest")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// For upstreams that send no Content-Type: the manifest's own `mediaType`, else OCI manifest.
@@ -248,13 +334,20 @@ mod tests {
     #[test]
     fn stored_form_round_trips_exact_bytes() {
         let bytes = Bytes::from_static(b"{\n \"schemaVersion\": 2 }\n\n");
-        let m = Manifest { digest: Digest::sha256_of(&bytes), media_type: "application/x-odd".into(), bytes };
+        let m = Manifest {
+            digest: Digest::sha256_of(&bytes),
+            media_type: "application/x-odd".into(),
+            bytes,
+        };
         assert_eq!(Manifest::decode(m.digest.clone(), m.encode()), Some(m));
     }
 
     #[test]
     fn upstream_accept_keeps_client_extras() {
-        let value = upstream_accept(&["application/vnd.docker.distribution.manifest.v1+prettyjws".into(), "*/*".into()]);
+        let value = upstream_accept(&[
+            "application/vnd.docker.distribution.manifest.v1+prettyjws".into(),
+            "*/*".into(),
+        ]);
         let text = value.to_str().unwrap();
         assert!(text.starts_with("application/vnd.oci.image.index.v1+json"));
         assert!(text.contains("prettyjws"));

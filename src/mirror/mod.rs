@@ -38,7 +38,11 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    pub fn new(config: Arc<Config>, store: Arc<dyn BlobStore>, metrics: Arc<Metrics>) -> std::io::Result<Mirror> {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn BlobStore>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Mirror> {
         let mut upstreams = BTreeMap::new();
         for (name, upstream) in &config.upstreams {
             let client = UpstreamClient::new(upstream.clone(), metrics.clone())

@@ -34,7 +34,9 @@ impl Mirror {
             (first, rest)
         } else if let Some(ns) = ns {
             (ns, name)
-        } else if !rest.is_empty() && (first.contains('.') || first.contains(':') || first == "localhost") {
+        } else if !rest.is_empty()
+            && (first.contains('.') || first.contains(':') || first == "localhost")
+        {
             return Err(MirrorError::UnknownRegistry(first.to_string()));
         } else {
             (self.config.default_upstream.as_str(), name)

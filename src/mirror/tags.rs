@@ -28,23 +28,36 @@ struct StoredTag {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl TagRecord {
     pub fn age(&self) -> Duration {
-        self.checked.map_or(Duration::MAX, |c| Instant::now().saturating_duration_since(c))
+        self.checked.map_or(Duration::MAX, |c| {
+            Instant::now().saturating_duration_since(c)
+        })
     }
 }
 
 impl Mirror {
     /// The last known record for a tag: memory first, then the store.
     pub(super) async fn known_tag(&self, target: &Target, tag: &Tag) -> Option<TagRecord> {
-        let key = (target.upstream_name().to_string(), target.repo.clone(), tag.clone());
+        let key = (
+            target.upstream_name().to_string(),
+            target.repo.clone(),
+            tag.clone(),
+        );
         if let Some(record) = self.tags.get(&key) {
             return Some(record);
         }
-        let bytes = self.store.get(&keys::tag(target.upstream_name(), &target.repo, tag)).await.ok()??;
+        let bytes = self
+            .store
+            .get(&keys::tag(target.upstream_name(), &target.repo, tag))
+            .await
+            .ok()??;
         let stored: StoredTag = serde_json::from_slice(&bytes).ok()?;
         let age = Duration::from_secs(unix_now().saturating_sub(stored.checked_unix));
         let record = TagRecord {
@@ -56,8 +69,17 @@ impl Mirror {
         Some(record)
     }
 
-    pub(super) async fn remember_tag(&self, target: &Target, tag: &Tag, record: &TagRecord) -> Result<(), MirrorError> {
-        let key = (target.upstream_name().to_string(), target.repo.clone(), tag.clone());
+    pub(super) async fn remember_tag(
+        &self,
+        target: &Target,
+        tag: &Tag,
+        record: &TagRecord,
+    ) -> Result<(), MirrorError> {
+        let key = (
+            target.upstream_name().to_string(),
+            target.repo.clone(),
+            tag.clone(),
+        );
         self.tags.insert(key, record.clone());
         let stored = StoredTag {
             digest: record.digest.to_string(),
@@ -65,7 +87,12 @@ impl Mirror {
             checked_unix: unix_now().saturating_sub(record.age().as_secs()),
         };
         let json = serde_json::to_vec(&stored).map_err(|e| MirrorError::Store(e.to_string()))?;
-        self.store.put(&keys::tag(target.upstream_name(), &target.repo, tag), Bytes::from(json)).await?;
+        self.store
+            .put(
+                &keys::tag(target.upstream_name(), &target.repo, tag),
+                Bytes::from(json),
+            )
+            .await?;
         Ok(())
     }
 }

@@ -70,20 +70,31 @@ impl FromStr for Digest {
     type Err = DigestError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (alg, hex) = text.split_once(':').ok_or_else(|| DigestError::Malformed(text.into()))?;
+        let (alg, hex) = text
+            .split_once(':')
+            .ok_or_else(|| DigestError::Malformed(text.into()))?;
         let algorithm = match alg {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
-            other if !other.is_empty() && other.bytes().all(|b| b.is_ascii_alphanumeric() || b"+._-".contains(&b)) => {
+            other
+                if !other.is_empty()
+                    && other
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"+._-".contains(&b)) =>
+            {
                 return Err(DigestError::UnsupportedAlgorithm(other.into()));
             }
             _ => return Err(DigestError::Malformed(text.into())),
         };
-        let valid = hex.len() == algorithm.hex_len() && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let valid = hex.len() == algorithm.hex_len()
+            && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !valid {
             return Err(DigestError::BadEncoding(text.into()));
         }
-        Ok(Digest { algorithm, hex: hex.into() })
+        Ok(Digest {
+            algorithm,
+            hex: hex.into(),
+        })
     }
 }
 
@@ -128,7 +139,8 @@ impl Hasher {
 mod tests {
     use super::*;
 
-    const EMPTY_SHA256: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const EMPTY_SHA256: &str =
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     #[test]
     fn parses_and_prints() {
@@ -146,13 +158,19 @@ mod tests {
             ("sha256", DigestError::Malformed("sha256".into())),
             ("md5:abcd", DigestError::UnsupportedAlgorithm("md5".into())),
             ("sha256:abc", DigestError::BadEncoding("sha256:abc".into())),
-            (&"sha256:".repeat(1)[..], DigestError::BadEncoding("sha256:".into())),
+            (
+                &"sha256:".repeat(1)[..],
+                DigestError::BadEncoding("sha256:".into()),
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(text.parse::<Digest>().unwrap_err(), want, "{text}");
         }
         let upper = EMPTY_SHA256.to_uppercase().replace("SHA256", "sha256");
-        assert!(upper.parse::<Digest>().is_err(), "uppercase hex is not canonical");
+        assert!(
+            upper.parse::<Digest>().is_err(),
+            "uppercase hex is not canonical"
+        );
         assert!("sha256:../../etc/passwd".parse::<Digest>().is_err());
         assert!("/sha256:e3".parse::<Digest>().is_err());
     }

@@ -18,7 +18,8 @@ pub fn accepts(accept: &[String], media_type: &str) -> bool {
         || accept.iter().any(|a| {
             a == media_type
                 || a == "*/*"
-                || a.strip_suffix("/*").is_some_and(|top| media_type.split('/').next() == Some(top))
+                || a.strip_suffix("/*")
+                    .is_some_and(|top| media_type.split('/').next() == Some(top))
         })
 }
 

@@ -11,7 +11,10 @@ use super::{Digest, DigestError, NameError, Reference, Tag};
 pub enum OciPath {
     /// `/v2/`
     Base,
-    Endpoint { name: String, endpoint: Endpoint },
+    Endpoint {
+        name: String,
+        endpoint: Endpoint,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,14 +38,21 @@ pub enum PathError {
 impl OciPath {
     /// Parses the raw (still percent-encoded) URI path.
     pub fn parse(path: &str) -> Result<OciPath, PathError> {
-        let rest = path.strip_prefix("/v2").ok_or_else(|| PathError::NotFound(path.into()))?;
+        let rest = path
+            .strip_prefix("/v2")
+            .ok_or_else(|| PathError::NotFound(path.into()))?;
         if rest.is_empty() || rest == "/" {
             return Ok(OciPath::Base);
         }
-        let rest = rest.strip_prefix('/').ok_or_else(|| PathError::NotFound(path.into()))?;
+        let rest = rest
+            .strip_prefix('/')
+            .ok_or_else(|| PathError::NotFound(path.into()))?;
         // No valid name, tag or digest contains these; refusing them up front closes
         // `%2e%2e`, NUL and backslash tricks before anything is decoded.
-        if let Some(bad) = rest.chars().find(|c| matches!(c, '%' | '\\' | '\0') || c.is_control()) {
+        if let Some(bad) = rest
+            .chars()
+            .find(|c| matches!(c, '%' | '\\' | '\0') || c.is_control())
+        {
             return Err(NameError::BadComponent(format!("{bad:?} in {rest}")).into());
         }
         let parts: Vec<&str> = rest.split('/').collect();
@@ -52,7 +62,10 @@ impl OciPath {
         }
         let (name_parts, endpoint) = match (parts[n - 2], parts[n - 1]) {
             ("tags", "list") => (&parts[..n - 2], Endpoint::Tags),
-            ("manifests", reference) => (&parts[..n - 2], Endpoint::Manifest(parse_reference(reference)?)),
+            ("manifests", reference) => (
+                &parts[..n - 2],
+                Endpoint::Manifest(parse_reference(reference)?),
+            ),
             ("blobs", digest) => (&parts[..n - 2], Endpoint::Blob(digest.parse()?)),
             ("referrers", digest) => (&parts[..n - 2], Endpoint::Referrers(digest.parse()?)),
             _ => return Err(PathError::NotFound(path.into())),
@@ -82,7 +95,8 @@ fn check_unrouted_name(parts: &[&str]) -> Result<(), NameError> {
         return Err(NameError::TooLong);
     }
     for (i, part) in parts.iter().enumerate() {
-        let ok = super::reference::valid_component(part) || (i == 0 && parts.len() > 1 && is_host_port(part));
+        let ok = super::reference::valid_component(part)
+            || (i == 0 && parts.len() > 1 && is_host_port(part));
         if !ok {
             return Err(NameError::BadComponent((*part).into()));
         }
@@ -92,7 +106,9 @@ fn check_unrouted_name(parts: &[&str]) -> Result<(), NameError> {
 
 fn is_host_port(part: &str) -> bool {
     part.rsplit_once(':').is_some_and(|(host, port)| {
-        super::reference::valid_component(host) && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+        super::reference::valid_component(host)
+            && !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
     })
 }
 
@@ -103,7 +119,10 @@ mod tests {
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     fn ep(name: &str, endpoint: Endpoint) -> Result<OciPath, ()> {
-        Ok(OciPath::Endpoint { name: name.into(), endpoint })
+        Ok(OciPath::Endpoint {
+            name: name.into(),
+            endpoint,
+        })
     }
 
     #[test]
@@ -113,15 +132,39 @@ mod tests {
         let cases: Vec<(String, Result<OciPath, ()>)> = vec![
             ("/v2/".into(), Ok(OciPath::Base)),
             ("/v2".into(), Ok(OciPath::Base)),
-            ("/v2/busybox/manifests/latest".into(), ep("busybox", tag("latest"))),
-            ("/v2/library/busybox/manifests/1.37".into(), ep("library/busybox", tag("1.37"))),
-            (format!("/v2/library/busybox/manifests/{D}"), ep("library/busybox", Endpoint::Manifest(Reference::Digest(digest.clone())))),
-            (format!("/v2/ghcr.io/fluxcd/flux/blobs/{D}"), ep("ghcr.io/fluxcd/flux", Endpoint::Blob(digest.clone()))),
+            (
+                "/v2/busybox/manifests/latest".into(),
+                ep("busybox", tag("latest")),
+            ),
+            (
+                "/v2/library/busybox/manifests/1.37".into(),
+                ep("library/busybox", tag("1.37")),
+            ),
+            (
+                format!("/v2/library/busybox/manifests/{D}"),
+                ep(
+                    "library/busybox",
+                    Endpoint::Manifest(Reference::Digest(digest.clone())),
+                ),
+            ),
+            (
+                format!("/v2/ghcr.io/fluxcd/flux/blobs/{D}"),
+                ep("ghcr.io/fluxcd/flux", Endpoint::Blob(digest.clone())),
+            ),
             ("/v2/a/b/c/tags/list".into(), ep("a/b/c", Endpoint::Tags)),
-            (format!("/v2/a/referrers/{D}"), ep("a", Endpoint::Referrers(digest.clone()))),
+            (
+                format!("/v2/a/referrers/{D}"),
+                ep("a", Endpoint::Referrers(digest.clone())),
+            ),
             // A repository may itself contain a component named like an endpoint.
-            ("/v2/x/blobs/y/manifests/v1".into(), ep("x/blobs/y", tag("v1"))),
-            (format!("/v2/localhost:5000/app/blobs/{D}"), ep("localhost:5000/app", Endpoint::Blob(digest))),
+            (
+                "/v2/x/blobs/y/manifests/v1".into(),
+                ep("x/blobs/y", tag("v1")),
+            ),
+            (
+                format!("/v2/localhost:5000/app/blobs/{D}"),
+                ep("localhost:5000/app", Endpoint::Blob(digest)),
+            ),
             // Refused.
             ("/v2/busybox/manifests".into(), Err(())),
             ("/v2/busybox/uploads/x".into(), Err(())),

@@ -14,7 +14,9 @@ pub enum NameError {
     Empty,
     #[error("repository name is longer than {MAX_NAME_LEN} characters")]
     TooLong,
-    #[error("repository name component `{0}` is invalid (lowercase letters, digits and . _ __ - separators)")]
+    #[error(
+        "repository name component `{0}` is invalid (lowercase letters, digits and . _ __ - separators)"
+    )]
     BadComponent(String),
     #[error("tag `{0}` is invalid ([A-Za-z0-9_][A-Za-z0-9._-]{{0,127}})")]
     BadTag(String),
@@ -36,7 +38,11 @@ impl Repository {
 
     /// Docker Hub's official images live under `library/`.
     pub fn with_library_prefix(self) -> Repository {
-        if self.0.contains('/') { self } else { Repository(format!("library/{}", self.0)) }
+        if self.0.contains('/') {
+            self
+        } else {
+            Repository(format!("library/{}", self.0))
+        }
     }
 }
 
@@ -118,8 +124,13 @@ impl FromStr for Tag {
         let ok = !b.is_empty()
             && b.len() <= 128
             && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-            && b.iter().all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'));
-        if ok { Ok(Tag(tag.into())) } else { Err(NameError::BadTag(tag.into())) }
+            && b.iter()
+                .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'));
+        if ok {
+            Ok(Tag(tag.into()))
+        } else {
+            Err(NameError::BadTag(tag.into()))
+        }
     }
 }
 
@@ -151,13 +162,29 @@ mod tests {
 
     #[test]
     fn repository_grammar() {
-        for ok in ["busybox", "library/busybox", "a/b/c", "a.b", "a_b", "a__b", "a---b", "fluxcd/helm-controller", "0"] {
+        for ok in [
+            "busybox",
+            "library/busybox",
+            "a/b/c",
+            "a.b",
+            "a_b",
+            "a__b",
+            "a---b",
+            "fluxcd/helm-controller",
+            "0",
+        ] {
             assert!(ok.parse::<Repository>().is_ok(), "{ok}");
         }
-        for bad in ["", "Busybox", "a//b", "/a", "a/", "..", "a/../b", "a/./b", "a___b", "a.-b", "-a", "a-", "a b", "a\0b", "a%2eb", "a:b"] {
+        for bad in [
+            "", "Busybox", "a//b", "/a", "a/", "..", "a/../b", "a/./b", "a___b", "a.-b", "-a",
+            "a-", "a b", "a\0b", "a%2eb", "a:b",
+        ] {
             assert!(bad.parse::<Repository>().is_err(), "{bad:?}");
         }
-        assert_eq!("a".repeat(256).parse::<Repository>(), Err(NameError::TooLong));
+        assert_eq!(
+            "a".repeat(256).parse::<Repository>(),
+            Err(NameError::TooLong)
+        );
         assert!("a".repeat(255).parse::<Repository>().is_ok());
     }
 

@@ -26,12 +26,18 @@ impl DiskStore {
             std::fs::remove_dir_all(&tmp)?;
         }
         std::fs::create_dir_all(&tmp)?;
-        Ok(DiskStore { root: root.to_owned(), tmp })
+        Ok(DiskStore {
+            root: root.to_owned(),
+            tmp,
+        })
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
         let relative = Path::new(key);
-        let safe = !key.is_empty() && relative.components().all(|c| matches!(c, Component::Normal(_)));
+        let safe = !key.is_empty()
+            && relative
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
         if !safe {
             return Err(StoreError::InvalidKey(key.into()));
         }
@@ -41,9 +47,13 @@ impl DiskStore {
     async fn place(&self, key: &str, from: &Path) -> Result<(), StoreError> {
         let target = self.path(key)?;
         if let Some(parent) = target.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(|e| StoreError::io(key, e))?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| StoreError::io(key, e))?;
         }
-        tokio::fs::rename(from, &target).await.map_err(|e| StoreError::io(key, e))
+        tokio::fs::rename(from, &target)
+            .await
+            .map_err(|e| StoreError::io(key, e))
     }
 }
 
@@ -58,9 +68,13 @@ impl BlobStore for DiskStore {
     }
 
     async fn read(&self, key: &str, range: Range<u64>) -> Result<ByteStream, StoreError> {
-        let mut file = tokio::fs::File::open(self.path(key)?).await.map_err(|e| StoreError::io(key, e))?;
+        let mut file = tokio::fs::File::open(self.path(key)?)
+            .await
+            .map_err(|e| StoreError::io(key, e))?;
         if range.start > 0 {
-            file.seek(SeekFrom::Start(range.start)).await.map_err(|e| StoreError::io(key, e))?;
+            file.seek(SeekFrom::Start(range.start))
+                .await
+                .map_err(|e| StoreError::io(key, e))?;
         }
         let limited = file.take(range.end.saturating_sub(range.start));
         Ok(ReaderStream::with_capacity(limited, READ_CHUNK).boxed())
@@ -118,9 +132,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(dir.path()).unwrap();
         assert_eq!(store.size("blobs/sha256/aa").await.unwrap(), None);
-        store.put("blobs/sha256/aa", Bytes::from_static(b"hello world")).await.unwrap();
+        store
+            .put("blobs/sha256/aa", Bytes::from_static(b"hello world"))
+            .await
+            .unwrap();
         assert_eq!(store.size("blobs/sha256/aa").await.unwrap(), Some(11));
-        let part: Vec<Bytes> = store.read("blobs/sha256/aa", 6..11).await.unwrap().try_collect().await.unwrap();
+        let part: Vec<Bytes> = store
+            .read("blobs/sha256/aa", 6..11)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
         assert_eq!(part.concat(), b"world");
         store.delete("blobs/sha256/aa").await.unwrap();
         assert_eq!(store.get("blobs/sha256/aa").await.unwrap(), None);
@@ -131,7 +154,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(dir.path()).unwrap();
         for key in ["../x", "/etc/passwd", "a/../../b", ""] {
-            assert!(matches!(store.size(key).await, Err(StoreError::InvalidKey(_))), "{key}");
+            assert!(
+                matches!(store.size(key).await, Err(StoreError::InvalidKey(_))),
+                "{key}"
+            );
         }
     }
 }

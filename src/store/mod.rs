@@ -27,7 +27,10 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn io(key: &str, source: std::io::Error) -> StoreError {
-        StoreError::Io { key: key.to_string(), source }
+        StoreError::Io {
+            key: key.to_string(),
+            source,
+        }
     }
 }
 

@@ -8,7 +8,11 @@ use tokio::time::Instant;
 /// One challenge from a `WWW-Authenticate` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
-    Bearer { realm: String, service: Option<String>, scope: Option<String> },
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
     Basic,
 }
 
@@ -20,7 +24,9 @@ pub fn parse_challenges(header: &str) -> Vec<Challenge> {
     let mut rest = header.trim();
     while !rest.is_empty() {
         rest = rest.trim_start_matches([',', ' ', '\t']);
-        let token_end = rest.find(|c: char| c == '=' || c == ',' || c.is_whitespace()).unwrap_or(rest.len());
+        let token_end = rest
+            .find(|c: char| c == '=' || c == ',' || c.is_whitespace())
+            .unwrap_or(rest.len());
         let token = &rest[..token_end];
         let after = rest[token_end..].trim_start_matches([' ', '\t']);
         if token.is_empty() {
@@ -94,7 +100,10 @@ impl TokenResponse {
     pub fn into_token(self) -> Option<(String, Duration)> {
         let token = self.token.or(self.access_token).filter(|t| !t.is_empty())?;
         // 60 s when absent, per the token spec.
-        Some((token, Duration::from_secs(self.expires_in.unwrap_or(60).max(1))))
+        Some((
+            token,
+            Duration::from_secs(self.expires_in.unwrap_or(60).max(1)),
+        ))
     }
 }
 
@@ -117,11 +126,17 @@ impl TokenCache {
         let expires = Instant::now() + lifetime - margin;
         let mut tokens = self.tokens.lock().unwrap();
         tokens.retain(|_, (_, exp)| *exp > Instant::now());
-        tokens.insert((realm.into(), service.into(), scope.into()), (token, expires));
+        tokens.insert(
+            (realm.into(), service.into(), scope.into()),
+            (token, expires),
+        );
     }
 
     pub fn forget(&self, realm: &str, service: &str, scope: &str) {
-        self.tokens.lock().unwrap().remove(&(realm.into(), service.into(), scope.into()));
+        self.tokens
+            .lock()
+            .unwrap()
+            .remove(&(realm.into(), service.into(), scope.into()));
     }
 }
 
@@ -130,7 +145,11 @@ mod tests {
     use super::*;
 
     fn bearer(realm: &str, service: Option<&str>, scope: Option<&str>) -> Challenge {
-        Challenge::Bearer { realm: realm.into(), service: service.map(Into::into), scope: scope.map(Into::into) }
+        Challenge::Bearer {
+            realm: realm.into(),
+            service: service.map(Into::into),
+            scope: scope.map(Into::into),
+        }
     }
 
     #[test]
@@ -138,20 +157,37 @@ mod tests {
         let cases: Vec<(&str, Vec<Challenge>)> = vec![
             (
                 r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#,
-                vec![bearer("https://auth.docker.io/token", Some("registry.docker.io"), Some("repository:library/busybox:pull"))],
+                vec![bearer(
+                    "https://auth.docker.io/token",
+                    Some("registry.docker.io"),
+                    Some("repository:library/busybox:pull"),
+                )],
             ),
             (
                 r#"Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:fluxcd/flux:pull""#,
-                vec![bearer("https://ghcr.io/token", Some("ghcr.io"), Some("repository:fluxcd/flux:pull"))],
+                vec![bearer(
+                    "https://ghcr.io/token",
+                    Some("ghcr.io"),
+                    Some("repository:fluxcd/flux:pull"),
+                )],
             ),
             (r#"Basic realm="Registry Realm""#, vec![Challenge::Basic]),
             (
                 r#"Basic realm="quay", Bearer realm="https://quay.io/v2/auth",service="quay.io""#,
-                vec![Challenge::Basic, bearer("https://quay.io/v2/auth", Some("quay.io"), None)],
+                vec![
+                    Challenge::Basic,
+                    bearer("https://quay.io/v2/auth", Some("quay.io"), None),
+                ],
             ),
-            (r#"bearer REALM=https://r.example/token , service=svc"#, vec![bearer("https://r.example/token", Some("svc"), None)]),
+            (
+                r#"bearer REALM=https://r.example/token , service=svc"#,
+                vec![bearer("https://r.example/token", Some("svc"), None)],
+            ),
             (r#"Bearer realm="a\"b""#, vec![bearer("a\"b", None, None)]),
-            (r#"Negotiate abc, Bearer realm="x""#, vec![bearer("x", None, None)]),
+            (
+                r#"Negotiate abc, Bearer realm="x""#,
+                vec![bearer("x", None, None)],
+            ),
             (r#"Bearer service="no realm""#, vec![]),
             ("", vec![]),
         ];
@@ -167,7 +203,11 @@ mod tests {
         assert_eq!(cache.get("r", "s", "scope").as_deref(), Some("t"));
         assert_eq!(cache.get("r", "s", "other"), None);
         tokio::time::advance(Duration::from_secs(55)).await;
-        assert_eq!(cache.get("r", "s", "scope"), None, "renewed before the real expiry");
+        assert_eq!(
+            cache.get("r", "s", "scope"),
+            None,
+            "renewed before the real expiry"
+        );
     }
 
     #[test]

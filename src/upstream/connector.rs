@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::Transport;
+use crate::config::{IpPreference, Transport};
 
 /// How long sent data may stay unacknowledged before the kernel gives up on the socket.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,15 +40,21 @@ impl Connector {
 }
 
 /// TLS client config: public web roots plus an optional extra CA file.
-pub fn tls_config(extra_ca: Option<&std::path::Path>, http1_only: bool) -> io::Result<rustls::ClientConfig> {
+pub fn tls_config(
+    extra_ca: Option<&std::path::Path>,
+    http1_only: bool,
+) -> io::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = extra_ca {
         let pem = std::fs::read(path)?;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots
-                .add(cert?)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+            roots.add(cert?).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -57,8 +63,11 @@ pub fn tls_config(extra_ca: Option<&std::path::Path>, http1_only: bool) -> io::R
         .map_err(io::Error::other)?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols =
-        if http1_only { vec![b"http/1.1".to_vec()] } else { vec![b"h2".to_vec(), b"http/1.1".to_vec()] };
+    config.alpn_protocols = if http1_only {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    };
     Ok(config)
 }
 
@@ -82,15 +91,30 @@ impl Connector {
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            other => return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unsupported scheme {other:?}"))),
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("unsupported scheme {other:?}"),
+                ));
+            }
         };
-        let host = uri.host().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "URI has no host"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = uri
+            .host()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "URI has no host"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
 
         let tcp = tokio::time::timeout(self.transport.connect_timeout, self.dial(&host, port))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("TCP connect to {host}:{port} timed out")))??;
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("TCP connect to {host}:{port} timed out"),
+                )
+            })??;
         if !https {
             return Ok(Conn::plain(tcp));
         }
@@ -99,14 +123,27 @@ impl Connector {
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone());
         let stream = tokio::time::timeout(self.transport.tls_timeout, tls.connect(name, tcp))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("TLS handshake with {host}:{port} timed out")))??;
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("TLS handshake with {host}:{port} timed out"),
+                )
+            })??;
         Ok(Conn::tls(stream))
     }
 
     /// Resolves and tries each address in turn.
     async fn dial(&self, host: &str, port: u16) -> io::Result<TcpStream> {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
-        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} resolved to no address"));
+        let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+        match self.transport.ip_preference {
+            IpPreference::Auto => {}
+            IpPreference::Ipv4 => addrs.sort_by_key(|a| !a.is_ipv4()),
+            IpPreference::Ipv6 => addrs.sort_by_key(|a| !a.is_ipv6()),
+        }
+        let mut last = io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host} resolved to no address"),
+        );
         for addr in addrs {
             match self.dial_addr(addr).await {
                 Ok(stream) => return Ok(stream),
@@ -124,7 +161,11 @@ impl Connector {
             // segments toward us fit the narrow hop too.
             socket.set_mss(mss)?;
         }
-        socket.set_tcp_keepalive(&TcpKeepalive::new().with_time(TCP_KEEPALIVE).with_interval(TCP_KEEPALIVE))?;
+        socket.set_tcp_keepalive(
+            &TcpKeepalive::new()
+                .with_time(TCP_KEEPALIVE)
+                .with_interval(TCP_KEEPALIVE),
+        )?;
         socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT))?;
         let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
         let stream = socket.connect(addr).await?;
@@ -146,19 +187,29 @@ enum Stream {
 
 impl Conn {
     fn plain(tcp: TcpStream) -> Conn {
-        Conn { io: TokioIo::new(Stream::Plain(tcp)), h2: false }
+        Conn {
+            io: TokioIo::new(Stream::Plain(tcp)),
+            h2: false,
+        }
     }
 
     fn tls(stream: TlsStream<TcpStream>) -> Conn {
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        Conn { io: TokioIo::new(Stream::Tls(Box::new(stream))), h2 }
+        Conn {
+            io: TokioIo::new(Stream::Tls(Box::new(stream))),
+            h2,
+        }
     }
 }
 
 impl Connection for Conn {
     fn connected(&self) -> Connected {
         let connected = Connected::new();
-        if self.h2 { connected.negotiated_h2() } else { connected }
+        if self.h2 {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
     }
 }
 
@@ -173,7 +224,11 @@ impl hyper::rt::Read for Conn {
 }
 
 impl hyper::rt::Write for Conn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -187,7 +242,11 @@ impl hyper::rt::Write for Conn {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -196,7 +255,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),

@@ -11,7 +11,10 @@ pub enum UpstreamError {
     #[error("upstream rate limit (HTTP 429)")]
     TooManyRequests { retry_after: Option<Duration> },
     #[error("upstream answered HTTP {status}")]
-    Status { status: u16, retry_after: Option<Duration> },
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
     #[error("upstream connection failed: {0}")]
     Transport(String),
     #[error("upstream timed out: {0}")]
@@ -20,27 +23,42 @@ pub enum UpstreamError {
     Stalled(Duration),
     #[error("upstream protocol error: {0}")]
     Protocol(String),
+    #[error("upstream is marked down after repeated failures; next probe in {retry_after:?}")]
+    Down { retry_after: Duration },
 }
 
 impl UpstreamError {
     /// Worth another attempt: the network or the upstream's momentary state, not the request.
     pub fn is_retryable(&self) -> bool {
         match self {
-            UpstreamError::Transport(_) | UpstreamError::Timeout(_) | UpstreamError::Stalled(_) => true,
+            UpstreamError::Transport(_) | UpstreamError::Timeout(_) | UpstreamError::Stalled(_) => {
+                true
+            }
             UpstreamError::TooManyRequests { .. } => true,
             UpstreamError::Status { status, .. } => *status >= 500,
-            UpstreamError::NotFound | UpstreamError::Denied { .. } | UpstreamError::Protocol(_) => false,
+            UpstreamError::NotFound | UpstreamError::Denied { .. } | UpstreamError::Protocol(_) => {
+                false
+            }
+            // Failing fast is the point of an open breaker.
+            UpstreamError::Down { .. } => false,
         }
     }
 
-    /// The upstream's own answer (as opposed to "we could not reach it").
-    pub fn is_definitive(&self) -> bool {
-        matches!(self, UpstreamError::NotFound | UpstreamError::Denied { .. })
+    /// Does this say the upstream is unhealthy (as opposed to answering "no")?
+    pub fn counts_against_health(&self) -> bool {
+        match self {
+            UpstreamError::Transport(_) | UpstreamError::Timeout(_) | UpstreamError::Stalled(_) => {
+                true
+            }
+            UpstreamError::Status { status, .. } => *status >= 500,
+            _ => false,
+        }
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            UpstreamError::TooManyRequests { retry_after } | UpstreamError::Status { retry_after, .. } => *retry_after,
+            UpstreamError::TooManyRequests { retry_after }
+            | UpstreamError::Status { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
