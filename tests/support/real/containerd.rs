@@ -1,0 +1,178 @@
+//! A private containerd (own root, state, socket; CRI disabled) driven through `ctr`.
+//!
+//! Needs root. Snapshotter: `overlayfs` by default, `BERTH_TEST_SNAPSHOTTER=native` to switch.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::super::util::{CmdOutput, kill_child, run, wait_until};
+
+pub const NAMESPACE: &str = "berth-test";
+
+pub enum PullPlatform<'a> {
+    /// `--platform linux/amd64`
+    One(&'a str),
+    /// `--all-platforms`
+    All,
+}
+
+pub struct Containerd {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub snapshotter: String,
+    child: Child,
+}
+
+impl Containerd {
+    /// Starts containerd and waits (≤ 30 s) until `ctr version` reaches it.
+    pub fn start() -> Containerd {
+        // Short path: the socket must fit in sun_path (108 bytes).
+        let dir = tempfile::Builder::new()
+            .prefix("ctd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        let socket = d.join("c.sock");
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+             [debug]\n  address = \"\"\n  level = \"debug\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = socket.display(),
+            opt = d.join("opt").display(),
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("containerd.log")).unwrap())
+            .spawn()
+            .expect("spawn containerd");
+        let snapshotter =
+            std::env::var("BERTH_TEST_SNAPSHOTTER").unwrap_or_else(|_| "overlayfs".into());
+        let mut c = Containerd {
+            dir,
+            socket,
+            snapshotter,
+            child,
+        };
+        wait_until(
+            "containerd to answer `ctr version`",
+            Duration::from_secs(30),
+            || {
+                if let Ok(Some(status)) = c.child.try_wait() {
+                    panic!("containerd exited ({status}):\n{}", c.log());
+                }
+                c.ctr(&["version"]).success.then_some(())
+            },
+        );
+        c
+    }
+
+    /// `ctr --address <sock> --namespace berth-test <args>` (2 min timeout).
+    pub fn ctr(&self, args: &[&str]) -> CmdOutput {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", NAMESPACE])
+            .args(args);
+        run(&mut cmd, Duration::from_secs(120))
+    }
+
+    /// `ctr images pull --hosts-dir <hosts_dir> …` (fetch + unpack). Check `success`.
+    pub fn pull(&self, reference: &str, hosts_dir: &Path, platform: PullPlatform<'_>) -> CmdOutput {
+        let hosts = hosts_dir.display().to_string();
+        let mut args = vec![
+            "images",
+            "pull",
+            "--hosts-dir",
+            &hosts,
+            "--snapshotter",
+            &self.snapshotter,
+        ];
+        match platform {
+            PullPlatform::One(p) => args.extend(["--platform", p]),
+            PullPlatform::All => args.push("--all-platforms"),
+        }
+        args.push(reference);
+        self.ctr(&args)
+    }
+
+    /// Target digest of `reference` from `ctr images ls` (columns: REF TYPE DIGEST …).
+    pub fn image_digest(&self, reference: &str) -> Option<String> {
+        let out = self.ctr(&["images", "ls"]);
+        out.expect_success();
+        out.stdout.lines().skip(1).find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.first() == Some(&reference))
+                .then(|| cols.get(2).map(|d| d.to_string()))
+                .flatten()
+        })
+    }
+
+    /// Every digest in the content store (`ctr content ls -q`).
+    pub fn content_digests(&self) -> Vec<String> {
+        let out = self.ctr(&["content", "ls", "-q"]);
+        out.expect_success();
+        out.stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    /// Removes the image (synchronous GC) and then any content left, so the next pull
+    /// fetches every blob again.
+    pub fn forget(&self, reference: &str) {
+        self.ctr(&["images", "rm", "--sync", reference])
+            .expect_success();
+        let left = self.content_digests();
+        if !left.is_empty() {
+            let mut args = vec!["content", "rm"];
+            args.extend(left.iter().map(String::as_str));
+            self.ctr(&args).expect_success();
+        }
+        assert!(
+            self.content_digests().is_empty(),
+            "content store not empty after forget"
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+        // Snapshot mounts only exist during unpack; unmount anything left so the temp dir can go.
+        let root = self.dir.path().display().to_string();
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+            for m in mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|m| m.starts_with(&root))
+            {
+                let _ = Command::new("umount").arg("-l").arg(m).status();
+            }
+        }
+    }
+}
+
+/// Writes `<dir>/<registry>/hosts.toml`: try `mirror` (pull + resolve) first, then `server`.
+pub fn write_hosts_toml(dir: &Path, registry: &str, server: &str, mirror: &str) {
+    let d = dir.join(registry);
+    std::fs::create_dir_all(&d).unwrap();
+    let toml = format!(
+        "server = \"{server}\"\n\n[host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+    );
+    std::fs::write(d.join("hosts.toml"), toml).unwrap();
+}
