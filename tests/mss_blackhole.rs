@@ -1,0 +1,482 @@
+//! A real path-MTU black hole, built from network namespaces, and berth's `tcp_mss` clamp.
+//!
+//! Topology (names suffixed with the test's pid; everything is torn down on drop, even on
+//! panic):
+//!
+//! ```text
+//!   berth-<id>                 router-<id>                          up-<id>
+//!   vb<id> 10.99.1.2 ──veth── vrb<id> 10.99.1.1 (MTU 1400!)
+//!   MTU 1500                   vru<id> 10.99.2.1 ──veth── vu<id> 10.99.2.2  python3 http.server :8080
+//!                              ip_forward=1, ICMP frag-needed DROPped (OUTPUT + FORWARD)
+//! ```
+//!
+//! berth's interface is 1500, so without the clamp it advertises MSS 1460; the upstream then
+//! sends 1500-byte DF packets that the router cannot forward toward berth (egress MTU 1400), and
+//! the "fragmentation needed" ICMP that would fix it is dropped: the transfer stalls forever
+//! (small responses still get through). With `tcp_mss = 1360` berth's SYN advertises 1360 and
+//! the upstream's segments fit the 1400-byte hop.
+//!
+//! Needs root, `ip`, `iptables`, `curl`, `python3`: skipped locally without them, fails under
+//! `CI=true`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use support::prereq::{require_root, require_tools, which};
+use support::util::{CmdOutput, kill_child, run, wait_until};
+
+const BERTH_IP: &str = "10.99.1.2";
+const ROUTER_BERTH_IP: &str = "10.99.1.1";
+const ROUTER_UP_IP: &str = "10.99.2.1";
+const UP_IP: &str = "10.99.2.2";
+const UP_PORT: u16 = 8080;
+/// berth's listen port inside its own namespace (private, so a fixed port cannot clash).
+const BERTH_PORT: u16 = 5000;
+const NARROW_MTU: u32 = 1400;
+const CLAMP_MSS: u32 = 1360;
+const BLOB_SIZE: usize = 16 << 20;
+const REPO_BLOB_DIR: &str = "v2/library/big/blobs";
+
+/// Runs `ip <args>` (≤ 10 s) and panics on failure.
+fn ip(args: &[&str]) {
+    run(Command::new("ip").args(args), Duration::from_secs(10)).expect_success();
+}
+
+/// Runs `args` inside namespace `ns` with a timeout; returns the output (caller checks).
+fn in_ns(ns: &str, args: &[&str], timeout: Duration) -> CmdOutput {
+    run(
+        Command::new("ip").args(["netns", "exec", ns]).args(args),
+        timeout,
+    )
+}
+
+/// The three namespaces and their wiring. Dropping it deletes the namespaces, which also
+/// destroys the veth pairs and the router's iptables rules.
+struct Netns {
+    berth: String,
+    router: String,
+    up: String,
+}
+
+impl Netns {
+    fn build(id: &str) -> Netns {
+        let net = Netns {
+            berth: format!("berth-{id}"),
+            router: format!("router-{id}"),
+            up: format!("up-{id}"),
+        };
+        for ns in net.all() {
+            // A leftover from a crashed run with the same pid would make `add` fail.
+            let _ = run(
+                Command::new("ip").args(["netns", "del", ns]),
+                Duration::from_secs(10),
+            );
+            ip(&["netns", "add", ns]);
+        }
+        // From here on, a panic drops `net` and removes whatever was built.
+        let (vb, vrb, vu, vru) = (
+            format!("vb{id}"),
+            format!("vrb{id}"),
+            format!("vu{id}"),
+            format!("vru{id}"),
+        );
+        let narrow = NARROW_MTU.to_string();
+        for (a, a_ns, b, b_ns) in [
+            (&vb, &net.berth, &vrb, &net.router),
+            (&vu, &net.up, &vru, &net.router),
+        ] {
+            ip(&[
+                "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
+            ]);
+        }
+        let addr = |ns: &str, dev: &str, cidr: &str, mtu: Option<&str>| {
+            ip(&["-n", ns, "addr", "add", cidr, "dev", dev]);
+            let mut link = vec!["-n", ns, "link", "set", dev];
+            if let Some(mtu) = mtu {
+                link.extend(["mtu", mtu]);
+            }
+            link.push("up");
+            ip(&link);
+        };
+        addr(&net.berth, &vb, &format!("{BERTH_IP}/24"), None);
+        addr(
+            &net.router,
+            &vrb,
+            &format!("{ROUTER_BERTH_IP}/24"),
+            Some(&narrow),
+        );
+        addr(&net.router, &vru, &format!("{ROUTER_UP_IP}/24"), None);
+        addr(&net.up, &vu, &format!("{UP_IP}/24"), None);
+        for ns in net.all() {
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        ip(&[
+            "-n",
+            &net.berth,
+            "route",
+            "add",
+            "default",
+            "via",
+            ROUTER_BERTH_IP,
+        ]);
+        ip(&[
+            "-n",
+            &net.up,
+            "route",
+            "add",
+            "default",
+            "via",
+            ROUTER_UP_IP,
+        ]);
+
+        let t = Duration::from_secs(10);
+        in_ns(
+            &net.router,
+            &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+            t,
+        )
+        .expect_success();
+        for chain in ["OUTPUT", "FORWARD"] {
+            in_ns(
+                &net.router,
+                &[
+                    "iptables",
+                    "-A",
+                    chain,
+                    "-p",
+                    "icmp",
+                    "--icmp-type",
+                    "fragmentation-needed",
+                    "-j",
+                    "DROP",
+                ],
+                t,
+            )
+            .expect_success();
+        }
+        net
+    }
+
+    fn all(&self) -> [&String; 3] {
+        [&self.berth, &self.router, &self.up]
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in self.all() {
+            let out = run(
+                Command::new("ip").args(["netns", "del", ns]),
+                Duration::from_secs(10),
+            );
+            if !out.success {
+                eprintln!("warning: could not delete netns {ns}: {}", out.stderr);
+            }
+        }
+    }
+}
+
+/// A long-running child (inside a namespace) killed by its own handle on drop.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(ns: &str, args: &[&str], envs: &[(&str, &str)], log: PathBuf) -> Proc {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(log.with_extension("stderr")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {args:?} in {ns}: {e}"));
+        Proc { child, log }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.log.with_extension("stderr")).unwrap_or_default()
+    }
+
+    fn assert_running(&mut self, what: &str) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{what} exited early ({status}); stderr:\n{}", self.stderr());
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn random_bytes(len: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = vec![0u8; len];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut buf)
+        .unwrap();
+    buf
+}
+
+/// `curl` inside `ns`; returns (exit code or -1 on timeout, elapsed, stderr).
+fn curl(ns: &str, url: &str, out: &Path, max_time: u64) -> (i32, Duration, String) {
+    let start = Instant::now();
+    let max = max_time.to_string();
+    let out = in_ns(
+        ns,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            &max,
+            url,
+            "-o",
+            out.to_str().unwrap(),
+            "-w",
+            "%{http_code} %{size_download}\n",
+        ],
+        Duration::from_secs(max_time + 10),
+    );
+    let code = if out.success {
+        0
+    } else if out.timed_out {
+        -1
+    } else {
+        // `run` only keeps success; recover curl's code from its "curl: (NN)" message.
+        out.stderr
+            .split("curl: (")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1)
+    };
+    (
+        code,
+        start.elapsed(),
+        format!("{}{}", out.stdout, out.stderr),
+    )
+}
+
+fn file_sha256(path: &Path) -> Option<String> {
+    std::fs::read(path).ok().map(|b| sha256_hex(&b))
+}
+
+/// Starts berth inside `ns` and waits (≤ 30 s) for `GET /v2/` to answer 200 there.
+fn start_berth(ns: &str, dir: &Path, config: &str) -> Proc {
+    std::fs::create_dir_all(dir).unwrap();
+    let config_path = dir.join("berth.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let listen = format!("127.0.0.1:{BERTH_PORT}");
+    let data = dir.join("data");
+    let mut berth = Proc::spawn(
+        ns,
+        &[
+            env!("CARGO_BIN_EXE_berth"),
+            "serve",
+            "--config",
+            config_path.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[("BERTH_LOG", "info"), ("NO_COLOR", "1")],
+        dir.join("berth.log"),
+    );
+    let probe = dir.join("probe.out");
+    wait_until("berth to answer GET /v2/", Duration::from_secs(30), || {
+        berth.assert_running("berth");
+        let out = in_ns(
+            ns,
+            &[
+                "curl",
+                "-s",
+                "--max-time",
+                "2",
+                "-o",
+                probe.to_str().unwrap(),
+                "-w",
+                "%{http_code}",
+                &format!("http://{listen}/v2/"),
+            ],
+            Duration::from_secs(5),
+        );
+        (out.stdout.trim() == "200").then_some(())
+    });
+    berth
+}
+
+fn berth_config(mss: Option<u32>) -> String {
+    let mut s = format!(
+        "default_upstream = \"docker.io\"\n\n[upstreams.\"docker.io\"]\n\
+         url = \"http://{UP_IP}:{UP_PORT}\"\nstall_timeout = \"2s\"\nmax_attempts = 2\n"
+    );
+    if let Some(mss) = mss {
+        s.push_str(&format!("tcp_mss = {mss}\n"));
+    }
+    s
+}
+
+#[test]
+fn large_blob_through_pmtu_black_hole_needs_the_mss_clamp() {
+    if !require_root() || !require_tools(&["ip", "iptables", "curl", "python3"]) {
+        return;
+    }
+    let t0 = Instant::now();
+    let id = std::process::id().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+
+    // Upstream content: a big random blob at its registry path, and a small file.
+    let blob = random_bytes(BLOB_SIZE);
+    let hex = sha256_hex(&blob);
+    let digest = format!("sha256:{hex}");
+    let root = tmp.path().join("upstream");
+    std::fs::create_dir_all(root.join(REPO_BLOB_DIR)).unwrap();
+    std::fs::write(root.join(REPO_BLOB_DIR).join(&digest), &blob).unwrap();
+    std::fs::write(root.join("small"), random_bytes(500)).unwrap();
+    drop(blob);
+
+    // Declared before the processes, so it is dropped (namespaces deleted) after them.
+    let net = Netns::build(&id);
+    eprintln!("[{:?}] namespaces built: {:?}", t0.elapsed(), net.all());
+
+    let python = which("python3").unwrap();
+    let mut server = Proc::spawn(
+        &net.up,
+        &[
+            python.to_str().unwrap(),
+            "-m",
+            "http.server",
+            &UP_PORT.to_string(),
+            "--bind",
+            UP_IP,
+            "--directory",
+            root.to_str().unwrap(),
+        ],
+        &[],
+        tmp.path().join("http.log"),
+    );
+
+    // Small responses cross the narrow hop (this also waits for the server to listen).
+    let small_out = tmp.path().join("small.out");
+    let upstream = format!("http://{UP_IP}:{UP_PORT}");
+    wait_until(
+        "a 500-byte file to arrive from the upstream namespace",
+        Duration::from_secs(20),
+        || {
+            server.assert_running("python3 http.server");
+            let (code, _, _) = curl(&net.berth, &format!("{upstream}/small"), &small_out, 2);
+            (code == 0 && std::fs::metadata(&small_out).is_ok_and(|m| m.len() == 500)).then_some(())
+        },
+    );
+    eprintln!(
+        "[{:?}] upstream ready; small file crosses the hop",
+        t0.elapsed()
+    );
+
+    // The black hole is real: a plain (MSS 1460) download of the big blob stalls.
+    let blob_path = format!("{REPO_BLOB_DIR}/{digest}");
+    let direct_out = tmp.path().join("direct.out");
+    let (code, took, msg) = curl(
+        &net.berth,
+        &format!("{upstream}/{blob_path}"),
+        &direct_out,
+        10,
+    );
+    eprintln!(
+        "[{:?}] direct download: curl exit {code} after {took:?}: {msg}",
+        t0.elapsed()
+    );
+    assert!(
+        code != 0 || file_sha256(&direct_out).as_deref() != Some(hex.as_str()),
+        "the direct download succeeded, so there is no black hole to test: {msg}"
+    );
+
+    let blob_url = format!("http://127.0.0.1:{BERTH_PORT}/{blob_path}");
+
+    // 1. Without the clamp: berth's fill stalls, is reported as a stall, and the client's
+    //    response does not carry a correct body.
+    {
+        let dir = tmp.path().join("unclamped");
+        let mut berth = start_berth(&net.berth, &dir, &berth_config(None));
+        let out = dir.join("blob.out");
+        let (code, took, msg) = curl(&net.berth, &blob_url, &out, 40);
+        let got = file_sha256(&out);
+        eprintln!(
+            "[{:?}] unclamped fetch through berth: curl exit {code} after {took:?}: {msg}",
+            t0.elapsed()
+        );
+        assert!(
+            code != 0 || got.as_deref() != Some(hex.as_str()),
+            "without tcp_mss the fill should not deliver a correct body, but it did: {msg}\n\
+             berth stderr:\n{}",
+            berth.stderr()
+        );
+        assert_ne!(
+            code,
+            28,
+            "berth should abort the client's response after its attempts stall, not leave it \
+             hanging until curl's --max-time; berth stderr:\n{}",
+            berth.stderr()
+        );
+        let log = wait_until("berth to report the stall", Duration::from_secs(10), || {
+            let log = berth.stderr();
+            log.contains("stalled").then_some(log)
+        });
+        berth.assert_running("berth (unclamped)");
+        eprintln!(
+            "berth (unclamped) warnings:\n{}",
+            log.lines()
+                .filter(|l| l.contains("stalled") || l.contains("resuming"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
+    // 2. With the clamp (fresh data dir): the same fetch completes and verifies.
+    {
+        let dir = tmp.path().join("clamped");
+        let mut berth = start_berth(&net.berth, &dir, &berth_config(Some(CLAMP_MSS)));
+        let out = dir.join("blob.out");
+        let (code, took, msg) = curl(&net.berth, &blob_url, &out, 40);
+        eprintln!(
+            "[{:?}] clamped fetch through berth: curl exit {code} after {took:?}: {msg}",
+            t0.elapsed()
+        );
+        assert_eq!(
+            code,
+            0,
+            "with tcp_mss = {CLAMP_MSS} the fetch should complete: {msg}\nberth stderr:\n{}",
+            berth.stderr()
+        );
+        assert_eq!(
+            file_sha256(&out).as_deref(),
+            Some(hex.as_str()),
+            "the body through berth must hash to the digest; berth stderr:\n{}",
+            berth.stderr()
+        );
+        berth.assert_running("berth (clamped)");
+        let log = berth.stderr();
+        assert!(
+            !log.contains("stalled"),
+            "with the clamp berth should not stall; berth stderr:\n{log}"
+        );
+    }
+    eprintln!("[{:?}] done", t0.elapsed());
+}
