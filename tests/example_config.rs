@@ -5,7 +5,8 @@ use berth::config::Config;
 
 #[test]
 fn shipped_example_equals_builtin_defaults() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/berth.toml")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/berth.toml")).unwrap();
     let example = Config::from_toml(&text).expect("config/berth.toml must parse");
     let builtin = Config::from_toml("").unwrap();
     assert_eq!(example.listen, builtin.listen);
@@ -19,17 +20,24 @@ fn shipped_example_equals_builtin_defaults() {
         assert_eq!(documented.url, upstream.url, "{name}");
         assert_eq!(documented.transport, upstream.transport, "{name}");
         assert_eq!(documented.tag_ttl, upstream.tag_ttl, "{name}");
-        assert_eq!(documented.official_images_prefix, upstream.official_images_prefix, "{name}");
+        assert_eq!(
+            documented.official_images_prefix, upstream.official_images_prefix,
+            "{name}"
+        );
     }
 }
 
 #[test]
 fn every_documented_key_is_a_real_key() {
     // Uncommenting every `# key = value` line must still parse: commented examples are real keys.
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/berth.toml")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/berth.toml")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
-    let pem = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap().cert.pem();
+    let pem = rcgen::generate_simple_self_signed(vec!["x".into()])
+        .unwrap()
+        .cert
+        .pem();
     std::fs::write(&ca, pem).unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "token\n").unwrap();
@@ -51,5 +59,7 @@ fn every_documented_key_is_a_real_key() {
 
 /// `key = value` with a bare lowercase key: a commented-out setting, not prose.
 fn is_key_line(line: &str) -> bool {
-    line.split_once(" = ").is_some_and(|(key, _)| !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+    line.split_once(" = ").is_some_and(|(key, _)| {
+        !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    })
 }

@@ -7,79 +7,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::Method;
-use sha2::{Digest as _, Sha256};
 use support::fake_upstream::{FakeUpstream, Fault, Kind, Options, Role};
 use support::images::{self, Content, Format};
+use support::inprocess::{Berth, client, sha256, upstream_table};
 
 const CONTAINERD_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
-
-/// A berth serving in this process, stopped on drop.
-struct Berth {
-    addr: SocketAddr,
-    data: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Berth {
-    async fn start(config_body: &str) -> Berth {
-        let data = tempfile::tempdir().unwrap();
-        Berth::start_in(config_body, data).await
-    }
-
-    async fn start_in(config_body: &str, data: tempfile::TempDir) -> Berth {
-        let text = format!(
-            "data_dir = {:?}\n{config_body}",
-            data.path().to_str().unwrap()
-        );
-        let config =
-            berth::config::Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            berth::serve::run(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        Berth {
-            addr,
-            data,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn shutdown(mut self) -> tempfile::TempDir {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
-        self.data
-    }
-}
-
-fn upstream_table(name: &str, url: &str, extra: &str) -> String {
-    format!("[upstreams.{name:?}]\nurl = {url:?}\n{extra}\n")
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
 
 /// Pulls an image the way containerd does (resolve, index, per-platform manifest, config,
 /// layers), checking every digest; returns the number of blobs fetched.

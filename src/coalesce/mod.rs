@@ -256,3 +256,107 @@ impl<K: Hash + Eq + Clone, E: Clone> Drop for FillWriter<K, E> {
         self.finish(Err(FillFailure::Abandoned));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    type TestFills = Fills<&'static str, String>;
+
+    fn leader(fills: &TestFills) -> (Arc<Fill<String>>, FillWriter<&'static str, String>) {
+        match fills.join("k").unwrap() {
+            Joined::Leader(fill, writer) => (fill, writer),
+            Joined::Follower(_) => panic!("expected to lead"),
+        }
+    }
+
+    #[tokio::test]
+    async fn followers_join_the_running_fill() {
+        let dir = tempfile::tempdir().unwrap();
+        let fills = TestFills::new(dir.path()).unwrap();
+        let (_fill, writer) = leader(&fills);
+        assert!(matches!(fills.join("k").unwrap(), Joined::Follower(_)));
+        writer.complete();
+        assert_eq!(fills.in_flight(), 0);
+        assert!(
+            matches!(fills.join("k").unwrap(), Joined::Leader(..)),
+            "a finished fill is not joined"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_leader_wakes_its_readers_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let fills = TestFills::new(dir.path()).unwrap();
+        let (fill, writer) = leader(&fills);
+        writer.start(Some(10));
+        writer
+            .append(bytes::Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
+        let reader = tokio::spawn(fill.reader(0, None).into_stream().collect::<Vec<_>>());
+        drop(writer);
+        let items = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            items.last().unwrap().is_err(),
+            "the reader ends with an error, not a short success"
+        );
+        assert!(matches!(fill.finished().await, Err(FillFailure::Abandoned)));
+        assert_eq!(fills.in_flight(), 0, "the next request starts a fresh fill");
+    }
+
+    #[tokio::test]
+    async fn the_last_byte_waits_for_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let fills = TestFills::new(dir.path()).unwrap();
+        let (fill, writer) = leader(&fills);
+        writer.start(Some(5));
+        writer
+            .append(bytes::Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
+        let mut stream = fill.reader(0, None).into_stream();
+        assert_eq!(&stream.next().await.unwrap().unwrap()[..], b"hell");
+        let pending =
+            tokio::time::timeout(std::time::Duration::from_millis(100), stream.next()).await;
+        assert!(
+            pending.is_err(),
+            "all bytes are written but unverified: the last one is held back"
+        );
+        writer.fail("digest mismatch".into());
+        assert!(stream.next().await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_verified_fill_delivers_everything_to_late_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let fills = TestFills::new(dir.path()).unwrap();
+        let (fill, writer) = leader(&fills);
+        writer.start(None);
+        for part in [&b"abc"[..], b"def"] {
+            writer
+                .append(bytes::Bytes::copy_from_slice(part))
+                .await
+                .unwrap();
+        }
+        writer.complete();
+        let body: Vec<u8> = fill
+            .reader(2, None)
+            .into_stream()
+            .map(|c| c.unwrap().to_vec())
+            .concat()
+            .await;
+        assert_eq!(body, b"cdef");
+        let ranged: Vec<u8> = fill
+            .reader(1, Some(3))
+            .into_stream()
+            .map(|c| c.unwrap().to_vec())
+            .concat()
+            .await;
+        assert_eq!(ranged, b"bc");
+    }
+}

@@ -107,10 +107,13 @@ impl TokenResponse {
     }
 }
 
+/// (realm, service, scope)
+type TokenKey = (String, String, String);
+
 /// Bearer tokens per (realm, service, scope), kept until shortly before they expire.
 #[derive(Default)]
 pub struct TokenCache {
-    tokens: std::sync::Mutex<HashMap<(String, String, String), (String, Instant)>>,
+    tokens: std::sync::Mutex<HashMap<TokenKey, (String, Instant)>>,
 }
 
 impl TokenCache {
