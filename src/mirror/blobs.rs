@@ -199,6 +199,8 @@ impl Mirror {
                     }
                     failures_without_progress += 1;
                     if failures_without_progress >= max_failures {
+                        tracing::error!(%upstream, repo = %target.repo, %digest, received = writer.written(),
+                            error = %e, "blob fill failed after {failures_without_progress} attempts without progress; giving up");
                         writer.fail(MirrorError::from_upstream(
                             upstream,
                             &target.repo,
@@ -211,6 +213,7 @@ impl Mirror {
                         "blob transfer broke; resuming");
                 }
                 Err(e) => {
+                    tracing::warn!(%upstream, repo = %target.repo, %digest, error = %e, "blob fill failed");
                     writer.fail(MirrorError::from_upstream(
                         upstream,
                         &target.repo,
