@@ -75,8 +75,13 @@ impl Mirror {
         // Two rounds at most: a fill that finds the blob committed meanwhile sends us to the store.
         for _ in 0..2 {
             if let Some(size) = self.store.size(&keys::blob(digest)).await? {
-                self.metrics.cache_lookup("blob", true);
-                return self.blob_from_store(digest, size, range, want_body).await;
+                match self.blob_from_store(digest, size, range, want_body).await {
+                    Err(MirrorError::Raced) => continue,
+                    other => {
+                        self.metrics.cache_lookup("blob", true);
+                        return other;
+                    }
+                }
             }
             match self.blob_from_fill(target, digest, range, want_body).await {
                 Err(MirrorError::Raced) => continue,
@@ -108,11 +113,16 @@ impl Mirror {
         let body = if want_body {
             let (start, end) = span.unwrap_or((0, size.saturating_sub(1)));
             let end_exclusive = if size == 0 { 0 } else { end + 1 };
-            Some(
-                self.store
-                    .read(&keys::blob(digest), start..end_exclusive)
-                    .await?,
-            )
+            match self
+                .store
+                .read(&keys::blob(digest), start..end_exclusive)
+                .await
+            {
+                Ok(stream) => Some(stream),
+                // Evicted between the size check and the open: fill it again.
+                Err(e) if e.is_not_found() => return Err(MirrorError::Raced),
+                Err(e) => return Err(e.into()),
+            }
         } else {
             None
         };
