@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 use support::inprocess::sha256;
 use support::util::{CmdOutput, run};
 
+const CONFIG: &[u8] = b"{\"architecture\":\"amd64\"}";
+
 fn berth_cache(args: &[&str], data: &Path) -> CmdOutput {
     run(
         Command::new(env!("CARGO_BIN_EXE_berth"))
@@ -49,7 +51,7 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path();
         let layer = put_blob(data, &vec![1u8; 4000]);
-        let config = put_blob(data, b"{\"architecture\":\"amd64\"}");
+        let config = put_blob(data, CONFIG);
         let loose = put_blob(data, &vec![2u8; 3000]);
         let corrupt = sha256(b"the real content");
         write(
@@ -58,7 +60,7 @@ impl Fixture {
         );
         let body = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
-            "config": {"digest": config, "size": 25},
+            "config": {"digest": config, "size": CONFIG.len()},
             "layers": [{"digest": layer, "size": 4000}],
         }))
         .unwrap();
@@ -113,8 +115,14 @@ fn stats_counts_objects_tags_and_pinned_bytes() {
     let manifest_size = std::fs::metadata(f.data().join("manifests/sha256").join(&f.manifest[7..]))
         .unwrap()
         .len();
-    assert_eq!(stats["pinned_bytes"], manifest_size + 4000 + 25);
-    assert_eq!(stats["total_bytes"], manifest_size + 4000 + 25 + 3000 + 16);
+    assert_eq!(
+        stats["pinned_bytes"],
+        manifest_size + 4000 + CONFIG.len() as u64
+    );
+    assert_eq!(
+        stats["total_bytes"],
+        manifest_size + 4000 + CONFIG.len() as u64 + 3000 + 16
+    );
     assert!(stats["hit_ratio"].is_null(), "unknown without --mirror");
 
     let text = berth_cache(&["stats"], f.data());
