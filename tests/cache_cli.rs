@@ -218,3 +218,34 @@ fn gc_dry_run_lists_and_gc_evicts_unpinned_lru_and_orphans() {
         again.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_reads_the_hit_ratio_from_a_running_berth() {
+    use support::fake_upstream::{FakeUpstream, Options};
+    use support::inprocess::{Berth, client, upstream_table};
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let blob = support::images::big_blob(1, 90);
+    fake.put_blob("library/x", &blob);
+    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let url = berth.url(&format!("/v2/library/x/blobs/{}", blob.digest));
+    for _ in 0..4 {
+        let body = client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(sha256(&body), blob.digest);
+    }
+    let mirror = berth.url("");
+    let out = tokio::task::block_in_place(|| {
+        berth_cache(&["stats", "--json", "--mirror", &mirror], berth.data.path())
+    });
+    out.expect_success();
+    let stats: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(stats["hit_ratio"], 0.75, "1 miss, 3 hits: {stats}");
+    assert_eq!(stats["blobs"], 1);
+    berth.shutdown().await;
+}

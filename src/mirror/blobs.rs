@@ -203,7 +203,17 @@ impl Mirror {
                 .await
             {
                 Ok(()) => break,
-                Err(e) if e.is_retryable() => {
+                // A local disk problem (e.g. ENOSPC): retrying the upstream cannot help. The
+                // failed writer deletes the spool file, so nothing partial stays behind.
+                Err(TransferError::Spool(e)) => {
+                    tracing::error!(%upstream, repo = %target.repo, %digest, received = writer.written(),
+                        error = %e, "cannot write the spool file; blob fill failed");
+                    writer.fail(MirrorError::Store(format!(
+                        "cannot write the spool file: {e}"
+                    )));
+                    return;
+                }
+                Err(TransferError::Upstream(e)) if e.is_retryable() => {
                     if writer.written() > written_before {
                         failures_without_progress = 0;
                     }
@@ -222,7 +232,7 @@ impl Mirror {
                     tracing::warn!(%upstream, repo = %target.repo, %digest, received = writer.written(), error = %e,
                         "blob transfer broke; resuming");
                 }
-                Err(e) => {
+                Err(TransferError::Upstream(e)) => {
                     tracing::warn!(%upstream, repo = %target.repo, %digest, error = %e, "blob fill failed");
                     writer.fail(MirrorError::from_upstream(
                         upstream,
@@ -284,7 +294,7 @@ impl Mirror {
         writer: &mut FillWriter<Digest, MirrorError>,
         hasher: &mut Hasher,
         total: &mut Option<u64>,
-    ) -> Result<(), UpstreamError> {
+    ) -> Result<(), TransferError> {
         let have = writer.written();
         let request = Request {
             kind: Kind::Blob,
@@ -315,7 +325,8 @@ impl Mirror {
             if start != Some(have) {
                 return Err(UpstreamError::Protocol(format!(
                     "asked for bytes from {have}, got Content-Range {start:?}"
-                )));
+                ))
+                .into());
             }
         } else {
             // The upstream ignored Range: read from 0 again and drop what we have.
@@ -342,22 +353,33 @@ impl Mirror {
             if total.is_some_and(|t| writer.written() + chunk.len() as u64 > t) {
                 return Err(UpstreamError::Protocol(
                     "upstream sent more bytes than it announced".into(),
-                ));
+                )
+                .into());
             }
             hasher.update(&chunk);
-            writer
-                .append(chunk)
-                .await
-                .map_err(|e| UpstreamError::Protocol(format!("spool write failed: {e}")))?;
+            writer.append(chunk).await.map_err(TransferError::Spool)?;
         }
         if total.is_some_and(|t| writer.written() < t) {
             return Err(UpstreamError::Transport(format!(
                 "connection ended at {} of {} bytes",
                 writer.written(),
                 total.unwrap_or(0)
-            )));
+            ))
+            .into());
         }
         Ok(())
+    }
+}
+
+/// Why one transfer stopped: the upstream, or our own disk (full, read-only, I/O error).
+enum TransferError {
+    Upstream(UpstreamError),
+    Spool(std::io::Error),
+}
+
+impl From<UpstreamError> for TransferError {
+    fn from(e: UpstreamError) -> Self {
+        TransferError::Upstream(e)
     }
 }
 
