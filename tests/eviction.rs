@@ -141,3 +141,30 @@ async fn pulling_more_than_fits_evicts_lru_keeps_pins_and_refetches() {
     }
     berth.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_touch_memory_only_and_access_times_reach_the_files_at_shutdown() {
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let blob = images::big_blob(1, 85);
+    fake.put_blob("library/lru", &blob);
+    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    pull_blob(&berth, &blob).await;
+    let file = berth.data.path().join("blobs/sha256").join(blob.hex());
+    let long_ago = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::open(&file)
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+
+    pull_blob(&berth, &blob).await; // a cache hit: read from the file
+    let mtime = || std::fs::metadata(&file).unwrap().modified().unwrap();
+    assert_eq!(mtime(), long_ago, "a read writes nothing to disk");
+
+    let before_shutdown = std::time::SystemTime::now() - Duration::from_secs(60);
+    let data = berth.shutdown().await;
+    assert!(
+        mtime() > before_shutdown,
+        "the batched access time was flushed at shutdown"
+    );
+    drop(data);
+}

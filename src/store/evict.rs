@@ -228,6 +228,10 @@ impl EvictorTask {
                         Ok(_) => {}
                         Err(e) => tracing::error!(error = %e, "eviction failed"),
                     }
+                    if evictor.over_limit() {
+                        tracing::warn!(now = store.usage(), max_size = ?evictor.max_size,
+                            "still over max_size: the rest is pinned or being read");
+                    }
                 }
                 metrics.cache_bytes.set(store.usage() as i64);
             }
