@@ -291,6 +291,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn usage_counts_blobs_and_manifests_only_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        store
+            .put("blobs/sha256/aa", Bytes::from(vec![0u8; 100]))
+            .await
+            .unwrap();
+        store
+            .put("manifests/sha256/bb", Bytes::from(vec![0u8; 10]))
+            .await
+            .unwrap();
+        store
+            .put("tags/docker.io/x/_tags/latest", Bytes::from(vec![0u8; 50]))
+            .await
+            .unwrap();
+        store
+            .put("pins/flux", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(store.usage(), 110, "tag records and pins are not counted");
+        // Digest-named files only: the scan counts what eviction may delete.
+        let hex = "a".repeat(64);
+        store
+            .put(&format!("blobs/sha256/{hex}"), Bytes::from(vec![0u8; 7]))
+            .await
+            .unwrap();
+        assert_eq!(store.usage(), 117);
+        assert_eq!(DiskStore::attach(dir.path()).unwrap().usage(), 7);
+        store.delete(&format!("blobs/sha256/{hex}")).await.unwrap();
+        assert_eq!(store.usage(), 110);
+        assert!(
+            store.evict("tags/docker.io/x/_tags/latest").is_err(),
+            "never a tag"
+        );
+    }
+
+    #[tokio::test]
     async fn refuses_escaping_keys() {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(dir.path()).unwrap();
