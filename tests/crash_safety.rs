@@ -128,6 +128,9 @@ async fn kill_9_mid_fill_leaves_no_partial_blob_and_a_restart_serves_it_whole() 
         "the client saw a broken transfer, not a complete one: {first:?}"
     );
 
+    // What a kill during a manifest write would leave (simulated: that window is tiny).
+    std::fs::write(data.join("tmp/put-00000000deadbeef"), b"half a manifest").unwrap();
+
     tokio::task::block_in_place(|| berth.restart());
     assert_eq!(
         files_in(&spool),

@@ -33,6 +33,8 @@ pub enum EvictError {
     Pins(#[from] PinError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the eviction task died: {0}")]
+    Task(String),
 }
 
 /// What one eviction run would delete.
@@ -160,29 +162,40 @@ impl Evictor {
     }
 
     /// Deletes the plan's victims, re-checking each for readers at the moment of deletion.
+    /// Blocking (unlinks): the server calls it through [`Evictor::run_once`].
     pub fn apply(&self, plan: &Plan) -> Result<Evicted, EvictError> {
-        let mut evicted = Evicted::default();
-        for victim in &plan.victims {
-            match self.store.evict(&victim.key)? {
-                Some(bytes) => {
-                    evicted.objects += 1;
-                    evicted.bytes += bytes;
-                    tracing::info!(key = %victim.key, bytes, "evicted");
-                }
-                None => evicted.busy += 1,
-            }
-        }
-        Ok(evicted)
+        apply(&self.store, plan)
     }
 
     pub async fn run_once(&self) -> Result<Evicted, EvictError> {
         let plan = self.plan().await?;
-        self.apply(&plan)
+        if plan.victims.is_empty() {
+            return Ok(Evicted::default());
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || apply(&store, &plan))
+            .await
+            .map_err(|e| EvictError::Task(e.to_string()))?
     }
 
     fn over_limit(&self) -> bool {
         self.max_size.is_some_and(|max| self.store.usage() > max)
     }
+}
+
+fn apply(store: &DiskStore, plan: &Plan) -> Result<Evicted, EvictError> {
+    let mut evicted = Evicted::default();
+    for victim in &plan.victims {
+        match store.evict(&victim.key)? {
+            Some(bytes) => {
+                evicted.objects += 1;
+                evicted.bytes += bytes;
+                tracing::info!(key = %victim.key, bytes, "evicted");
+            }
+            None => evicted.busy += 1,
+        }
+    }
+    Ok(evicted)
 }
 
 /// The evictor as a background task of `berth serve`.
