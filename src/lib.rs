@@ -11,12 +11,14 @@
 //!      │     coalesce   one upstream fill, spooled to disk, streamed to every waiter
 //!      ▼      │
 //!   upstream   the only HTTP client of upstreams: token auth, redirects, own TCP/TLS connector
-//!   store      content-addressed blobs, manifests and tag records (disk; S3 later)
+//!   store      content-addressed blobs, manifests and tag records (disk; S3 later);
+//!              eviction under max_size (scan → pins → LRU plan → evict), access times, verify
 //!   oci        pure types, no I/O: Digest, Reference, Repository, OciPath, ErrorCode
 //!
 //!   config     file → env → flags, validated once into typed config
 //!   generate   K3s registries.yaml and containerd hosts.toml writers
-//!   cli        one file per subcommand; glue only
+//!   cli        one file per subcommand (serve, cache, generators); glue only
+//!   serve      wiring: store + evictor task + mirror + api
 //! ```
 //!
 //! Dependency rule: `cli → api/generate → mirror → upstream/store/coalesce → oci`.

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
 use crate::store::DiskStore;
+use crate::store::evict::{Evictor, EvictorTask};
 
 /// Serves the mirror on `listener` until `shutdown` resolves. Shared by `berth serve` and tests.
 pub async fn run(
@@ -26,13 +27,22 @@ pub async fn run(
     })?;
     let store = DiskStore::open(&config.data_dir)
         .with_context(|| format!("cannot open the cache in {}", config.data_dir.display()))?;
+    let store = Arc::new(store);
     let metrics = Arc::new(Metrics::default());
-    let mirror = Arc::new(Mirror::new(config.clone(), Arc::new(store), metrics)?);
+    let mirror = Arc::new(Mirror::new(config.clone(), store.clone(), metrics.clone())?);
+    let evictor = EvictorTask::spawn(
+        Evictor::new(store.clone(), config.store.max_size),
+        config.store.evict_interval,
+        metrics,
+    );
     let app = crate::api::router(mirror);
     tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(),
         upstreams = ?config.upstreams.keys().collect::<Vec<_>>(), default = %config.default_upstream, "berth is serving");
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await?;
+        .await;
+    // Last access times reach the files even when serving ended with an error.
+    evictor.shutdown().await;
+    served?;
     Ok(())
 }

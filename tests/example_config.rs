@@ -13,6 +13,7 @@ fn shipped_example_equals_builtin_defaults() {
     assert_eq!(example.data_dir, builtin.data_dir);
     assert_eq!(example.default_upstream, builtin.default_upstream);
     assert_eq!(example.manifest_memory_cache, builtin.manifest_memory_cache);
+    assert_eq!(example.store, builtin.store);
     let names = |c: &Config| c.upstreams.keys().cloned().collect::<Vec<_>>();
     assert_eq!(names(&example), names(&builtin));
     for (name, upstream) in &builtin.upstreams {
@@ -55,6 +56,7 @@ fn every_documented_key_is_a_real_key() {
     assert_eq!(config.upstreams["docker.io"].transport.tcp_mss, Some(1360));
     assert!(config.upstreams["docker.io"].credentials.is_some());
     assert!(config.mirror_url.is_some());
+    assert_eq!(config.store.max_size, Some(50 << 30));
 }
 
 /// `key = value` with a bare lowercase key: a commented-out setting, not prose.

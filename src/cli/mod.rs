@@ -1,5 +1,6 @@
 //! Command-line entry: one file per subcommand, glue only.
 
+mod cache;
 mod generate;
 mod serve;
 
@@ -29,6 +30,9 @@ enum Command {
     K3sRegistries(generate::K3sArgs),
     /// Write a containerd `config_path` tree (<dir>/<registry>/hosts.toml) pointing at this mirror.
     ContainerdHosts(generate::HostsArgs),
+    /// Inspect and tend the disk cache: stats, verify, gc.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -38,6 +42,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::K3sRegistries(args) => generate::k3s_registries(args),
         Command::ContainerdHosts(args) => generate::containerd_hosts(args),
+        Command::Cache(command) => cache::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -115,7 +115,9 @@ where
     K: Hash + Eq + Clone + Send + 'static,
     E: Clone + std::fmt::Display + Send + Sync + 'static,
 {
-    /// `spool_dir` is emptied: spool files of a previous process are never trusted.
+    /// `spool_dir` is emptied: spool files of a previous process are never trusted (a
+    /// `kill -9` mid-fill leaves one; see tests/crash_safety.rs). Other users of the spool dir
+    /// (the S3 store's uploads) are per-process too, so clearing it at start-up is safe.
     pub fn new(spool_dir: &Path) -> std::io::Result<Fills<K, E>> {
         if spool_dir.exists() {
             std::fs::remove_dir_all(spool_dir)?;

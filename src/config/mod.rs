@@ -4,6 +4,7 @@
 //! validated once into [`Config`]. Nothing downstream re-checks strings.
 
 mod raw;
+mod size;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use url::Url;
 
 pub use raw::RawConfig;
+pub use size::parse_size;
 
 /// Validated configuration of one berth process.
 #[derive(Debug, Clone)]
@@ -26,6 +28,36 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     /// Bytes of manifests kept in memory in front of the store.
     pub manifest_memory_cache: u64,
+    /// Where cached content lives and how big it may grow (`[store]`).
+    pub store: StoreConfig,
+}
+
+/// The `[store]` table. (The S3 branch adds `StoreKind::S3` and its keys to the same struct.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    /// Cache size limit in bytes (blobs + manifests); `None` = unbounded.
+    pub max_size: Option<u64>,
+    /// How often the evictor checks the size even when nothing was filled.
+    pub evict_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// Files under `data_dir`.
+    Disk,
+}
+
+pub const DEFAULT_EVICT_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Disk,
+            max_size: None,
+            evict_interval: DEFAULT_EVICT_INTERVAL,
+        }
+    }
 }
 
 /// One configured upstream registry.

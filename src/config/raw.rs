@@ -8,9 +8,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use super::size::RawSize;
 use super::{
-    BUILTIN_UPSTREAMS, Config, ConfigError, Credentials, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
-    DEFAULT_TAG_TTL, IpPreference, Overrides, Transport, Upstream,
+    BUILTIN_UPSTREAMS, Config, ConfigError, Credentials, DEFAULT_DATA_DIR, DEFAULT_EVICT_INTERVAL,
+    DEFAULT_LISTEN, DEFAULT_TAG_TTL, IpPreference, Overrides, StoreConfig, StoreKind, Transport,
+    Upstream,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -24,6 +26,55 @@ pub struct RawConfig {
     #[serde(default)]
     pub upstream_defaults: RawUpstream,
     pub upstreams: Option<BTreeMap<String, RawUpstream>>,
+    #[serde(default)]
+    pub store: RawStore,
+}
+
+/// The `[store]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub kind: Option<String>,
+    pub max_size: Option<RawSize>,
+    #[serde(default, with = "humantime_serde")]
+    pub evict_interval: Option<Duration>,
+}
+
+impl RawStore {
+    fn resolve(self) -> Result<StoreConfig, ConfigError> {
+        let kind = match self.kind.as_deref().unwrap_or("disk") {
+            "disk" => StoreKind::Disk,
+            other => {
+                return Err(ConfigError::new(
+                    "store.kind",
+                    format!("`{other}` is not a store kind; this build knows \"disk\""),
+                ));
+            }
+        };
+        let max_size = self
+            .max_size
+            .map(|size| size.bytes())
+            .transpose()
+            .map_err(|message| ConfigError::new("store.max_size", message))?;
+        if max_size == Some(0) {
+            return Err(ConfigError::new(
+                "store.max_size",
+                "0 would evict everything; remove the key for an unbounded cache",
+            ));
+        }
+        let evict_interval = self.evict_interval.unwrap_or(DEFAULT_EVICT_INTERVAL);
+        if evict_interval.is_zero() {
+            return Err(ConfigError::new(
+                "store.evict_interval",
+                "must be longer than zero",
+            ));
+        }
+        Ok(StoreConfig {
+            kind,
+            max_size,
+            evict_interval,
+        })
+    }
 }
 
 /// One `[upstreams."name"]` table; also the shape of `[upstream_defaults]`.
@@ -159,6 +210,8 @@ impl RawConfig {
             None => None,
         };
 
+        let store = self.store.resolve()?;
+
         Ok(Config {
             listen,
             data_dir,
@@ -166,6 +219,7 @@ impl RawConfig {
             mirror_url,
             upstreams,
             manifest_memory_cache: self.manifest_memory_cache_mb.unwrap_or(64) * 1024 * 1024,
+            store,
         })
     }
 }
@@ -454,12 +508,30 @@ mod tests {
                 "upstream_defaults.url",
             ),
             ("listen = \"nowhere\"", "listen"),
+            ("[store]\nkind = \"tape\"", "store.kind"),
+            ("[store]\nmax_size = \"lots\"", "store.max_size"),
+            ("[store]\nmax_size = 0", "store.max_size"),
+            ("[store]\nevict_interval = \"0s\"", "store.evict_interval"),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text).expect_err(text).to_string();
             assert!(err.contains(key), "{text:?} → {err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn store_table() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.store, StoreConfig::default());
+        let config = Config::from_toml(
+            "[store]\nkind = \"disk\"\nmax_size = \"500MiB\"\nevict_interval = \"10s\"",
+        )
+        .unwrap();
+        assert_eq!(config.store.max_size, Some(500 << 20));
+        assert_eq!(config.store.evict_interval, Duration::from_secs(10));
+        let plain = Config::from_toml("[store]\nmax_size = 4096").unwrap();
+        assert_eq!(plain.store.max_size, Some(4096));
     }
 
     #[test]

@@ -75,8 +75,13 @@ impl Mirror {
         // Two rounds at most: a fill that finds the blob committed meanwhile sends us to the store.
         for _ in 0..2 {
             if let Some(size) = self.store.size(&keys::blob(digest)).await? {
-                self.metrics.cache_lookup("blob", true);
-                return self.blob_from_store(digest, size, range, want_body).await;
+                match self.blob_from_store(digest, size, range, want_body).await {
+                    Err(MirrorError::Raced) => continue,
+                    other => {
+                        self.metrics.cache_lookup("blob", true);
+                        return other;
+                    }
+                }
             }
             match self.blob_from_fill(target, digest, range, want_body).await {
                 Err(MirrorError::Raced) => continue,
@@ -108,11 +113,16 @@ impl Mirror {
         let body = if want_body {
             let (start, end) = span.unwrap_or((0, size.saturating_sub(1)));
             let end_exclusive = if size == 0 { 0 } else { end + 1 };
-            Some(
-                self.store
-                    .read(&keys::blob(digest), start..end_exclusive)
-                    .await?,
-            )
+            match self
+                .store
+                .read(&keys::blob(digest), start..end_exclusive)
+                .await
+            {
+                Ok(stream) => Some(stream),
+                // Evicted between the size check and the open: fill it again.
+                Err(e) if e.is_not_found() => return Err(MirrorError::Raced),
+                Err(e) => return Err(e.into()),
+            }
         } else {
             None
         };
@@ -193,7 +203,17 @@ impl Mirror {
                 .await
             {
                 Ok(()) => break,
-                Err(e) if e.is_retryable() => {
+                // A local disk problem (e.g. ENOSPC): retrying the upstream cannot help. The
+                // failed writer deletes the spool file, so nothing partial stays behind.
+                Err(TransferError::Spool(e)) => {
+                    tracing::error!(%upstream, repo = %target.repo, %digest, received = writer.written(),
+                        error = %e, "cannot write the spool file; blob fill failed");
+                    writer.fail(MirrorError::Store(format!(
+                        "cannot write the spool file: {e}"
+                    )));
+                    return;
+                }
+                Err(TransferError::Upstream(e)) if e.is_retryable() => {
                     if writer.written() > written_before {
                         failures_without_progress = 0;
                     }
@@ -212,7 +232,7 @@ impl Mirror {
                     tracing::warn!(%upstream, repo = %target.repo, %digest, received = writer.written(), error = %e,
                         "blob transfer broke; resuming");
                 }
-                Err(e) => {
+                Err(TransferError::Upstream(e)) => {
                     tracing::warn!(%upstream, repo = %target.repo, %digest, error = %e, "blob fill failed");
                     writer.fail(MirrorError::from_upstream(
                         upstream,
@@ -274,7 +294,7 @@ impl Mirror {
         writer: &mut FillWriter<Digest, MirrorError>,
         hasher: &mut Hasher,
         total: &mut Option<u64>,
-    ) -> Result<(), UpstreamError> {
+    ) -> Result<(), TransferError> {
         let have = writer.written();
         let request = Request {
             kind: Kind::Blob,
@@ -305,7 +325,8 @@ impl Mirror {
             if start != Some(have) {
                 return Err(UpstreamError::Protocol(format!(
                     "asked for bytes from {have}, got Content-Range {start:?}"
-                )));
+                ))
+                .into());
             }
         } else {
             // The upstream ignored Range: read from 0 again and drop what we have.
@@ -332,22 +353,33 @@ impl Mirror {
             if total.is_some_and(|t| writer.written() + chunk.len() as u64 > t) {
                 return Err(UpstreamError::Protocol(
                     "upstream sent more bytes than it announced".into(),
-                ));
+                )
+                .into());
             }
             hasher.update(&chunk);
-            writer
-                .append(chunk)
-                .await
-                .map_err(|e| UpstreamError::Protocol(format!("spool write failed: {e}")))?;
+            writer.append(chunk).await.map_err(TransferError::Spool)?;
         }
         if total.is_some_and(|t| writer.written() < t) {
             return Err(UpstreamError::Transport(format!(
                 "connection ended at {} of {} bytes",
                 writer.written(),
                 total.unwrap_or(0)
-            )));
+            ))
+            .into());
         }
         Ok(())
+    }
+}
+
+/// Why one transfer stopped: the upstream, or our own disk (full, read-only, I/O error).
+enum TransferError {
+    Upstream(UpstreamError),
+    Spool(std::io::Error),
+}
+
+impl From<UpstreamError> for TransferError {
+    fn from(e: UpstreamError) -> Self {
+        TransferError::Upstream(e)
     }
 }
 

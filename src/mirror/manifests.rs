@@ -75,6 +75,8 @@ impl Mirror {
 
     async fn cached_manifest(&self, digest: &Digest) -> Option<Arc<Manifest>> {
         if let Some(m) = self.manifests.get(digest).await {
+            // Served from memory: still a use, so the stored copy is not evicted as idle.
+            self.store.touch(&keys::manifest(digest));
             return Some(m);
         }
         let stored = self.store.get(&keys::manifest(digest)).await.ok()??;
