@@ -12,6 +12,9 @@ use crate::mirror::Mirror;
 use crate::store::DiskStore;
 use crate::store::evict::{Evictor, EvictorTask};
 
+/// How long a graceful shutdown waits for running blob fills to verify and commit.
+const FILL_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves the mirror on `listener` until `shutdown` resolves. Shared by `berth serve` and tests.
 pub async fn run(
     config: Config,
@@ -35,12 +38,13 @@ pub async fn run(
         config.store.evict_interval,
         metrics,
     );
-    let app = crate::api::router(mirror);
+    let app = crate::api::router(mirror.clone());
     tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(),
         upstreams = ?config.upstreams.keys().collect::<Vec<_>>(), default = %config.default_upstream, "berth is serving");
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
+    mirror.drain(FILL_DRAIN_DEADLINE).await;
     // Last access times reach the files even when serving ended with an error.
     evictor.shutdown().await;
     served?;

@@ -238,6 +238,13 @@ async fn stats_reads_the_hit_ratio_from_a_running_berth() {
             .await
             .unwrap();
         assert_eq!(sha256(&body), blob.digest);
+        // The commit follows the client's last byte; the next GET should be a cache hit.
+        let file = berth.data.path().join("blobs/sha256").join(blob.hex());
+        tokio::task::block_in_place(|| {
+            support::util::wait_until("the blob to be committed", Duration::from_secs(10), || {
+                file.exists().then_some(())
+            })
+        });
     }
     let mirror = berth.url("");
     let out = tokio::task::block_in_place(|| {

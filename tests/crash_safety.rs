@@ -74,6 +74,16 @@ fn files_in(dir: &Path) -> Vec<(PathBuf, u64)> {
         .unwrap_or_default()
 }
 
+/// The committed blob's bytes. Clients finish once the digest verifies; the sync and commit
+/// follow, so wait (bounded) for the file to appear.
+fn committed(data: &Path, blob: &Blob) -> Vec<u8> {
+    wait_until(
+        "the verified blob to be committed",
+        Duration::from_secs(10),
+        || std::fs::read(blob_file(data, blob)).ok(),
+    )
+}
+
 fn blob_file(data: &Path, blob: &Blob) -> PathBuf {
     data.join("blobs/sha256").join(blob.hex())
 }
@@ -149,13 +159,17 @@ async fn kill_9_mid_fill_leaves_no_partial_blob_and_a_restart_serves_it_whole() 
     );
 
     assert_eq!(pull(&url).await, Pull::Complete(blob.digest.clone()));
-    let stored = std::fs::read(blob_file(&data, &blob)).expect("the blob is cached now");
+    let stored = committed(&data, &blob);
     assert_eq!(
         sha256(&stored),
         blob.digest,
         "the cached file is the whole, verified blob"
     );
-    assert_eq!(files_in(&spool), [], "the spool file became the blob");
+    wait_until(
+        "the spool file to become the blob",
+        Duration::from_secs(10),
+        || files_in(&spool).is_empty().then_some(()),
+    );
 }
 
 /// A tmpfs of a given size, unmounted (lazily, so a straggling fd cannot block it) on drop.
@@ -238,7 +252,7 @@ async fn a_full_disk_fails_the_fill_cleanly_and_berth_recovers_when_space_return
 
     std::fs::remove_file(&filler).unwrap();
     assert_eq!(pull(&url).await, Pull::Complete(blob.digest.clone()));
-    let stored = std::fs::read(blob_file(&data, &blob)).expect("cached once space returned");
+    let stored = committed(&data, &blob);
     assert_eq!(sha256(&stored), blob.digest);
     drop(berth);
 }

@@ -20,9 +20,18 @@ async fn get(berth: &Berth, path: &str) -> bytes::Bytes {
     response.bytes().await.unwrap()
 }
 
+/// Pulls a blob and waits (bounded) for its commit: clients finish once the digest verifies,
+/// the sync and commit follow.
 async fn pull_blob(berth: &Berth, blob: &Blob) {
     let body = get(berth, &format!("/v2/library/lru/blobs/{}", blob.digest)).await;
     assert_eq!(sha256(&body), blob.digest, "verified");
+    tokio::task::block_in_place(|| {
+        wait_until(
+            "the pulled blob to be committed",
+            Duration::from_secs(10),
+            || cached(berth, blob).then_some(()),
+        )
+    });
 }
 
 /// Bytes of every file under `dir`, recursively.

@@ -5,7 +5,9 @@
 //! else (and the leader's own client) joins as a reader of the spool file: it reads what is
 //! already there, then follows new bytes as the writer announces them. The last byte of any
 //! response is held back until the writer reports the content verified, so a bad fill can
-//! never be delivered as a complete response. A writer dropped without `complete()` wakes
+//! never be delivered as a complete response. Verified is not yet durable: readers finish as
+//! soon as the digest matches, while the writer still syncs and commits (an fsync of a large
+//! blob must not delay every client's last byte). A writer dropped without `complete()` wakes
 //! its readers with [`FillFailure::Abandoned`].
 
 mod reader;
@@ -38,6 +40,8 @@ pub struct FillState<E> {
     pub started: bool,
     /// Bytes written to the spool and readable.
     pub written: u64,
+    /// The content matched its digest: readers may deliver all of it, whatever happens next.
+    pub verified: bool,
     /// `Some` once the fill is over.
     pub outcome: Option<Result<(), FillFailure<E>>>,
 }
@@ -48,6 +52,7 @@ impl<E> Default for FillState<E> {
             total: None,
             started: false,
             written: 0,
+            verified: false,
             outcome: None,
         }
     }
@@ -207,6 +212,15 @@ impl<K: Hash + Eq + Clone, E: Clone> FillWriter<K, E> {
         Ok(())
     }
 
+    /// The content matched its digest: readers may deliver their last byte now, before the
+    /// (slower) sync and commit. Sets the total for upstreams that sent no length.
+    pub fn mark_verified(&self) {
+        self.state.send_modify(|s| {
+            s.total = Some(s.written);
+            s.verified = true;
+        });
+    }
+
     /// Flushes the spool to disk; call before handing the file to the store.
     pub async fn sync(&self) -> std::io::Result<()> {
         let file = self.spool.clone();
@@ -331,6 +345,34 @@ mod tests {
         );
         writer.fail("digest mismatch".into());
         assert!(stream.next().await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn verified_content_is_delivered_before_the_commit_and_despite_its_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let fills = TestFills::new(dir.path()).unwrap();
+        let (fill, writer) = leader(&fills);
+        writer.start(None);
+        writer
+            .append(bytes::Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
+        writer.mark_verified();
+        let body: Vec<u8> = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            fill.reader(0, None)
+                .into_stream()
+                .map(|c| c.unwrap().to_vec())
+                .concat(),
+        )
+        .await
+        .expect("a verified fill needs no commit to finish its readers");
+        assert_eq!(body, b"hello");
+        // A reader that joined before a failed commit still gets the verified bytes.
+        let late = fill.reader(1, None).into_stream();
+        writer.fail("disk full while committing".into());
+        let rest: Vec<u8> = late.map(|c| c.unwrap().to_vec()).concat().await;
+        assert_eq!(rest, b"ello");
     }
 
     #[tokio::test]

@@ -149,7 +149,8 @@ impl Mirror {
             Joined::Leader(fill, writer) => {
                 // Its own task: the fill outlives any one client.
                 let (this, target, digest) = (self.clone(), target.clone(), digest.clone());
-                tokio::spawn(async move { this.fill_blob(&target, &digest, writer).await });
+                self.fill_tasks
+                    .spawn(async move { this.fill_blob(&target, &digest, writer).await });
                 fill
             }
         };
@@ -268,6 +269,8 @@ impl Mirror {
             });
             return;
         }
+        // Clients may finish now; durability (sync + commit) is the fill's business.
+        writer.mark_verified();
         if let Err(e) = writer.sync().await {
             writer.fail(MirrorError::Store(format!("cannot sync spool file: {e}")));
             return;

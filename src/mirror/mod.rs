@@ -29,6 +29,8 @@ pub struct Mirror {
     store: Arc<dyn BlobStore>,
     metrics: Arc<Metrics>,
     blob_fills: Fills<Digest, MirrorError>,
+    /// Running fill tasks, so a graceful shutdown lets them verify and commit.
+    fill_tasks: tokio_util::task::TaskTracker,
     /// Manifests by digest, in memory in front of the store.
     manifests: moka::future::Cache<Digest, Arc<Manifest>>,
     manifest_flights: Singleflight<(String, Digest), Result<Arc<Manifest>, MirrorError>>,
@@ -61,11 +63,32 @@ impl Mirror {
             store,
             metrics,
             blob_fills,
+            fill_tasks: tokio_util::task::TaskTracker::new(),
             manifests,
             manifest_flights: Singleflight::default(),
             tags,
             tag_flights: Singleflight::default(),
         })
+    }
+
+    /// Waits (up to `deadline`) for running fills to finish, so content whose clients already
+    /// got every byte is committed before the process exits. Call after serving stopped.
+    pub async fn drain(&self, deadline: std::time::Duration) {
+        self.fill_tasks.close();
+        let running = self.fill_tasks.len();
+        if running == 0 {
+            return;
+        }
+        tracing::info!(running, "waiting for blob fills to finish before exiting");
+        if tokio::time::timeout(deadline, self.fill_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = self.fill_tasks.len(),
+                "blob fills still running at shutdown are abandoned; they will be fetched again"
+            );
+        }
     }
 
     pub fn metrics(&self) -> &Metrics {
