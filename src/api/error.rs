@@ -85,6 +85,9 @@ impl From<MirrorError> for ApiError {
                 ApiError::new(ErrorCode::RangeInvalid, message)
                     .with_header(CONTENT_RANGE, format!("bytes */{size}"))
             }
+            // RFC 9111 §5.2.1.7: only-if-cached and not stored → 504.
+            MirrorError::NotCached(_) => ApiError::new(ErrorCode::Unavailable, message)
+                .with_status(StatusCode::GATEWAY_TIMEOUT),
             MirrorError::Store(_) | MirrorError::Raced => ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 code: "UNKNOWN",

@@ -1,12 +1,13 @@
 //! The only module that names axum: one catch-all `/v2/` route, parsed once into an [`OciPath`].
 
+mod admin;
 mod error;
 mod handlers;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{any, get};
+use axum::routing::{any, get, put};
 use http::HeaderValue;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
@@ -22,6 +23,8 @@ pub fn router(mirror: Arc<Mirror>) -> Router {
         .route("/v2/{*rest}", any(handlers::dispatch))
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/_berth/pins", get(admin::list_pins))
+        .route("/_berth/pins/{name}", put(admin::put_pins))
         .fallback(handlers::not_found)
         .with_state(mirror)
         .layer(SetResponseHeaderLayer::overriding(

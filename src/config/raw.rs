@@ -9,9 +9,11 @@ use serde::Deserialize;
 use url::Url;
 
 use super::{
-    BUILTIN_UPSTREAMS, Config, ConfigError, Credentials, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
-    DEFAULT_TAG_TTL, IpPreference, Overrides, Transport, Upstream,
+    AdminToken, BUILTIN_UPSTREAMS, Config, ConfigError, Credentials, DEFAULT_DATA_DIR,
+    DEFAULT_LISTEN, DEFAULT_PLATFORMS, DEFAULT_TAG_TTL, IpPreference, Overrides, Transport,
+    Upstream,
 };
+use crate::oci::Platform;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +23,9 @@ pub struct RawConfig {
     pub default_upstream: Option<String>,
     pub mirror_url: Option<String>,
     pub manifest_memory_cache_mb: Option<u64>,
+    pub admin_token: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    pub platforms: Option<Vec<String>>,
     #[serde(default)]
     pub upstream_defaults: RawUpstream,
     pub upstreams: Option<BTreeMap<String, RawUpstream>>,
@@ -159,6 +164,9 @@ impl RawConfig {
             None => None,
         };
 
+        let admin_token = admin_token(self.admin_token, self.admin_token_file)?;
+        let platforms = platforms(self.platforms.as_deref())?;
+
         Ok(Config {
             listen,
             data_dir,
@@ -166,6 +174,8 @@ impl RawConfig {
             mirror_url,
             upstreams,
             manifest_memory_cache: self.manifest_memory_cache_mb.unwrap_or(64) * 1024 * 1024,
+            admin_token,
+            platforms,
         })
     }
 }
@@ -342,6 +352,59 @@ impl RawUpstream {
     }
 }
 
+fn admin_token(
+    inline: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<AdminToken>, ConfigError> {
+    let token = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "admin_token",
+                "set only one of admin_token, admin_token_file",
+            ));
+        }
+        (Some(t), None) => t,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|e| {
+                ConfigError::new(
+                    "admin_token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?
+            .trim()
+            .to_string(),
+        (None, None) => return Ok(None),
+    };
+    if token.len() < 16 {
+        return Err(ConfigError::new(
+            "admin_token",
+            "is shorter than 16 characters; generate one with `openssl rand -hex 32`",
+        ));
+    }
+    Ok(Some(AdminToken::new(token)))
+}
+
+/// `platforms = ["linux/amd64", ...]`, else the defaults.
+pub(super) fn platforms(raw: Option<&[String]>) -> Result<Vec<Platform>, ConfigError> {
+    let texts: Vec<&str> = match raw {
+        Some(list) => list.iter().map(String::as_str).collect(),
+        None => DEFAULT_PLATFORMS.to_vec(),
+    };
+    if texts.is_empty() {
+        return Err(ConfigError::new(
+            "platforms",
+            "is empty; list the nodes' platforms, e.g. [\"linux/amd64\"], or remove the key",
+        ));
+    }
+    texts
+        .iter()
+        .map(|t| {
+            t.parse::<Platform>()
+                .map_err(|e| ConfigError::new("platforms", e.to_string()))
+        })
+        .collect()
+}
+
 fn parse_http_url(key: &str, text: &str) -> Result<Url, ConfigError> {
     if !text.contains("://") {
         return Err(ConfigError::new(
@@ -454,12 +517,34 @@ mod tests {
                 "upstream_defaults.url",
             ),
             ("listen = \"nowhere\"", "listen"),
+            ("platforms = [\"amd64\"]", "platforms"),
+            ("platforms = []", "platforms"),
+            ("admin_token = \"short\"", "admin_token"),
+            (
+                "admin_token = \"0123456789abcdef\"\nadmin_token_file = \"/x\"",
+                "admin_token",
+            ),
+            (
+                "admin_token_file = \"/nonexistent-token\"",
+                "admin_token_file",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text).expect_err(text).to_string();
             assert!(err.contains(key), "{text:?} → {err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn admin_token_and_platforms() {
+        let config = Config::from_toml("admin_token = \"0123456789abcdef\"").unwrap();
+        assert!(config.admin_token.unwrap().matches("0123456789abcdef"));
+        let config = Config::from_toml("platforms = [\"linux/arm/v7\"]").unwrap();
+        assert_eq!(config.platforms[0].to_string(), "linux/arm/v7");
+        let builtin = Config::from_toml("").unwrap();
+        assert!(builtin.admin_token.is_none());
+        assert_eq!(builtin.platforms.len(), 2);
     }
 
     #[test]
