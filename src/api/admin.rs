@@ -28,7 +28,7 @@ pub async fn put_pins(
     body: Bytes,
 ) -> Response {
     if let Err(denied) = authorize(&mirror, &headers) {
-        return denied;
+        return denied.into_response();
     }
     let name: PinName = match name.parse() {
         Ok(n) => n,
@@ -49,7 +49,7 @@ pub async fn put_pins(
 
 pub async fn list_pins(State(mirror): State<Arc<Mirror>>, headers: HeaderMap) -> Response {
     if let Err(denied) = authorize(&mirror, &headers) {
-        return denied;
+        return denied.into_response();
     }
     match mirror.pins().await {
         Ok(sets) => axum::Json(sets).into_response(),
@@ -57,10 +57,10 @@ pub async fn list_pins(State(mirror): State<Arc<Mirror>>, headers: HeaderMap) ->
     }
 }
 
-fn authorize(mirror: &Mirror, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(mirror: &Mirror, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &mirror.config().admin_token else {
         let message = "admin endpoints are off: set admin_token_file in berth.toml";
-        return Err(ApiError::new(ErrorCode::NameUnknown, message).into_response());
+        return Err(ApiError::new(ErrorCode::NameUnknown, message));
     };
     let offered = headers
         .get(AUTHORIZATION)
@@ -69,17 +69,10 @@ fn authorize(mirror: &Mirror, headers: &HeaderMap) -> Result<(), Response> {
         .map(str::trim);
     match offered {
         Some(offered) if token.matches(offered) => Ok(()),
-        _ => {
-            let mut response = ApiError::new(
-                ErrorCode::Unauthorized,
-                "missing or wrong admin token (Authorization: Bearer <admin_token>)",
-            )
-            .into_response();
-            response.headers_mut().insert(
-                WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer realm=\"berth-admin\""),
-            );
-            Err(response)
-        }
+        _ => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "missing or wrong admin token (Authorization: Bearer <admin_token>)",
+        )
+        .with_header(WWW_AUTHENTICATE, "Bearer realm=\"berth-admin\"")),
     }
 }

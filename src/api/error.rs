@@ -34,7 +34,7 @@ impl ApiError {
         self
     }
 
-    fn with_header(mut self, name: http::HeaderName, value: impl ToString) -> ApiError {
+    pub(crate) fn with_header(mut self, name: http::HeaderName, value: impl ToString) -> ApiError {
         if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
             self.headers.push((name, v));
         }
@@ -100,7 +100,8 @@ impl From<MirrorError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        // A 504 is the expected answer to `only-if-cached` for what is not stored.
+        if self.status.is_server_error() && self.status != StatusCode::GATEWAY_TIMEOUT {
             tracing::warn!(status = %self.status, code = self.code, message = %self.message, "request failed");
         }
         let body = serde_json::json!({

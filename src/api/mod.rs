@@ -10,7 +10,7 @@ use axum::Router;
 use axum::routing::{any, get, put};
 use http::HeaderValue;
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use error::ApiError;
 
@@ -31,5 +31,10 @@ pub fn router(mirror: Arc<Mirror>) -> Router {
             http::HeaderName::from_static("docker-distribution-api-version"),
             HeaderValue::from_static("registry/2.0"),
         ))
-        .layer(TraceLayer::new_for_http())
+        // 5xx are logged once, with the reason, by `ApiError`; a 504 (`only-if-cached`) is
+        // an answer, not a failure.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
 }

@@ -383,7 +383,7 @@ impl Walk<'_> {
                 expected: digest.clone(),
             });
         }
-        if content_type.contains("prettyjws") || content_type.contains("manifest.v1+json") {
+        if content_type.starts_with("application/vnd.docker.distribution.manifest.v1") {
             return Err(PullError::Invalid {
                 what,
                 message:
