@@ -377,6 +377,7 @@ async fn prewarm_two_groups_two_platforms_pins_rerun_and_offline_check() {
     let lost = (*helm.blobs().last().unwrap()).clone();
     std::fs::remove_file(berth.dir.path().join("data/blobs/sha256").join(lost.hex())).unwrap();
     let check = tokio::task::block_in_place(|| berth_cli(&check_args));
+    eprintln!("--check after deleting a layer:\n{}", check.stdout);
     assert_eq!(check.code, Some(1), "{}", check.describe());
     let missing_line = check.stdout.lines().next().unwrap_or_default().to_string();
     assert!(

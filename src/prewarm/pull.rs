@@ -317,11 +317,15 @@ impl Walk<'_> {
     async fn resolve(&self, tag: &str) -> Result<Option<Digest>, PullError> {
         let what = format!("{}", self.image);
         let url = self.path(&format!("manifests/{tag}"));
-        let response = self
-            .send(Method::HEAD, url, Some(CONTAINERD_ACCEPT))
+        let mut response = self
+            .send(Method::HEAD, url.clone(), Some(CONTAINERD_ACCEPT))
             .await?;
         if response.status() == StatusCode::GATEWAY_TIMEOUT && self.mode == Mode::Check {
             return Ok(None);
+        }
+        if !response.status().is_success() {
+            // A HEAD error has no body; the GET's says why (containerd, too, retries as GET).
+            response = self.send(Method::GET, url, Some(CONTAINERD_ACCEPT)).await?;
         }
         let response = ok_or_status(response, &what).await?;
         let digest = response
