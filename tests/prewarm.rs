@@ -404,13 +404,16 @@ async fn prewarm_two_groups_two_platforms_pins_rerun_and_offline_check() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_token_prewarm_still_warms_and_says_pins_were_not_recorded() {
+async fn without_a_token_prewarm_still_warms_the_configured_platforms() {
     let hub = FakeUpstream::start(Options::plain()).await;
     let image = images::multi_arch(50, Format::Oci);
     hub.push("library/busybox", "1.37", &image);
     let work = tempfile::tempdir().unwrap();
     let groups = work.path().join("g.toml");
     std::fs::write(&groups, "[groups.tools]\nimages = [\"busybox:1.37\"]\n").unwrap();
+    // The nodes' platforms come from a berth.toml: only arm64 here.
+    let nodes = work.path().join("berth.toml");
+    std::fs::write(&nodes, "platforms = [\"linux/arm64\"]\n").unwrap();
     let config = config_toml("docker.io", &[UpstreamSpec::new("docker.io", &hub.url())]);
     let berth = tokio::task::block_in_place(|| BerthProcess::start(&config));
     let ran = tokio::task::block_in_place(|| {
@@ -420,8 +423,8 @@ async fn without_a_token_prewarm_still_warms_and_says_pins_were_not_recorded() {
             &berth.url(),
             "--groups-file",
             groups.to_str().unwrap(),
-            "--platform",
-            "linux/arm64",
+            "--config",
+            nodes.to_str().unwrap(),
         ])
     });
     assert_eq!(ran.code, Some(0), "{}", ran.describe());

@@ -83,15 +83,18 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), ScanErro
     Ok(())
 }
 
+/// Helm (`{{ }}`) and shell/envsubst (`${ }`) placeholders: not a reference yet.
+fn templated(s: &str) -> bool {
+    s.contains("{{") || s.contains("${")
+}
+
 /// String values of keys named `image`, anywhere in the tree; templated ones are skipped.
 fn collect_images(value: &Value, out: &mut Vec<String>) {
     match value {
         Value::Mapping(map) => {
             for (key, child) in map {
                 match (key.as_str(), child) {
-                    (Some("image"), Value::String(s))
-                        if !s.contains("{{") && !s.trim().is_empty() =>
-                    {
+                    (Some("image"), Value::String(s)) if !templated(s) && !s.trim().is_empty() => {
                         out.push(s.trim().to_string())
                     }
                     _ => collect_images(child, out),
@@ -125,6 +128,8 @@ spec:
           image: ghcr.io/fluxcd/helm-controller:v1.5.1
         - name: templated
           image: "{{ .Values.image }}"
+        - name: envsubst
+          image: ${IMAGE}
 ---
 apiVersion: v1
 kind: ConfigMap
