@@ -681,3 +681,83 @@ async fn admin_endpoints_are_404_without_a_token_and_401_with_a_wrong_one() {
             .unwrap();
     assert_eq!(stored["manifests"], serde_json::json!([digest]));
 }
+
+/// The same walk against Debian's real docker-registry (TLS, test CA) as the upstream of both
+/// docker.io and ghcr.io, images pushed with skopeo: warm, re-run without a blob download, then
+/// `--check` ready with the registry stopped.
+#[test]
+fn prewarm_through_a_real_registry_then_ready_with_it_stopped() {
+    if !support::prereq::require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let ca = support::real::TestCa::new();
+    let mut registry = support::real::DockerRegistry::start(Some(&ca));
+    let pause = images::multi_arch(70, Format::Docker);
+    let helm = images::multi_arch(71, Format::Oci);
+    support::real::skopeo::push(
+        &pause,
+        &format!("{}/rancher/mirrored-pause:3.6", registry.host()),
+        Some(&ca),
+    );
+    support::real::skopeo::push(
+        &helm,
+        &format!("{}/fluxcd/helm-controller:v1.5.1", registry.host()),
+        Some(&ca),
+    );
+    let spec = |name: &str| UpstreamSpec::new(name, &registry.url()).ca_file(&ca.ca_pem);
+    let berth = BerthProcess::start(&config_toml(
+        "docker.io",
+        &[spec("docker.io"), spec("ghcr.io")],
+    ));
+    let work = tempfile::tempdir().unwrap();
+    let groups = work.path().join("groups.toml");
+    std::fs::write(
+        &groups,
+        "[groups.k3s]\nimages = [\"docker.io/rancher/mirrored-pause:3.6\"]\n\
+         [groups.flux]\nimages = [\"ghcr.io/fluxcd/helm-controller:v1.5.1\"]\n",
+    )
+    .unwrap();
+    let mirror = berth.url();
+    let args = |check: bool| {
+        let mut a = vec![
+            "prewarm",
+            "--mirror",
+            &mirror,
+            "--groups-file",
+            groups.to_str().unwrap(),
+            "--json",
+        ];
+        if check {
+            a.push("--check");
+        }
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run_args = |check: bool| {
+        let owned = args(check);
+        let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+        berth_cli(&refs)
+    };
+
+    let first = run_args(false);
+    assert_eq!(first.code, Some(0), "{}", first.describe());
+    let report = json(&first);
+    // No --group: every group of the file, in name order.
+    assert_eq!(report["images"][0]["digest"], helm.index.digest.as_str());
+    assert_eq!(report["images"][1]["digest"], pause.index.digest.as_str());
+    let blobs = pause.blobs().len() + helm.blobs().len();
+    assert_eq!(
+        registry.blob_gets(),
+        blobs,
+        "each blob downloaded from the registry once"
+    );
+
+    let second = run_args(false);
+    assert_eq!(second.code, Some(0), "{}", second.describe());
+    assert_eq!(json(&second)["summary"]["downloaded_bytes"], 0);
+    assert_eq!(registry.blob_gets(), blobs, "the re-run downloads no blob");
+
+    registry.stop();
+    let check = run_args(true);
+    assert_eq!(check.code, Some(0), "{}", check.describe());
+    assert_eq!(json(&check)["ok"], true);
+}
