@@ -19,9 +19,13 @@
 //!   generate   K3s registries.yaml and containerd hosts.toml writers
 //!   cli        one file per subcommand (serve, cache, generators); glue only
 //!   serve      wiring: store + evictor task + mirror + api
+//!   prewarm    a client of a running berth: pulls image groups as containerd would, pins
+//!              them (/_berth/pins), checks offline readiness (Cache-Control: only-if-cached)
+//!   cli        one file per subcommand; glue only
 //! ```
 //!
-//! Dependency rule: `cli → api/generate → mirror → upstream/store/coalesce → oci`.
+//! Dependency rule: `cli → api/generate/prewarm → mirror → upstream/store/coalesce → oci`.
+//! `prewarm` uses `mirror` only for shared types (pin names); it talks to berth over HTTP.
 //! `oci` imports nothing of ours.
 
 pub mod api;
@@ -32,6 +36,7 @@ pub mod generate;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod prewarm;
 pub mod serve;
 pub mod store;
 pub mod upstream;

@@ -2,6 +2,7 @@
 
 mod cache;
 mod generate;
+mod prewarm;
 mod serve;
 
 use std::process::ExitCode;
@@ -33,6 +34,9 @@ enum Command {
     /// Inspect and tend the disk cache: stats, verify, gc.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Pull image groups through a running berth so a rebuild needs no internet; `--check`
+    /// says whether the cache alone can serve them.
+    Prewarm(prewarm::PrewarmArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -43,15 +47,20 @@ pub fn main() -> ExitCode {
         Command::K3sRegistries(args) => generate::k3s_registries(args),
         Command::ContainerdHosts(args) => generate::containerd_hosts(args),
         Command::Cache(command) => cache::run(command),
+        Command::Prewarm(args) => return prewarm::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: what went wrong and, where the message has it, the fix.
-            eprintln!("berth: {e:#}");
+            print_error(&e);
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line: what went wrong and, where the message has it, the fix.
+fn print_error(e: &anyhow::Error) {
+    eprintln!("berth: {e:#}");
 }
 
 fn init_tracing(filter: &str) {

@@ -16,6 +16,8 @@ use url::Url;
 pub use raw::RawConfig;
 pub use size::parse_size;
 
+use crate::oci::Platform;
+
 /// Validated configuration of one berth process.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -28,6 +30,10 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     /// Bytes of manifests kept in memory in front of the store.
     pub manifest_memory_cache: u64,
+    /// Bearer token for `/_berth/` admin endpoints; without one they answer 404.
+    pub admin_token: Option<AdminToken>,
+    /// The nodes' platforms: what `berth prewarm` fetches by default.
+    pub platforms: Vec<Platform>,
     /// Where cached content lives and how big it may grow (`[store]`).
     pub store: StoreConfig,
 }
@@ -59,6 +65,31 @@ impl Default for StoreConfig {
         }
     }
 }
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub(crate) fn new(token: String) -> AdminToken {
+        AdminToken(token)
+    }
+
+    /// Compares in time independent of where the first difference is.
+    pub fn matches(&self, offered: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), offered.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// The platforms `berth prewarm` uses when neither the config nor `--platform` names any.
+pub const DEFAULT_PLATFORMS: [&str; 2] = ["linux/amd64", "linux/arm64"];
 
 /// One configured upstream registry.
 #[derive(Debug, Clone)]
@@ -219,6 +250,21 @@ impl Config {
     /// Parses and validates a config from TOML text (tests, embedded examples).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         RawConfig::parse(text)?.validate(&Overrides::default())
+    }
+
+    /// Only the `platforms` of a config file (a prewarm host need not have berth's secrets).
+    pub fn platforms_from_file(path: &Path) -> Result<Vec<Platform>, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_owned()),
+            key: "--config".into(),
+            message: format!("cannot read the file: {e}"),
+        })?;
+        let with_file = |mut e: ConfigError| {
+            e.file = Some(path.to_owned());
+            e
+        };
+        let raw = RawConfig::parse(&text).map_err(with_file)?;
+        raw::platforms(raw.platforms.as_deref()).map_err(with_file)
     }
 
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {

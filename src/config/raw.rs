@@ -10,10 +10,11 @@ use url::Url;
 
 use super::size::RawSize;
 use super::{
-    BUILTIN_UPSTREAMS, Config, ConfigError, Credentials, DEFAULT_DATA_DIR, DEFAULT_EVICT_INTERVAL,
-    DEFAULT_LISTEN, DEFAULT_TAG_TTL, IpPreference, Overrides, StoreConfig, StoreKind, Transport,
-    Upstream,
+    AdminToken, BUILTIN_UPSTREAMS, Config, ConfigError, Credentials, DEFAULT_DATA_DIR,
+    DEFAULT_EVICT_INTERVAL, DEFAULT_LISTEN, DEFAULT_PLATFORMS, DEFAULT_TAG_TTL, IpPreference,
+    Overrides, StoreConfig, StoreKind, Transport, Upstream,
 };
+use crate::oci::Platform;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +24,9 @@ pub struct RawConfig {
     pub default_upstream: Option<String>,
     pub mirror_url: Option<String>,
     pub manifest_memory_cache_mb: Option<u64>,
+    pub admin_token: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    pub platforms: Option<Vec<String>>,
     #[serde(default)]
     pub upstream_defaults: RawUpstream,
     pub upstreams: Option<BTreeMap<String, RawUpstream>>,
@@ -211,6 +215,8 @@ impl RawConfig {
         };
 
         let store = self.store.resolve()?;
+        let admin_token = admin_token(self.admin_token, self.admin_token_file)?;
+        let platforms = platforms(self.platforms.as_deref())?;
 
         Ok(Config {
             listen,
@@ -220,6 +226,8 @@ impl RawConfig {
             upstreams,
             manifest_memory_cache: self.manifest_memory_cache_mb.unwrap_or(64) * 1024 * 1024,
             store,
+            admin_token,
+            platforms,
         })
     }
 }
@@ -396,6 +404,59 @@ impl RawUpstream {
     }
 }
 
+fn admin_token(
+    inline: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<AdminToken>, ConfigError> {
+    let token = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "admin_token",
+                "set only one of admin_token, admin_token_file",
+            ));
+        }
+        (Some(t), None) => t,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|e| {
+                ConfigError::new(
+                    "admin_token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?
+            .trim()
+            .to_string(),
+        (None, None) => return Ok(None),
+    };
+    if token.len() < 16 {
+        return Err(ConfigError::new(
+            "admin_token",
+            "is shorter than 16 characters; generate one with `openssl rand -hex 32`",
+        ));
+    }
+    Ok(Some(AdminToken::new(token)))
+}
+
+/// `platforms = ["linux/amd64", ...]`, else the defaults.
+pub(super) fn platforms(raw: Option<&[String]>) -> Result<Vec<Platform>, ConfigError> {
+    let texts: Vec<&str> = match raw {
+        Some(list) => list.iter().map(String::as_str).collect(),
+        None => DEFAULT_PLATFORMS.to_vec(),
+    };
+    if texts.is_empty() {
+        return Err(ConfigError::new(
+            "platforms",
+            "is empty; list the nodes' platforms, e.g. [\"linux/amd64\"], or remove the key",
+        ));
+    }
+    texts
+        .iter()
+        .map(|t| {
+            t.parse::<Platform>()
+                .map_err(|e| ConfigError::new("platforms", e.to_string()))
+        })
+        .collect()
+}
+
 fn parse_http_url(key: &str, text: &str) -> Result<Url, ConfigError> {
     if !text.contains("://") {
         return Err(ConfigError::new(
@@ -512,6 +573,17 @@ mod tests {
             ("[store]\nmax_size = \"lots\"", "store.max_size"),
             ("[store]\nmax_size = 0", "store.max_size"),
             ("[store]\nevict_interval = \"0s\"", "store.evict_interval"),
+            ("platforms = [\"amd64\"]", "platforms"),
+            ("platforms = []", "platforms"),
+            ("admin_token = \"short\"", "admin_token"),
+            (
+                "admin_token = \"0123456789abcdef\"\nadmin_token_file = \"/x\"",
+                "admin_token",
+            ),
+            (
+                "admin_token_file = \"/nonexistent-token\"",
+                "admin_token_file",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text).expect_err(text).to_string();
@@ -532,6 +604,17 @@ mod tests {
         assert_eq!(config.store.evict_interval, Duration::from_secs(10));
         let plain = Config::from_toml("[store]\nmax_size = 4096").unwrap();
         assert_eq!(plain.store.max_size, Some(4096));
+    }
+
+    #[test]
+    fn admin_token_and_platforms() {
+        let config = Config::from_toml("admin_token = \"0123456789abcdef\"").unwrap();
+        assert!(config.admin_token.unwrap().matches("0123456789abcdef"));
+        let config = Config::from_toml("platforms = [\"linux/arm/v7\"]").unwrap();
+        assert_eq!(config.platforms[0].to_string(), "linux/arm/v7");
+        let builtin = Config::from_toml("").unwrap();
+        assert!(builtin.admin_token.is_none());
+        assert_eq!(builtin.platforms.len(), 2);
     }
 
     #[test]

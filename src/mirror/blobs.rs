@@ -11,7 +11,7 @@ use crate::store::{ByteStream, keys};
 use crate::upstream::{Kind, Request, UpstreamError};
 
 use super::error::Reference as What;
-use super::{Mirror, MirrorError, Target};
+use super::{Lookup, Mirror, MirrorError, Target};
 
 /// A client's `Range: bytes=...` request (one range).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +71,15 @@ impl Mirror {
         digest: &Digest,
         range: Option<ByteRange>,
         want_body: bool,
+        lookup: Lookup,
     ) -> Result<BlobBody, MirrorError> {
+        if lookup == Lookup::CacheOnly {
+            let size = self.store.size(&keys::blob(digest)).await?;
+            self.metrics.cache_lookup("blob", size.is_some());
+            let size = size
+                .ok_or_else(|| MirrorError::NotCached(format!("blob {}@{digest}", target.repo)))?;
+            return self.blob_from_store(digest, size, range, want_body).await;
+        }
         // Two rounds at most: a fill that finds the blob committed meanwhile sends us to the store.
         for _ in 0..2 {
             if let Some(size) = self.store.size(&keys::blob(digest)).await? {

@@ -4,6 +4,7 @@ mod blobs;
 mod error;
 mod manifests;
 mod passthrough;
+mod pins;
 mod routing;
 mod tags;
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 pub use blobs::{BlobBody, ByteRange};
 pub use error::MirrorError;
 pub use manifests::Manifest;
+pub use pins::{PinName, PinNameError, PinSet};
 pub use routing::Target;
 
 use crate::coalesce::{Fills, Singleflight};
@@ -22,6 +24,14 @@ use crate::oci::{Digest, Repository, Tag};
 use crate::store::BlobStore;
 use crate::upstream::UpstreamClient;
 use tags::TagRecord;
+
+/// Where a lookup may look: a normal pull fills the cache from the upstream; `CacheOnly`
+/// (`Cache-Control: only-if-cached`) answers from what is stored and never asks an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Normal,
+    CacheOnly,
+}
 
 pub struct Mirror {
     config: Arc<Config>,
@@ -37,6 +47,8 @@ pub struct Mirror {
     /// Last known tag → digest answers (also persisted in the store).
     tags: moka::sync::Cache<(String, Repository, Tag), TagRecord>,
     tag_flights: Singleflight<(String, Repository, Tag), Result<TagRecord, MirrorError>>,
+    /// Serialises pin-set writes (each rewrites the pin index).
+    pins_lock: tokio::sync::Mutex<()>,
 }
 
 impl Mirror {
@@ -68,6 +80,7 @@ impl Mirror {
             manifest_flights: Singleflight::default(),
             tags,
             tag_flights: Singleflight::default(),
+            pins_lock: tokio::sync::Mutex::new(()),
         })
     }
 
