@@ -113,7 +113,10 @@ async fn resets_at_several_offsets_resume_without_refetching() {
     let lost = sent_before_resets - starts[2];
     let extra = fake.bytes_sent(&blob.digest) - blob.size();
     assert!(extra <= lost, "re-transferred {extra} bytes, lost {lost}");
-    assert!(extra < blob.size() / 2, "nothing like a restart");
+    // Each resume starts past the previous one: progress is kept, never restarted. (How much a
+    // reset loses depends on loopback socket buffers, which can hold MiBs under load, so the
+    // bound above is the one that matters, not a fraction of the blob.)
+    assert!(starts.windows(2).all(|w| w[0] < w[1]), "{starts:?}");
 }
 
 #[tokio::test]
