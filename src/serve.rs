@@ -6,10 +6,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
-use crate::store::DiskStore;
+use crate::store::{BlobStore, DiskStore, S3Store};
 
 /// Serves the mirror on `listener` until `shutdown` resolves. Shared by `berth serve` and tests.
 pub async fn run(
@@ -24,12 +24,23 @@ pub async fn run(
             config.data_dir.display()
         )
     })?;
-    let store = DiskStore::open(&config.data_dir)
-        .with_context(|| format!("cannot open the cache in {}", config.data_dir.display()))?;
+    let (store, store_location): (Arc<dyn BlobStore>, String) = match &config.store.kind {
+        StoreKind::Disk => {
+            let store = DiskStore::open(&config.data_dir).with_context(|| {
+                format!("cannot open the cache in {}", config.data_dir.display())
+            })?;
+            (Arc::new(store), config.data_dir.display().to_string())
+        }
+        StoreKind::S3(s3) => {
+            let store = S3Store::open(s3).context("cannot set up the S3 store ([store] in the config)")?;
+            let location = store.location().to_string();
+            (Arc::new(store), location)
+        }
+    };
     let metrics = Arc::new(Metrics::default());
-    let mirror = Arc::new(Mirror::new(config.clone(), Arc::new(store), metrics)?);
+    let mirror = Arc::new(Mirror::new(config.clone(), store, metrics)?);
     let app = crate::api::router(mirror);
-    tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(),
+    tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), store = %store_location,
         upstreams = ?config.upstreams.keys().collect::<Vec<_>>(), default = %config.default_upstream, "berth is serving");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -13,6 +13,7 @@ fn shipped_example_equals_builtin_defaults() {
     assert_eq!(example.data_dir, builtin.data_dir);
     assert_eq!(example.default_upstream, builtin.default_upstream);
     assert_eq!(example.manifest_memory_cache, builtin.manifest_memory_cache);
+    assert_eq!(example.store, builtin.store);
     let names = |c: &Config| c.upstreams.keys().cloned().collect::<Vec<_>>();
     assert_eq!(names(&example), names(&builtin));
     for (name, upstream) in &builtin.upstreams {
@@ -55,6 +56,40 @@ fn every_documented_key_is_a_real_key() {
     assert_eq!(config.upstreams["docker.io"].transport.tcp_mss, Some(1360));
     assert!(config.upstreams["docker.io"].credentials.is_some());
     assert!(config.mirror_url.is_some());
+    assert_eq!(config.store.max_size, Some(50 << 30));
+}
+
+#[test]
+fn the_documented_s3_store_table_parses() {
+    // The S3 example is indented under `#   ` (it replaces [store], so it cannot be uncommented
+    // in place); taken out alone it must be a valid config using every S3 key.
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/berth.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let pem = rcgen::generate_simple_self_signed(vec!["x".into()])
+        .unwrap()
+        .cert
+        .pem();
+    std::fs::write(&ca, pem).unwrap();
+    let secret = dir.path().join("s3-secret");
+    std::fs::write(&secret, "shhh\n").unwrap();
+    let table: String = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("#   "))
+        .map(|line| line.replace("/etc/berth/s3-ca.pem", ca.to_str().unwrap()))
+        .map(|line| line.replace("/etc/berth/s3-secret", secret.to_str().unwrap()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(table.contains("kind = \"s3\""), "{table}");
+    let config = Config::from_toml(&table).unwrap_or_else(|e| panic!("{e}\n{table}"));
+    let berth::config::StoreKind::S3(s3) = config.store.kind else {
+        panic!("{table}")
+    };
+    assert_eq!(s3.bucket, "berth-cache");
+    assert_eq!(s3.prefix.as_deref(), Some("berth"));
+    assert_eq!(s3.secret_access_key.as_deref(), Some("shhh"));
+    assert!(s3.ca_file.is_some() && !s3.virtual_hosted_style);
 }
 
 /// `key = value` with a bare lowercase key: a commented-out setting, not prose.

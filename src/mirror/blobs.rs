@@ -74,9 +74,15 @@ impl Mirror {
     ) -> Result<BlobBody, MirrorError> {
         // Two rounds at most: a fill that finds the blob committed meanwhile sends us to the store.
         for _ in 0..2 {
-            if let Some(size) = self.store.size(&keys::blob(digest)).await? {
-                self.metrics.cache_lookup("blob", true);
-                return self.blob_from_store(digest, size, range, want_body).await;
+            match self.store.size(&keys::blob(digest)).await {
+                Ok(Some(size)) => {
+                    self.metrics.cache_lookup("blob", true);
+                    return self.blob_from_store(digest, size, range, want_body).await;
+                }
+                Ok(None) => {}
+                // The store is unreachable (S3 down): the upstream can still serve the blob.
+                Err(e) => tracing::warn!(%digest, error = %e,
+                    "cannot ask the store for the blob; filling from the upstream"),
             }
             match self.blob_from_fill(target, digest, range, want_body).await {
                 Err(MirrorError::Raced) => continue,
@@ -262,7 +268,12 @@ impl Mirror {
                 tracing::info!(%upstream, repo = %target.repo, %digest, bytes = received, "blob cached");
                 writer.complete();
             }
-            Err(e) => writer.fail(e.into()),
+            Err(e) => {
+                // The bytes are verified: the clients reading the spool still get them.
+                tracing::error!(%upstream, repo = %target.repo, %digest, bytes = received, error = %e,
+                    "blob verified but could not be stored; served uncached");
+                writer.complete();
+            }
         }
     }
 

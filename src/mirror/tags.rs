@@ -43,30 +43,47 @@ impl TagRecord {
 }
 
 impl Mirror {
-    /// The last known record for a tag: memory first, then the store.
+    /// The last known record for a tag: memory while it is fresh, else the store, where
+    /// another replica sharing the store may have written a fresher one.
     pub(super) async fn known_tag(&self, target: &Target, tag: &Tag) -> Option<TagRecord> {
         let key = (
             target.upstream_name().to_string(),
             target.repo.clone(),
             tag.clone(),
         );
-        if let Some(record) = self.tags.get(&key) {
-            return Some(record);
+        let in_memory = self.tags.get(&key);
+        if let Some(record) = &in_memory {
+            if record.age() < target.upstream.config().tag_ttl {
+                return in_memory;
+            }
         }
-        let bytes = self
-            .store
-            .get(&keys::tag(target.upstream_name(), &target.repo, tag))
-            .await
-            .ok()??;
+        let stored = self.stored_tag(target, tag).await;
+        match (in_memory, stored) {
+            (Some(memory), Some(stored)) if stored.age() >= memory.age() => Some(memory),
+            (_, Some(stored)) => {
+                self.tags.insert(key, stored.clone());
+                Some(stored)
+            }
+            (memory, None) => memory,
+        }
+    }
+
+    async fn stored_tag(&self, target: &Target, tag: &Tag) -> Option<TagRecord> {
+        let key = keys::tag(target.upstream_name(), &target.repo, tag);
+        let bytes = match self.store.get(&key).await {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "cannot read the tag record from the store");
+                return None;
+            }
+        };
         let stored: StoredTag = serde_json::from_slice(&bytes).ok()?;
         let age = Duration::from_secs(unix_now().saturating_sub(stored.checked_unix));
-        let record = TagRecord {
+        Some(TagRecord {
             digest: stored.digest.parse().ok()?,
             media_type: stored.media_type,
             checked: Instant::now().checked_sub(age),
-        };
-        self.tags.insert(key, record.clone());
-        Some(record)
+        })
     }
 
     pub(super) async fn remember_tag(
@@ -87,12 +104,11 @@ impl Mirror {
             checked_unix: unix_now().saturating_sub(record.age().as_secs()),
         };
         let json = serde_json::to_vec(&stored).map_err(|e| MirrorError::Store(e.to_string()))?;
-        self.store
-            .put(
-                &keys::tag(target.upstream_name(), &target.repo, tag),
-                Bytes::from(json),
-            )
-            .await?;
+        let key = keys::tag(target.upstream_name(), &target.repo, tag);
+        if let Err(e) = self.store.put(&key, Bytes::from(json)).await {
+            // Still answered from memory; other replicas ask the upstream themselves.
+            tracing::error!(%key, error = %e, "cannot store the tag record");
+        }
         Ok(())
     }
 }

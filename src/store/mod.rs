@@ -6,6 +6,7 @@
 
 mod disk;
 pub mod keys;
+mod s3;
 
 use std::ops::Range;
 use std::path::Path;
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub use disk::DiskStore;
+pub use s3::S3Store;
 
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
 
@@ -23,6 +25,12 @@ pub enum StoreError {
     Io { key: String, source: std::io::Error },
     #[error("invalid store key {0:?}")]
     InvalidKey(String),
+    /// The remote store (S3) refused or could not be reached; the mirror falls back to upstreams.
+    #[error("S3 request for {key} failed: {message}")]
+    Remote { key: String, message: String },
+    /// The store could not be set up from its configuration.
+    #[error("store configuration: {message}")]
+    Config { message: String },
 }
 
 impl StoreError {
@@ -47,4 +55,13 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Adopts a complete, verified local file as the object (moving or uploading it).
     async fn commit_file(&self, key: &str, file: &Path) -> Result<(), StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Every object under the key path `prefix` (e.g. `blobs/sha256`), sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError>;
+}
+
+/// One object found by [`BlobStore::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
 }
