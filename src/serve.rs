@@ -32,7 +32,8 @@ pub async fn run(
             (Arc::new(store), config.data_dir.display().to_string())
         }
         StoreKind::S3(s3) => {
-            let store = S3Store::open(s3).context("cannot set up the S3 store ([store] in the config)")?;
+            let store =
+                S3Store::open(s3).context("cannot set up the S3 store ([store] in the config)")?;
             let location = store.location().to_string();
             (Arc::new(store), location)
         }

@@ -71,7 +71,8 @@ async fn setup(mib: usize) -> Option<(S3Server, FakeUpstream, images::Image, Blo
     let s3 = S3Server::start("berth-replicas");
     let fake = FakeUpstream::start(Options::plain()).await;
     let layer = images::big_blob(mib, 7);
-    let image = images::image_with_layers(&images::ImageSpec::new(7, Format::Oci), vec![layer.clone()]);
+    let image =
+        images::image_with_layers(&images::ImageSpec::new(7, Format::Oci), vec![layer.clone()]);
     fake.push(REPO, "v1", &image);
     Some((s3, fake, image, layer))
 }
@@ -93,9 +94,15 @@ async fn a_blob_cached_by_one_replica_is_served_by_another_without_the_upstream(
 
     let manifest_path = format!("/v2/{REPO}/manifests/v1");
     let (status, digest, _) = fetch(&a, &manifest_path, None).await;
-    assert_eq!((status, digest.as_str()), (200, image.manifest.digest.as_str()));
+    assert_eq!(
+        (status, digest.as_str()),
+        (200, image.manifest.digest.as_str())
+    );
     let (status, digest, len) = fetch(&a, &blob_path(&layer), None).await;
-    assert_eq!((status, digest.as_str(), len), (200, layer.digest.as_str(), layer.size()));
+    assert_eq!(
+        (status, digest.as_str(), len),
+        (200, layer.digest.as_str(), layer.size())
+    );
     assert_eq!(upstream_requests(&a, "blob"), 1.0);
     assert_eq!(
         stored_object_digest(&s3, &layer).as_deref(),
@@ -103,20 +110,33 @@ async fn a_blob_cached_by_one_replica_is_served_by_another_without_the_upstream(
         "A uploaded the verified blob to the bucket"
     );
     assert!(
-        std::fs::read_dir(a.dir.path().join("data/spool")).unwrap().next().is_none(),
+        std::fs::read_dir(a.dir.path().join("data/spool"))
+            .unwrap()
+            .next()
+            .is_none(),
         "the spool file is gone after the upload"
     );
 
     // B: the tag record, the manifest and the blob all come from the bucket.
     let (status, digest, _) = fetch(&b, &manifest_path, None).await;
-    assert_eq!((status, digest.as_str()), (200, image.manifest.digest.as_str()));
+    assert_eq!(
+        (status, digest.as_str()),
+        (200, image.manifest.digest.as_str())
+    );
     let (status, digest, len) = fetch(&b, &blob_path(&layer), None).await;
-    assert_eq!((status, digest.as_str(), len), (200, layer.digest.as_str(), layer.size()));
+    assert_eq!(
+        (status, digest.as_str(), len),
+        (200, layer.digest.as_str(), layer.size())
+    );
     // Range from S3: a span across the first 16 MiB part boundary, and the tail.
     let bytes = &layer.bytes;
     let part = 16 * 1024 * 1024;
     for (header, start, end) in [
-        (format!("bytes={}-{}", part - 5, part + 4), part - 5, part + 5),
+        (
+            format!("bytes={}-{}", part - 5, part + 4),
+            part - 5,
+            part + 5,
+        ),
         ("bytes=-100".to_string(), bytes.len() - 100, bytes.len()),
     ] {
         let (status, digest, len) = fetch(&b, &blob_path(&layer), Some(&header)).await;
@@ -124,9 +144,21 @@ async fn a_blob_cached_by_one_replica_is_served_by_another_without_the_upstream(
         assert_eq!(len, (end - start) as u64, "{header}");
         assert_eq!(digest, sha256(&bytes[start..end]), "{header}");
     }
-    assert_eq!(upstream_requests(&b, "blob"), 0.0, "B never asked the upstream for the blob");
-    assert_eq!(upstream_requests(&b, "manifest"), 0.0, "nor for the tag or manifest");
-    assert_eq!(fake.count_kind(Kind::Blob), 1, "one upstream blob transfer in all");
+    assert_eq!(
+        upstream_requests(&b, "blob"),
+        0.0,
+        "B never asked the upstream for the blob"
+    );
+    assert_eq!(
+        upstream_requests(&b, "manifest"),
+        0.0,
+        "nor for the tag or manifest"
+    );
+    assert_eq!(
+        fake.count_kind(Kind::Blob),
+        1,
+        "one upstream blob transfer in all"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +183,10 @@ async fn two_replicas_filling_one_cold_blob_at_once_store_it_intact() {
         .collect();
     for c in clients {
         let (status, digest, len) = c.await.unwrap();
-        assert_eq!((status, digest.as_str(), len), (200, layer.digest.as_str(), layer.size()));
+        assert_eq!(
+            (status, digest.as_str(), len),
+            (200, layer.digest.as_str(), layer.size())
+        );
     }
     let fills = upstream_requests(&a, "blob") + upstream_requests(&b, "blob");
     assert!(
@@ -168,7 +203,10 @@ async fn two_replicas_filling_one_cold_blob_at_once_store_it_intact() {
         let (status, digest, _) = fetch(berth, &blob_path(&layer), None).await;
         assert_eq!((status, digest.as_str()), (200, layer.digest.as_str()));
     }
-    assert_eq!(upstream_requests(&a, "blob") + upstream_requests(&b, "blob"), fills);
+    assert_eq!(
+        upstream_requests(&a, "blob") + upstream_requests(&b, "blob"),
+        fills
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +224,11 @@ async fn a_tag_refreshed_by_one_replica_is_used_by_another() {
     assert_eq!(digest, image.manifest.digest);
     let (_, digest, _) = fetch(&b, &manifest_path, None).await;
     assert_eq!(digest, image.manifest.digest);
-    assert_eq!(upstream_requests(&b, "manifest"), 0.0, "B used A's tag record");
+    assert_eq!(
+        upstream_requests(&b, "manifest"),
+        0.0,
+        "B used A's tag record"
+    );
 
     // The tag moves upstream; after the TTL, A revalidates and writes the new record.
     let moved = images::image(&images::ImageSpec::new(8, Format::Oci));
@@ -198,7 +240,10 @@ async fn a_tag_refreshed_by_one_replica_is_used_by_another() {
 
     // B's own record is past the TTL too, but A's fresh one in the bucket answers.
     let (_, digest, _) = fetch(&b, &manifest_path, None).await;
-    assert_eq!(digest, moved.manifest.digest, "B serves the digest A refreshed");
+    assert_eq!(
+        digest, moved.manifest.digest,
+        "B serves the digest A refreshed"
+    );
     assert_eq!(
         upstream_requests(&b, "manifest"),
         0.0,
@@ -217,9 +262,15 @@ async fn with_s3_down_pulls_still_stream_from_the_upstream() {
 
     let manifest_path = format!("/v2/{REPO}/manifests/v1");
     let (status, digest, _) = fetch(&berth, &manifest_path, None).await;
-    assert_eq!((status, digest.as_str()), (200, image.manifest.digest.as_str()));
+    assert_eq!(
+        (status, digest.as_str()),
+        (200, image.manifest.digest.as_str())
+    );
     let (status, digest, len) = fetch(&berth, &blob_path(&layer), None).await;
-    assert_eq!((status, digest.as_str(), len), (200, layer.digest.as_str(), layer.size()));
+    assert_eq!(
+        (status, digest.as_str(), len),
+        (200, layer.digest.as_str(), layer.size())
+    );
 
     let log = berth.stderr();
     assert!(

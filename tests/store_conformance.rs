@@ -21,7 +21,11 @@ type Guard = Box<dyn std::any::Any>;
 fn disk_store() -> (Arc<dyn BlobStore>, tempfile::TempDir, Guard) {
     let data = tempfile::tempdir().unwrap();
     let store = DiskStore::open(data.path()).unwrap();
-    (Arc::new(store), tempfile::tempdir().unwrap(), Box::new(data))
+    (
+        Arc::new(store),
+        tempfile::tempdir().unwrap(),
+        Box::new(data),
+    )
 }
 
 fn s3_store_with_prefix(prefix: Option<&str>) -> Option<(Arc<dyn BlobStore>, S3Server)> {
@@ -80,13 +84,19 @@ const BIG: usize = 37 * 1024 * 1024 + 123;
 
 async fn put_get_size_and_range_reads(store: Arc<dyn BlobStore>, dir: tempfile::TempDir) {
     let small = Bytes::from_static(b"hello world");
-    store.put("manifests/sha256/aa", small.clone()).await.unwrap();
+    store
+        .put("manifests/sha256/aa", small.clone())
+        .await
+        .unwrap();
     assert_eq!(store.size("manifests/sha256/aa").await.unwrap(), Some(11));
     assert_eq!(
         store.get("manifests/sha256/aa").await.unwrap(),
         Some(small.clone())
     );
-    assert_eq!(read_all(&*store, "manifests/sha256/aa", 6..11).await, b"world");
+    assert_eq!(
+        read_all(&*store, "manifests/sha256/aa", 6..11).await,
+        b"world"
+    );
 
     let big = content(BIG, 1);
     let file = spool(&dir, &big);
@@ -133,7 +143,10 @@ async fn the_same_key_written_twice_is_harmless(store: Arc<dyn BlobStore>, dir: 
     assert!(read_all(&*store, BLOB, 0..big.len() as u64).await == big);
     for _ in 0..2 {
         store
-            .put("tags/docker.io/library/x/_tags/1", Bytes::from_static(b"{}"))
+            .put(
+                "tags/docker.io/library/x/_tags/1",
+                Bytes::from_static(b"{}"),
+            )
             .await
             .unwrap();
     }
@@ -143,7 +156,10 @@ async fn the_same_key_written_twice_is_harmless(store: Arc<dyn BlobStore>, dir: 
     );
     // Overwrites replace (tag records are rewritten on refresh).
     store
-        .put("tags/docker.io/library/x/_tags/1", Bytes::from_static(b"{\"v\":2}"))
+        .put(
+            "tags/docker.io/library/x/_tags/1",
+            Bytes::from_static(b"{\"v\":2}"),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -175,7 +191,11 @@ async fn a_failed_or_dropped_commit_leaves_nothing_partial(
         match store.size(&key).await.unwrap() {
             None => assert_eq!(store.get(&key).await.unwrap(), None),
             Some(size) => {
-                assert_eq!(size, big.len() as u64, "cancelled after {after} ms: no partial object");
+                assert_eq!(
+                    size,
+                    big.len() as u64,
+                    "cancelled after {after} ms: no partial object"
+                );
                 assert!(read_all(&*store, &key, 0..size).await == big);
             }
         }
@@ -288,7 +308,10 @@ async fn invalid_keys_are_refused(store: Arc<dyn BlobStore>, dir: tempfile::Temp
             invalid(store.put(key, Bytes::from_static(b"x")).await),
             "put {key:?}"
         );
-        assert!(invalid(store.commit_file(key, &file).await), "commit {key:?}");
+        assert!(
+            invalid(store.commit_file(key, &file).await),
+            "commit {key:?}"
+        );
         assert!(invalid(store.delete(key).await), "delete {key:?}");
         assert!(
             matches!(store.list(key).await, Err(StoreError::InvalidKey(_))),
@@ -342,7 +365,12 @@ async fn s3_objects_live_under_the_prefix() {
         .await
         .unwrap();
     let file = server.object_file("team/berth/manifests/sha256/ee");
-    assert_eq!(std::fs::read(&file).unwrap(), b"stored", "{}", file.display());
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"stored",
+        "{}",
+        file.display()
+    );
     assert_eq!(
         store.list("manifests").await.unwrap(),
         vec![Listed {
@@ -361,11 +389,25 @@ async fn s3_unreachable_is_a_prompt_clear_error() {
     };
     server.stop();
     let started = std::time::Instant::now();
-    let err = store.size("blobs/sha256/aa").await.expect_err("server is down");
+    let err = store
+        .size("blobs/sha256/aa")
+        .await
+        .expect_err("server is down");
     assert!(matches!(err, StoreError::Remote { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("blobs/sha256/aa") && text.contains("s3://berth-test"), "{text}");
-    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert!(
+        text.contains("blobs/sha256/aa") && text.contains("s3://berth-test"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
     server.restart();
-    assert_eq!(store.size("blobs/sha256/aa").await.unwrap(), None, "recovers");
+    assert_eq!(
+        store.size("blobs/sha256/aa").await.unwrap(),
+        None,
+        "recovers"
+    );
 }

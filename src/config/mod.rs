@@ -44,7 +44,7 @@ pub enum StoreKind {
     #[default]
     Disk,
     /// An S3 (or S3-compatible) bucket; spool files stay under `data_dir/spool`.
-    S3(S3Config),
+    S3(Box<S3Config>),
 }
 
 /// An S3 bucket as the cache. Credentials not given here come from the `AWS_*` environment.

@@ -392,7 +392,10 @@ impl RawStore {
                     ("virtual_hosted_style", self.virtual_hosted_style.is_some()),
                     ("access_key_id", self.access_key_id.is_some()),
                     ("secret_access_key", self.secret_access_key.is_some()),
-                    ("secret_access_key_file", self.secret_access_key_file.is_some()),
+                    (
+                        "secret_access_key_file",
+                        self.secret_access_key_file.is_some(),
+                    ),
                     ("allow_http", self.allow_http.is_some()),
                     ("ca_file", self.ca_file.is_some()),
                 ] {
@@ -405,24 +408,27 @@ impl RawStore {
                 }
                 StoreKind::Disk
             }
-            RawStoreKind::S3 => StoreKind::S3(self.resolve_s3()?),
+            RawStoreKind::S3 => StoreKind::S3(Box::new(self.resolve_s3()?)),
         };
         Ok(StoreConfig { kind, max_size })
     }
 
     fn resolve_s3(self) -> Result<S3Config, ConfigError> {
         let key = |field: &str| format!("store.{field}");
-        let bucket = self.bucket.filter(|b| !b.trim().is_empty()).ok_or_else(|| {
-            ConfigError::new(
-                key("bucket"),
-                "missing; kind = \"s3\" needs a bucket, e.g. bucket = \"berth-cache\"",
-            )
-        })?;
+        let bucket = self
+            .bucket
+            .filter(|b| !b.trim().is_empty())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    key("bucket"),
+                    "missing; kind = \"s3\" needs a bucket, e.g. bucket = \"berth-cache\"",
+                )
+            })?;
         let valid_bucket = bucket.len() >= 3
             && bucket.len() <= 63
-            && bucket.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
-            });
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
         if !valid_bucket {
             return Err(ConfigError::new(
                 key("bucket"),
@@ -443,16 +449,16 @@ impl RawStore {
             }
             None => None,
         };
-        let region = self
-            .region
-            .unwrap_or_else(|| DEFAULT_S3_REGION.to_string());
+        let region = self.region.unwrap_or_else(|| DEFAULT_S3_REGION.to_string());
         if region.trim().is_empty() {
             return Err(ConfigError::new(key("region"), "must not be empty"));
         }
         let prefix = match self.prefix.as_deref().map(|p| p.trim_matches('/')) {
             None | Some("") => None,
             Some(p) => {
-                if p.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+                if p.split('/')
+                    .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+                {
                     return Err(ConfigError::new(
                         key("prefix"),
                         format!("`{p}` has an empty, `.` or `..` path segment"),
@@ -712,7 +718,10 @@ mod tests {
             "a custom endpoint means path-style"
         );
         assert_eq!(s3.secret_access_key.as_deref(), Some("SK"));
-        assert!(!format!("{s3:?}").contains("SK"), "the secret is not logged");
+        assert!(
+            !format!("{s3:?}").contains("SK"),
+            "the secret is not logged"
+        );
 
         let aws = Config::from_toml("[store]\nkind = \"s3\"\nbucket = \"b-1\"").unwrap();
         let StoreKind::S3(aws) = aws.store.kind else {

@@ -25,13 +25,16 @@ struct StoredTag {
     digest: String,
     media_type: String,
     checked_unix: u64,
+    /// The same instant in milliseconds (records from older versions lack it): replicas
+    /// sharing a store compare records, and tag TTLs may be shorter than a second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checked_unix_ms: Option<u64>,
 }
 
-fn unix_now() -> u64 {
+fn unix_now() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .unwrap_or(Duration::ZERO)
 }
 
 impl TagRecord {
@@ -78,7 +81,11 @@ impl Mirror {
             }
         };
         let stored: StoredTag = serde_json::from_slice(&bytes).ok()?;
-        let age = Duration::from_secs(unix_now().saturating_sub(stored.checked_unix));
+        let checked = stored
+            .checked_unix_ms
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_secs(stored.checked_unix));
+        let age = unix_now().saturating_sub(checked);
         Some(TagRecord {
             digest: stored.digest.parse().ok()?,
             media_type: stored.media_type,
@@ -98,10 +105,12 @@ impl Mirror {
             tag.clone(),
         );
         self.tags.insert(key, record.clone());
+        let checked = unix_now().saturating_sub(record.age());
         let stored = StoredTag {
             digest: record.digest.to_string(),
             media_type: record.media_type.clone(),
-            checked_unix: unix_now().saturating_sub(record.age().as_secs()),
+            checked_unix: checked.as_secs(),
+            checked_unix_ms: Some(u64::try_from(checked.as_millis()).unwrap_or(u64::MAX)),
         };
         let json = serde_json::to_vec(&stored).map_err(|e| MirrorError::Store(e.to_string()))?;
         let key = keys::tag(target.upstream_name(), &target.repo, tag);

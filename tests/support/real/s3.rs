@@ -100,9 +100,8 @@ impl S3Server {
     }
 
     pub fn log(&self) -> String {
-        let read = |name: &str| {
-            std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
-        };
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
         format!("{}{}", read("stdout.log"), read("stderr.log"))
     }
 }
