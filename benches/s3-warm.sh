@@ -110,6 +110,20 @@ upstream_blob_requests() {
 row_reg=$(measure "docker-registry" "$reg")
 row_disk=$(measure "berth (disk)" "$disk")
 row_s3=$(measure "berth (S3)" "$s3berth")
+
+# The ceiling of the S3 row: the same object straight from s3s-fs (a second, anonymous instance
+# on the same data directory, so plain curl can GET it).
+s3anon=127.0.0.1:$(free_port)
+s3s-fs --host 127.0.0.1 --port "${s3anon#*:}" "$work/s3" >"$work/s3anon.log" 2>&1 &
+pids+=($!)
+wait_http "$s3anon"
+s3_direct() {
+  for _ in $(seq "$GETS"); do
+    curl -sS -f -o /dev/null -w '%{speed_download}\n' "http://$s3anon/berth-bench/blobs/sha256/${digest#sha256:}"
+  done
+}
+speeds=$(s3_direct)
+row_s3direct="$(echo "$speeds" | median | awk '{printf "%.0f", $1/1048576}')|$(echo "$speeds" | awk '{printf "%s%.0f", (NR>1?", ":""), $1/1048576}')"
 reg_med=${row_reg%%|*}
 ratio() { awk -v a="$1" -v b="$reg_med" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}'; }
 
@@ -122,9 +136,11 @@ report=$(
 | docker-registry (filesystem driver) | **$reg_med** | ${row_reg#*|} | 1.00 | – |
 | berth, disk store | **${row_disk%%|*}** | ${row_disk#*|} | $(ratio "${row_disk%%|*}") | $(upstream_blob_requests "$disk") |
 | berth, S3 store (s3s-fs) | **${row_s3%%|*}** | ${row_s3#*|} | $(ratio "${row_s3%%|*}") | $(upstream_blob_requests "$s3berth") |
+| s3s-fs itself, same object (ceiling of the row above) | **${row_s3direct%%|*}** | ${row_s3direct#*|} | $(ratio "${row_s3direct%%|*}") | – |
 
-berth: $BERTH_BIN; every body of the first and last GET hashed to $digest. A shared 2-core
-machine is noisy: compare rows of one run.
+berth: $BERTH_BIN; every berth and registry body of the first and last GET hashed to
+$digest. The S3 row measures berth in front of s3s-fs (a test server that reads files in 4 KiB
+chunks), not AWS S3. A shared 2-core machine is noisy: compare rows of one run.
 EOF
 )
 echo "$report"

@@ -121,3 +121,22 @@ impl Mirror {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_of_older_versions_still_parse() {
+        let old = r#"{"digest":"sha256:aa","media_type":"x","checked_unix":1700000000}"#;
+        let stored: StoredTag = serde_json::from_str(old).unwrap();
+        assert_eq!(stored.checked_unix_ms, None);
+        let new = StoredTag {
+            checked_unix_ms: Some(1_700_000_000_123),
+            ..stored
+        };
+        let json = serde_json::to_string(&new).unwrap();
+        assert!(json.contains("\"checked_unix\":1700000000"), "{json}");
+        assert!(json.contains("\"checked_unix_ms\":1700000000123"), "{json}");
+    }
+}

@@ -52,7 +52,9 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
     /// Writes a small object atomically.
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError>;
-    /// Adopts a complete, verified local file as the object (moving or uploading it).
+    /// Adopts a complete, verified local file as the object (moving or uploading it). After
+    /// `Ok` the file belongs to the store (moved, or uploaded and deleted); after `Err` it is
+    /// left where it was and nothing is visible under `key`.
     async fn commit_file(&self, key: &str, file: &Path) -> Result<(), StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Every object under the key path `prefix` (e.g. `blobs/sha256`), sorted by key.
