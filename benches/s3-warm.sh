@@ -92,8 +92,11 @@ access_key_id = \"bench\"
 secret_access_key = \"bench-secret\"")
 
 measure() { # label, host:port → one table row
-  local label=$1 addr=$2 url="http://$2/v2/$REPO/blobs/$digest" got speeds
-  got="sha256:$(curl -sS -f "$url" | sha256sum | cut -d' ' -f1)" # cold for berth: the fill
+  local label=$1 addr=$2 url="http://$2/v2/$REPO/blobs/$digest" got speeds cold
+  # Cold for berth: the fill (upstream → spool → verify → commit; the last byte waits for it).
+  cold=$(curl -sS -f -o "$work/cold" -w '%{time_total}' "$url")
+  got="sha256:$(sha256sum "$work/cold" | cut -d' ' -f1)"
+  rm -f "$work/cold"
   [[ $got == "$digest" ]] || { echo "s3-warm: $label served wrong bytes" >&2; exit 1; }
   speeds=$(for _ in $(seq "$GETS"); do curl -sS -f -o /dev/null -w '%{speed_download}\n' "$url"; done)
   got="sha256:$(curl -sS -f "$url" | sha256sum | cut -d' ' -f1)"
@@ -101,7 +104,7 @@ measure() { # label, host:port → one table row
   local med runs
   med=$(echo "$speeds" | median | awk '{printf "%.0f", $1/1048576}')
   runs=$(echo "$speeds" | awk '{printf "%s%.0f", (NR>1?", ":""), $1/1048576}')
-  echo "$med|$runs"
+  echo "$med|$runs|$(awk -v t="$cold" 'BEGIN {printf "%.2f", t}')"
 }
 upstream_blob_requests() {
   curl -s "http://$1/metrics" | awk '/^berth_upstream_requests_total/ && /kind="blob"/ {s+=$NF} END {print s+0}'
@@ -125,18 +128,20 @@ s3_direct() {
 speeds=$(s3_direct)
 row_s3direct="$(echo "$speeds" | median | awk '{printf "%.0f", $1/1048576}')|$(echo "$speeds" | awk '{printf "%s%.0f", (NR>1?", ":""), $1/1048576}')"
 reg_med=${row_reg%%|*}
+runs() { echo "$1" | cut -d'|' -f2; }
+first() { echo "$1" | cut -d'|' -f3; }
 ratio() { awk -v a="$1" -v b="$reg_med" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}'; }
 
 report=$(
   cat <<EOF
 ## Warm ${MIB} MiB blob, median of $GETS GETs (MiB/s, curl to /dev/null, 127.0.0.1)
 
-| server | median MiB/s | runs | vs docker-registry | upstream blob GETs |
-|---|---|---|---|---|
-| docker-registry (filesystem driver) | **$reg_med** | ${row_reg#*|} | 1.00 | – |
-| berth, disk store | **${row_disk%%|*}** | ${row_disk#*|} | $(ratio "${row_disk%%|*}") | $(upstream_blob_requests "$disk") |
-| berth, S3 store (s3s-fs) | **${row_s3%%|*}** | ${row_s3#*|} | $(ratio "${row_s3%%|*}") | $(upstream_blob_requests "$s3berth") |
-| s3s-fs itself, same object (ceiling of the row above) | **${row_s3direct%%|*}** | ${row_s3direct#*|} | $(ratio "${row_s3direct%%|*}") | – |
+| server | median MiB/s | runs | vs docker-registry | first GET s | upstream blob GETs |
+|---|---|---|---|---|---|
+| docker-registry (filesystem driver) | **$reg_med** | $(runs "$row_reg") | 1.00 | $(first "$row_reg") | – |
+| berth, disk store | **${row_disk%%|*}** | $(runs "$row_disk") | $(ratio "${row_disk%%|*}") | $(first "$row_disk") (cold) | $(upstream_blob_requests "$disk") |
+| berth, S3 store (s3s-fs) | **${row_s3%%|*}** | $(runs "$row_s3") | $(ratio "${row_s3%%|*}") | $(first "$row_s3") (cold) | $(upstream_blob_requests "$s3berth") |
+| s3s-fs itself, same object (ceiling of the row above) | **${row_s3direct%%|*}** | $(runs "$row_s3direct") | $(ratio "${row_s3direct%%|*}") | – | – |
 
 berth: $BERTH_BIN; every berth and registry body of the first and last GET hashed to
 $digest. The S3 row measures berth in front of s3s-fs (a test server that reads files in 4 KiB
