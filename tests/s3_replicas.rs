@@ -128,7 +128,7 @@ async fn a_blob_cached_by_one_replica_is_served_by_another_without_the_upstream(
         (status, digest.as_str(), len),
         (200, layer.digest.as_str(), layer.size())
     );
-    // Range from S3: a span across the first 16 MiB part boundary, and the tail.
+    // Range from S3: a span across an upload part boundary (8 MiB parts), and the tail.
     let bytes = &layer.bytes;
     let part = 16 * 1024 * 1024;
     for (header, start, end) in [

@@ -79,7 +79,7 @@ fn rand_u64(salt: usize) -> u64 {
 }
 
 const BLOB: &str = "blobs/sha256/0f0f";
-/// Larger than one S3 part (16 MiB), so commits are multipart uploads of several parts.
+/// Larger than the single-PUT limit (16 MiB), so commits are multipart uploads of several parts.
 const BIG: usize = 37 * 1024 * 1024 + 123;
 
 async fn put_get_size_and_range_reads(store: Arc<dyn BlobStore>, dir: tempfile::TempDir) {

@@ -26,10 +26,10 @@ use crate::config::S3Config;
 
 /// Files up to this size are sent with one PUT; larger ones as a multipart upload.
 const SINGLE_PUT_LIMIT: u64 = 16 * 1024 * 1024;
-/// Part size of a multipart upload (S3's minimum is 5 MiB).
-const PART_SIZE: usize = 16 * 1024 * 1024;
-/// Parts in flight at once during an upload.
-const UPLOAD_CONCURRENCY: usize = 4;
+/// Part size of a multipart upload (S3's minimum is 5 MiB; 10,000 parts = 80 GiB at most).
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts in flight at once during an upload (memory per upload: about (this + 1) × PART_SIZE).
+const UPLOAD_CONCURRENCY: usize = 3;
 const READ_CHUNK: usize = 1024 * 1024;
 
 pub struct S3Store {
