@@ -83,6 +83,18 @@ fn stored_object_digest(s3: &S3Server, blob: &Blob) -> Option<String> {
     std::fs::read(file).ok().map(|bytes| sha256(&bytes))
 }
 
+/// Clients get their last byte once the blob verifies; the upload finishes after. Waits
+/// (≤ 30 s) for the object, then returns its digest (s3s-fs places objects by rename).
+fn wait_for_object(s3: &S3Server, blob: &Blob) -> String {
+    let file = s3.object_file(&format!("replicas/blobs/sha256/{}", blob.hex()));
+    support::util::wait_until(
+        "the blob object in the bucket",
+        Duration::from_secs(30),
+        || file.exists().then_some(()),
+    );
+    stored_object_digest(s3, blob).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_cached_by_one_replica_is_served_by_another_without_the_upstream() {
     let Some((s3, fake, image, layer)) = setup(40).await else {
@@ -105,17 +117,18 @@ async fn a_blob_cached_by_one_replica_is_served_by_another_without_the_upstream(
     );
     assert_eq!(upstream_requests(&a, "blob"), 1.0);
     assert_eq!(
-        stored_object_digest(&s3, &layer).as_deref(),
-        Some(layer.digest.as_str()),
+        wait_for_object(&s3, &layer),
+        layer.digest,
         "A uploaded the verified blob to the bucket"
     );
-    assert!(
-        std::fs::read_dir(a.dir.path().join("data/spool"))
+    let spool = a.dir.path().join("data/spool");
+    support::util::wait_until("the spool file to go", Duration::from_secs(10), || {
+        std::fs::read_dir(&spool)
             .unwrap()
             .next()
-            .is_none(),
-        "the spool file is gone after the upload"
-    );
+            .is_none()
+            .then_some(())
+    });
 
     // B: the tag record, the manifest and the blob all come from the bucket.
     let (status, digest, _) = fetch(&b, &manifest_path, None).await;
@@ -194,8 +207,8 @@ async fn two_replicas_filling_one_cold_blob_at_once_store_it_intact() {
         "each replica fills at most once: {fills}"
     );
     assert_eq!(
-        stored_object_digest(&s3, &layer).as_deref(),
-        Some(layer.digest.as_str()),
+        wait_for_object(&s3, &layer),
+        layer.digest,
         "the object in the bucket is the blob, whoever finished last"
     );
     // And both now serve it from the bucket.
@@ -287,8 +300,5 @@ async fn with_s3_down_pulls_still_stream_from_the_upstream() {
     s3.restart();
     let (status, digest, _) = fetch(&berth, &blob_path(&layer), None).await;
     assert_eq!((status, digest.as_str()), (200, layer.digest.as_str()));
-    assert_eq!(
-        stored_object_digest(&s3, &layer).as_deref(),
-        Some(layer.digest.as_str())
-    );
+    assert_eq!(wait_for_object(&s3, &layer), layer.digest);
 }

@@ -38,6 +38,9 @@ pub struct FillState<E> {
     pub started: bool,
     /// Bytes written to the spool and readable.
     pub written: u64,
+    /// Every byte is in and verified: readers may deliver the end of the content even
+    /// though the fill is still committing it to the store.
+    pub verified: bool,
     /// `Some` once the fill is over.
     pub outcome: Option<Result<(), FillFailure<E>>>,
 }
@@ -48,6 +51,7 @@ impl<E> Default for FillState<E> {
             total: None,
             started: false,
             written: 0,
+            verified: false,
             outcome: None,
         }
     }
@@ -213,6 +217,15 @@ impl<K: Hash + Eq + Clone, E: Clone> FillWriter<K, E> {
             .map_err(std::io::Error::other)?
     }
 
+    /// The content is complete and verified: readers may finish their responses while the
+    /// fill goes on committing it (an S3 upload). The fill stays joinable until `complete()`.
+    pub fn verified(&self) {
+        self.state.send_modify(|s| {
+            s.verified = true;
+            s.total = Some(s.written);
+        });
+    }
+
     /// The spool file's path, for the store to adopt after verification.
     pub fn spool_path(&self) -> &Path {
         &self.path
@@ -329,6 +342,34 @@ mod tests {
         );
         writer.fail("digest mismatch".into());
         assert!(stream.next().await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn verified_content_is_delivered_before_the_fill_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let fills = TestFills::new(dir.path()).unwrap();
+        let (fill, writer) = leader(&fills);
+        writer.start(None);
+        writer
+            .append(bytes::Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
+        writer.verified();
+        let body: Vec<u8> = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            fill.reader(0, None)
+                .into_stream()
+                .map(|c| c.unwrap().to_vec())
+                .concat(),
+        )
+        .await
+        .expect("a verified fill does not wait for complete()");
+        assert_eq!(body, b"hello");
+        assert!(
+            matches!(fills.join("k").unwrap(), Joined::Follower(_)),
+            "still joinable while it commits"
+        );
+        writer.complete();
     }
 
     #[tokio::test]

@@ -84,7 +84,7 @@ impl<E: Clone + Display + Send + Sync + 'static> FillReader<E> {
             Some(Err(FillFailure::Abandoned)) => {
                 return Step::Fail(io::Error::other("fill abandoned by its producer"));
             }
-            None => false,
+            None => state.verified,
         };
         let limit = self.end.or(state.total);
         if verified

@@ -258,6 +258,9 @@ impl Mirror {
             writer.fail(MirrorError::Store(format!("cannot sync spool file: {e}")));
             return;
         }
+        // Clients get their last byte now, not after the store has it (an S3 upload takes a
+        // while); requests arriving meanwhile still join this fill and read the spool.
+        writer.verified();
         match self
             .store
             .commit_file(&keys::blob(digest), writer.spool_path())
