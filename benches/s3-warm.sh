@@ -82,8 +82,8 @@ start_berth() { # name, extra config → prints host:port
   wait_http "$addr"
   echo "$addr"
 }
-disk=$(start_berth disk "")
-s3berth=$(start_berth s3 "[store]
+disk=$(start_berth berth-disk "")
+s3berth=$(start_berth berth-s3 "[store]
 kind = \"s3\"
 bucket = \"berth-bench\"
 endpoint = \"http://$s3\"
@@ -91,13 +91,17 @@ allow_http = true
 access_key_id = \"bench\"
 secret_access_key = \"bench-secret\"")
 
-measure() { # label, host:port → one table row
-  local label=$1 addr=$2 url="http://$2/v2/$REPO/blobs/$digest" got speeds cold
+measure() { # label, host:port[, berth data dir] → one table row
+  local label=$1 addr=$2 data=${3:-} url="http://$2/v2/$REPO/blobs/$digest" got speeds cold
   # Cold for berth: the fill (upstream → spool → verify → commit; the last byte waits for it).
   cold=$(curl -sS -f -o "$work/cold" -w '%{time_total}' "$url")
   got="sha256:$(sha256sum "$work/cold" | cut -d' ' -f1)"
   rm -f "$work/cold"
   [[ $got == "$digest" ]] || { echo "s3-warm: $label served wrong bytes" >&2; exit 1; }
+  if [[ -n $data ]]; then # warm means committed: wait for the fill (an S3 upload) to finish
+    for _ in $(seq 600); do [[ -z $(ls -A "$data/spool") ]] && break; sleep 0.1; done
+    [[ -z $(ls -A "$data/spool") ]] || { echo "s3-warm: $label never committed the blob" >&2; exit 1; }
+  fi
   speeds=$(for _ in $(seq "$GETS"); do curl -sS -f -o /dev/null -w '%{speed_download}\n' "$url"; done)
   got="sha256:$(curl -sS -f "$url" | sha256sum | cut -d' ' -f1)"
   [[ $got == "$digest" ]] || { echo "s3-warm: $label served wrong warm bytes" >&2; exit 1; }
@@ -111,8 +115,8 @@ upstream_blob_requests() {
 }
 
 row_reg=$(measure "docker-registry" "$reg")
-row_disk=$(measure "berth (disk)" "$disk")
-row_s3=$(measure "berth (S3)" "$s3berth")
+row_disk=$(measure "berth (disk)" "$disk" "$work/berth-disk/data")
+row_s3=$(measure "berth (S3)" "$s3berth" "$work/berth-s3/data")
 
 # The ceiling of the S3 row: the same object straight from s3s-fs (a second, anonymous instance
 # on the same data directory, so plain curl can GET it).
