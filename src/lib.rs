@@ -11,15 +11,21 @@
 //!      │     coalesce   one upstream fill, spooled to disk, streamed to every waiter
 //!      ▼      │
 //!   upstream   the only HTTP client of upstreams: token auth, redirects, own TCP/TLS connector
-//!   store      content-addressed blobs, manifests and tag records (disk or S3)
+//!   store      content-addressed blobs, manifests and tag records (disk or S3);
+//!              eviction under max_size (scan → pins → LRU plan → evict), access times, verify
 //!   oci        pure types, no I/O: Digest, Reference, Repository, OciPath, ErrorCode
 //!
 //!   config     file → env → flags, validated once into typed config
 //!   generate   K3s registries.yaml and containerd hosts.toml writers
+//!   cli        one file per subcommand (serve, cache, generators); glue only
+//!   serve      wiring: store + evictor task + mirror + api
+//!   prewarm    a client of a running berth: pulls image groups as containerd would, pins
+//!              them (/_berth/pins), checks offline readiness (Cache-Control: only-if-cached)
 //!   cli        one file per subcommand; glue only
 //! ```
 //!
-//! Dependency rule: `cli → api/generate → mirror → upstream/store/coalesce → oci`.
+//! Dependency rule: `cli → api/generate/prewarm → mirror → upstream/store/coalesce → oci`.
+//! `prewarm` uses `mirror` only for shared types (pin names); it talks to berth over HTTP.
 //! `oci` imports nothing of ours.
 
 pub mod api;
@@ -30,6 +36,7 @@ pub mod generate;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod prewarm;
 pub mod serve;
 pub mod store;
 pub mod upstream;

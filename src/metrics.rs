@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +38,10 @@ pub struct Metrics {
     pub served_bytes: Counter,
     /// Fills that failed verification (digest or size mismatch).
     pub verify_failures: Counter,
+    /// Blobs and manifests deleted to keep the cache under `max_size`.
+    pub cache_evictions: Counter,
+    /// Bytes of blobs and manifests in the cache.
+    pub cache_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -48,6 +53,8 @@ impl Default for Metrics {
         let cache_lookups = Family::default();
         let served_bytes = Counter::default();
         let verify_failures = Counter::default();
+        let cache_evictions = Counter::default();
+        let cache_bytes = Gauge::default();
         registry.register(
             "upstream_requests",
             "Requests sent to upstream registries",
@@ -78,6 +85,16 @@ impl Default for Metrics {
             "Upstream content that failed digest verification",
             verify_failures.clone(),
         );
+        registry.register(
+            "cache_evictions",
+            "Blobs and manifests evicted to stay under max_size",
+            cache_evictions.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Bytes of blobs and manifests in the cache",
+            cache_bytes.clone(),
+        );
         Metrics {
             registry,
             upstream_requests,
@@ -86,6 +103,8 @@ impl Default for Metrics {
             cache_lookups,
             served_bytes,
             verify_failures,
+            cache_evictions,
+            cache_bytes,
         }
     }
 }

@@ -14,6 +14,8 @@ fn shipped_example_equals_builtin_defaults() {
     assert_eq!(example.default_upstream, builtin.default_upstream);
     assert_eq!(example.manifest_memory_cache, builtin.manifest_memory_cache);
     assert_eq!(example.store, builtin.store);
+    assert_eq!(example.platforms, builtin.platforms);
+    assert_eq!(example.admin_token, builtin.admin_token);
     let names = |c: &Config| c.upstreams.keys().cloned().collect::<Vec<_>>();
     assert_eq!(names(&example), names(&builtin));
     for (name, upstream) in &builtin.upstreams {
@@ -42,6 +44,8 @@ fn every_documented_key_is_a_real_key() {
     std::fs::write(&ca, pem).unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "token\n").unwrap();
+    let admin_token = dir.path().join("admin-token");
+    std::fs::write(&admin_token, "0123456789abcdef0123\n").unwrap();
     let uncommented: String = text
         .lines()
         .map(|line| match line.strip_prefix("# ") {
@@ -50,6 +54,7 @@ fn every_documented_key_is_a_real_key() {
         })
         .map(|line| line.replace("/etc/berth/extra-ca.pem", ca.to_str().unwrap()))
         .map(|line| line.replace("/etc/berth/dockerhub-token", secret.to_str().unwrap()))
+        .map(|line| line.replace("/etc/berth/admin-token", admin_token.to_str().unwrap()))
         .collect::<Vec<_>>()
         .join("\n");
     let config = Config::from_toml(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
@@ -57,6 +62,12 @@ fn every_documented_key_is_a_real_key() {
     assert!(config.upstreams["docker.io"].credentials.is_some());
     assert!(config.mirror_url.is_some());
     assert_eq!(config.store.max_size, Some(50 << 30));
+    assert!(
+        config
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.matches("0123456789abcdef0123"))
+    );
 }
 
 #[test]
@@ -74,8 +85,12 @@ fn the_documented_s3_store_table_parses() {
     std::fs::write(&ca, pem).unwrap();
     let secret = dir.path().join("s3-secret");
     std::fs::write(&secret, "shhh\n").unwrap();
+    // The contiguous `#   ` block that starts at `#   [store]` (other indented prose, such as
+    // the inline admin_token example, is not part of it).
     let table: String = text
         .lines()
+        .skip_while(|line| *line != "#   [store]")
+        .take_while(|line| line.starts_with("#   "))
         .filter_map(|line| line.strip_prefix("#   "))
         .map(|line| line.replace("/etc/berth/s3-ca.pem", ca.to_str().unwrap()))
         .map(|line| line.replace("/etc/berth/s3-secret", secret.to_str().unwrap()))

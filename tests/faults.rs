@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use http::Method;
-use support::fake_upstream::{AfterStall, FakeUpstream, Fault, Kind, Options, Role};
+use support::fake_upstream::{AfterStall, FakeUpstream, Fault, Kind, Options, Role, TlsFront};
 use support::images::{self, Blob, Format};
 use support::inprocess::{Berth, client, upstream_table};
+use support::real::TestCa;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -304,5 +305,72 @@ async fn an_open_breaker_answers_tags_from_cache_at_once_and_fails_fast_otherwis
         response.status(),
         404,
         "closed again: the upstream's own answer comes through"
+    );
+}
+
+/// berth with one upstream behind a TLS front whose handshakes can hang.
+async fn berth_behind_tls(
+    attempts: u32,
+) -> (Berth, FakeUpstream, TlsFront, TestCa, images::ImageIndex) {
+    let ca = TestCa::new();
+    let fake = FakeUpstream::start(Options::default()).await;
+    let image = images::multi_arch(49, Format::Oci);
+    fake.push("library/app", "1", &image);
+    let front = TlsFront::start(&ca, fake.registry_addr).await;
+    let extra = format!(
+        "ca_file = {:?}\ntls_timeout = \"500ms\"\nmax_attempts = {attempts}",
+        ca.ca_pem.display().to_string()
+    );
+    let berth = Berth::start(&upstream_table("docker.io", &front.url(), &extra)).await;
+    (berth, fake, front, ca, image)
+}
+
+#[tokio::test]
+async fn a_hung_tls_handshake_times_out_and_the_retry_gets_through() {
+    let (berth, _fake, front, _ca, image) = berth_behind_tls(3).await;
+    front.delay_next_handshakes(1, Duration::from_secs(30));
+    let started = Instant::now();
+    let response = client()
+        .get(berth.url("/v2/library/app/manifests/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["docker-content-digest"],
+        image.index.digest.as_str()
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "answered before the hung handshake could time out"
+    );
+    assert!(front.accepted() >= 2, "the retry opened a new connection");
+    assert!(front.handshakes() >= 1);
+}
+
+#[tokio::test]
+async fn handshakes_that_always_hang_end_in_a_503_that_names_the_tls_handshake() {
+    let (berth, _fake, front, _ca, _image) = berth_behind_tls(2).await;
+    front.delay_next_handshakes(10, Duration::from_secs(30));
+    let started = Instant::now();
+    let response = client()
+        .get(berth.url("/v2/library/app/manifests/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body = response.text().await.unwrap();
+    assert!(body.contains("TLS handshake"), "{body}");
+    assert_eq!(front.handshakes(), 0);
+    assert_eq!(
+        front.accepted(),
+        2,
+        "two attempts, each on a fresh connection"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "bounded by max_attempts x tls_timeout + backoff, took {:?}",
+        started.elapsed()
     );
 }

@@ -34,7 +34,7 @@ impl ApiError {
         self
     }
 
-    fn with_header(mut self, name: http::HeaderName, value: impl ToString) -> ApiError {
+    pub(crate) fn with_header(mut self, name: http::HeaderName, value: impl ToString) -> ApiError {
         if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
             self.headers.push((name, v));
         }
@@ -85,6 +85,9 @@ impl From<MirrorError> for ApiError {
                 ApiError::new(ErrorCode::RangeInvalid, message)
                     .with_header(CONTENT_RANGE, format!("bytes */{size}"))
             }
+            // RFC 9111 §5.2.1.7: only-if-cached and not stored → 504.
+            MirrorError::NotCached(_) => ApiError::new(ErrorCode::Unavailable, message)
+                .with_status(StatusCode::GATEWAY_TIMEOUT),
             MirrorError::Store(_) | MirrorError::Raced => ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 code: "UNKNOWN",
@@ -97,7 +100,8 @@ impl From<MirrorError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        // A 504 is the expected answer to `only-if-cached` for what is not stored.
+        if self.status.is_server_error() && self.status != StatusCode::GATEWAY_TIMEOUT {
             tracing::warn!(status = %self.status, code = self.code, message = %self.message, "request failed");
         }
         let body = serde_json::json!({

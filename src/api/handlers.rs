@@ -5,11 +5,13 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::header::{ACCEPT, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use http::header::{
+    ACCEPT, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE,
+};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 use super::ApiError;
-use crate::mirror::{BlobBody, ByteRange, Mirror};
+use crate::mirror::{BlobBody, ByteRange, Lookup, Mirror, MirrorError};
 use crate::oci::{Digest, Endpoint, ErrorCode, OciPath};
 
 const DIGEST_HEADER: &str = "docker-content-digest";
@@ -50,10 +52,14 @@ async fn handle(
     let query = Query::parse(uri.query());
     let target = mirror.route(&name, query.ns.as_deref())?;
     let want_body = method == Method::GET;
+    let lookup = lookup(headers);
     match endpoint {
+        Endpoint::Tags | Endpoint::Referrers(_) if lookup == Lookup::CacheOnly => {
+            Err(MirrorError::NotCached("tag lists and referrers are never cached".into()).into())
+        }
         Endpoint::Manifest(reference) => {
             let manifest = mirror
-                .manifest(&target, &reference, &accept_list(headers))
+                .manifest(&target, &reference, &accept_list(headers), lookup)
                 .await?;
             Ok(Response::builder()
                 .header(CONTENT_TYPE, &manifest.media_type)
@@ -67,7 +73,9 @@ async fn handle(
                 .get(RANGE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(ByteRange::parse);
-            let mut blob = mirror.blob(&target, &digest, range, want_body).await?;
+            let mut blob = mirror
+                .blob(&target, &digest, range, want_body, lookup)
+                .await?;
             if let Some(stream) = blob.body.take() {
                 let served = mirror.metrics().served_bytes.clone();
                 blob.body = Some(Box::pin(futures::StreamExt::inspect(
@@ -134,6 +142,21 @@ fn passthrough_response(
         )
         .body(Body::from(body))
         .unwrap_or_default()
+}
+
+/// `Cache-Control: only-if-cached` (RFC 9111): answer from the cache or 504, never go upstream.
+fn lookup(headers: &HeaderMap) -> Lookup {
+    let only_if_cached = headers
+        .get_all(CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case("only-if-cached"));
+    if only_if_cached {
+        Lookup::CacheOnly
+    } else {
+        Lookup::Normal
+    }
 }
 
 /// The client's `Accept` list as bare media types (parameters such as `q=` dropped).

@@ -1,6 +1,8 @@
 //! Command-line entry: one file per subcommand, glue only.
 
+mod cache;
 mod generate;
+mod prewarm;
 mod serve;
 
 use std::process::ExitCode;
@@ -29,6 +31,12 @@ enum Command {
     K3sRegistries(generate::K3sArgs),
     /// Write a containerd `config_path` tree (<dir>/<registry>/hosts.toml) pointing at this mirror.
     ContainerdHosts(generate::HostsArgs),
+    /// Inspect and tend the disk cache: stats, verify, gc.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
+    /// Pull image groups through a running berth so a rebuild needs no internet; `--check`
+    /// says whether the cache alone can serve them.
+    Prewarm(prewarm::PrewarmArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -38,15 +46,21 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::K3sRegistries(args) => generate::k3s_registries(args),
         Command::ContainerdHosts(args) => generate::containerd_hosts(args),
+        Command::Cache(command) => cache::run(command),
+        Command::Prewarm(args) => return prewarm::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: what went wrong and, where the message has it, the fix.
-            eprintln!("berth: {e:#}");
+            print_error(&e);
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line: what went wrong and, where the message has it, the fix.
+fn print_error(e: &anyhow::Error) {
+    eprintln!("berth: {e:#}");
 }
 
 fn init_tracing(filter: &str) {

@@ -5,7 +5,9 @@
 //! else (and the leader's own client) joins as a reader of the spool file: it reads what is
 //! already there, then follows new bytes as the writer announces them. The last byte of any
 //! response is held back until the writer reports the content verified, so a bad fill can
-//! never be delivered as a complete response. A writer dropped without `complete()` wakes
+//! never be delivered as a complete response. Verified is not yet durable: readers finish as
+//! soon as the digest matches, while the writer still syncs and commits (an fsync of a large
+//! blob must not delay every client's last byte). A writer dropped without `complete()` wakes
 //! its readers with [`FillFailure::Abandoned`].
 
 mod reader;
@@ -38,8 +40,7 @@ pub struct FillState<E> {
     pub started: bool,
     /// Bytes written to the spool and readable.
     pub written: u64,
-    /// Every byte is in and verified: readers may deliver the end of the content even
-    /// though the fill is still committing it to the store.
+    /// The content matched its digest: readers may deliver all of it, whatever happens next.
     pub verified: bool,
     /// `Some` once the fill is over.
     pub outcome: Option<Result<(), FillFailure<E>>>,
@@ -119,7 +120,9 @@ where
     K: Hash + Eq + Clone + Send + 'static,
     E: Clone + std::fmt::Display + Send + Sync + 'static,
 {
-    /// `spool_dir` is emptied: spool files of a previous process are never trusted.
+    /// `spool_dir` is emptied: spool files of a previous process are never trusted (a
+    /// `kill -9` mid-fill leaves one; see tests/crash_safety.rs). Other users of the spool dir
+    /// (the S3 store's uploads) are per-process too, so clearing it at start-up is safe.
     pub fn new(spool_dir: &Path) -> std::io::Result<Fills<K, E>> {
         if spool_dir.exists() {
             std::fs::remove_dir_all(spool_dir)?;
@@ -209,21 +212,21 @@ impl<K: Hash + Eq + Clone, E: Clone> FillWriter<K, E> {
         Ok(())
     }
 
+    /// The content matched its digest: readers may deliver their last byte now, before the
+    /// (slower) sync and commit. Sets the total for upstreams that sent no length.
+    pub fn mark_verified(&self) {
+        self.state.send_modify(|s| {
+            s.total = Some(s.written);
+            s.verified = true;
+        });
+    }
+
     /// Flushes the spool to disk; call before handing the file to the store.
     pub async fn sync(&self) -> std::io::Result<()> {
         let file = self.spool.clone();
         tokio::task::spawn_blocking(move || file.sync_data())
             .await
             .map_err(std::io::Error::other)?
-    }
-
-    /// The content is complete and verified: readers may finish their responses while the
-    /// fill goes on committing it (an S3 upload). The fill stays joinable until `complete()`.
-    pub fn verified(&self) {
-        self.state.send_modify(|s| {
-            s.verified = true;
-            s.total = Some(s.written);
-        });
     }
 
     /// The spool file's path, for the store to adopt after verification.
@@ -345,7 +348,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn verified_content_is_delivered_before_the_fill_completes() {
+    async fn verified_content_is_delivered_before_the_commit_and_despite_its_failure() {
         let dir = tempfile::tempdir().unwrap();
         let fills = TestFills::new(dir.path()).unwrap();
         let (fill, writer) = leader(&fills);
@@ -354,7 +357,7 @@ mod tests {
             .append(bytes::Bytes::from_static(b"hello"))
             .await
             .unwrap();
-        writer.verified();
+        writer.mark_verified();
         let body: Vec<u8> = tokio::time::timeout(
             std::time::Duration::from_secs(5),
             fill.reader(0, None)
@@ -363,13 +366,13 @@ mod tests {
                 .concat(),
         )
         .await
-        .expect("a verified fill does not wait for complete()");
+        .expect("a verified fill needs no commit to finish its readers");
         assert_eq!(body, b"hello");
-        assert!(
-            matches!(fills.join("k").unwrap(), Joined::Follower(_)),
-            "still joinable while it commits"
-        );
-        writer.complete();
+        // A reader that joined before a failed commit still gets the verified bytes.
+        let late = fill.reader(1, None).into_stream();
+        writer.fail("disk full while committing".into());
+        let rest: Vec<u8> = late.map(|c| c.unwrap().to_vec()).concat().await;
+        assert_eq!(rest, b"ello");
     }
 
     #[tokio::test]

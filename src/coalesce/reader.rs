@@ -76,16 +76,17 @@ impl<E: Clone + Display + Send + Sync + 'static> FillReader<E> {
     /// Decides what to do with the state as it is now.
     fn step(&mut self) -> Step {
         let state = self.state.borrow_and_update();
-        let verified = match &state.outcome {
-            Some(Ok(())) => true,
-            Some(Err(FillFailure::Failed(e))) => {
-                return Step::Fail(io::Error::other(format!("upstream fill failed: {e}")));
-            }
-            Some(Err(FillFailure::Abandoned)) => {
-                return Step::Fail(io::Error::other("fill abandoned by its producer"));
-            }
-            None => state.verified,
-        };
+        let verified = state.verified
+            || match &state.outcome {
+                Some(Ok(())) => true,
+                Some(Err(FillFailure::Failed(e))) => {
+                    return Step::Fail(io::Error::other(format!("upstream fill failed: {e}")));
+                }
+                Some(Err(FillFailure::Abandoned)) => {
+                    return Step::Fail(io::Error::other("fill abandoned by its producer"));
+                }
+                None => false,
+            };
         let limit = self.end.or(state.total);
         if verified
             && limit.is_none_or(|l| self.pos >= l)

@@ -4,6 +4,7 @@
 //! validated once into [`Config`]. Nothing downstream re-checks strings.
 
 mod raw;
+mod size;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +14,9 @@ use std::time::Duration;
 use url::Url;
 
 pub use raw::RawConfig;
+pub use size::parse_size;
+
+use crate::oci::Platform;
 
 /// Validated configuration of one berth process.
 #[derive(Debug, Clone)]
@@ -26,22 +30,28 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     /// Bytes of manifests kept in memory in front of the store.
     pub manifest_memory_cache: u64,
-    /// Where cached content lives (`[store]`).
+    /// Bearer token for `/_berth/` admin endpoints; without one they answer 404.
+    pub admin_token: Option<AdminToken>,
+    /// The nodes' platforms: what `berth prewarm` fetches by default.
+    pub platforms: Vec<Platform>,
+    /// Where cached content lives and how big it may grow (`[store]`).
     pub store: StoreConfig,
 }
 
-/// The `[store]` table: which backend keeps blobs, manifests and tag records.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The `[store]` table: which backend keeps blobs, manifests and tag records, and how big the
+/// disk cache may grow.
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     pub kind: StoreKind,
-    /// Disk cache limit in bytes (`max_size = "50GiB"`); `None` = unlimited. See eviction.
+    /// Cache size limit in bytes (blobs + manifests); `None` = unbounded.
     pub max_size: Option<u64>,
+    /// How often the evictor checks the size even when nothing was filled.
+    pub evict_interval: Duration,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StoreKind {
     /// Files under `data_dir`.
-    #[default]
     Disk,
     /// An S3 (or S3-compatible) bucket; spool files stay under `data_dir/spool`.
     S3(Box<S3Config>),
@@ -80,6 +90,43 @@ impl std::fmt::Debug for S3Config {
             .finish_non_exhaustive()
     }
 }
+
+pub const DEFAULT_EVICT_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Disk,
+            max_size: None,
+            evict_interval: DEFAULT_EVICT_INTERVAL,
+        }
+    }
+}
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub(crate) fn new(token: String) -> AdminToken {
+        AdminToken(token)
+    }
+
+    /// Compares in time independent of where the first difference is.
+    pub fn matches(&self, offered: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), offered.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// The platforms `berth prewarm` uses when neither the config nor `--platform` names any.
+pub const DEFAULT_PLATFORMS: [&str; 2] = ["linux/amd64", "linux/arm64"];
 
 /// One configured upstream registry.
 #[derive(Debug, Clone)]
@@ -241,6 +288,21 @@ impl Config {
     /// Parses and validates a config from TOML text (tests, embedded examples).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         RawConfig::parse(text)?.validate(&Overrides::default())
+    }
+
+    /// Only the `platforms` of a config file (a prewarm host need not have berth's secrets).
+    pub fn platforms_from_file(path: &Path) -> Result<Vec<Platform>, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_owned()),
+            key: "--config".into(),
+            message: format!("cannot read the file: {e}"),
+        })?;
+        let with_file = |mut e: ConfigError| {
+            e.file = Some(path.to_owned());
+            e
+        };
+        let raw = RawConfig::parse(&text).map_err(with_file)?;
+        raw::platforms(raw.platforms.as_deref()).map_err(with_file)
     }
 
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {

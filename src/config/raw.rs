@@ -8,11 +8,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use super::size::RawSize;
 use super::{
-    BUILTIN_UPSTREAMS, Config, ConfigError, Credentials, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
-    DEFAULT_S3_REGION, DEFAULT_TAG_TTL, IpPreference, Overrides, S3Config, StoreConfig, StoreKind,
-    Transport, Upstream,
+    AdminToken, BUILTIN_UPSTREAMS, Config, ConfigError, Credentials, DEFAULT_DATA_DIR,
+    DEFAULT_EVICT_INTERVAL, DEFAULT_LISTEN, DEFAULT_PLATFORMS, DEFAULT_S3_REGION, DEFAULT_TAG_TTL,
+    IpPreference, Overrides, S3Config, StoreConfig, StoreKind, Transport, Upstream,
 };
+use crate::oci::Platform;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,10 +24,14 @@ pub struct RawConfig {
     pub default_upstream: Option<String>,
     pub mirror_url: Option<String>,
     pub manifest_memory_cache_mb: Option<u64>,
+    pub admin_token: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    pub platforms: Option<Vec<String>>,
     #[serde(default)]
     pub upstream_defaults: RawUpstream,
     pub upstreams: Option<BTreeMap<String, RawUpstream>>,
-    pub store: Option<RawStore>,
+    #[serde(default)]
+    pub store: RawStore,
 }
 
 /// The `[store]` table.
@@ -33,7 +39,9 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
     pub kind: Option<RawStoreKind>,
-    pub max_size: Option<String>,
+    pub max_size: Option<RawSize>,
+    #[serde(default, with = "humantime_serde")]
+    pub evict_interval: Option<Duration>,
     pub bucket: Option<String>,
     pub endpoint: Option<String>,
     pub region: Option<String>,
@@ -186,6 +194,10 @@ impl RawConfig {
             None => None,
         };
 
+        let store = self.store.resolve()?;
+        let admin_token = admin_token(self.admin_token, self.admin_token_file)?;
+        let platforms = platforms(self.platforms.as_deref())?;
+
         Ok(Config {
             listen,
             data_dir,
@@ -193,7 +205,9 @@ impl RawConfig {
             mirror_url,
             upstreams,
             manifest_memory_cache: self.manifest_memory_cache_mb.unwrap_or(64) * 1024 * 1024,
-            store: self.store.unwrap_or_default().resolve()?,
+            store,
+            admin_token,
+            platforms,
         })
     }
 }
@@ -373,15 +387,25 @@ impl RawUpstream {
 impl RawStore {
     fn resolve(self) -> Result<StoreConfig, ConfigError> {
         let key = |field: &str| format!("store.{field}");
-        let max_size = match &self.max_size {
-            Some(text) => Some(parse_size(text).ok_or_else(|| {
-                ConfigError::new(
-                    key("max_size"),
-                    format!("`{text}` is not a size like \"50GiB\", \"500MB\" or \"1TiB\""),
-                )
-            })?),
-            None => None,
-        };
+        let max_size = self
+            .max_size
+            .clone()
+            .map(|size| size.bytes())
+            .transpose()
+            .map_err(|message| ConfigError::new(key("max_size"), message))?;
+        if max_size == Some(0) {
+            return Err(ConfigError::new(
+                key("max_size"),
+                "0 would evict everything; remove the key for an unbounded cache",
+            ));
+        }
+        let evict_interval = self.evict_interval.unwrap_or(DEFAULT_EVICT_INTERVAL);
+        if evict_interval.is_zero() {
+            return Err(ConfigError::new(
+                key("evict_interval"),
+                "must be longer than zero",
+            ));
+        }
         let kind = match self.kind.unwrap_or(RawStoreKind::Disk) {
             RawStoreKind::Disk => {
                 for (field, set) in [
@@ -410,7 +434,11 @@ impl RawStore {
             }
             RawStoreKind::S3 => StoreKind::S3(Box::new(self.resolve_s3()?)),
         };
-        Ok(StoreConfig { kind, max_size })
+        Ok(StoreConfig {
+            kind,
+            max_size,
+            evict_interval,
+        })
     }
 
     fn resolve_s3(self) -> Result<S3Config, ConfigError> {
@@ -535,34 +563,57 @@ fn check_pem_certificates(key: &str, path: &std::path::Path) -> Result<(), Confi
     Ok(())
 }
 
-/// `"50GiB"`, `"500 MB"`, `"1TiB"`, `"1048576"` → bytes (KiB/MiB/… = 1024ⁿ, KB/MB/… = 1000ⁿ).
-fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = (text[..split].trim(), text[split..].trim());
-    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1000,
-        "m" | "mb" => 1000u64.pow(2),
-        "g" | "gb" => 1000u64.pow(3),
-        "t" | "tb" => 1000u64.pow(4),
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        "tib" => 1 << 40,
-        _ => return None,
+fn admin_token(
+    inline: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<AdminToken>, ConfigError> {
+    let token = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "admin_token",
+                "set only one of admin_token, admin_token_file",
+            ));
+        }
+        (Some(t), None) => t,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|e| {
+                ConfigError::new(
+                    "admin_token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?
+            .trim()
+            .to_string(),
+        (None, None) => return Ok(None),
     };
-    if number.is_empty() {
-        return None;
+    if token.len() < 16 {
+        return Err(ConfigError::new(
+            "admin_token",
+            "is shorter than 16 characters; generate one with `openssl rand -hex 32`",
+        ));
     }
-    if let Ok(whole) = number.parse::<u64>() {
-        return whole.checked_mul(multiplier);
+    Ok(Some(AdminToken::new(token)))
+}
+
+/// `platforms = ["linux/amd64", ...]`, else the defaults.
+pub(super) fn platforms(raw: Option<&[String]>) -> Result<Vec<Platform>, ConfigError> {
+    let texts: Vec<&str> = match raw {
+        Some(list) => list.iter().map(String::as_str).collect(),
+        None => DEFAULT_PLATFORMS.to_vec(),
+    };
+    if texts.is_empty() {
+        return Err(ConfigError::new(
+            "platforms",
+            "is empty; list the nodes' platforms, e.g. [\"linux/amd64\"], or remove the key",
+        ));
     }
-    let value: f64 = number.parse().ok()?;
-    let bytes = value * multiplier as f64;
-    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+    texts
+        .iter()
+        .map(|t| {
+            t.parse::<Platform>()
+                .map_err(|e| ConfigError::new("platforms", e.to_string()))
+        })
+        .collect()
 }
 
 fn parse_http_url(key: &str, text: &str) -> Result<Url, ConfigError> {
@@ -677,6 +728,21 @@ mod tests {
                 "upstream_defaults.url",
             ),
             ("listen = \"nowhere\"", "listen"),
+            ("[store]\nkind = \"tape\"", "store.kind"),
+            ("[store]\nmax_size = \"lots\"", "store.max_size"),
+            ("[store]\nmax_size = 0", "store.max_size"),
+            ("[store]\nevict_interval = \"0s\"", "store.evict_interval"),
+            ("platforms = [\"amd64\"]", "platforms"),
+            ("platforms = []", "platforms"),
+            ("admin_token = \"short\"", "admin_token"),
+            (
+                "admin_token = \"0123456789abcdef\"\nadmin_token_file = \"/x\"",
+                "admin_token",
+            ),
+            (
+                "admin_token_file = \"/nonexistent-token\"",
+                "admin_token_file",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text).expect_err(text).to_string();
@@ -772,20 +838,28 @@ mod tests {
     }
 
     #[test]
-    fn sizes() {
-        for (text, want) in [
-            ("50GiB", Some(50u64 << 30)),
-            ("500 MB", Some(500_000_000)),
-            ("1.5KiB", Some(1536)),
-            ("1048576", Some(1 << 20)),
-            ("2tib", Some(2u64 << 40)),
-            ("", None),
-            ("GiB", None),
-            ("5 parsecs", None),
-            ("-1GiB", None),
-        ] {
-            assert_eq!(parse_size(text), want, "{text}");
-        }
+    fn store_table() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.store, StoreConfig::default());
+        let config = Config::from_toml(
+            "[store]\nkind = \"disk\"\nmax_size = \"500MiB\"\nevict_interval = \"10s\"",
+        )
+        .unwrap();
+        assert_eq!(config.store.max_size, Some(500 << 20));
+        assert_eq!(config.store.evict_interval, Duration::from_secs(10));
+        let plain = Config::from_toml("[store]\nmax_size = 4096").unwrap();
+        assert_eq!(plain.store.max_size, Some(4096));
+    }
+
+    #[test]
+    fn admin_token_and_platforms() {
+        let config = Config::from_toml("admin_token = \"0123456789abcdef\"").unwrap();
+        assert!(config.admin_token.unwrap().matches("0123456789abcdef"));
+        let config = Config::from_toml("platforms = [\"linux/arm/v7\"]").unwrap();
+        assert_eq!(config.platforms[0].to_string(), "linux/arm/v7");
+        let builtin = Config::from_toml("").unwrap();
+        assert!(builtin.admin_token.is_none());
+        assert_eq!(builtin.platforms.len(), 2);
     }
 
     #[test]

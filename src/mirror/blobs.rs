@@ -11,7 +11,7 @@ use crate::store::{ByteStream, keys};
 use crate::upstream::{Kind, Request, UpstreamError};
 
 use super::error::Reference as What;
-use super::{Mirror, MirrorError, Target};
+use super::{Lookup, Mirror, MirrorError, Target};
 
 /// A client's `Range: bytes=...` request (one range).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,13 +71,26 @@ impl Mirror {
         digest: &Digest,
         range: Option<ByteRange>,
         want_body: bool,
+        lookup: Lookup,
     ) -> Result<BlobBody, MirrorError> {
+        if lookup == Lookup::CacheOnly {
+            let size = self.store.size(&keys::blob(digest)).await?;
+            self.metrics.cache_lookup("blob", size.is_some());
+            let size = size
+                .ok_or_else(|| MirrorError::NotCached(format!("blob {}@{digest}", target.repo)))?;
+            return self.blob_from_store(digest, size, range, want_body).await;
+        }
         // Two rounds at most: a fill that finds the blob committed meanwhile sends us to the store.
         for _ in 0..2 {
             match self.store.size(&keys::blob(digest)).await {
                 Ok(Some(size)) => {
-                    self.metrics.cache_lookup("blob", true);
-                    return self.blob_from_store(digest, size, range, want_body).await;
+                    match self.blob_from_store(digest, size, range, want_body).await {
+                        Err(MirrorError::Raced) => continue,
+                        other => {
+                            self.metrics.cache_lookup("blob", true);
+                            return other;
+                        }
+                    }
                 }
                 Ok(None) => {}
                 // The store is unreachable (S3 down): the upstream can still serve the blob.
@@ -114,11 +127,16 @@ impl Mirror {
         let body = if want_body {
             let (start, end) = span.unwrap_or((0, size.saturating_sub(1)));
             let end_exclusive = if size == 0 { 0 } else { end + 1 };
-            Some(
-                self.store
-                    .read(&keys::blob(digest), start..end_exclusive)
-                    .await?,
-            )
+            match self
+                .store
+                .read(&keys::blob(digest), start..end_exclusive)
+                .await
+            {
+                Ok(stream) => Some(stream),
+                // Evicted between the size check and the open: fill it again.
+                Err(e) if e.is_not_found() => return Err(MirrorError::Raced),
+                Err(e) => return Err(e.into()),
+            }
         } else {
             None
         };
@@ -145,7 +163,8 @@ impl Mirror {
             Joined::Leader(fill, writer) => {
                 // Its own task: the fill outlives any one client.
                 let (this, target, digest) = (self.clone(), target.clone(), digest.clone());
-                tokio::spawn(async move { this.fill_blob(&target, &digest, writer).await });
+                self.fill_tasks
+                    .spawn(async move { this.fill_blob(&target, &digest, writer).await });
                 fill
             }
         };
@@ -199,7 +218,17 @@ impl Mirror {
                 .await
             {
                 Ok(()) => break,
-                Err(e) if e.is_retryable() => {
+                // A local disk problem (e.g. ENOSPC): retrying the upstream cannot help. The
+                // failed writer deletes the spool file, so nothing partial stays behind.
+                Err(TransferError::Spool(e)) => {
+                    tracing::error!(%upstream, repo = %target.repo, %digest, received = writer.written(),
+                        error = %e, "cannot write the spool file; blob fill failed");
+                    writer.fail(MirrorError::Store(format!(
+                        "cannot write the spool file: {e}"
+                    )));
+                    return;
+                }
+                Err(TransferError::Upstream(e)) if e.is_retryable() => {
                     if writer.written() > written_before {
                         failures_without_progress = 0;
                     }
@@ -218,7 +247,7 @@ impl Mirror {
                     tracing::warn!(%upstream, repo = %target.repo, %digest, received = writer.written(), error = %e,
                         "blob transfer broke; resuming");
                 }
-                Err(e) => {
+                Err(TransferError::Upstream(e)) => {
                     tracing::warn!(%upstream, repo = %target.repo, %digest, error = %e, "blob fill failed");
                     writer.fail(MirrorError::from_upstream(
                         upstream,
@@ -254,13 +283,13 @@ impl Mirror {
             });
             return;
         }
+        // Clients get their last byte now, not after the sync and the store commit (an fsync
+        // or an S3 upload takes a while); requests arriving meanwhile join this fill.
+        writer.mark_verified();
         if let Err(e) = writer.sync().await {
             writer.fail(MirrorError::Store(format!("cannot sync spool file: {e}")));
             return;
         }
-        // Clients get their last byte now, not after the store has it (an S3 upload takes a
-        // while); requests arriving meanwhile still join this fill and read the spool.
-        writer.verified();
         match self
             .store
             .commit_file(&keys::blob(digest), writer.spool_path())
@@ -288,7 +317,7 @@ impl Mirror {
         writer: &mut FillWriter<Digest, MirrorError>,
         hasher: &mut Hasher,
         total: &mut Option<u64>,
-    ) -> Result<(), UpstreamError> {
+    ) -> Result<(), TransferError> {
         let have = writer.written();
         let request = Request {
             kind: Kind::Blob,
@@ -319,7 +348,8 @@ impl Mirror {
             if start != Some(have) {
                 return Err(UpstreamError::Protocol(format!(
                     "asked for bytes from {have}, got Content-Range {start:?}"
-                )));
+                ))
+                .into());
             }
         } else {
             // The upstream ignored Range: read from 0 again and drop what we have.
@@ -346,22 +376,33 @@ impl Mirror {
             if total.is_some_and(|t| writer.written() + chunk.len() as u64 > t) {
                 return Err(UpstreamError::Protocol(
                     "upstream sent more bytes than it announced".into(),
-                ));
+                )
+                .into());
             }
             hasher.update(&chunk);
-            writer
-                .append(chunk)
-                .await
-                .map_err(|e| UpstreamError::Protocol(format!("spool write failed: {e}")))?;
+            writer.append(chunk).await.map_err(TransferError::Spool)?;
         }
         if total.is_some_and(|t| writer.written() < t) {
             return Err(UpstreamError::Transport(format!(
                 "connection ended at {} of {} bytes",
                 writer.written(),
                 total.unwrap_or(0)
-            )));
+            ))
+            .into());
         }
         Ok(())
+    }
+}
+
+/// Why one transfer stopped: the upstream, or our own disk (full, read-only, I/O error).
+enum TransferError {
+    Upstream(UpstreamError),
+    Spool(std::io::Error),
+}
+
+impl From<UpstreamError> for TransferError {
+    fn from(e: UpstreamError) -> Self {
+        TransferError::Upstream(e)
     }
 }
 

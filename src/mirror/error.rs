@@ -48,6 +48,9 @@ pub enum MirrorError {
     RangeNotSatisfiable { size: u64 },
     #[error("the manifest is larger than the 4 MiB limit")]
     ManifestTooLarge,
+    /// `Cache-Control: only-if-cached` asked for something the cache does not hold.
+    #[error("not cached: {0}")]
+    NotCached(String),
     #[error("local storage failed: {0}")]
     Store(String),
     /// Another fill committed the object while this one was starting; read the store instead.

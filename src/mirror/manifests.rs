@@ -14,7 +14,7 @@ use crate::upstream::{Kind, Request, UpstreamError};
 
 use super::error::Reference as What;
 use super::tags::TagRecord;
-use super::{Mirror, MirrorError, Target};
+use super::{Lookup, Mirror, MirrorError, Target};
 
 /// How long a tag revalidation may take when a last known answer is there to fall back on.
 const REVALIDATE_DEADLINE: Duration = Duration::from_secs(5);
@@ -55,7 +55,11 @@ impl Mirror {
         target: &Target,
         reference: &Reference,
         accept: &[String],
+        lookup: Lookup,
     ) -> Result<Arc<Manifest>, MirrorError> {
+        if lookup == Lookup::CacheOnly {
+            return self.manifest_from_cache(target, reference, accept).await;
+        }
         match reference {
             Reference::Digest(digest) => self.manifest_by_digest(target, digest, accept).await,
             Reference::Tag(tag) => {
@@ -73,8 +77,33 @@ impl Mirror {
         }
     }
 
+    /// Only what is stored: a tag answers from its last known record whatever its age.
+    async fn manifest_from_cache(
+        &self,
+        target: &Target,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<Arc<Manifest>, MirrorError> {
+        let not_cached = || MirrorError::NotCached(format!("manifest {}:{reference}", target.repo));
+        let digest = match reference {
+            Reference::Digest(digest) => digest.clone(),
+            Reference::Tag(tag) => {
+                let record = self.known_tag(target, tag).await.ok_or_else(not_cached)?;
+                if !accepts(accept, &record.media_type) {
+                    return Err(not_cached());
+                }
+                record.digest
+            }
+        };
+        let manifest = self.cached_manifest(&digest).await;
+        self.metrics.cache_lookup("manifest", manifest.is_some());
+        manifest.ok_or_else(not_cached)
+    }
+
     async fn cached_manifest(&self, digest: &Digest) -> Option<Arc<Manifest>> {
         if let Some(m) = self.manifests.get(digest).await {
+            // Served from memory: still a use, so the stored copy is not evicted as idle.
+            self.store.touch(&keys::manifest(digest));
             return Some(m);
         }
         let stored = self.store.get(&keys::manifest(digest)).await.ok()??;

@@ -4,6 +4,7 @@ mod blobs;
 mod error;
 mod manifests;
 mod passthrough;
+mod pins;
 mod routing;
 mod tags;
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 pub use blobs::{BlobBody, ByteRange};
 pub use error::MirrorError;
 pub use manifests::Manifest;
+pub use pins::{PinName, PinNameError, PinSet};
 pub use routing::Target;
 
 use crate::coalesce::{Fills, Singleflight};
@@ -23,18 +25,30 @@ use crate::store::BlobStore;
 use crate::upstream::UpstreamClient;
 use tags::TagRecord;
 
+/// Where a lookup may look: a normal pull fills the cache from the upstream; `CacheOnly`
+/// (`Cache-Control: only-if-cached`) answers from what is stored and never asks an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Normal,
+    CacheOnly,
+}
+
 pub struct Mirror {
     config: Arc<Config>,
     upstreams: BTreeMap<String, Arc<UpstreamClient>>,
     store: Arc<dyn BlobStore>,
     metrics: Arc<Metrics>,
     blob_fills: Fills<Digest, MirrorError>,
+    /// Running fill tasks, so a graceful shutdown lets them verify and commit.
+    fill_tasks: tokio_util::task::TaskTracker,
     /// Manifests by digest, in memory in front of the store.
     manifests: moka::future::Cache<Digest, Arc<Manifest>>,
     manifest_flights: Singleflight<(String, Digest), Result<Arc<Manifest>, MirrorError>>,
     /// Last known tag → digest answers (also persisted in the store).
     tags: moka::sync::Cache<(String, Repository, Tag), TagRecord>,
     tag_flights: Singleflight<(String, Repository, Tag), Result<TagRecord, MirrorError>>,
+    /// Serialises pin-set writes (each rewrites the pin index).
+    pins_lock: tokio::sync::Mutex<()>,
 }
 
 impl Mirror {
@@ -61,11 +75,33 @@ impl Mirror {
             store,
             metrics,
             blob_fills,
+            fill_tasks: tokio_util::task::TaskTracker::new(),
             manifests,
             manifest_flights: Singleflight::default(),
             tags,
             tag_flights: Singleflight::default(),
+            pins_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Waits (up to `deadline`) for running fills to finish, so content whose clients already
+    /// got every byte is committed before the process exits. Call after serving stopped.
+    pub async fn drain(&self, deadline: std::time::Duration) {
+        self.fill_tasks.close();
+        let running = self.fill_tasks.len();
+        if running == 0 {
+            return;
+        }
+        tracing::info!(running, "waiting for blob fills to finish before exiting");
+        if tokio::time::timeout(deadline, self.fill_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = self.fill_tasks.len(),
+                "blob fills still running at shutdown are abandoned; they will be fetched again"
+            );
+        }
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -4,10 +4,12 @@ mod digest;
 mod error;
 mod media;
 mod path;
+mod platform;
 mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::ErrorCode;
 pub use media::{MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, accepts};
 pub use path::{Endpoint, OciPath, PathError};
+pub use platform::{Platform, PlatformError};
 pub use reference::{NameError, Reference, Repository, Tag};

@@ -1,14 +1,21 @@
 //! Local-disk store: one file per key under the data directory, written by temp-file + rename.
+//!
+//! Besides the [`BlobStore`] trait it keeps what the evictor needs: bytes of blobs and
+//! manifests (scanned at open, then counted on every commit and delete), last-access times in
+//! memory ([`AccessLog`]) and open readers per key ([`OpenReaders`]).
 
 use std::io::SeekFrom;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
+use super::access::{AccessLog, OpenReaders};
+use super::scan::{self, ObjectKind};
 use super::{BlobStore, ByteStream, Listed, StoreError};
 
 const READ_CHUNK: usize = 256 * 1024;
@@ -16,20 +23,111 @@ const READ_CHUNK: usize = 256 * 1024;
 pub struct DiskStore {
     root: PathBuf,
     tmp: PathBuf,
+    /// Bytes of blobs and manifests.
+    usage: AtomicU64,
+    /// Woken on every commit of a counted object, so the evictor can check the size.
+    grew: tokio::sync::Notify,
+    access: AccessLog,
+    readers: OpenReaders,
 }
 
 impl DiskStore {
-    /// Opens (creating) the store under `root`; leftover temp files of a crashed run are removed.
+    /// Opens (creating) the store under `root` for the server: leftover temp files of a
+    /// crashed run are removed, then the objects are counted.
     pub fn open(root: &Path) -> std::io::Result<DiskStore> {
         let tmp = root.join("tmp");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
         }
         std::fs::create_dir_all(&tmp)?;
+        DiskStore::attach(root)
+    }
+
+    /// Opens the store without cleaning anything: for `berth cache` commands that may run
+    /// beside a live `berth serve`, whose temp files are in use.
+    pub fn attach(root: &Path) -> std::io::Result<DiskStore> {
+        let usage = scan::objects(root)?.iter().map(|o| o.size).sum();
         Ok(DiskStore {
             root: root.to_owned(),
-            tmp,
+            tmp: root.join("tmp"),
+            usage: AtomicU64::new(usage),
+            grew: tokio::sync::Notify::new(),
+            access: AccessLog::default(),
+            readers: OpenReaders::default(),
         })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Bytes of blobs and manifests, as counted since open.
+    pub fn usage(&self) -> u64 {
+        self.usage.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the running count with a fresh scan's (the evictor rescans on every run, which
+    /// also picks up deletes by `berth cache gc` in another process).
+    pub fn set_usage(&self, bytes: u64) {
+        self.usage.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Resolves after the next commit of a blob or manifest.
+    pub async fn grown(&self) {
+        self.grew.notified().await
+    }
+
+    pub fn access_log(&self) -> &AccessLog {
+        &self.access
+    }
+
+    pub fn readers(&self) -> &OpenReaders {
+        &self.readers
+    }
+
+    /// Writes the in-memory access times to the files' mtimes (one batch, off the runtime).
+    pub async fn flush_access_times(&self) -> usize {
+        let (root, batch) = (self.root.clone(), self.access.take());
+        if batch.is_empty() {
+            return 0;
+        }
+        tokio::task::spawn_blocking(move || super::access::write_mtimes(&root, batch))
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Deletes an evictable object unless a reader has it open; `Ok(None)` when busy or gone,
+    /// else the bytes freed. (A committed blob that fill followers still stream from the spool
+    /// file they opened is safe too: Unix keeps an unlinked file readable through open fds.)
+    pub fn evict(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let path = self.path(key)?;
+        if ObjectKind::of_key(key).is_none() {
+            return Err(StoreError::InvalidKey(key.into()));
+        }
+        let removed = self.readers.unless_read(key, || {
+            let size = std::fs::metadata(&path)?.len();
+            std::fs::remove_file(&path)?;
+            Ok::<_, std::io::Error>(size)
+        });
+        match removed {
+            None => Ok(None),
+            Some(Ok(size)) => {
+                self.usage
+                    .fetch_sub(size.min(self.usage()), Ordering::Relaxed);
+                self.access.forget(key);
+                Ok(Some(size))
+            }
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Some(Err(e)) => Err(StoreError::io(key, e)),
+        }
+    }
+
+    /// Names of the pin sets (`pins/<name>`).
+    pub fn pin_names(&self) -> std::io::Result<Vec<String>> {
+        // `pins/_index` is the mirror's list of names, not a pin set (`_` starts no pin name).
+        let mut names = scan::file_names(&self.root.join("pins"))?;
+        names.retain(|n| !n.starts_with('_'));
+        Ok(names)
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
@@ -51,9 +149,30 @@ impl DiskStore {
                 .await
                 .map_err(|e| StoreError::io(key, e))?;
         }
+        let counted = ObjectKind::of_key(key).is_some();
+        let (new_size, old_size) = if counted {
+            let new = tokio::fs::metadata(from)
+                .await
+                .map(|m| m.len())
+                .unwrap_or(0);
+            let old = tokio::fs::metadata(&target)
+                .await
+                .map(|m| m.len())
+                .unwrap_or(0);
+            (new, old)
+        } else {
+            (0, 0)
+        };
         tokio::fs::rename(from, &target)
             .await
-            .map_err(|e| StoreError::io(key, e))
+            .map_err(|e| StoreError::io(key, e))?;
+        if counted {
+            self.usage.fetch_add(new_size, Ordering::Relaxed);
+            self.usage
+                .fetch_sub(old_size.min(self.usage()), Ordering::Relaxed);
+            self.grew.notify_one();
+        }
+        Ok(())
     }
 }
 
@@ -68,7 +187,11 @@ impl BlobStore for DiskStore {
     }
 
     async fn read(&self, key: &str, range: Range<u64>) -> Result<ByteStream, StoreError> {
-        let mut file = tokio::fs::File::open(self.path(key)?)
+        let path = self.path(key)?;
+        // Registered before the open, so the evictor cannot delete between open and stream.
+        let guard = self.readers.open(key);
+        self.access.record(key);
+        let mut file = tokio::fs::File::open(path)
             .await
             .map_err(|e| StoreError::io(key, e))?;
         if range.start > 0 {
@@ -77,11 +200,20 @@ impl BlobStore for DiskStore {
                 .map_err(|e| StoreError::io(key, e))?;
         }
         let limited = file.take(range.end.saturating_sub(range.start));
-        Ok(ReaderStream::with_capacity(limited, READ_CHUNK).boxed())
+        // The guard lives as long as the stream: dropped when the response ends or is cancelled.
+        let stream = ReaderStream::with_capacity(limited, READ_CHUNK).map(move |chunk| {
+            let _reading = &guard;
+            chunk
+        });
+        Ok(stream.boxed())
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        match tokio::fs::read(self.path(key)?).await {
+        let path = self.path(key)?;
+        if ObjectKind::of_key(key).is_some() {
+            self.access.record(key);
+        }
+        match tokio::fs::read(path).await {
             Ok(bytes) => Ok(Some(bytes.into())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::io(key, e)),
@@ -113,9 +245,21 @@ impl BlobStore for DiskStore {
         self.place(key, file).await
     }
 
+    fn touch(&self, key: &str) {
+        self.access.record(key);
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        match tokio::fs::remove_file(self.path(key)?).await {
-            Ok(()) => Ok(()),
+        let path = self.path(key)?;
+        let size = tokio::fs::metadata(&path).await.map(|m| m.len()).ok();
+        match tokio::fs::remove_file(path).await {
+            Ok(()) => {
+                if let (Some(size), Some(_)) = (size, ObjectKind::of_key(key)) {
+                    self.usage
+                        .fetch_sub(size.min(self.usage()), Ordering::Relaxed);
+                }
+                Ok(())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io(key, e)),
         }
@@ -205,6 +349,55 @@ mod tests {
         assert_eq!(part.concat(), b"world");
         store.delete("blobs/sha256/aa").await.unwrap();
         assert_eq!(store.get("blobs/sha256/aa").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn usage_counts_blobs_and_manifests_only_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        store
+            .put("blobs/sha256/aa", Bytes::from(vec![0u8; 100]))
+            .await
+            .unwrap();
+        store
+            .put("manifests/sha256/bb", Bytes::from(vec![0u8; 10]))
+            .await
+            .unwrap();
+        store
+            .put("tags/docker.io/x/_tags/latest", Bytes::from(vec![0u8; 50]))
+            .await
+            .unwrap();
+        store
+            .put("pins/flux", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(store.usage(), 110, "tag records and pins are not counted");
+        // Digest-named files only: the scan counts what eviction may delete.
+        let hex = "a".repeat(64);
+        store
+            .put(&format!("blobs/sha256/{hex}"), Bytes::from(vec![0u8; 7]))
+            .await
+            .unwrap();
+        assert_eq!(store.usage(), 117);
+        assert_eq!(DiskStore::attach(dir.path()).unwrap().usage(), 7);
+        store.delete(&format!("blobs/sha256/{hex}")).await.unwrap();
+        assert_eq!(store.usage(), 110);
+        assert!(
+            store.evict("tags/docker.io/x/_tags/latest").is_err(),
+            "never a tag"
+        );
+    }
+
+    #[tokio::test]
+    async fn pin_names_skip_the_mirrors_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        for key in ["pins/flux", "pins/_index", "pins/k3s"] {
+            store.put(key, Bytes::from_static(b"{}")).await.unwrap();
+        }
+        let mut names = store.pin_names().unwrap();
+        names.sort();
+        assert_eq!(names, ["flux", "k3s"]);
     }
 
     #[tokio::test]

@@ -3,10 +3,20 @@
 //! Keys are built only from validated types (see [`keys`]). Blobs arrive as verified spool
 //! files ([`BlobStore::commit_file`]); small objects (manifests, tag records) via [`BlobStore::put`].
 //! Every write is atomic: a reader sees the whole object or nothing.
+//!
+//! Keeping the disk cache bounded: [`scan`] lists what is stored, [`access`] tracks use without
+//! a write per read, [`pins`] says what must stay, [`evict`] deletes the least recently used
+//! rest when over `max_size`, [`verify`] re-hashes everything (`berth cache verify`), [`stats`] counts it.
 
+pub mod access;
 mod disk;
+pub mod evict;
 pub mod keys;
+pub mod pins;
 mod s3;
+pub mod scan;
+pub mod stats;
+pub mod verify;
 
 use std::ops::Range;
 use std::path::Path;
@@ -34,6 +44,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The object is not there (e.g. evicted between a size check and the read).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+
     pub(crate) fn io(key: &str, source: std::io::Error) -> StoreError {
         StoreError::Io {
             key: key.to_string(),
@@ -57,6 +72,8 @@ pub trait BlobStore: Send + Sync + 'static {
     /// left where it was and nothing is visible under `key`.
     async fn commit_file(&self, key: &str, file: &Path) -> Result<(), StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Notes a use served from memory in front of the store, for LRU eviction. No I/O.
+    fn touch(&self, _key: &str) {}
     /// Every object under the key path `prefix` (e.g. `blobs/sha256`), sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError>;
 }

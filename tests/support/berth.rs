@@ -61,54 +61,79 @@ pub struct BerthProcess {
     pub dir: tempfile::TempDir,
     child: Child,
     stderr_path: PathBuf,
+    config: String,
 }
 
 impl BerthProcess {
     /// Starts `berth serve` with `config` and waits (≤ 20 s) until `GET /v2/` answers 200;
     /// panics with berth's stderr if it exits or never gets ready.
     pub fn start(config: &str) -> BerthProcess {
+        BerthProcess::start_with_data(config, None)
+    }
+
+    /// Like [`BerthProcess::start`], with `data_dir` instead of `<tempdir>/data` (e.g. a tmpfs).
+    pub fn start_with_data(config: &str, data_dir: Option<&Path>) -> BerthProcess {
         let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("berth.toml");
-        std::fs::write(&config_path, config).unwrap();
+        std::fs::write(dir.path().join("berth.toml"), config).unwrap();
+        let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
+        std::fs::write(dir.path().join("data_dir"), data_dir.to_str().unwrap()).unwrap();
         let stderr_path = dir.path().join("berth.stderr");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env(
-                "BERTH_LOG",
-                std::env::var("BERTH_LOG").unwrap_or_else(|_| "debug".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .expect("spawn berth binary");
+        let child = spawn(dir.path(), addr, &stderr_path);
         let mut berth = BerthProcess {
             addr,
             dir,
             child,
             stderr_path,
+            config: config.to_string(),
         };
+        berth.wait_ready();
+        berth
+    }
+
+    fn wait_ready(&mut self) {
         wait_until(
             "berth to answer GET /v2/ with 200",
             Duration::from_secs(20),
             || {
-                if let Ok(Some(status)) = berth.child.try_wait() {
+                if let Ok(Some(status)) = self.child.try_wait() {
                     panic!(
-                        "berth exited early ({status}); config:\n{config}\nstderr:\n{}",
-                        berth.stderr()
+                        "berth exited early ({status}); config:\n{}\nstderr:\n{}",
+                        self.config,
+                        self.stderr()
                     );
                 }
-                matches!(http_get(berth.addr, "/v2/"), Some((200, _))).then_some(())
+                matches!(http_get(self.addr, "/v2/"), Some((200, _))).then_some(())
             },
         );
-        berth
+    }
+
+    /// The cache directory berth serves from.
+    pub fn data_dir(&self) -> PathBuf {
+        PathBuf::from(std::fs::read_to_string(self.dir.path().join("data_dir")).unwrap())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL (what `kill -9` sends): no shutdown code runs. Reaps the process.
+    pub fn kill_9(&mut self) {
+        self.child.kill().expect("SIGKILL berth");
+        let status = self.child.wait().unwrap();
+        assert!(!status.success(), "berth was killed, not exited: {status}");
+    }
+
+    /// Starts berth again on the same config and data dir (same port), appending to its stderr
+    /// file, and waits until it is ready. Kills the old process first if it still runs.
+    pub fn restart(&mut self) {
+        kill_child(&mut self.child);
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.stderr_path)
+            .unwrap();
+        self.child = spawn_logging(self.dir.path(), self.addr, log);
+        self.wait_ready();
     }
 
     /// `127.0.0.1:<port>`, as used in image references (`127.0.0.1:5000/ghcr.io/x/y:tag`).
@@ -153,6 +178,31 @@ impl Drop for BerthProcess {
             );
         }
     }
+}
+
+fn spawn(dir: &Path, addr: SocketAddr, stderr_path: &Path) -> Child {
+    spawn_logging(dir, addr, std::fs::File::create(stderr_path).unwrap())
+}
+
+fn spawn_logging(dir: &Path, addr: SocketAddr, stderr: std::fs::File) -> Child {
+    let data_dir = std::fs::read_to_string(dir.join("data_dir")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("berth.toml"))
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env(
+            "BERTH_LOG",
+            std::env::var("BERTH_LOG").unwrap_or_else(|_| "debug".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn berth binary")
 }
 
 fn tail(s: &str, lines: usize) -> String {

@@ -22,6 +22,7 @@ pub mod faults;
 mod registry;
 mod respond;
 pub mod stats;
+mod tls_front;
 mod token;
 
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +38,7 @@ use crate::support::images::{Blob, Content};
 pub use conn::ConnHandle;
 pub use faults::{Action, AfterStall, Fault, Match};
 pub use stats::{Kind, LoggedRequest, Role};
+pub use tls_front::TlsFront;
 
 /// How the fake behaves; `Options::default()` is Docker Hub-like (token auth + CDN redirect).
 #[derive(Clone, Debug)]

@@ -1,0 +1,111 @@
+//! `berth prewarm`: pull image groups through a running berth exactly as containerd would, pin
+//! what was resolved, and (`--check`) say whether the cache alone could serve them.
+//!
+//! A client of the mirror's HTTP API (it may run on another host); the mirror's own code does
+//! the caching. Pieces: [`groups`] (group file), [`references`] (image references),
+//! [`manifests_scan`] (`--from-manifests`), [`pull`] (the walk), [`admin`] (pins),
+//! [`report`] (table/JSON), [`progress`] (bars or lines).
+
+pub mod admin;
+pub mod groups;
+pub mod manifests_scan;
+pub mod progress;
+pub mod pull;
+pub mod references;
+pub mod report;
+
+use std::time::Instant;
+
+use futures::StreamExt;
+
+use crate::oci::Platform;
+
+pub use groups::{Group, GroupError, Groups};
+pub use progress::Progress;
+pub use pull::{MirrorClient, Mode, PullError};
+pub use report::Report;
+
+/// What one run does, parsed and validated by the CLI.
+pub struct Plan {
+    pub groups: Vec<Group>,
+    pub platforms: Vec<Platform>,
+    pub concurrency: usize,
+    pub mode: Mode,
+    /// The admin token, for recording pins (warm mode only).
+    pub admin_token: Option<String>,
+}
+
+/// Runs the plan; `Err` only when the mirror cannot be used at all.
+pub async fn run(
+    client: &MirrorClient,
+    plan: &Plan,
+    progress: &Progress,
+) -> Result<Report, PullError> {
+    let started = Instant::now();
+    client.ping().await?;
+    let jobs: Vec<(usize, &Group, &references::ImageRef)> = plan
+        .groups
+        .iter()
+        .flat_map(|g| g.images.iter().map(move |i| (g, i)))
+        .enumerate()
+        .map(|(n, (g, i))| (n, g, i))
+        .collect();
+    let mut images: Vec<(usize, pull::ImageOutcome)> = futures::stream::iter(jobs)
+        .map(|(n, group, image)| async move {
+            let bar = progress.image(&format!("{} {image}", group.name));
+            let outcome = client
+                .pull(group.name.as_str(), image, &plan.platforms, plan.mode, &bar)
+                .await;
+            bar.done(&report::line(&outcome, plan.mode));
+            (n, outcome)
+        })
+        .buffer_unordered(plan.concurrency.max(1))
+        .collect()
+        .await;
+    progress.finish();
+    images.sort_by_key(|(n, _)| *n);
+    let images: Vec<pull::ImageOutcome> = images.into_iter().map(|(_, o)| o).collect();
+    // The mirror going away mid-run is one error, not a table of identical failures.
+    if let Some(PullError::MirrorUnreachable { url, cause }) = images
+        .iter()
+        .filter_map(|i| i.error.as_ref())
+        .find(|e| matches!(e, PullError::MirrorUnreachable { .. }))
+    {
+        return Err(PullError::MirrorUnreachable {
+            url: url.clone(),
+            cause: cause.clone(),
+        });
+    }
+
+    let mut pins = Vec::new();
+    let mut pins_skipped = None;
+    if plan.mode == Mode::Warm {
+        match &plan.admin_token {
+            Some(token) => {
+                for group in &plan.groups {
+                    let digests: Vec<_> = images
+                        .iter()
+                        .filter(|i| i.group == group.name.as_str() && i.error.is_none())
+                        .flat_map(|i| i.manifests.iter().cloned())
+                        .collect();
+                    if !digests.is_empty() {
+                        pins.push(admin::record(client, token, &group.name, &digests).await);
+                    }
+                }
+            }
+            None => {
+                pins_skipped = Some(
+                    "no admin token; pass --admin-token-file FILE or set BERTH_ADMIN_TOKEN so eviction keeps these images".into(),
+                )
+            }
+        }
+    }
+    Ok(Report {
+        mode: plan.mode,
+        mirror: client.base().to_string(),
+        images,
+        pins,
+        pins_skipped,
+        elapsed: started.elapsed(),
+    })
+}

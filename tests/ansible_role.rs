@@ -1,0 +1,418 @@
+//! The Ansible role in `ansible/roles/berth`, applied for real with `ansible-playbook -c local`
+//! into a temp dir (`berth_root`), without systemd (`berth_manage_service: false`):
+//! modes and owners, a berth.toml the installed binary serves with, the unit, idempotence,
+//! and a bad config refused by the template's `validate`. Also ansible-lint and --syntax-check.
+//!
+//! Needs root (CI runs as root): the role creates the real `berth` system user, and berth is
+//! started as that user, so the modes are proven sufficient, not just equal to a list.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use berth::config::{Config, Overrides};
+use support::prereq::require_tools;
+use support::util::{CmdOutput, free_port, http_get, kill_child, run, wait_until};
+
+/// One playbook run on a loaded 2-core CI machine: tens of seconds; this bounds a hang.
+const ANSIBLE_TIMEOUT: Duration = Duration::from_secs(300);
+const BERTH_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn ansible_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("ansible")
+}
+
+/// The role chowns to root and creates a system user: root only. Skip-or-fail like prereq.
+fn require_root() -> bool {
+    if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        return true;
+    }
+    let msg = "the Ansible role test needs root (it creates the berth user and chowns files)";
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{msg}; CI=true, so this is a failure, not a skip");
+    }
+    eprintln!("SKIP role_installs_a_servable_berth_and_reruns_unchanged: {msg}");
+    false
+}
+
+fn id(args: &[&str]) -> String {
+    let out = run(Command::new("id").args(args), Duration::from_secs(10));
+    out.expect_success();
+    out.stdout.trim().to_string()
+}
+
+/// The play the test applies: the role with `vars`, on localhost.
+fn write_playbook(path: &Path, vars: &serde_json::Value) {
+    // JSON is YAML: no quoting surprises in paths or secrets.
+    let play = serde_json::json!([{
+        "name": "Apply the berth role",
+        "hosts": "all",
+        "gather_facts": false,
+        "roles": [{ "role": "berth", "vars": vars }],
+    }]);
+    std::fs::write(path, serde_json::to_string_pretty(&play).unwrap()).unwrap();
+}
+
+fn ansible_playbook(dir: &Path, playbook: &Path) -> CmdOutput {
+    run(
+        Command::new("ansible-playbook")
+            // -v prints every task's result: a secret leaking through one would show.
+            .args(["-v", "-i", "localhost,", "-c", "local"])
+            .arg(playbook)
+            .current_dir(dir)
+            .env("ANSIBLE_ROLES_PATH", ansible_dir().join("roles"))
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("ANSIBLE_LOCAL_TEMP", dir.join("ansible-tmp"))
+            .env("ANSIBLE_RETRY_FILES_ENABLED", "false"),
+        ANSIBLE_TIMEOUT,
+    )
+}
+
+/// The `localhost : ok=.. changed=..` counters of the PLAY RECAP.
+fn recap(out: &CmdOutput) -> BTreeMap<String, u32> {
+    let after = out
+        .stdout
+        .split_once("PLAY RECAP")
+        .unwrap_or_else(|| panic!("no PLAY RECAP in:\n{}\n{}", out.stdout, out.stderr))
+        .1;
+    let line = after
+        .lines()
+        .find(|l| l.trim_start().starts_with("localhost"))
+        .expect("no localhost line in PLAY RECAP");
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+        .collect()
+}
+
+struct Owner {
+    uid: u32,
+    gid: u32,
+}
+
+fn assert_file(path: &Path, mode: u32, owner: &Owner) {
+    let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        meta.permissions().mode() & 0o7777,
+        mode,
+        "mode of {} is {:o}",
+        path.display(),
+        meta.permissions().mode() & 0o7777
+    );
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (owner.uid, owner.gid),
+        "owner:group of {}",
+        path.display()
+    );
+}
+
+#[test]
+fn role_installs_a_servable_berth_and_reruns_unchanged() {
+    if !require_tools(&["ansible-playbook", "runuser"]) || !require_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // As root, berth runs as the berth user below, which must reach into the temp dir.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = tmp.path().join("root");
+    let playbook = tmp.path().join("play.yml");
+
+    let ca_src = tmp.path().join("upstream-ca.pem");
+    let pem = rcgen::generate_simple_self_signed(vec!["registry.example".into()])
+        .unwrap()
+        .cert
+        .pem();
+    std::fs::write(&ca_src, &pem).unwrap();
+    // Unique per run, so finding it in an output means it leaked.
+    let secret = format!(
+        "tok-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+
+    let (user, group) = ("berth", "berth");
+    let mut vars = serde_json::json!({
+        "berth_root": root,
+        "berth_manage_service": false,
+        "berth_create_user": true,
+        "berth_user": user,
+        "berth_group": group,
+        "berth_binary_src": env!("CARGO_BIN_EXE_berth"),
+        "berth_mirror_url": "http://10.27.27.10:5000",
+        "berth_upstream_defaults": { "stall_timeout": "15s", "tag_ttl": "2m", "tcp_mss": 1360 },
+        "berth_upstreams": {
+            "docker.io": {
+                "url": "https://registry-1.docker.io",
+                "username": "mirror-bot",
+                "password": secret,
+            },
+            "registry.example:5000": {
+                "url": "https://registry.example:5000",
+                "ca_src": ca_src,
+                "tag_ttl": "1m",
+                "http1_only": true,
+            },
+        },
+    });
+    write_playbook(&playbook, &vars);
+
+    // First run: installs everything.
+    let first = ansible_playbook(tmp.path(), &playbook);
+    first.expect_success();
+    let counts = recap(&first);
+    assert_eq!(counts["failed"], 0);
+    assert!(
+        counts["changed"] >= 8,
+        "first run changed too little: {counts:?}"
+    );
+
+    let account = Owner {
+        uid: id(&["-u", user]).parse().unwrap(),
+        gid: id(&["-g", user]).parse().unwrap(),
+    };
+    let root_owned = Owner { uid: 0, gid: 0 };
+    let root_group = Owner {
+        uid: 0,
+        gid: account.gid,
+    };
+    let bin = root.join("usr/local/bin/berth");
+    let config_dir = root.join("etc/berth");
+    let config = config_dir.join("berth.toml");
+    let password_file = config_dir.join("docker.io.password");
+    let ca_file = config_dir.join("registry.example:5000.ca.pem");
+    let data_dir = root.join("var/lib/berth");
+    let unit = root.join("etc/systemd/system/berth.service");
+    assert_file(&bin, 0o755, &root_owned);
+    assert_eq!(
+        std::fs::metadata(&bin).unwrap().len(),
+        std::fs::metadata(env!("CARGO_BIN_EXE_berth"))
+            .unwrap()
+            .len()
+    );
+    assert_file(&config_dir, 0o750, &root_group);
+    assert_file(&config, 0o640, &root_group);
+    assert_file(&password_file, 0o600, &account);
+    assert_file(&ca_file, 0o644, &root_owned);
+    assert_file(&data_dir, 0o750, &account);
+    assert_file(&unit, 0o644, &root_owned);
+    assert_file(&root.join("var/lib"), 0o755, &root_owned);
+    assert_eq!(
+        std::fs::read_to_string(&password_file).unwrap(),
+        format!("{secret}\n")
+    );
+    assert_eq!(std::fs::read_to_string(&ca_file).unwrap(), pem);
+
+    // The secret lives only in its file: not in berth.toml, not in Ansible's output (no_log).
+    let rendered = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        !rendered.contains(&secret),
+        "secret in berth.toml:\n{rendered}"
+    );
+    assert!(!first.stdout.contains(&secret) && !first.stderr.contains(&secret));
+    // no_log shows a loop item as `item=None` (its label would show otherwise).
+    let secret_task = first
+        .stdout
+        .split("TASK [")
+        .find(|t| t.starts_with("berth : Write upstream password files"))
+        .expect("password file task output");
+    assert!(
+        secret_task.contains("item=None"),
+        "not no_log:\n{secret_task}"
+    );
+
+    // berth itself reads the rendered file as the role meant it.
+    let loaded = Config::load(Some(&config), &Overrides::default())
+        .unwrap_or_else(|e| panic!("{e}\n{rendered}"));
+    assert_eq!(loaded.data_dir, data_dir);
+    assert_eq!(loaded.listen, "0.0.0.0:5000".parse::<SocketAddr>().unwrap());
+    assert_eq!(loaded.default_upstream, "docker.io");
+    assert_eq!(
+        loaded.mirror_url.as_ref().map(|u| u.as_str()),
+        Some("http://10.27.27.10:5000/")
+    );
+    assert_eq!(
+        loaded.upstreams.keys().collect::<Vec<_>>(),
+        ["docker.io", "registry.example:5000"]
+    );
+    let hub = &loaded.upstreams["docker.io"];
+    let creds = hub.credentials.as_ref().expect("docker.io credentials");
+    assert_eq!(
+        (creds.username.as_str(), creds.password.as_str()),
+        ("mirror-bot", secret.as_str())
+    );
+    assert_eq!(hub.tag_ttl, Duration::from_secs(120));
+    assert_eq!(hub.transport.stall_timeout, Duration::from_secs(15));
+    assert_eq!(hub.transport.tcp_mss, Some(1360));
+    assert!(!hub.transport.http1_only);
+    let private = &loaded.upstreams["registry.example:5000"];
+    assert_eq!(private.ca_file.as_deref(), Some(ca_file.as_path()));
+    assert_eq!(private.tag_ttl, Duration::from_secs(60));
+    assert!(private.transport.http1_only);
+    assert!(private.credentials.is_none());
+
+    // The unit runs the installed binary on the rendered config, hardened like deploy/berth.service.
+    let unit_text = std::fs::read_to_string(&unit).unwrap();
+    let directives = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains('='))
+            .map(str::to_string)
+            .collect()
+    };
+    let rendered_directives = directives(&unit_text);
+    assert!(
+        rendered_directives.contains(&format!(
+            "ExecStart={} serve --config {}",
+            bin.display(),
+            config.display()
+        )),
+        "{unit_text}"
+    );
+    assert!(rendered_directives.contains(&format!("ReadWritePaths={}", data_dir.display())));
+    assert!(rendered_directives.contains(&format!("User={user}")));
+    let reference =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/berth.service"))
+            .unwrap();
+    // Only the paths differ (this install is relocated; StateDirectory is for /var/lib/berth).
+    let path_keys = ["ExecStart=", "ReadWritePaths=", "StateDirectory="];
+    for line in directives(&reference) {
+        if !path_keys.iter().any(|k| line.starts_with(k)) {
+            assert!(
+                rendered_directives.contains(&line),
+                "unit lacks `{line}`:\n{unit_text}"
+            );
+        }
+    }
+
+    // systemd's own parser: no ignored directive, ExecStart executable. Optional, since CI
+    // containers may lack the systemd package and scripts/test installs only what is required.
+    if support::prereq::which("systemd-analyze").is_some() {
+        let verify = run(
+            Command::new("systemd-analyze")
+                .args(["verify", "--man=no"])
+                .arg(&unit),
+            Duration::from_secs(60),
+        );
+        verify.expect_success();
+        assert_eq!(
+            verify.stderr.trim(),
+            "",
+            "systemd-analyze verify complained"
+        );
+    } else {
+        eprintln!("note: no systemd-analyze; the unit is not checked by systemd's parser");
+    }
+
+    // The installed binary serves with the rendered config, started as the service user would.
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let stderr_path = tmp.path().join("berth.stderr");
+    let mut child = Command::new("runuser")
+        .args(["-u", user, "--"])
+        .arg(&bin)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("spawn the installed berth");
+    let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until(
+            "installed berth to answer GET /v2/",
+            BERTH_READY_TIMEOUT,
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "berth exited ({status}): {}",
+                        std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                    );
+                }
+                matches!(http_get(addr, "/v2/"), Some((200, _))).then_some(())
+            },
+        )
+    }));
+    kill_child(&mut child);
+    if let Err(panic) = ready {
+        std::panic::resume_unwind(panic);
+    }
+    // It wrote its cache where the config says, as the service user.
+    assert!(
+        std::fs::read_dir(&data_dir).unwrap().next().is_some(),
+        "berth left {} empty",
+        data_dir.display()
+    );
+
+    // Second run: nothing to do.
+    let second = ansible_playbook(tmp.path(), &playbook);
+    second.expect_success();
+    let counts = recap(&second);
+    assert_eq!(
+        (counts["changed"], counts["failed"]),
+        (0, 0),
+        "second run not idempotent:\n{}",
+        second.stdout
+    );
+    assert!(!second.stdout.contains(&secret));
+
+    // A bad upstream URL is refused by validate; the live config stays as it was.
+    vars["berth_upstreams"]["registry.example:5000"]["url"] = "registry.example:5000".into();
+    write_playbook(&playbook, &vars);
+    let bad = ansible_playbook(tmp.path(), &playbook);
+    assert!(
+        !bad.success && !bad.timed_out,
+        "bad config accepted:\n{}",
+        bad.stdout
+    );
+    assert!(
+        bad.stdout.contains("config error") && bad.stdout.contains("url"),
+        "validate failure does not show berth's error:\n{}",
+        bad.stdout
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), rendered);
+}
+
+#[test]
+fn ansible_lint_and_syntax_check_pass() {
+    if !require_tools(&["ansible-playbook", "ansible-lint"]) {
+        return;
+    }
+    let syntax = run(
+        Command::new("ansible-playbook")
+            .args(["--syntax-check", "-i", "inventory.example.ini", "site.yml"])
+            .current_dir(ansible_dir())
+            .env("ANSIBLE_NOCOLOR", "1"),
+        ANSIBLE_TIMEOUT,
+    );
+    syntax.expect_success();
+    assert!(
+        syntax.stdout.contains("playbook: site.yml"),
+        "{}",
+        syntax.stdout
+    );
+
+    // From ansible/, so ansible-lint picks up ansible/.ansible-lint (offline, production, strict).
+    let lint = run(
+        Command::new("ansible-lint")
+            .args(["--nocolor", "-c", ".ansible-lint"])
+            .current_dir(ansible_dir()),
+        ANSIBLE_TIMEOUT,
+    );
+    lint.expect_success();
+    assert!(
+        format!("{}{}", lint.stdout, lint.stderr).contains("production"),
+        "ansible-lint did not use the production profile:\n{}\n{}",
+        lint.stdout,
+        lint.stderr
+    );
+}
