@@ -11,7 +11,7 @@
 //!      │     coalesce   one upstream fill, spooled to disk, streamed to every waiter
 //!      ▼      │
 //!   upstream   the only HTTP client of upstreams: token auth, redirects, own TCP/TLS connector
-//!   store      content-addressed blobs, manifests and tag records (disk; S3 later);
+//!   store      content-addressed blobs, manifests and tag records (disk or S3);
 //!              eviction under max_size (scan → pins → LRU plan → evict), access times, verify
 //!   oci        pure types, no I/O: Digest, Reference, Repository, OciPath, ErrorCode
 //!

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
-use crate::store::DiskStore;
 use crate::store::evict::{Evictor, EvictorTask};
+use crate::store::{BlobStore, DiskStore, S3Store};
 
 /// How long a graceful shutdown waits for running blob fills to verify and commit.
 const FILL_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -28,25 +28,40 @@ pub async fn run(
             config.data_dir.display()
         )
     })?;
-    let store = DiskStore::open(&config.data_dir)
-        .with_context(|| format!("cannot open the cache in {}", config.data_dir.display()))?;
-    let store = Arc::new(store);
     let metrics = Arc::new(Metrics::default());
-    let mirror = Arc::new(Mirror::new(config.clone(), store.clone(), metrics.clone())?);
-    let evictor = EvictorTask::spawn(
-        Evictor::new(store.clone(), config.store.max_size),
-        config.store.evict_interval,
-        metrics,
-    );
+    // Eviction works on the local disk cache; an S3 bucket is sized by its own lifecycle rules.
+    let (store, store_location, evictor): (Arc<dyn BlobStore>, String, Option<EvictorTask>) =
+        match &config.store.kind {
+            StoreKind::Disk => {
+                let store = Arc::new(DiskStore::open(&config.data_dir).with_context(|| {
+                    format!("cannot open the cache in {}", config.data_dir.display())
+                })?);
+                let evictor = EvictorTask::spawn(
+                    Evictor::new(store.clone(), config.store.max_size),
+                    config.store.evict_interval,
+                    metrics.clone(),
+                );
+                (store, config.data_dir.display().to_string(), Some(evictor))
+            }
+            StoreKind::S3(s3) => {
+                let store = S3Store::open(s3)
+                    .context("cannot set up the S3 store ([store] in the config)")?;
+                let location = store.location().to_string();
+                (Arc::new(store), location, None)
+            }
+        };
+    let mirror = Arc::new(Mirror::new(config.clone(), store, metrics)?);
     let app = crate::api::router(mirror.clone());
-    tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(),
+    tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), store = %store_location,
         upstreams = ?config.upstreams.keys().collect::<Vec<_>>(), default = %config.default_upstream, "berth is serving");
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     mirror.drain(FILL_DRAIN_DEADLINE).await;
     // Last access times reach the files even when serving ended with an error.
-    evictor.shutdown().await;
+    if let Some(evictor) = evictor {
+        evictor.shutdown().await;
+    }
     served?;
     Ok(())
 }

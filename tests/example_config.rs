@@ -70,6 +70,43 @@ fn every_documented_key_is_a_real_key() {
     );
 }
 
+#[test]
+fn the_documented_s3_store_table_parses() {
+    // The S3 example is indented under `#   ` (it replaces [store], so it cannot be uncommented
+    // in place); taken out alone it must be a valid config using every S3 key.
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/berth.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let pem = rcgen::generate_simple_self_signed(vec!["x".into()])
+        .unwrap()
+        .cert
+        .pem();
+    std::fs::write(&ca, pem).unwrap();
+    let secret = dir.path().join("s3-secret");
+    std::fs::write(&secret, "shhh\n").unwrap();
+    // The contiguous `#   ` block that starts at `#   [store]` (other indented prose, such as
+    // the inline admin_token example, is not part of it).
+    let table: String = text
+        .lines()
+        .skip_while(|line| *line != "#   [store]")
+        .take_while(|line| line.starts_with("#   "))
+        .filter_map(|line| line.strip_prefix("#   "))
+        .map(|line| line.replace("/etc/berth/s3-ca.pem", ca.to_str().unwrap()))
+        .map(|line| line.replace("/etc/berth/s3-secret", secret.to_str().unwrap()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(table.contains("kind = \"s3\""), "{table}");
+    let config = Config::from_toml(&table).unwrap_or_else(|e| panic!("{e}\n{table}"));
+    let berth::config::StoreKind::S3(s3) = config.store.kind else {
+        panic!("{table}")
+    };
+    assert_eq!(s3.bucket, "berth-cache");
+    assert_eq!(s3.prefix.as_deref(), Some("berth"));
+    assert_eq!(s3.secret_access_key.as_deref(), Some("shhh"));
+    assert!(s3.ca_file.is_some() && !s3.virtual_hosted_style);
+}
+
 /// `key = value` with a bare lowercase key: a commented-out setting, not prose.
 fn is_key_line(line: &str) -> bool {
     line.split_once(" = ").is_some_and(|(key, _)| {

@@ -38,7 +38,8 @@ pub struct Config {
     pub store: StoreConfig,
 }
 
-/// The `[store]` table. (The S3 branch adds `StoreKind::S3` and its keys to the same struct.)
+/// The `[store]` table: which backend keeps blobs, manifests and tag records, and how big the
+/// disk cache may grow.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     pub kind: StoreKind,
@@ -48,10 +49,46 @@ pub struct StoreConfig {
     pub evict_interval: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StoreKind {
     /// Files under `data_dir`.
     Disk,
+    /// An S3 (or S3-compatible) bucket; spool files stay under `data_dir/spool`.
+    S3(Box<S3Config>),
+}
+
+/// An S3 bucket as the cache. Credentials not given here come from the `AWS_*` environment.
+#[derive(Clone, PartialEq)]
+pub struct S3Config {
+    pub bucket: String,
+    /// e.g. `http://127.0.0.1:9000` for an S3-compatible server; AWS when `None`.
+    pub endpoint: Option<Url>,
+    pub region: String,
+    /// Key prefix inside the bucket, without leading or trailing `/` (`None`: the bucket root).
+    pub prefix: Option<String>,
+    /// `true`: `https://<bucket>.<endpoint>/key`; `false`: `https://<endpoint>/<bucket>/key`.
+    pub virtual_hosted_style: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Allow `http://` endpoints.
+    pub allow_http: bool,
+    /// Extra CA (PEM) trusted for the endpoint's TLS.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("prefix", &self.prefix)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .field("access_key_id", &self.access_key_id)
+            .field("allow_http", &self.allow_http)
+            .field("ca_file", &self.ca_file)
+            .finish_non_exhaustive()
+    }
 }
 
 pub const DEFAULT_EVICT_INTERVAL: Duration = Duration::from_secs(60);
@@ -181,6 +218,7 @@ impl Default for Transport {
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
+pub const DEFAULT_S3_REGION: &str = "us-east-1";
 
 /// The upstreams used when the config file names none.
 pub const BUILTIN_UPSTREAMS: [(&str, &str); 4] = [

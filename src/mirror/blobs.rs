@@ -82,14 +82,20 @@ impl Mirror {
         }
         // Two rounds at most: a fill that finds the blob committed meanwhile sends us to the store.
         for _ in 0..2 {
-            if let Some(size) = self.store.size(&keys::blob(digest)).await? {
-                match self.blob_from_store(digest, size, range, want_body).await {
-                    Err(MirrorError::Raced) => continue,
-                    other => {
-                        self.metrics.cache_lookup("blob", true);
-                        return other;
+            match self.store.size(&keys::blob(digest)).await {
+                Ok(Some(size)) => {
+                    match self.blob_from_store(digest, size, range, want_body).await {
+                        Err(MirrorError::Raced) => continue,
+                        other => {
+                            self.metrics.cache_lookup("blob", true);
+                            return other;
+                        }
                     }
                 }
+                Ok(None) => {}
+                // The store is unreachable (S3 down): the upstream can still serve the blob.
+                Err(e) => tracing::warn!(%digest, error = %e,
+                    "cannot ask the store for the blob; filling from the upstream"),
             }
             match self.blob_from_fill(target, digest, range, want_body).await {
                 Err(MirrorError::Raced) => continue,
@@ -277,7 +283,8 @@ impl Mirror {
             });
             return;
         }
-        // Clients may finish now; durability (sync + commit) is the fill's business.
+        // Clients get their last byte now, not after the sync and the store commit (an fsync
+        // or an S3 upload takes a while); requests arriving meanwhile join this fill.
         writer.mark_verified();
         if let Err(e) = writer.sync().await {
             writer.fail(MirrorError::Store(format!("cannot sync spool file: {e}")));
@@ -293,7 +300,12 @@ impl Mirror {
                 tracing::info!(%upstream, repo = %target.repo, %digest, bytes = received, "blob cached");
                 writer.complete();
             }
-            Err(e) => writer.fail(e.into()),
+            Err(e) => {
+                // The bytes are verified: the clients reading the spool still get them.
+                tracing::error!(%upstream, repo = %target.repo, %digest, bytes = received, error = %e,
+                    "blob verified but could not be stored; served uncached");
+                writer.complete();
+            }
         }
     }
 

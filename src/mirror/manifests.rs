@@ -312,9 +312,15 @@ impl Mirror {
             media_type,
             bytes,
         });
-        self.store
+        if let Err(e) = self
+            .store
             .put(&keys::manifest(&digest), manifest.encode())
-            .await?;
+            .await
+        {
+            // Verified and kept in memory; the next replica or restart fetches it again.
+            tracing::error!(%upstream, repo = %target.repo, %digest, error = %e,
+                "manifest verified but could not be stored; served uncached");
+        }
         self.manifests.insert(digest, manifest.clone()).await;
         Ok(manifest)
     }

@@ -25,13 +25,16 @@ struct StoredTag {
     digest: String,
     media_type: String,
     checked_unix: u64,
+    /// The same instant in milliseconds (records from older versions lack it): replicas
+    /// sharing a store compare records, and tag TTLs may be shorter than a second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checked_unix_ms: Option<u64>,
 }
 
-fn unix_now() -> u64 {
+fn unix_now() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .unwrap_or(Duration::ZERO)
 }
 
 impl TagRecord {
@@ -43,30 +46,51 @@ impl TagRecord {
 }
 
 impl Mirror {
-    /// The last known record for a tag: memory first, then the store.
+    /// The last known record for a tag: memory while it is fresh, else the store, where
+    /// another replica sharing the store may have written a fresher one.
     pub(super) async fn known_tag(&self, target: &Target, tag: &Tag) -> Option<TagRecord> {
         let key = (
             target.upstream_name().to_string(),
             target.repo.clone(),
             tag.clone(),
         );
-        if let Some(record) = self.tags.get(&key) {
-            return Some(record);
+        let in_memory = self.tags.get(&key);
+        if let Some(record) = &in_memory {
+            if record.age() < target.upstream.config().tag_ttl {
+                return in_memory;
+            }
         }
-        let bytes = self
-            .store
-            .get(&keys::tag(target.upstream_name(), &target.repo, tag))
-            .await
-            .ok()??;
+        let stored = self.stored_tag(target, tag).await;
+        match (in_memory, stored) {
+            (Some(memory), Some(stored)) if stored.age() >= memory.age() => Some(memory),
+            (_, Some(stored)) => {
+                self.tags.insert(key, stored.clone());
+                Some(stored)
+            }
+            (memory, None) => memory,
+        }
+    }
+
+    async fn stored_tag(&self, target: &Target, tag: &Tag) -> Option<TagRecord> {
+        let key = keys::tag(target.upstream_name(), &target.repo, tag);
+        let bytes = match self.store.get(&key).await {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "cannot read the tag record from the store");
+                return None;
+            }
+        };
         let stored: StoredTag = serde_json::from_slice(&bytes).ok()?;
-        let age = Duration::from_secs(unix_now().saturating_sub(stored.checked_unix));
-        let record = TagRecord {
+        let checked = stored
+            .checked_unix_ms
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_secs(stored.checked_unix));
+        let age = unix_now().saturating_sub(checked);
+        Some(TagRecord {
             digest: stored.digest.parse().ok()?,
             media_type: stored.media_type,
             checked: Instant::now().checked_sub(age),
-        };
-        self.tags.insert(key, record.clone());
-        Some(record)
+        })
     }
 
     pub(super) async fn remember_tag(
@@ -81,18 +105,38 @@ impl Mirror {
             tag.clone(),
         );
         self.tags.insert(key, record.clone());
+        let checked = unix_now().saturating_sub(record.age());
         let stored = StoredTag {
             digest: record.digest.to_string(),
             media_type: record.media_type.clone(),
-            checked_unix: unix_now().saturating_sub(record.age().as_secs()),
+            checked_unix: checked.as_secs(),
+            checked_unix_ms: Some(u64::try_from(checked.as_millis()).unwrap_or(u64::MAX)),
         };
         let json = serde_json::to_vec(&stored).map_err(|e| MirrorError::Store(e.to_string()))?;
-        self.store
-            .put(
-                &keys::tag(target.upstream_name(), &target.repo, tag),
-                Bytes::from(json),
-            )
-            .await?;
+        let key = keys::tag(target.upstream_name(), &target.repo, tag);
+        if let Err(e) = self.store.put(&key, Bytes::from(json)).await {
+            // Still answered from memory; other replicas ask the upstream themselves.
+            tracing::error!(%key, error = %e, "cannot store the tag record");
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_of_older_versions_still_parse() {
+        let old = r#"{"digest":"sha256:aa","media_type":"x","checked_unix":1700000000}"#;
+        let stored: StoredTag = serde_json::from_str(old).unwrap();
+        assert_eq!(stored.checked_unix_ms, None);
+        let new = StoredTag {
+            checked_unix_ms: Some(1_700_000_000_123),
+            ..stored
+        };
+        let json = serde_json::to_string(&new).unwrap();
+        assert!(json.contains("\"checked_unix\":1700000000"), "{json}");
+        assert!(json.contains("\"checked_unix_ms\":1700000000123"), "{json}");
     }
 }

@@ -16,7 +16,7 @@ use tokio_util::io::ReaderStream;
 
 use super::access::{AccessLog, OpenReaders};
 use super::scan::{self, ObjectKind};
-use super::{BlobStore, ByteStream, StoreError};
+use super::{BlobStore, ByteStream, Listed, StoreError};
 
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -263,6 +263,64 @@ impl BlobStore for DiskStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io(key, e)),
         }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        let start = self.path(prefix)?;
+        let (root, tmp) = (self.root.clone(), self.tmp.clone());
+        let prefix_owned = prefix.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut listed = Vec::new();
+            let mut dirs = vec![start.clone()];
+            // The prefix may name one object.
+            match std::fs::metadata(&start) {
+                Ok(meta) if meta.is_file() => dirs.clear(),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(listed),
+                Err(e) => return Err(StoreError::io(&prefix_owned, e)),
+            }
+            if dirs.is_empty() {
+                let size = std::fs::metadata(&start)
+                    .map_err(|e| StoreError::io(&prefix_owned, e))?
+                    .len();
+                listed.push(Listed {
+                    key: prefix_owned.clone(),
+                    size,
+                });
+            }
+            while let Some(dir) = dirs.pop() {
+                if dir == tmp {
+                    continue;
+                }
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StoreError::io(&prefix_owned, e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|e| StoreError::io(&prefix_owned, e))?;
+                    let meta = entry
+                        .metadata()
+                        .map_err(|e| StoreError::io(&prefix_owned, e))?;
+                    let path = entry.path();
+                    if meta.is_dir() {
+                        dirs.push(path);
+                    } else if meta.is_file() {
+                        let relative = path.strip_prefix(&root).unwrap_or(&path);
+                        if let Some(key) = relative.to_str() {
+                            listed.push(Listed {
+                                key: key.to_string(),
+                                size: meta.len(),
+                            });
+                        }
+                    }
+                }
+            }
+            listed.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(listed)
+        })
+        .await
+        .map_err(|e| StoreError::io(prefix, std::io::Error::other(e)))?
     }
 }
 

@@ -13,6 +13,7 @@ mod disk;
 pub mod evict;
 pub mod keys;
 pub mod pins;
+mod s3;
 pub mod scan;
 pub mod stats;
 pub mod verify;
@@ -24,6 +25,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub use disk::DiskStore;
+pub use s3::S3Store;
 
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
 
@@ -33,6 +35,12 @@ pub enum StoreError {
     Io { key: String, source: std::io::Error },
     #[error("invalid store key {0:?}")]
     InvalidKey(String),
+    /// The remote store (S3) refused or could not be reached; the mirror falls back to upstreams.
+    #[error("S3 request for {key} failed: {message}")]
+    Remote { key: String, message: String },
+    /// The store could not be set up from its configuration.
+    #[error("store configuration: {message}")]
+    Config { message: String },
 }
 
 impl StoreError {
@@ -59,9 +67,20 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
     /// Writes a small object atomically.
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError>;
-    /// Adopts a complete, verified local file as the object (moving or uploading it).
+    /// Adopts a complete, verified local file as the object (moving or uploading it). After
+    /// `Ok` the file belongs to the store (moved, or uploaded and deleted); after `Err` it is
+    /// left where it was and nothing is visible under `key`.
     async fn commit_file(&self, key: &str, file: &Path) -> Result<(), StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Notes a use served from memory in front of the store, for LRU eviction. No I/O.
     fn touch(&self, _key: &str) {}
+    /// Every object under the key path `prefix` (e.g. `blobs/sha256`), sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError>;
+}
+
+/// One object found by [`BlobStore::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
 }

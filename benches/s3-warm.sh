@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Warm blob throughput, measured in one run on 127.0.0.1: berth with the disk store, berth with
+# the S3 store (s3s-fs, the S3 server the tests use), and Debian's docker-registry serving the
+# same blob from its filesystem driver. Prints a markdown table; writes target/bench-s3-warm.md.
+#
+#   benches/s3-warm.sh                 # 200 MiB blob, 5 warm GETs each
+#   MIB=50 GETS=3 benches/s3-warm.sh
+#   BERTH_BIN=target/debug/berth benches/s3-warm.sh
+#
+# Needs docker-registry, curl, python3 (free ports) and s3s-fs (scripts/test installs them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MIB=${MIB:-200}
+GETS=${GETS:-5}
+BERTH_BIN=${BERTH_BIN:-target/release/berth}
+REPO=library/bench
+
+for tool in docker-registry s3s-fs curl python3 sha256sum; do
+  command -v "$tool" >/dev/null || { echo "s3-warm: needs $tool (see scripts/test)" >&2; exit 1; }
+done
+[[ -x $BERTH_BIN ]] || cargo build --release --bin berth
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # any HTTP answer on $1 within 20 s
+  for _ in $(seq 200); do curl -s -o /dev/null "http://$1/" && return 0; sleep 0.1; done
+  echo "s3-warm: nothing listening on $1" >&2; exit 1
+}
+median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+
+# The blob, and the upstream registry holding it (monolithic blob upload).
+head -c "$((MIB * 1024 * 1024))" /dev/urandom >"$work/blob"
+digest="sha256:$(sha256sum "$work/blob" | cut -d' ' -f1)"
+reg=127.0.0.1:$(free_port)
+cat >"$work/registry.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $work/registry
+http:
+  addr: $reg
+  secret: berth-bench-secret
+EOF
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+pids+=($!)
+wait_http "$reg"
+location=$(curl -sS -D - -o /dev/null -X POST "http://$reg/v2/$REPO/blobs/uploads/" |
+  awk 'tolower($1)=="location:" {print $2}' | tr -d '\r')
+[[ $location == http* ]] || location="http://$reg$location"
+curl -sS -f -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
+  --data-binary @"$work/blob" "$location&digest=$digest"
+
+# The S3 server.
+s3=127.0.0.1:$(free_port)
+mkdir -p "$work/s3/berth-bench"
+s3s-fs --host 127.0.0.1 --port "${s3#*:}" --access-key bench --secret-key bench-secret \
+  "$work/s3" >"$work/s3.log" 2>&1 &
+pids+=($!)
+wait_http "$s3"
+
+start_berth() { # name, extra config → prints host:port
+  local name=$1 extra=$2 addr
+  addr=127.0.0.1:$(free_port)
+  mkdir -p "$work/$name"
+  printf 'default_upstream = "docker.io"\n\n[upstreams."docker.io"]\nurl = "http://%s"\n\n%s\n' \
+    "$reg" "$extra" >"$work/$name/berth.toml"
+  BERTH_LOG=warn "$BERTH_BIN" serve --config "$work/$name/berth.toml" --listen "$addr" \
+    --data-dir "$work/$name/data" >"$work/$name/log" 2>&1 &
+  pids+=($!)
+  wait_http "$addr"
+  echo "$addr"
+}
+disk=$(start_berth berth-disk "")
+s3berth=$(start_berth berth-s3 "[store]
+kind = \"s3\"
+bucket = \"berth-bench\"
+endpoint = \"http://$s3\"
+allow_http = true
+access_key_id = \"bench\"
+secret_access_key = \"bench-secret\"")
+
+measure() { # label, host:port[, berth data dir] → one table row
+  local label=$1 addr=$2 data=${3:-} url="http://$2/v2/$REPO/blobs/$digest" got speeds cold
+  # Cold for berth: the fill (upstream → spool → verify → commit; the last byte waits for it).
+  cold=$(curl -sS -f -o "$work/cold" -w '%{time_total}' "$url")
+  got="sha256:$(sha256sum "$work/cold" | cut -d' ' -f1)"
+  rm -f "$work/cold"
+  [[ $got == "$digest" ]] || { echo "s3-warm: $label served wrong bytes" >&2; exit 1; }
+  if [[ -n $data ]]; then # warm means committed: wait for the fill (an S3 upload) to finish
+    for _ in $(seq 600); do [[ -z $(ls -A "$data/spool") ]] && break; sleep 0.1; done
+    [[ -z $(ls -A "$data/spool") ]] || { echo "s3-warm: $label never committed the blob" >&2; exit 1; }
+  fi
+  speeds=$(for _ in $(seq "$GETS"); do curl -sS -f -o /dev/null -w '%{speed_download}\n' "$url"; done)
+  got="sha256:$(curl -sS -f "$url" | sha256sum | cut -d' ' -f1)"
+  [[ $got == "$digest" ]] || { echo "s3-warm: $label served wrong warm bytes" >&2; exit 1; }
+  local med runs
+  med=$(echo "$speeds" | median | awk '{printf "%.0f", $1/1048576}')
+  runs=$(echo "$speeds" | awk '{printf "%s%.0f", (NR>1?", ":""), $1/1048576}')
+  echo "$med|$runs|$(awk -v t="$cold" 'BEGIN {printf "%.2f", t}')"
+}
+upstream_blob_requests() {
+  curl -s "http://$1/metrics" | awk '/^berth_upstream_requests_total/ && /kind="blob"/ {s+=$NF} END {print s+0}'
+}
+
+row_reg=$(measure "docker-registry" "$reg")
+row_disk=$(measure "berth (disk)" "$disk" "$work/berth-disk/data")
+row_s3=$(measure "berth (S3)" "$s3berth" "$work/berth-s3/data")
+
+# The ceiling of the S3 row: the same object straight from s3s-fs (a second, anonymous instance
+# on the same data directory, so plain curl can GET it).
+s3anon=127.0.0.1:$(free_port)
+s3s-fs --host 127.0.0.1 --port "${s3anon#*:}" "$work/s3" >"$work/s3anon.log" 2>&1 &
+pids+=($!)
+wait_http "$s3anon"
+s3_direct() {
+  for _ in $(seq "$GETS"); do
+    curl -sS -f -o /dev/null -w '%{speed_download}\n' "http://$s3anon/berth-bench/blobs/sha256/${digest#sha256:}"
+  done
+}
+speeds=$(s3_direct)
+row_s3direct="$(echo "$speeds" | median | awk '{printf "%.0f", $1/1048576}')|$(echo "$speeds" | awk '{printf "%s%.0f", (NR>1?", ":""), $1/1048576}')"
+reg_med=${row_reg%%|*}
+runs() { echo "$1" | cut -d'|' -f2; }
+first() { echo "$1" | cut -d'|' -f3; }
+ratio() { awk -v a="$1" -v b="$reg_med" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}'; }
+
+report=$(
+  cat <<EOF
+## Warm ${MIB} MiB blob, median of $GETS GETs (MiB/s, curl to /dev/null, 127.0.0.1)
+
+| server | median MiB/s | runs | vs docker-registry | first GET s | upstream blob GETs |
+|---|---|---|---|---|---|
+| docker-registry (filesystem driver) | **$reg_med** | $(runs "$row_reg") | 1.00 | $(first "$row_reg") | – |
+| berth, disk store | **${row_disk%%|*}** | $(runs "$row_disk") | $(ratio "${row_disk%%|*}") | $(first "$row_disk") (cold) | $(upstream_blob_requests "$disk") |
+| berth, S3 store (s3s-fs) | **${row_s3%%|*}** | $(runs "$row_s3") | $(ratio "${row_s3%%|*}") | $(first "$row_s3") (cold) | $(upstream_blob_requests "$s3berth") |
+| s3s-fs itself, same object (ceiling of the row above) | **${row_s3direct%%|*}** | $(runs "$row_s3direct") | $(ratio "${row_s3direct%%|*}") | – | – |
+
+berth: $BERTH_BIN; every berth and registry body of the first and last GET hashed to
+$digest. The S3 row measures berth in front of s3s-fs (a test server that reads files in 4 KiB
+chunks), not AWS S3. A shared 2-core machine is noisy: compare rows of one run.
+EOF
+)
+echo "$report"
+mkdir -p target
+echo "$report" >target/bench-s3-warm.md

@@ -1,0 +1,304 @@
+//! Several berth processes on one S3 bucket (s3s-fs on loopback, a real S3-compatible server):
+//! a blob cached by one is served by all, concurrent fills of one blob leave it intact, tag
+//! records written by one are used by the others, and an S3 outage still lets pulls through.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use support::berth::{BerthProcess, UpstreamSpec, config_toml};
+use support::fake_upstream::{FakeUpstream, Kind, Options};
+use support::images::{self, Blob, Format};
+use support::inprocess::{client, sha256};
+use support::prereq::require_tools;
+use support::real::S3Server;
+use support::real::s3::TOOL;
+
+const REPO: &str = "library/app";
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+
+fn replica_config(fake: &FakeUpstream, s3: &S3Server, tag_ttl: &str) -> String {
+    let upstream = UpstreamSpec::new("docker.io", &fake.url()).tag_ttl(tag_ttl);
+    format!(
+        "{}\n{}",
+        config_toml("docker.io", &[upstream]),
+        s3.store_toml(Some("replicas"))
+    )
+}
+
+/// GETs `path` from `berth`; returns (status, sha256 of the body, body length).
+async fn fetch(berth: &BerthProcess, path: &str, range: Option<&str>) -> (u16, String, u64) {
+    use sha2::Digest as _;
+    let mut request = client()
+        .get(format!("{}{path}", berth.url()))
+        .header("accept", MANIFEST_ACCEPT);
+    if let Some(r) = range {
+        request = request.header("range", r);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let mut hasher = sha2::Sha256::new();
+    let mut len = 0u64;
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.unwrap_or_else(|e| panic!("body of {path} broke: {e}"));
+        len += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    (
+        status,
+        format!("sha256:{}", hex::encode(hasher.finalize())),
+        len,
+    )
+}
+
+/// Upstream requests berth made, by kind (`blob`, `manifest`), from its `/metrics`.
+fn upstream_requests(berth: &BerthProcess, kind: &str) -> f64 {
+    berth.metric("berth_upstream_requests_total", &[("kind", kind)])
+}
+
+fn blob_path(blob: &Blob) -> String {
+    format!("/v2/{REPO}/blobs/{}", blob.digest)
+}
+
+/// Starts an S3 server and a fake upstream holding one image with a `mib`-MiB layer.
+async fn setup(mib: usize) -> Option<(S3Server, FakeUpstream, images::Image, Blob)> {
+    if !require_tools(&[TOOL]) {
+        return None;
+    }
+    let s3 = S3Server::start("berth-replicas");
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let layer = images::big_blob(mib, 7);
+    let image =
+        images::image_with_layers(&images::ImageSpec::new(7, Format::Oci), vec![layer.clone()]);
+    fake.push(REPO, "v1", &image);
+    Some((s3, fake, image, layer))
+}
+
+/// The blob object as s3s-fs stored it, hashed.
+fn stored_object_digest(s3: &S3Server, blob: &Blob) -> Option<String> {
+    let file = s3.object_file(&format!("replicas/blobs/sha256/{}", blob.hex()));
+    std::fs::read(file).ok().map(|bytes| sha256(&bytes))
+}
+
+/// Clients get their last byte once the blob verifies; the upload finishes after. Waits
+/// (≤ 30 s) for the object, then returns its digest (s3s-fs places objects by rename).
+fn wait_for_object(s3: &S3Server, blob: &Blob) -> String {
+    let file = s3.object_file(&format!("replicas/blobs/sha256/{}", blob.hex()));
+    support::util::wait_until(
+        "the blob object in the bucket",
+        Duration::from_secs(30),
+        || file.exists().then_some(()),
+    );
+    stored_object_digest(s3, blob).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_cached_by_one_replica_is_served_by_another_without_the_upstream() {
+    let Some((s3, fake, image, layer)) = setup(40).await else {
+        return;
+    };
+    let config = replica_config(&fake, &s3, "5m");
+    let a = BerthProcess::start(&config);
+    let b = BerthProcess::start(&config);
+
+    let manifest_path = format!("/v2/{REPO}/manifests/v1");
+    let (status, digest, _) = fetch(&a, &manifest_path, None).await;
+    assert_eq!(
+        (status, digest.as_str()),
+        (200, image.manifest.digest.as_str())
+    );
+    let (status, digest, len) = fetch(&a, &blob_path(&layer), None).await;
+    assert_eq!(
+        (status, digest.as_str(), len),
+        (200, layer.digest.as_str(), layer.size())
+    );
+    assert_eq!(upstream_requests(&a, "blob"), 1.0);
+    assert_eq!(
+        wait_for_object(&s3, &layer),
+        layer.digest,
+        "A uploaded the verified blob to the bucket"
+    );
+    let spool = a.dir.path().join("data/spool");
+    support::util::wait_until("the spool file to go", Duration::from_secs(10), || {
+        std::fs::read_dir(&spool)
+            .unwrap()
+            .next()
+            .is_none()
+            .then_some(())
+    });
+
+    // B: the tag record, the manifest and the blob all come from the bucket.
+    let (status, digest, _) = fetch(&b, &manifest_path, None).await;
+    assert_eq!(
+        (status, digest.as_str()),
+        (200, image.manifest.digest.as_str())
+    );
+    let (status, digest, len) = fetch(&b, &blob_path(&layer), None).await;
+    assert_eq!(
+        (status, digest.as_str(), len),
+        (200, layer.digest.as_str(), layer.size())
+    );
+    // Range from S3: a span across an upload part boundary (8 MiB parts), and the tail.
+    let bytes = &layer.bytes;
+    let part = 16 * 1024 * 1024;
+    for (header, start, end) in [
+        (
+            format!("bytes={}-{}", part - 5, part + 4),
+            part - 5,
+            part + 5,
+        ),
+        ("bytes=-100".to_string(), bytes.len() - 100, bytes.len()),
+    ] {
+        let (status, digest, len) = fetch(&b, &blob_path(&layer), Some(&header)).await;
+        assert_eq!(status, 206, "{header}");
+        assert_eq!(len, (end - start) as u64, "{header}");
+        assert_eq!(digest, sha256(&bytes[start..end]), "{header}");
+    }
+    assert_eq!(
+        upstream_requests(&b, "blob"),
+        0.0,
+        "B never asked the upstream for the blob"
+    );
+    assert_eq!(
+        upstream_requests(&b, "manifest"),
+        0.0,
+        "nor for the tag or manifest"
+    );
+    assert_eq!(
+        fake.count_kind(Kind::Blob),
+        1,
+        "one upstream blob transfer in all"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_filling_one_cold_blob_at_once_store_it_intact() {
+    let Some((s3, fake, _image, layer)) = setup(64).await else {
+        return;
+    };
+    let config = replica_config(&fake, &s3, "5m");
+    let a = Arc::new(BerthProcess::start(&config));
+    let b = Arc::new(BerthProcess::start(&config));
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(6));
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let berth = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let (barrier, path) = (barrier.clone(), blob_path(&layer));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                fetch(&berth, &path, None).await
+            })
+        })
+        .collect();
+    for c in clients {
+        let (status, digest, len) = c.await.unwrap();
+        assert_eq!(
+            (status, digest.as_str(), len),
+            (200, layer.digest.as_str(), layer.size())
+        );
+    }
+    let fills = upstream_requests(&a, "blob") + upstream_requests(&b, "blob");
+    assert!(
+        (1.0..=2.0).contains(&fills),
+        "each replica fills at most once: {fills}"
+    );
+    assert_eq!(
+        wait_for_object(&s3, &layer),
+        layer.digest,
+        "the object in the bucket is the blob, whoever finished last"
+    );
+    // And both now serve it from the bucket.
+    for berth in [&a, &b] {
+        let (status, digest, _) = fetch(berth, &blob_path(&layer), None).await;
+        assert_eq!((status, digest.as_str()), (200, layer.digest.as_str()));
+    }
+    assert_eq!(
+        upstream_requests(&a, "blob") + upstream_requests(&b, "blob"),
+        fills
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_refreshed_by_one_replica_is_used_by_another() {
+    let Some((s3, fake, image, _layer)) = setup(1).await else {
+        return;
+    };
+    let ttl = Duration::from_secs(2);
+    let config = replica_config(&fake, &s3, "2s");
+    let a = BerthProcess::start(&config);
+    let b = BerthProcess::start(&config);
+    let manifest_path = format!("/v2/{REPO}/manifests/v1");
+
+    let (_, digest, _) = fetch(&a, &manifest_path, None).await;
+    assert_eq!(digest, image.manifest.digest);
+    let (_, digest, _) = fetch(&b, &manifest_path, None).await;
+    assert_eq!(digest, image.manifest.digest);
+    assert_eq!(
+        upstream_requests(&b, "manifest"),
+        0.0,
+        "B used A's tag record"
+    );
+
+    // The tag moves upstream; after the TTL, A revalidates and writes the new record.
+    let moved = images::image(&images::ImageSpec::new(8, Format::Oci));
+    fake.push(REPO, "v1", &moved);
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
+    let (_, digest, _) = fetch(&a, &manifest_path, None).await;
+    assert_eq!(digest, moved.manifest.digest, "A saw the move");
+    assert!(upstream_requests(&a, "manifest") >= 2.0);
+
+    // B's own record is past the TTL too, but A's fresh one in the bucket answers.
+    let (_, digest, _) = fetch(&b, &manifest_path, None).await;
+    assert_eq!(
+        digest, moved.manifest.digest,
+        "B serves the digest A refreshed"
+    );
+    assert_eq!(
+        upstream_requests(&b, "manifest"),
+        0.0,
+        "B asked the upstream nothing: the record A wrote within tag_ttl was enough"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_s3_down_pulls_still_stream_from_the_upstream() {
+    let Some((mut s3, fake, image, layer)) = setup(8).await else {
+        return;
+    };
+    let config = replica_config(&fake, &s3, "5m");
+    let berth = BerthProcess::start(&config);
+    s3.stop();
+
+    let manifest_path = format!("/v2/{REPO}/manifests/v1");
+    let (status, digest, _) = fetch(&berth, &manifest_path, None).await;
+    assert_eq!(
+        (status, digest.as_str()),
+        (200, image.manifest.digest.as_str())
+    );
+    let (status, digest, len) = fetch(&berth, &blob_path(&layer), None).await;
+    assert_eq!(
+        (status, digest.as_str(), len),
+        (200, layer.digest.as_str(), layer.size())
+    );
+
+    let log = berth.stderr();
+    assert!(
+        log.contains("could not be stored; served uncached") && log.contains("S3 request for"),
+        "the log says what failed:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(matches!(
+        support::util::http_get(berth.addr, "/healthz"),
+        Some((200, _))
+    ));
+
+    // S3 back: the next pull is stored again and then served from the bucket.
+    s3.restart();
+    let (status, digest, _) = fetch(&berth, &blob_path(&layer), None).await;
+    assert_eq!((status, digest.as_str()), (200, layer.digest.as_str()));
+    assert_eq!(wait_for_object(&s3, &layer), layer.digest);
+}
