@@ -17,11 +17,10 @@
 //!
 //!   config     file → env → flags, validated once into typed config
 //!   generate   K3s registries.yaml and containerd hosts.toml writers
-//!   cli        one file per subcommand (serve, cache, generators); glue only
-//!   serve      wiring: store + evictor task + mirror + api
 //!   prewarm    a client of a running berth: pulls image groups as containerd would, pins
 //!              them (/_berth/pins), checks offline readiness (Cache-Control: only-if-cached)
-//!   cli        one file per subcommand; glue only
+//!   serve      wiring: store (+ evictor task on disk) + mirror + api; drains fills on shutdown
+//!   cli        one file per subcommand (serve, cache, prewarm, generators); glue only
 //! ```
 //!
 //! Dependency rule: `cli → api/generate/prewarm → mirror → upstream/store/coalesce → oci`.
