@@ -119,6 +119,14 @@ fn pull_all(containerd: &Containerd, origins: &[Origin], hosts: &Path) {
     }
 }
 
+/// How many requests each origin registry has logged so far.
+fn access_log_lens(origins: &[Origin]) -> Vec<usize> {
+    origins
+        .iter()
+        .map(|o| o.registry.access_log().len())
+        .collect()
+}
+
 fn forget_all(containerd: &Containerd, origins: &[Origin]) {
     for o in origins {
         containerd.forget(&o.reference);
@@ -210,10 +218,7 @@ fn containerd_pulls_four_registries_through_a_generated_tree_and_falls_back_with
 
     // The re-pull is answered from berth's cache alone: not one upstream request.
     let upstream_before = upstream_requests_total(&berth);
-    let registry_before: Vec<usize> = origins
-        .iter()
-        .map(|o| o.registry.access_log().len())
-        .collect();
+    let registry_before = access_log_lens(&origins);
     forget_all(&containerd, &origins);
     pull_all(&containerd, &origins, hosts.path());
     assert_eq!(
@@ -232,10 +237,7 @@ fn containerd_pulls_four_registries_through_a_generated_tree_and_falls_back_with
 
     // Fallback: with berth gone, containerd pulls straight from each `server`.
     berth.stop();
-    let registry_before: Vec<usize> = origins
-        .iter()
-        .map(|o| o.registry.access_log().len())
-        .collect();
+    let registry_before = access_log_lens(&origins);
     forget_all(&containerd, &origins);
     pull_all(&containerd, &origins, hosts.path());
     for (o, before) in origins.iter().zip(registry_before) {

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 
 use crate::config::{Config, Overrides, parse_size};
 use crate::store::DiskStore;
-use crate::store::evict::Evictor;
+use crate::store::evict::{Evictor, Plan};
 use crate::store::{scan, stats, verify};
 
 /// Spool and temp files unchanged this long belong to no live fill.
@@ -244,14 +244,7 @@ async fn gc(args: GcArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if args.dry_run {
-        for victim in &plan.victims {
-            println!(
-                "{verb} {} {} ({})",
-                victim.kind.dir(),
-                victim.digest,
-                human(victim.size)
-            );
-        }
+        print_victims(verb, &plan);
         println!(
             "{verb} {} object(s), {}: {} → {} (pinned {})",
             plan.victims.len(),
@@ -263,14 +256,7 @@ async fn gc(args: GcArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let evicted = evictor.apply(&plan)?;
-    for victim in &plan.victims {
-        println!(
-            "{verb} {} {} ({})",
-            victim.kind.dir(),
-            victim.digest,
-            human(victim.size)
-        );
-    }
+    print_victims(verb, &plan);
     println!(
         "{verb} {} object(s), {}; cache now {}",
         evicted.objects,
@@ -281,6 +267,18 @@ async fn gc(args: GcArgs) -> anyhow::Result<()> {
 }
 
 /// `1.5 GiB`, `300 KiB`, `12 B`.
+/// One line per object a gc run evicts (or, with `--dry-run`, would evict).
+fn print_victims(verb: &str, plan: &Plan) {
+    for victim in &plan.victims {
+        println!(
+            "{verb} {} {} ({})",
+            victim.kind.dir(),
+            victim.digest,
+            human(victim.size)
+        );
+    }
+}
+
 fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
