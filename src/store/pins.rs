@@ -2,8 +2,8 @@
 //!
 //! A pin set is the store object `pins/<name>`, JSON:
 //! `{"name":"flux","manifests":["sha256:…"],"updated_unix":1764600000}`.
-//! Prewarm's `src/mirror/pins.rs` writes this format (the two are unified at merge); this module
-//! only reads it. A pinned manifest keeps: itself; for an index / manifest list, its child
+//! `src/mirror/pins.rs` (the admin endpoint prewarm calls) writes this format, plus a
+//! `pins/_index` of names that `DiskStore::pin_names` skips; this module only reads it. A pinned manifest keeps: itself; for an index / manifest list, its child
 //! manifests (recursively, those that are cached); for an image manifest, its config and layers.
 
 use std::collections::HashSet;
