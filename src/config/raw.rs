@@ -234,17 +234,7 @@ impl RawUpstream {
                     format!("environment variable `{var}` is not set"),
                 )
             })?),
-            (None, None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| {
-                        ConfigError::new(
-                            key("password_file"),
-                            format!("cannot read {}: {e}", path.display()),
-                        )
-                    })?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_string(),
-            ),
+            (None, None, Some(path)) => Some(read_secret_file(&key("password_file"), &path)?),
             (None, None, None) => None,
             _ => {
                 return Err(ConfigError::new(
@@ -272,21 +262,7 @@ impl RawUpstream {
 
         let ca_file = self.ca_file.or(defaults.ca_file.clone());
         if let Some(path) = &ca_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                ConfigError::new(
-                    key("ca_file"),
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            let certs = rustls_pemfile::certs(&mut pem.as_slice())
-                .filter(|c| c.is_ok())
-                .count();
-            if certs == 0 {
-                return Err(ConfigError::new(
-                    key("ca_file"),
-                    format!("{} holds no PEM certificate", path.display()),
-                ));
-            }
+            check_pem_certificates(&key("ca_file"), path)?;
         }
 
         let base = Transport::default();
@@ -497,17 +473,7 @@ impl RawStore {
         };
         let secret_access_key = match (self.secret_access_key, self.secret_access_key_file) {
             (Some(s), None) => Some(s),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| {
-                        ConfigError::new(
-                            key("secret_access_key_file"),
-                            format!("cannot read {}: {e}", path.display()),
-                        )
-                    })?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_string(),
-            ),
+            (None, Some(path)) => Some(read_secret_file(&key("secret_access_key_file"), &path)?),
             (None, None) => None,
             (Some(_), Some(_)) => {
                 return Err(ConfigError::new(
@@ -548,6 +514,14 @@ impl RawStore {
     }
 }
 
+/// A secret kept in a file (password, S3 secret key): the contents without the trailing newline.
+fn read_secret_file(key: &str, path: &std::path::Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// A CA file must exist and hold at least one PEM certificate.
 fn check_pem_certificates(key: &str, path: &std::path::Path) -> Result<(), ConfigError> {
     let pem = std::fs::read(path)
         .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))?;
@@ -704,6 +678,15 @@ mod tests {
         assert_eq!(config.upstreams["b.io"].transport.tcp_mss, Some(1360));
     }
 
+    /// Each config text is refused with one line naming its key.
+    fn assert_errors_name_the_key(cases: &[(&str, &str)]) {
+        for (text, key) in cases {
+            let err = Config::from_toml(text).expect_err(text).to_string();
+            assert!(err.contains(key), "{text:?} → {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
     #[test]
     fn errors_name_the_key() {
         let cases = [
@@ -744,20 +727,7 @@ mod tests {
                 "admin_token_file",
             ),
         ];
-        for (text, key) in cases {
-            let err = Config::from_toml(text).expect_err(text).to_string();
-            assert!(err.contains(key), "{text:?} → {err}");
-            assert!(!err.contains('\n'), "one line: {err}");
-        }
-    }
-
-    #[test]
-    fn store_defaults_to_disk() {
-        let config = Config::from_toml("").unwrap();
-        assert_eq!(config.store, StoreConfig::default());
-        assert_eq!(config.store.kind, StoreKind::Disk);
-        let config = Config::from_toml("[store]\nmax_size = \"50GiB\"").unwrap();
-        assert_eq!(config.store.max_size, Some(50 << 30));
+        assert_errors_name_the_key(&cases);
     }
 
     #[test]
@@ -830,17 +800,16 @@ mod tests {
                 "store.ca_file",
             ),
         ];
-        for (text, key) in cases {
-            let err = Config::from_toml(text).expect_err(text).to_string();
-            assert!(err.contains(key), "{text:?} → {err}");
-            assert!(!err.contains('\n'), "one line: {err}");
-        }
+        assert_errors_name_the_key(&cases);
     }
 
     #[test]
     fn store_table() {
         let config = Config::from_toml("").unwrap();
         assert_eq!(config.store, StoreConfig::default());
+        assert_eq!(config.store.kind, StoreKind::Disk);
+        let config = Config::from_toml("[store]\nmax_size = \"50GiB\"").unwrap();
+        assert_eq!(config.store.max_size, Some(50 << 30));
         let config = Config::from_toml(
             "[store]\nkind = \"disk\"\nmax_size = \"500MiB\"\nevict_interval = \"10s\"",
         )
