@@ -3,13 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method};
 use tokio::time::Instant;
 
 use crate::oci::{Digest, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, Reference, Tag, accepts};
-use crate::store::keys;
+use crate::store::{keys, manifest_form};
 use crate::upstream::{Kind, Request, UpstreamError};
 
 use super::error::Reference as What;
@@ -28,22 +28,16 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Stored form: the media type on the first line, then the exact bytes.
     fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.media_type.len() + 1 + self.bytes.len());
-        out.put_slice(self.media_type.as_bytes());
-        out.put_u8(b'\n');
-        out.put_slice(&self.bytes);
-        out.freeze()
+        manifest_form::encode(&self.media_type, &self.bytes)
     }
 
     fn decode(digest: Digest, stored: Bytes) -> Option<Manifest> {
-        let newline = stored.iter().position(|&b| b == b'\n')?;
-        let media_type = std::str::from_utf8(&stored[..newline]).ok()?.to_string();
+        let (media_type, body) = manifest_form::split(&stored)?;
         Some(Manifest {
             digest,
-            media_type,
-            bytes: stored.slice(newline + 1..),
+            media_type: media_type.to_string(),
+            bytes: stored.slice(stored.len() - body.len()..),
         })
     }
 }

@@ -12,6 +12,7 @@ pub mod access;
 mod disk;
 pub mod evict;
 pub mod keys;
+pub mod manifest_form;
 pub mod pins;
 mod s3;
 pub mod scan;

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
-use super::{BlobStore, StoreError, keys};
+use super::{BlobStore, StoreError, keys, manifest_form};
 use crate::oci::Digest;
 
 /// Deepest index nesting followed (real images nest one level; this bounds a hostile cycle).
@@ -115,9 +115,8 @@ pub fn references(stored: &[u8]) -> References {
         #[serde(default)]
         layers: Vec<Descriptor>,
     }
-    let body = match stored.iter().position(|&b| b == b'\n') {
-        Some(newline) => &stored[newline + 1..],
-        None => return References::default(),
+    let Some((_, body)) = manifest_form::split(stored) else {
+        return References::default();
     };
     let Ok(parsed) = serde_json::from_slice::<AnyManifest>(body) else {
         return References::default();

@@ -82,6 +82,8 @@ fn check(path: &Path, object: &StoredObject) -> std::io::Result<Option<String>> 
     let mut hasher = Hasher::new(object.digest.algorithm());
     let mut buffer = vec![0u8; READ_BUFFER];
     // A stored manifest is `<media type>\n<bytes>`: only the bytes are hashed.
+    // A stored manifest starts with its media type line (see `manifest_form`); the digest
+    // covers what follows. Streamed here, so the header is skipped chunk by chunk.
     let mut skip_header = object.kind == ObjectKind::Manifest;
     loop {
         let n = file.read(&mut buffer)?;
