@@ -42,6 +42,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod oci;
 pub mod prewarm;
+pub mod pulls;
 pub mod serve;
 pub mod store;
 pub mod upstream;

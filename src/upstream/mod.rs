@@ -1,6 +1,7 @@
 //! The only HTTP client of upstream registries: token auth, redirects, retries, stall-aware reads.
 
 mod auth;
+mod class;
 mod connector;
 mod error;
 mod health;
@@ -23,6 +24,7 @@ use hyper_util::rt::TokioExecutor;
 use url::Url;
 
 pub use auth::{Challenge, parse_challenges};
+pub use class::ErrorClass;
 pub use error::UpstreamError;
 
 use crate::config::Upstream;
