@@ -44,5 +44,6 @@ pub mod oci;
 pub mod prewarm;
 pub mod pulls;
 pub mod serve;
+pub mod status;
 pub mod store;
 pub mod upstream;

@@ -73,6 +73,9 @@ pub async fn run(
     let app = crate::api::router(mirror.clone());
     tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), store = %store_location,
         upstreams = ?config.upstreams.keys().collect::<Vec<_>>(), default = %config.default_upstream, "berth is serving");
+    // The peer address feeds the pull record (failures by node) and the status page's
+    // loopback rule.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

@@ -57,7 +57,7 @@ pub async fn list_pins(State(mirror): State<Arc<Mirror>>, headers: HeaderMap) ->
     }
 }
 
-fn authorize(mirror: &Mirror, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(mirror: &Mirror, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &mirror.config().admin_token else {
         let message = "admin endpoints are off: set admin_token_file in berth.toml";
         return Err(ApiError::new(ErrorCode::NameUnknown, message));

@@ -7,6 +7,7 @@ use http::{HeaderValue, StatusCode};
 
 use crate::mirror::MirrorError;
 use crate::oci::{ErrorBody, ErrorCode, ErrorEntry, PathError};
+use crate::upstream::ErrorClass;
 
 /// How long a client should wait after berth could not reach an upstream.
 const UNREACHABLE_RETRY_AFTER_SECS: u64 = 10;
@@ -16,6 +17,15 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     headers: Vec<(http::HeaderName, HeaderValue)>,
+    /// For the pull record (see `record.rs`); never sent to the client.
+    class: Option<ErrorClass>,
+}
+
+/// A failed response's class and cause, as a response extension for the pull record.
+#[derive(Debug, Clone)]
+pub struct FailureFact {
+    pub class: Option<ErrorClass>,
+    pub message: String,
 }
 
 impl ApiError {
@@ -26,10 +36,16 @@ impl ApiError {
             code: code.as_str(),
             message: message.into(),
             headers: Vec::new(),
+            class: None,
         }
     }
 
-    fn with_status(mut self, status: StatusCode) -> ApiError {
+    fn with_class(mut self, class: ErrorClass) -> ApiError {
+        self.class = Some(class);
+        self
+    }
+
+    pub(crate) fn with_status(mut self, status: StatusCode) -> ApiError {
         self.status = status;
         self
     }
@@ -49,14 +65,15 @@ impl From<PathError> for ApiError {
             PathError::Name(_) => ErrorCode::NameInvalid,
             PathError::Digest(_) => ErrorCode::DigestInvalid,
         };
-        ApiError::new(code, e.to_string())
+        ApiError::new(code, e.to_string()).with_class(ErrorClass::Client)
     }
 }
 
 impl From<MirrorError> for ApiError {
     fn from(e: MirrorError) -> Self {
         let message = e.to_string();
-        match e {
+        let class = e.class();
+        let error = match e {
             MirrorError::UnknownRegistry(_) => ApiError::new(ErrorCode::NameUnknown, message),
             MirrorError::InvalidName(_) => ApiError::new(ErrorCode::NameInvalid, message),
             MirrorError::ManifestUnknown { .. } => {
@@ -93,8 +110,10 @@ impl From<MirrorError> for ApiError {
                 code: "UNKNOWN",
                 message,
                 headers: Vec::new(),
+                class: None,
             },
-        }
+        };
+        error.with_class(class)
     }
 }
 
@@ -104,6 +123,10 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() && self.status != StatusCode::GATEWAY_TIMEOUT {
             tracing::warn!(status = %self.status, code = self.code, message = %self.message, "request failed");
         }
+        let fact = FailureFact {
+            class: self.class,
+            message: self.message.clone(),
+        };
         let body = ErrorBody {
             errors: vec![ErrorEntry {
                 code: self.code.to_string(),
@@ -115,6 +138,7 @@ impl IntoResponse for ApiError {
         for (name, value) in self.headers {
             response.headers_mut().insert(name, value);
         }
+        response.extensions_mut().insert(fact);
         response
     }
 }

@@ -11,6 +11,7 @@ use http::header::{
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 use super::ApiError;
+use super::record::PullTarget;
 use crate::mirror::{BlobBody, ByteRange, Lookup, Mirror, MirrorError};
 use crate::oci::{Digest, Endpoint, ErrorCode, OciPath};
 
@@ -22,10 +23,15 @@ pub async fn dispatch(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    match handle(&mirror, &method, &uri, &headers).await {
+    let mut pulled = None;
+    let mut response = match handle(&mirror, &method, &uri, &headers, &mut pulled).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
+    };
+    if let Some(pulled) = pulled {
+        response.extensions_mut().insert(pulled);
     }
+    response
 }
 
 async fn handle(
@@ -33,6 +39,7 @@ async fn handle(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
+    pulled: &mut Option<PullTarget>,
 ) -> Result<Response, ApiError> {
     if method != Method::GET && method != Method::HEAD {
         let mut response = ApiError::new(
@@ -50,7 +57,28 @@ async fn handle(
         OciPath::Endpoint { name, endpoint } => (name, endpoint),
     };
     let query = Query::parse(uri.query());
+    let (kind, reference) = match &endpoint {
+        Endpoint::Manifest(r) => ("manifest", r.to_string()),
+        Endpoint::Blob(d) => ("blob", d.to_string()),
+        Endpoint::Tags => ("tags", String::new()),
+        Endpoint::Referrers(d) => ("referrers", d.to_string()),
+    };
+    // Until routing succeeds, the registry is what the client named.
+    *pulled = Some(PullTarget {
+        registry: query.ns.clone().unwrap_or_else(|| {
+            name.split_once('/')
+                .map_or("-", |(first, _)| first)
+                .to_string()
+        }),
+        repository: name.clone(),
+        reference,
+        kind,
+    });
     let target = mirror.route(&name, query.ns.as_deref())?;
+    if let Some(pulled) = pulled.as_mut() {
+        pulled.registry = target.upstream_name().to_string();
+        pulled.repository = target.repo.to_string();
+    }
     let want_body = method == Method::GET;
     let lookup = lookup(headers);
     match endpoint {

@@ -3,6 +3,8 @@
 mod admin;
 mod error;
 mod handlers;
+mod record;
+mod status;
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use error::ApiError;
+pub use status::parse_since;
 
 use crate::mirror::Mirror;
 
@@ -25,7 +28,12 @@ pub fn router(mirror: Arc<Mirror>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/_berth/pins", get(admin::list_pins))
         .route("/_berth/pins/{name}", put(admin::put_pins))
+        .route("/_berth/status", get(status::status))
         .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            mirror.clone(),
+            record::record,
+        ))
         .with_state(mirror)
         .layer(SetResponseHeaderLayer::overriding(
             http::HeaderName::from_static("docker-distribution-api-version"),

@@ -4,6 +4,7 @@ mod cache;
 mod generate;
 mod prewarm;
 mod serve;
+mod status;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,9 @@ enum Command {
     /// Pull image groups through a running berth so a rebuild needs no internet; `--check`
     /// says whether the cache alone can serve them.
     Prewarm(prewarm::PrewarmArgs),
+    /// Show a running berth's status: upstream health, failed pulls by image and by node,
+    /// fills in progress, cache and pins.
+    Status(status::StatusArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -48,6 +52,7 @@ pub fn main() -> ExitCode {
         Command::ContainerdHosts(args) => generate::containerd_hosts(args),
         Command::Cache(command) => cache::run(command),
         Command::Prewarm(args) => return prewarm::main(args),
+        Command::Status(args) => status::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 pub use reader::FillReader;
+
 pub use singleflight::Singleflight;
 
 /// Why a fill ended without content.
@@ -62,6 +63,18 @@ impl<E> Default for FillState<E> {
 pub struct Fill<E> {
     spool: Arc<std::fs::File>,
     state: watch::Receiver<FillState<E>>,
+    created: std::time::Instant,
+    /// Readers alive now (the status page's "waiters").
+    readers: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A running fill as the status page shows it.
+#[derive(Debug, Clone)]
+pub struct FillProgress {
+    pub written: u64,
+    pub total: Option<u64>,
+    pub age: std::time::Duration,
+    pub readers: usize,
 }
 
 impl<E: Clone + std::fmt::Display + Send + Sync + 'static> Fill<E> {
@@ -99,7 +112,13 @@ impl<E: Clone + std::fmt::Display + Send + Sync + 'static> Fill<E> {
 
     /// Streams `[start, end)` of the content (end `None` = to the end) as it arrives.
     pub fn reader(&self, start: u64, end: Option<u64>) -> FillReader<E> {
-        FillReader::new(self.spool.clone(), self.state.clone(), start, end)
+        FillReader::new(
+            self.spool.clone(),
+            self.state.clone(),
+            reader::ReaderCount::new(self.readers.clone()),
+            start,
+            end,
+        )
     }
 }
 
@@ -153,6 +172,8 @@ where
         let fill = Arc::new(Fill {
             spool: spool.clone(),
             state: rx,
+            created: std::time::Instant::now(),
+            readers: Arc::default(),
         });
         inflight.insert(key.clone(), fill.clone());
         let writer = FillWriter {
@@ -165,6 +186,24 @@ where
             committed: false,
         };
         Ok(Joined::Leader(fill, writer))
+    }
+
+    /// The fills running now and how far each has got.
+    pub fn progress(&self) -> Vec<(K, FillProgress)> {
+        let inflight = self.inflight.lock().unwrap();
+        inflight
+            .iter()
+            .map(|(key, fill)| {
+                let state = fill.state.borrow();
+                let progress = FillProgress {
+                    written: state.written,
+                    total: state.total,
+                    age: fill.created.elapsed(),
+                    readers: fill.readers.load(std::sync::atomic::Ordering::Relaxed),
+                };
+                (key.clone(), progress)
+            })
+            .collect()
     }
 
     pub fn in_flight(&self) -> usize {

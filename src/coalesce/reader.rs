@@ -3,6 +3,7 @@
 use std::fmt::Display;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
@@ -16,8 +17,25 @@ const CHUNK: u64 = 256 * 1024;
 pub struct FillReader<E> {
     spool: Arc<std::fs::File>,
     state: watch::Receiver<FillState<E>>,
+    _count: ReaderCount,
     pos: u64,
     end: Option<u64>,
+}
+
+/// Counts a fill's live readers; the count drops with the reader (client gone or done).
+pub(super) struct ReaderCount(Arc<AtomicUsize>);
+
+impl ReaderCount {
+    pub(super) fn new(count: Arc<AtomicUsize>) -> ReaderCount {
+        count.fetch_add(1, Ordering::Relaxed);
+        ReaderCount(count)
+    }
+}
+
+impl Drop for ReaderCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 enum Step {
@@ -31,12 +49,14 @@ impl<E: Clone + Display + Send + Sync + 'static> FillReader<E> {
     pub(super) fn new(
         spool: Arc<std::fs::File>,
         state: watch::Receiver<FillState<E>>,
+        count: ReaderCount,
         pos: u64,
         end: Option<u64>,
     ) -> Self {
         FillReader {
             spool,
             state,
+            _count: count,
             pos,
             end,
         }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::oci::{NameError, Repository};
-use crate::upstream::UpstreamError;
+use crate::upstream::{ErrorClass, UpstreamError};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MirrorError {
@@ -39,9 +39,14 @@ pub enum MirrorError {
         upstream: String,
         cause: String,
         retry_after: Option<Duration>,
+        class: ErrorClass,
     },
     #[error("{upstream} failed: {cause}")]
-    BadUpstream { upstream: String, cause: String },
+    BadUpstream {
+        upstream: String,
+        cause: String,
+        class: ErrorClass,
+    },
     #[error("content from {upstream} failed verification: {cause}")]
     Verification { upstream: String, cause: String },
     #[error("requested range is not satisfiable for a blob of {size} bytes")]
@@ -67,6 +72,7 @@ impl MirrorError {
         e: UpstreamError,
     ) -> MirrorError {
         let upstream = upstream.to_string();
+        let class = e.class();
         match e {
             UpstreamError::NotFound => match reference {
                 Reference::Manifest(r) => MirrorError::ManifestUnknown {
@@ -82,6 +88,7 @@ impl MirrorError {
                 Reference::Other => MirrorError::BadUpstream {
                     upstream,
                     cause: "not found".into(),
+                    class,
                 },
             },
             UpstreamError::Denied { .. } => MirrorError::Denied {
@@ -97,17 +104,43 @@ impl MirrorError {
                     upstream,
                     cause: e.to_string(),
                     retry_after: None,
+                    class,
                 }
             }
             UpstreamError::Down { retry_after } => MirrorError::Unreachable {
                 upstream,
                 cause: e.to_string(),
                 retry_after: Some(retry_after),
+                class,
             },
             UpstreamError::Status { .. } | UpstreamError::Protocol(_) => MirrorError::BadUpstream {
                 upstream,
                 cause: e.to_string(),
+                class,
             },
+        }
+    }
+}
+
+impl MirrorError {
+    /// The class the pull record and the status page file this failure under.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            MirrorError::UnknownRegistry(_)
+            | MirrorError::InvalidName(_)
+            | MirrorError::RangeNotSatisfiable { .. } => ErrorClass::Client,
+            MirrorError::ManifestUnknown { .. } | MirrorError::BlobUnknown { .. } => {
+                ErrorClass::NotFound
+            }
+            MirrorError::Denied { .. } => ErrorClass::Denied,
+            MirrorError::RateLimited { .. } => ErrorClass::Status429,
+            MirrorError::Unreachable { class, .. } | MirrorError::BadUpstream { class, .. } => {
+                *class
+            }
+            MirrorError::Verification { .. } => ErrorClass::Verify,
+            MirrorError::ManifestTooLarge => ErrorClass::TooLarge,
+            MirrorError::NotCached(_) => ErrorClass::NotCached,
+            MirrorError::Store(_) | MirrorError::Raced => ErrorClass::Store,
         }
     }
 }

@@ -170,6 +170,7 @@ impl Mirror {
                             upstream: target2.upstream_name().into(),
                             cause: format!("no answer within {REVALIDATE_DEADLINE:?}"),
                             retry_after: None,
+                            class: crate::upstream::ErrorClass::HeaderTimeout,
                         })
                     }),
                     None => revalidation.await,

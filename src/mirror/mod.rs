@@ -6,6 +6,7 @@ mod manifests;
 mod passthrough;
 mod pins;
 mod routing;
+mod status;
 mod tags;
 
 use std::collections::BTreeMap;
@@ -47,6 +48,9 @@ pub struct Mirror {
     /// Last known tag → digest answers (also persisted in the store).
     tags: moka::sync::Cache<(String, Repository, Tag), TagRecord>,
     tag_flights: Singleflight<(String, Repository, Tag), Result<TagRecord, MirrorError>>,
+    /// Every client request, for `/_berth/status`.
+    pulls: crate::pulls::PullRecord,
+    pin_check: status::PinCheck,
 }
 
 impl Mirror {
@@ -78,6 +82,8 @@ impl Mirror {
             manifest_flights: Singleflight::default(),
             tags,
             tag_flights: Singleflight::default(),
+            pulls: crate::pulls::PullRecord::default(),
+            pin_check: status::PinCheck::default(),
         })
     }
 

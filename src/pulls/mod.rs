@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-pub use failures::{Failures, ImageFailures, NodeFailures};
+pub use failures::{Failures, ImageFailures, NodeFailures, unix_seconds};
 
 use crate::upstream::ErrorClass;
 use failures::FailureTable;

@@ -22,6 +22,35 @@ enum Breaker {
     Probing,
 }
 
+/// What `berth_upstream_state` and the status page show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Up,
+    /// One request is out to see whether the upstream is back.
+    Probing,
+    /// Failing fast; the next request after the cooldown becomes the probe.
+    Down,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Up => "up",
+            BreakerState::Probing => "probing",
+            BreakerState::Down => "down",
+        }
+    }
+
+    /// 0 up, 1 probing, 2 down.
+    pub fn gauge(self) -> i64 {
+        match self {
+            BreakerState::Up => 0,
+            BreakerState::Probing => 1,
+            BreakerState::Down => 2,
+        }
+    }
+}
+
 pub struct Health {
     breaker: Mutex<Breaker>,
     budget: Mutex<Budget>,
@@ -68,6 +97,14 @@ impl Health {
             }
             // One probe at a time; the others keep failing fast until it reports.
             Breaker::Probing => Err(Duration::from_secs(1)),
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        match *self.breaker.lock().unwrap() {
+            Breaker::Closed { .. } => BreakerState::Up,
+            Breaker::Open { .. } => BreakerState::Down,
+            Breaker::Probing => BreakerState::Probing,
         }
     }
 

@@ -26,6 +26,7 @@ use url::Url;
 pub use auth::{Challenge, parse_challenges};
 pub use class::ErrorClass;
 pub use error::UpstreamError;
+pub use health::BreakerState;
 
 use crate::config::Upstream;
 use crate::metrics::Metrics;
@@ -117,6 +118,10 @@ impl UpstreamClient {
 
     pub fn config(&self) -> &Upstream {
         &self.config
+    }
+
+    pub fn state(&self) -> BreakerState {
+        self.health.state()
     }
 
     /// Is the circuit breaker open (the upstream marked down)?

@@ -1,0 +1,171 @@
+//! Every request, counted and timed to its last byte: `berth_client_requests_total`, the
+//! latency histogram, and (for pulls) an entry in the pull record and the access log. The
+//! handler says what was pulled ([`PullTarget`]) and `ApiError` why it failed
+//! ([`FailureFact`]), both as response extensions; the body wrapper records once, when the
+//! body ends, fails or is dropped.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use hyper::body::{Frame, SizeHint};
+use tokio::time::Instant;
+
+use super::error::FailureFact;
+use crate::mirror::Mirror;
+use crate::pulls::Pull;
+use crate::upstream::ErrorClass;
+
+/// What a `/v2/` request asked for, set by the handler once the path is parsed.
+#[derive(Debug, Clone)]
+pub struct PullTarget {
+    pub registry: String,
+    pub repository: String,
+    pub reference: String,
+    pub kind: &'static str,
+}
+
+pub async fn record(State(mirror): State<Arc<Mirror>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let at = SystemTime::now();
+    let client = client_address(&request);
+    let route_kind = route_kind(request.uri().path());
+    let mut response = next.run(request).await;
+    let target = response.extensions_mut().remove::<PullTarget>();
+    let failure = response.extensions_mut().remove::<FailureFact>();
+    let pending = Pending {
+        mirror,
+        started,
+        endpoint: target.as_ref().map_or(route_kind, |t| t.kind),
+        status: response.status().as_u16(),
+        pull: target.map(|t| Pull {
+            at,
+            client,
+            registry: t.registry,
+            repository: t.repository,
+            reference: t.reference,
+            kind: t.kind,
+            status: response.status().as_u16(),
+            error_class: failure.as_ref().and_then(|f| f.class),
+            error: failure.map(|f| f.message),
+            bytes: 0,
+            duration: Default::default(),
+        }),
+    };
+    let (parts, body) = response.into_parts();
+    let body = Body::new(RecordedBody {
+        inner: body,
+        bytes: 0,
+        pending: Some(pending),
+    });
+    Response::from_parts(parts, body)
+}
+
+/// The client's address: the connection's peer (no proxy headers: berth is not behind one).
+fn client_address(request: &Request) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_canonical())
+}
+
+fn route_kind(path: &str) -> &'static str {
+    if path.starts_with("/v2") {
+        "base"
+    } else if path.starts_with("/_berth/") {
+        "admin"
+    } else if path == "/metrics" || path == "/healthz" {
+        "service"
+    } else {
+        "other"
+    }
+}
+
+struct Pending {
+    mirror: Arc<Mirror>,
+    started: Instant,
+    endpoint: &'static str,
+    status: u16,
+    pull: Option<Pull>,
+}
+
+impl Pending {
+    fn finish(self, bytes: u64, body_error: Option<String>) {
+        let duration = self.started.elapsed();
+        let metrics = self.mirror.metrics();
+        metrics.client_request(self.endpoint, self.status, duration.as_secs_f64());
+        let Some(mut pull) = self.pull else {
+            return;
+        };
+        pull.bytes = bytes;
+        pull.duration = duration;
+        if let Some(cause) = body_error {
+            // The headers said 200 but the body broke (a fill that failed mid-transfer).
+            pull.status = 502;
+            pull.error_class = Some(pull.error_class.unwrap_or(ErrorClass::Reset));
+            pull.error = Some(cause);
+        }
+        self.mirror.pulls().add(pull);
+    }
+}
+
+struct RecordedBody {
+    inner: Body,
+    bytes: u64,
+    pending: Option<Pending>,
+}
+
+impl HttpBody for RecordedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(pending) = this.pending.take() {
+                    pending.finish(this.bytes, Some(e.to_string()));
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(pending) = this.pending.take() {
+                    pending.finish(this.bytes, None);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A body dropped before its end (HEAD, a client that hung up) is recorded with what was sent.
+impl Drop for RecordedBody {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            pending.finish(self.bytes, None);
+        }
+    }
+}

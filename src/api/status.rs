@@ -1,0 +1,129 @@
+//! `GET /_berth/status`: the status report as HTML for a browser, or JSON with
+//! `Accept: application/json` (or `?format=json`). `?since=30m` limits failures to the recent
+//! past. Served to loopback clients, or to anyone with the admin token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
+
+use super::ApiError;
+use crate::mirror::Mirror;
+use crate::oci::ErrorCode;
+
+/// `--since` beyond this is "since start" anyway for a ring of 10,000 requests.
+const MAX_SINCE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub async fn status(State(mirror): State<Arc<Mirror>>, request: Request) -> Response {
+    if let Err(denied) = authorize(&mirror, &request) {
+        return denied.into_response();
+    }
+    let mut json = request
+        .headers()
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.split(';').next().unwrap_or("").trim() == "application/json");
+    let mut since = None;
+    for (key, value) in url::form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+    {
+        match key.as_ref() {
+            "format" => json = value == "json",
+            "since" => match parse_since(&value) {
+                Some(d) => since = Some(d),
+                None => {
+                    let message = format!(
+                        "since={value:?} is not a duration: use e.g. 90s, 30m, 2h or 1d (at most 7d)"
+                    );
+                    return ApiError::new(ErrorCode::Unsupported, message)
+                        .with_status(http::StatusCode::BAD_REQUEST)
+                        .into_response();
+                }
+            },
+            _ => {}
+        }
+    }
+    let report = mirror.status(since).await;
+    if json {
+        ([(CACHE_CONTROL, "no-store")], axum::Json(report)).into_response()
+    } else {
+        (
+            [
+                (CONTENT_TYPE, "text/html; charset=utf-8"),
+                (CACHE_CONTROL, "no-store"),
+            ],
+            crate::status::render_html(&report),
+        )
+            .into_response()
+    }
+}
+
+/// `90s`, `30m`, `2h`, `1d`, or plain seconds.
+pub fn parse_since(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "m" => number.checked_mul(60)?,
+        "h" => number.checked_mul(3600)?,
+        "d" => number.checked_mul(86_400)?,
+        _ => return None,
+    };
+    let since = Duration::from_secs(seconds);
+    (since <= MAX_SINCE && seconds > 0).then_some(since)
+}
+
+/// The admin token when one is configured; without one, loopback clients only (the page
+/// names client addresses and images).
+fn authorize(mirror: &Mirror, request: &Request) -> Result<(), ApiError> {
+    if mirror.config().admin_token.is_some() {
+        return super::admin::authorize(mirror, request.headers());
+    }
+    let loopback = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|ConnectInfo(addr)| addr.ip().to_canonical().is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Denied,
+            "the status page is served to loopback clients only unless admin_token_file is set",
+        )
+        .with_status(http::StatusCode::FORBIDDEN))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_seconds_minutes_hours_days() {
+        assert_eq!(parse_since("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_since("30m"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_since("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_since("1d"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_since("45"), Some(Duration::from_secs(45)));
+        for bad in [
+            "",
+            "m",
+            "0",
+            "-1m",
+            "8d",
+            "99999999999999999999d",
+            "1w",
+            "1.5h",
+        ] {
+            assert_eq!(parse_since(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The status report of `/_berth/status`: one set of types for the JSON (stable keys), the
+//! HTML page a person opens in a browser, and `berth status` in a terminal.
+
+mod html;
+mod text;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::pulls::{Failures, ImageFailures, NodeFailures};
+pub use html::render_html;
+pub use text::render_text;
+
+/// Seconds between refreshes of the HTML page.
+pub const REFRESH_SECONDS: u32 = 10;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    /// Seconds since the Unix epoch.
+    pub generated_at: u64,
+    pub started_at: u64,
+    /// `failures` covers this many recent seconds (`?since=`), or everything since start.
+    pub since_seconds: Option<u64>,
+    /// Client requests recorded since start.
+    pub requests: u64,
+    pub upstreams: Vec<UpstreamStatus>,
+    pub failures: Failures,
+    pub fills: Vec<FillStatus>,
+    pub cache: CacheStatus,
+    pub pins: Vec<PinStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpstreamStatus {
+    pub name: String,
+    pub url: String,
+    /// `up`, `probing` or `down` (the circuit breaker).
+    pub state: String,
+    pub requests: u64,
+    pub failures: u64,
+    pub last_success: Option<u64>,
+    pub last_error_at: Option<u64>,
+    pub last_error_class: Option<crate::upstream::ErrorClass>,
+    pub last_error: Option<String>,
+    /// Median client latency of recent successful requests, milliseconds.
+    pub p50_ms: Option<u64>,
+    /// Docker Hub's `ratelimit-remaining`, when the upstream sent one.
+    pub ratelimit_remaining: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FillStatus {
+    pub digest: String,
+    pub bytes: u64,
+    pub total: Option<u64>,
+    pub percent: Option<f64>,
+    pub bytes_per_second: u64,
+    /// Client responses following this fill.
+    pub waiters: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CacheStatus {
+    pub bytes: u64,
+    /// `[store] max_size`, if set.
+    pub limit: Option<u64>,
+    pub hits: u64,
+    pub misses: u64,
+    pub hit_ratio: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PinStatus {
+    pub name: String,
+    pub manifests: u64,
+    /// Every pinned manifest and the blobs they name are in the cache.
+    pub complete: bool,
+    pub missing: u64,
+}
+
+/// "3m ago" style ages for people.
+pub fn ago(now: u64, at: u64) -> String {
+    let secs = now.saturating_sub(at);
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86_399 => format!("{}h{:02}m ago", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    indicatif::HumanBytes(bytes).to_string()
+}
