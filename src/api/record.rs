@@ -18,7 +18,8 @@ use hyper::body::{Frame, SizeHint};
 use tokio::time::Instant;
 
 use super::error::FailureFact;
-use crate::mirror::Mirror;
+use crate::coalesce::FillError;
+use crate::mirror::{Mirror, MirrorError};
 use crate::pulls::Pull;
 use crate::upstream::ErrorClass;
 
@@ -96,7 +97,7 @@ struct Pending {
 }
 
 impl Pending {
-    fn finish(self, bytes: u64, body_error: Option<String>) {
+    fn finish(self, bytes: u64, body_error: Option<(Option<ErrorClass>, String)>) {
         let duration = self.started.elapsed();
         let metrics = self.mirror.metrics();
         metrics.client_request(self.endpoint, self.status, duration.as_secs_f64());
@@ -105,14 +106,32 @@ impl Pending {
         };
         pull.bytes = bytes;
         pull.duration = duration;
-        if let Some(cause) = body_error {
+        if let Some((class, cause)) = body_error {
             // The headers said 200 but the body broke (a fill that failed mid-transfer).
             pull.status = 502;
-            pull.error_class = Some(pull.error_class.unwrap_or(ErrorClass::Reset));
+            pull.error_class = class.or(pull.error_class).or(Some(ErrorClass::Other));
             pull.error = Some(cause);
         }
         self.mirror.pulls().add(pull);
     }
+}
+
+/// The class and message of a body that broke: the fill's own error when it failed.
+fn body_failure(e: &axum::Error) -> (Option<ErrorClass>, String) {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        let fill = s.downcast_ref::<FillError>().or_else(|| {
+            s.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<FillError>())
+        });
+        if let Some(fill) = fill {
+            let class = fill.cause::<MirrorError>().map(MirrorError::class);
+            return (class, fill.to_string());
+        }
+        source = s.source();
+    }
+    (None, e.to_string())
 }
 
 struct RecordedBody {
@@ -139,7 +158,7 @@ impl HttpBody for RecordedBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 if let Some(pending) = this.pending.take() {
-                    pending.finish(this.bytes, Some(e.to_string()));
+                    pending.finish(this.bytes, Some(body_failure(e)));
                 }
             }
             Poll::Ready(None) => {

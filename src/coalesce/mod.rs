@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-pub use reader::FillReader;
+pub use reader::{FillError, FillReader};
 
 pub use singleflight::Singleflight;
 

@@ -22,6 +22,40 @@ pub struct FillReader<E> {
     end: Option<u64>,
 }
 
+/// Why a reader failed: the producer's error, kept whole (type-erased) inside the `io::Error`
+/// so the API can tell its class (`FillError::cause::<MirrorError>()`).
+pub struct FillError {
+    message: String,
+    cause: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl FillError {
+    fn new<E: Display + Clone + Send + Sync + 'static>(e: &E) -> FillError {
+        FillError {
+            message: format!("upstream fill failed: {e}"),
+            cause: Box::new(e.clone()),
+        }
+    }
+
+    pub fn cause<E: 'static>(&self) -> Option<&E> {
+        self.cause.downcast_ref()
+    }
+}
+
+impl Display for FillError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::fmt::Debug for FillError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for FillError {}
+
 /// Counts a fill's live readers; the count drops with the reader (client gone or done).
 pub(super) struct ReaderCount(Arc<AtomicUsize>);
 
@@ -100,7 +134,7 @@ impl<E: Clone + Display + Send + Sync + 'static> FillReader<E> {
             || match &state.outcome {
                 Some(Ok(())) => true,
                 Some(Err(FillFailure::Failed(e))) => {
-                    return Step::Fail(io::Error::other(format!("upstream fill failed: {e}")));
+                    return Step::Fail(io::Error::other(FillError::new(e)));
                 }
                 Some(Err(FillFailure::Abandoned)) => {
                     return Step::Fail(io::Error::other("fill abandoned by its producer"));
