@@ -307,6 +307,16 @@ impl Metrics {
             .inc();
     }
 
+    /// Creates the per-upstream series at start, so dashboards and alerts see zeros, not gaps.
+    pub fn announce_upstream(&self, upstream: &str) {
+        let labels = UpstreamNameLabels {
+            upstream: upstream.into(),
+        };
+        let _ = self.upstream_state.get_or_create(&labels);
+        let _ = self.stale_answers.get_or_create(&labels);
+        let _ = self.upstream_resumes.get_or_create(&labels);
+    }
+
     pub fn upstream_error(&self, upstream: &str, class: ErrorClass) {
         self.upstream_errors
             .get_or_create(&UpstreamClassLabels {

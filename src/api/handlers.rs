@@ -249,6 +249,7 @@ impl Query {
 }
 
 pub async fn metrics(State(mirror): State<Arc<Mirror>>) -> Response {
+    mirror.refresh_gauges();
     (
         [(
             CONTENT_TYPE,

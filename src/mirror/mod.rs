@@ -63,6 +63,7 @@ impl Mirror {
         for (name, upstream) in &config.upstreams {
             let client = UpstreamClient::new(upstream.clone(), metrics.clone())
                 .map_err(|e| std::io::Error::new(e.kind(), format!("upstream {name}: {e}")))?;
+            metrics.announce_upstream(name);
             upstreams.insert(name.clone(), Arc::new(client));
         }
         let blob_fills = Fills::new(&config.data_dir.join("spool"))?;

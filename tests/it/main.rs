@@ -21,6 +21,7 @@ mod fake_upstream_selftest;
 mod faults;
 mod generate;
 mod mss_blackhole;
+mod observe;
 mod prewarm;
 mod pull_through;
 mod s3_replicas;
