@@ -8,7 +8,7 @@ use super::{REFRESH_SECONDS, StatusReport, ago, human_bytes};
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:70rem;padding:.5rem 1rem;color:#1a1a1a;background:#fafafa}\
 h1{font-size:1.3rem;margin:.3rem 0}h2{font-size:1.05rem;margin:1.2rem 0 .3rem;border-bottom:1px solid #ccc}\
 .meta{color:#555}.scroll{overflow-x:auto}table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}\
-th,td{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #e3e3e3;vertical-align:top}th{background:#eee;white-space:nowrap}\
+th,td{text-align:left;overflow-wrap:anywhere;padding:.25rem .5rem;border-bottom:1px solid #e3e3e3;vertical-align:top}th{background:#eee;white-space:nowrap}\
 td.num{text-align:right;white-space:nowrap}.up{color:#176d1e;font-weight:600}.probing{color:#a06000;font-weight:600}\
 .down{color:#b00020;font-weight:600}.class{font-family:ui-monospace,monospace;background:#fde8e8;padding:0 .25rem;border-radius:3px}\
 .none{color:#777;font-style:italic}code{font-family:ui-monospace,monospace;word-break:break-all}";

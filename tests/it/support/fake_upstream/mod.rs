@@ -52,6 +52,8 @@ pub struct Options {
     pub cdn_redirect: bool,
     /// How long a signed CDN URL stays valid.
     pub cdn_url_ttl: Duration,
+    /// Docker Hub's `ratelimit-remaining: <n>;w=21600` on manifest answers, when set.
+    pub ratelimit_remaining: Option<u32>,
 }
 
 impl Default for Options {
@@ -63,6 +65,7 @@ impl Default for Options {
             service: "fake".into(),
             cdn_redirect: true,
             cdn_url_ttl: Duration::from_secs(600),
+            ratelimit_remaining: None,
         }
     }
 }

@@ -181,7 +181,18 @@ fn manifest(
         );
         return oci_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", &msg);
     }
-    serve_bytes(shared, target, &manifest, headers, conn)
+    let mut response = serve_bytes(shared, target, &manifest, headers, conn);
+    if let Some(remaining) = shared.opts.ratelimit_remaining {
+        let value = format!("{remaining};w=21600");
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            response.headers_mut().insert("ratelimit-remaining", value);
+        }
+        response.headers_mut().insert(
+            "ratelimit-limit",
+            http::HeaderValue::from_static("100;w=21600"),
+        );
+    }
+    response
 }
 
 /// No `Accept` at all, `*/*`, or the exact media type among the listed ones.
