@@ -11,8 +11,9 @@ use url::Url;
 use super::size::RawSize;
 use super::{
     AdminToken, BUILTIN_UPSTREAMS, Config, ConfigError, Credentials, DEFAULT_DATA_DIR,
-    DEFAULT_EVICT_INTERVAL, DEFAULT_LISTEN, DEFAULT_PLATFORMS, DEFAULT_S3_REGION, DEFAULT_TAG_TTL,
-    IpPreference, Overrides, S3Config, StoreConfig, StoreKind, Transport, Upstream,
+    DEFAULT_EVICT_INTERVAL, DEFAULT_LISTEN, DEFAULT_MAX_FILLS, DEFAULT_MAX_FILLS_TOTAL,
+    DEFAULT_PLATFORMS, DEFAULT_S3_REGION, DEFAULT_TAG_TTL, IpPreference, Overrides, S3Config,
+    StoreConfig, StoreKind, Transport, Upstream,
 };
 use crate::oci::Platform;
 
@@ -24,6 +25,7 @@ pub struct RawConfig {
     pub default_upstream: Option<String>,
     pub mirror_url: Option<String>,
     pub manifest_memory_cache_mb: Option<u64>,
+    pub max_fills: Option<u32>,
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
     pub platforms: Option<Vec<String>>,
@@ -93,6 +95,9 @@ pub struct RawUpstream {
     #[serde(default, with = "humantime_serde")]
     pub breaker_cooldown: Option<Duration>,
     pub retry_budget: Option<u32>,
+    pub trusted_hosts: Option<Vec<String>>,
+    pub max_blob_size: Option<RawSize>,
+    pub max_fills: Option<u32>,
 }
 
 impl RawConfig {
@@ -205,6 +210,10 @@ impl RawConfig {
             mirror_url,
             upstreams,
             manifest_memory_cache: self.manifest_memory_cache_mb.unwrap_or(64) * 1024 * 1024,
+            max_fills: match self.max_fills {
+                Some(0) => return Err(ConfigError::new("max_fills", "must be at least 1")),
+                n => n.unwrap_or(DEFAULT_MAX_FILLS_TOTAL),
+            },
             store,
             admin_token,
             platforms,
@@ -347,12 +356,42 @@ impl RawUpstream {
             }
         }
 
+        let trusted_hosts = self
+            .trusted_hosts
+            .or(defaults.trusted_hosts.clone())
+            .unwrap_or_default();
+        if let Some(bad) = trusted_hosts
+            .iter()
+            .find(|h| h.is_empty() || h.contains(['/', ':', ' ', '@']))
+        {
+            return Err(ConfigError::new(
+                key("trusted_hosts"),
+                format!("`{bad}` is not a bare host name like \"auth.example.com\""),
+            ));
+        }
+        let max_blob_size = self
+            .max_blob_size
+            .or(defaults.max_blob_size.clone())
+            .map(|size| size.bytes())
+            .transpose()
+            .map_err(|e| ConfigError::new(key("max_blob_size"), e))?;
+        let max_fills = self
+            .max_fills
+            .or(defaults.max_fills)
+            .unwrap_or(DEFAULT_MAX_FILLS);
+        if max_fills == 0 {
+            return Err(ConfigError::new(key("max_fills"), "must be at least 1"));
+        }
+
         let is_docker_hub = name == "docker.io" || url.host_str() == Some("registry-1.docker.io");
         Ok(Upstream {
             name: name.to_string(),
             url,
             credentials,
             ca_file,
+            trusted_hosts,
+            max_blob_size,
+            max_fills,
             tag_ttl: self.tag_ttl.or(defaults.tag_ttl).unwrap_or(DEFAULT_TAG_TTL),
             official_images_prefix: self.official_images_prefix.unwrap_or(is_docker_hub),
             transport,

@@ -14,10 +14,11 @@ use std::sync::Arc;
 pub use blobs::{BlobBody, ByteRange};
 pub use error::MirrorError;
 pub use manifests::Manifest;
+pub use passthrough::ListingBody;
 pub use pins::{PinName, PinNameError, PinSet};
 pub use routing::Target;
 
-use crate::coalesce::{Fills, Singleflight};
+use crate::coalesce::{Fills, Singleflight, Slots};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Repository, Tag};
@@ -38,7 +39,10 @@ pub struct Mirror {
     upstreams: BTreeMap<String, Arc<UpstreamClient>>,
     store: Arc<dyn BlobStore>,
     metrics: Arc<Metrics>,
-    blob_fills: Fills<Digest, MirrorError>,
+    blob_fills: Fills<Digest, blobs::FillError>,
+    /// The global `max_fills` cap, and one per upstream (made on first use).
+    fill_slots: Slots,
+    upstream_fill_slots: std::sync::Mutex<std::collections::HashMap<String, Arc<Slots>>>,
     /// Running fill tasks, so a graceful shutdown lets them verify and commit.
     fill_tasks: tokio_util::task::TaskTracker,
     /// Manifests by digest, in memory in front of the store.
@@ -69,7 +73,11 @@ impl Mirror {
             .max_capacity(config.manifest_memory_cache)
             .build();
         let tags = moka::sync::Cache::builder().max_capacity(100_000).build();
+        let cap = config.max_fills as usize;
+        let fill_slots = Slots::new(cap, cap * 4, blobs::FILL_QUEUE_WAIT);
         Ok(Mirror {
+            fill_slots,
+            upstream_fill_slots: Default::default(),
             config,
             upstreams,
             store,
