@@ -1,7 +1,7 @@
 //! Who gets which credentials: Basic only to the upstream's own authority; a token realm gets
 //! the upstream's credentials only over https (unless the upstream itself is plain http) and
 //! only on the upstream's host or a host listed in `trusted_hosts`. Anyone else who challenges
-//! (a redirect target, a foreign realm) gets an anonymous token or nothing.
+//! (a redirect target, a foreign or plain-http realm) gets an anonymous token request or nothing.
 //!
 //! This file decides; `mod.rs` does the HTTP.
 
@@ -144,15 +144,10 @@ impl Auth {
                 let mut url = Url::parse(&realm).map_err(|e| {
                     UpstreamError::Protocol(format!("token realm is not a URL: {e}"))
                 })?;
+                // A plain-http realm of an https upstream still gets an anonymous request (an
+                // anonymous pull token is no secret), never the upstream's credentials.
                 match url.scheme() {
-                    "https" => {}
-                    "http" if !self.home_https => {}
-                    "http" => {
-                        return Err(UpstreamError::Refused(format!(
-                            "token realm {} is plain http for an https upstream",
-                            redacted(&url)
-                        )));
-                    }
+                    "https" | "http" => {}
                     _ => {
                         return Err(UpstreamError::Protocol(format!(
                             "token realm {} is not http(s)",
@@ -295,7 +290,7 @@ mod tests {
                 Ok(false),
             ),
             ("cdn.example:443", "https://r.example/token", Ok(false)),
-            ("r.example:443", "http://r.example/token", Err(())),
+            ("r.example:443", "http://r.example/token", Ok(false)),
         ];
         for (challenger, realm, want) in cases {
             a.challenged(challenger.into(), &repo(), bearer(realm))
