@@ -451,3 +451,59 @@ async fn a_huge_tag_page_size_is_clamped() {
         fake.requests().iter().map(|r| &r.uri).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn a_loop_of_bad_references_costs_one_upstream_request_each_briefly() {
+    let fake = FakeUpstream::start(Options::default()).await;
+    let image = images::multi_arch(69, Format::Oci);
+    fake.push("library/app", "1", &image);
+    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let missing_blob = format!("sha256:{}", "1".repeat(64));
+    for _ in 0..5 {
+        assert_eq!(
+            status_of(&berth.url("/v2/library/app/manifests/no-such-tag")).await,
+            404
+        );
+        assert_eq!(
+            status_of(&berth.url(&format!("/v2/library/app/blobs/{missing_blob}"))).await,
+            404
+        );
+    }
+    let asked = |kind: Kind| {
+        fake.requests()
+            .iter()
+            .filter(|r| r.role == Role::Registry && r.kind == kind && r.status == 404)
+            .count()
+    };
+    assert_eq!(asked(Kind::Manifest), 1, "the tag's 404 is remembered");
+    assert_eq!(asked(Kind::Blob), 1, "the blob's 404 is remembered");
+}
+
+#[tokio::test]
+async fn clients_differing_only_in_accept_share_one_upstream_get() {
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let image = images::multi_arch(71, Format::Oci);
+    fake.push("library/app", "1", &image);
+    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let url = berth.url("/v2/library/app/manifests/1");
+    // The tag is an index; these clients say they take only single manifests.
+    for accept in [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json,application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+    ] {
+        let response = client()
+            .get(&url)
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let gets = fake.count(Role::Registry, Kind::Manifest, Method::GET);
+    assert!(
+        gets <= 3,
+        "one GET for the shared record and one per Accept class (2 classes), got {gets}"
+    );
+}

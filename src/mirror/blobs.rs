@@ -125,13 +125,31 @@ impl Mirror {
                     "cannot ask the store for the blob; filling from the upstream"),
             }
             self.metrics.cache_lookup("blob", false);
+            let missing_key = (
+                target.upstream_name().to_string(),
+                target.repo.clone(),
+                digest.to_string(),
+            );
+            if self.missing.contains_key(&missing_key) {
+                return Err(MirrorError::from_upstream(
+                    target.upstream_name(),
+                    &target.repo,
+                    What::Blob(&digest.to_string()),
+                    UpstreamError::NotFound,
+                ));
+            }
             if !want_body {
                 // A HEAD asks the upstream with a HEAD; it does not start a download.
                 return self.blob_head_upstream(target, digest, range).await;
             }
             match self.blob_from_fill(target, digest, range).await {
                 Err(FillError::Raced) => continue,
-                Err(FillError::Failed(e)) => return Err(e),
+                Err(FillError::Failed(e)) => {
+                    if matches!(e, MirrorError::BlobUnknown { .. }) {
+                        self.missing.insert(missing_key, ());
+                    }
+                    return Err(e);
+                }
                 Ok(body) => return Ok(body),
             }
         }
@@ -150,6 +168,16 @@ impl Mirror {
             .upstream
             .head_blob(&target.repo, digest)
             .await
+            .inspect_err(|e| {
+                if matches!(e, UpstreamError::NotFound) {
+                    let key = (
+                        target.upstream_name().to_string(),
+                        target.repo.clone(),
+                        digest.to_string(),
+                    );
+                    self.missing.insert(key, ());
+                }
+            })
             .map_err(|e| {
                 MirrorError::from_upstream(
                     target.upstream_name(),

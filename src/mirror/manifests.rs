@@ -57,16 +57,44 @@ impl Mirror {
             Reference::Tag(tag) => {
                 let record = self.resolve_tag(target, tag, accept).await?;
                 if !accepts(accept, &record.media_type) {
-                    // The client cannot take what the tag points to for everyone else; ask the
-                    // upstream for what it can take, without touching the shared tag record.
-                    return self
-                        .fetch_manifest(target, &Reference::Tag(tag.clone()), None, Some(accept))
-                        .await;
+                    return self.narrow_manifest(target, tag, accept).await;
                 }
                 self.manifest_by_digest(target, &record.digest, accept)
                     .await
             }
         }
+    }
+
+    /// The client cannot take what the tag points to for everyone else: ask the upstream for
+    /// what it can take, without touching the shared tag record. The answer is remembered per
+    /// Accept class for `tag_ttl`, so clients that differ only in Accept cost one GET, not one each.
+    async fn narrow_manifest(
+        self: &Arc<Self>,
+        target: &Target,
+        tag: &Tag,
+        accept: &[String],
+    ) -> Result<Arc<Manifest>, MirrorError> {
+        let mut class: Vec<&str> = accept.iter().map(String::as_str).collect();
+        class.sort_unstable();
+        let key = (
+            target.upstream_name().to_string(),
+            target.repo.clone(),
+            tag.clone(),
+            class.join(","),
+        );
+        if let Some((digest, at)) = self.narrow_tags.get(&key) {
+            if at.elapsed() < target.upstream.config().tag_ttl {
+                if let Some(m) = self.cached_manifest(&digest).await {
+                    return Ok(m);
+                }
+            }
+        }
+        let manifest = self
+            .fetch_manifest(target, &Reference::Tag(tag.clone()), None, Some(accept))
+            .await?;
+        self.narrow_tags
+            .insert(key, (manifest.digest.clone(), Instant::now()));
+        Ok(manifest)
     }
 
     /// Only what is stored: a tag answers from its last known record whatever its age.
@@ -198,10 +226,24 @@ impl Mirror {
         if let Some(known) = known {
             // HEAD is free on Docker Hub's pull limit; only a changed digest costs a GET.
             let reference = Reference::Tag(tag.clone());
+            let missing_key = (upstream.to_string(), target.repo.clone(), tag.to_string());
+            if self.missing.contains_key(&missing_key) {
+                return Err(MirrorError::from_upstream(
+                    upstream,
+                    &target.repo,
+                    What::Manifest(tag.as_str()),
+                    UpstreamError::NotFound,
+                ));
+            }
             let digest = target
                 .upstream
                 .head_manifest(&target.repo, &reference, &upstream_accept(accept))
                 .await
+                .inspect_err(|e| {
+                    if matches!(e, UpstreamError::NotFound) {
+                        self.missing.insert(missing_key.clone(), ());
+                    }
+                })
                 .map_err(|e| {
                     MirrorError::from_upstream(
                         upstream,
@@ -252,6 +294,14 @@ impl Mirror {
                 e,
             )
         };
+        let missing_key = (
+            upstream.to_string(),
+            target.repo.clone(),
+            reference.to_string(),
+        );
+        if self.missing.contains_key(&missing_key) {
+            return Err(failed(UpstreamError::NotFound));
+        }
         let fetched = target
             .upstream
             .fetch_manifest(
@@ -259,8 +309,11 @@ impl Mirror {
                 reference,
                 &upstream_accept(accept.unwrap_or_default()),
             )
-            .await
-            .map_err(failed)?;
+            .await;
+        if matches!(fetched, Err(UpstreamError::NotFound)) {
+            self.missing.insert(missing_key, ());
+        }
+        let fetched = fetched.map_err(failed)?;
         let (bytes, header_digest) = (fetched.bytes, fetched.digest);
         let content_type = fetched.media_type;
         let media_type = content_type.unwrap_or_else(|| sniff_media_type(&bytes));

@@ -26,6 +26,9 @@ use crate::store::BlobStore;
 use crate::upstream::UpstreamClient;
 use tags::TagRecord;
 
+/// How long an upstream 404 for a tag, manifest or blob is believed without asking again.
+const MISSING_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where a lookup may look: a normal pull fills the cache from the upstream; `CacheOnly`
 /// (`Cache-Control: only-if-cached`) answers from what is stored and never asks an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +54,12 @@ pub struct Mirror {
     /// Last known tag → digest answers (also persisted in the store).
     tags: moka::sync::Cache<(String, Repository, Tag), TagRecord>,
     tag_flights: Singleflight<(String, Repository, Tag), Result<TagRecord, MirrorError>>,
+    /// What a tag gave clients whose Accept excludes the shared record's type, per Accept class.
+    narrow_tags:
+        moka::sync::Cache<(String, Repository, Tag, String), (Digest, tokio::time::Instant)>,
+    /// Recent upstream 404s (upstream, repo, tag or digest): a loop of bad references costs
+    /// one upstream request per [`MISSING_TTL`], not one each.
+    missing: moka::sync::Cache<(String, Repository, String), ()>,
     /// Serialises pin-set writes (each rewrites the pin index).
     pins_lock: tokio::sync::Mutex<()>,
 }
@@ -73,6 +82,11 @@ impl Mirror {
             .max_capacity(config.manifest_memory_cache)
             .build();
         let tags = moka::sync::Cache::builder().max_capacity(100_000).build();
+        let narrow_tags = moka::sync::Cache::builder().max_capacity(10_000).build();
+        let missing = moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(MISSING_TTL)
+            .build();
         let cap = config.max_fills as usize;
         let fill_slots = Slots::new(cap, cap * 4, blobs::FILL_QUEUE_WAIT);
         Ok(Mirror {
@@ -88,6 +102,8 @@ impl Mirror {
             manifest_flights: Singleflight::default(),
             tags,
             tag_flights: Singleflight::default(),
+            narrow_tags,
+            missing,
             pins_lock: tokio::sync::Mutex::new(()),
         })
     }
