@@ -29,6 +29,16 @@ impl ApiError {
         }
     }
 
+    /// A 500 `UNKNOWN`: a bug, contained.
+    pub(crate) fn internal(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "UNKNOWN",
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
     fn with_status(mut self, status: StatusCode) -> ApiError {
         self.status = status;
         self
