@@ -4,7 +4,10 @@
 //! validated once into [`Config`]. Nothing downstream re-checks strings.
 
 mod raw;
+mod resolve;
 mod size;
+mod store;
+mod upstream;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -313,7 +316,7 @@ impl Config {
             e
         };
         let raw = RawConfig::parse(&text).map_err(with_file)?;
-        raw::platforms(raw.platforms.as_deref()).map_err(with_file)
+        resolve::platforms(raw.platforms.as_deref()).map_err(with_file)
     }
 
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {

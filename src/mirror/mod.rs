@@ -11,11 +11,11 @@ mod tags;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use crate::store::pins::{PinName, PinNameError, PinSet};
 pub use blobs::{BlobBody, ByteRange};
 pub use error::MirrorError;
 pub use manifests::Manifest;
 pub use passthrough::ListingBody;
-pub use pins::{PinName, PinNameError, PinSet};
 pub use routing::Target;
 
 use crate::coalesce::{Fills, Singleflight, Slots};
@@ -60,8 +60,6 @@ pub struct Mirror {
     /// Recent upstream 404s (upstream, repo, tag or digest): a loop of bad references costs
     /// one upstream request per [`MISSING_TTL`], not one each.
     missing: moka::sync::Cache<(String, Repository, String), ()>,
-    /// Serialises pin-set writes (each rewrites the pin index).
-    pins_lock: tokio::sync::Mutex<()>,
 }
 
 impl Mirror {
@@ -104,7 +102,6 @@ impl Mirror {
             tag_flights: Singleflight::default(),
             narrow_tags,
             missing,
-            pins_lock: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -1,15 +1,13 @@
 //! `[store] max_size`: pulling more than fits keeps the cache under the limit, evicting the
 //! least recently used, keeping pinned images, and re-fetching what was evicted.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
-use support::fake_upstream::{FakeUpstream, Options};
-use support::images::{self, Blob, Format, ImageSpec};
-use support::inprocess::{Berth, client, sha256, upstream_table};
-use support::util::wait_until;
+use crate::support::fake_upstream::{FakeUpstream, Options};
+use crate::support::images::{self, Blob, Format, ImageSpec};
+use crate::support::inprocess::{Berth, client, sha256, upstream_table};
+use crate::support::util::wait_until;
 
 const KIB: u64 = 1024;
 const MAX_SIZE: u64 = 3600 * KIB;
@@ -156,7 +154,7 @@ async fn reads_touch_memory_only_and_access_times_reach_the_files_at_shutdown() 
     let fake = FakeUpstream::start(Options::plain()).await;
     let blob = images::big_blob(1, 85);
     fake.put_blob("library/lru", &blob);
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let berth = Berth::builder().upstream(&fake).start().await;
     pull_blob(&berth, &blob).await;
     let file = berth.data.path().join("blobs/sha256").join(blob.hex());
     let long_ago = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);

@@ -2,17 +2,15 @@
 //! probe is cancelled, content answers (404 from a CDN) that never count against health,
 //! credentials that stay with their authority, and bounded work per request.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::fake_upstream::{FakeUpstream, Fault, Kind, Options, Role, TlsFront};
+use crate::support::images::{self, Format};
+use crate::support::inprocess::{Berth, client, upstream_table};
+use crate::support::real::TestCa;
+use crate::support::syn_gate::SynGate;
 use http::Method;
-use support::fake_upstream::{FakeUpstream, Fault, Kind, Options, Role, TlsFront};
-use support::images::{self, Format};
-use support::inprocess::{Berth, client, upstream_table};
-use support::real::TestCa;
-use support::syn_gate::SynGate;
 
 /// Log lines at info level and above written while `f` runs on this (current-thread) runtime.
 #[derive(Clone, Default)]
