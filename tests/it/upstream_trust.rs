@@ -505,3 +505,44 @@ async fn clients_differing_only_in_accept_share_one_upstream_get() {
         "one GET for the shared record and one per Accept class (2 classes), got {gets}"
     );
 }
+
+/// The same wedge through the other door: the probe is a tag-list request (passed through,
+/// never cached) whose client hangs up while the connect is still pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_whose_client_hangs_up_still_settles_the_breaker() {
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let image = images::multi_arch(72, Format::Oci);
+    fake.push("library/app", "1", &image);
+    let mut gate = SynGate::start(fake.registry_addr).await;
+    let berth = Berth::start(&upstream_table(
+        "docker.io",
+        &gate.url(),
+        "breaker_threshold = 1\nbreaker_cooldown = \"2s\"\nconnect_timeout = \"3s\"\nmax_attempts = 1",
+    ))
+    .await;
+    let tags = berth.url("/v2/library/app/tags/list");
+    assert_eq!(status_of(&tags).await, 503, "the connect times out: open");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The probe's client gives up after 300 ms, long before the connect timeout.
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert!(impatient.get(&tags).send().await.is_err(), "client hung up");
+    gate.lift();
+    let lifted = Instant::now();
+    let mut served = false;
+    for _ in 0..40 {
+        if status_of(&tags).await == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        served && lifted.elapsed() < Duration::from_secs(8),
+        "tag lists refused {:?} after the black hole was lifted",
+        lifted.elapsed()
+    );
+}
