@@ -8,8 +8,11 @@ use std::sync::{Arc, Mutex};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
+/// The shared result of one running call.
+type Flight<V> = Shared<BoxFuture<'static, Result<V, FlightAbandoned>>>;
+
 pub struct Singleflight<K, V> {
-    calls: Arc<Mutex<HashMap<K, Shared<BoxFuture<'static, Result<V, FlightAbandoned>>>>>>,
+    calls: Arc<Mutex<HashMap<K, Flight<V>>>>,
 }
 
 /// The shared work ended without a value (it panicked, or its task was cancelled).
@@ -68,7 +71,7 @@ where
                     let _leave = leave;
                     work.await
                 });
-                let fut: BoxFuture<'static, Result<V, FlightAbandoned>> = async move {
+                let flight: Flight<V> = async move {
                     task.await.map_err(|e| {
                         if e.is_panic() {
                             tracing::error!("a shared lookup panicked; its waiters get an error");
@@ -76,10 +79,10 @@ where
                         FlightAbandoned
                     })
                 }
-                .boxed();
-                let shared = fut.shared();
-                calls.insert(key, shared.clone());
-                shared
+                .boxed()
+                .shared();
+                calls.insert(key, flight.clone());
+                flight
             }
         };
         shared.await
