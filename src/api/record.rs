@@ -18,8 +18,8 @@ use hyper::body::{Frame, SizeHint};
 use tokio::time::Instant;
 
 use super::error::FailureFact;
-use crate::coalesce::FillError;
-use crate::mirror::{Mirror, MirrorError};
+use crate::coalesce::ReaderError;
+use crate::mirror::Mirror;
 use crate::pulls::Pull;
 use crate::upstream::ErrorClass;
 
@@ -120,14 +120,13 @@ impl Pending {
 fn body_failure(e: &axum::Error) -> (Option<ErrorClass>, String) {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
-        let fill = s.downcast_ref::<FillError>().or_else(|| {
+        let fill = s.downcast_ref::<ReaderError>().or_else(|| {
             s.downcast_ref::<std::io::Error>()
                 .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<FillError>())
+                .and_then(|inner| inner.downcast_ref::<ReaderError>())
         });
         if let Some(fill) = fill {
-            let class = fill.cause::<MirrorError>().map(MirrorError::class);
-            return (class, fill.to_string());
+            return (crate::mirror::fill_failure_class(fill), fill.to_string());
         }
         source = s.source();
     }

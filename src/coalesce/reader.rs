@@ -23,15 +23,15 @@ pub struct FillReader<E> {
 }
 
 /// Why a reader failed: the producer's error, kept whole (type-erased) inside the `io::Error`
-/// so the API can tell its class (`FillError::cause::<MirrorError>()`).
-pub struct FillError {
+/// so the API can tell its class (`ReaderError::cause::<MirrorError>()`).
+pub struct ReaderError {
     message: String,
     cause: Box<dyn std::any::Any + Send + Sync>,
 }
 
-impl FillError {
-    fn new<E: Display + Clone + Send + Sync + 'static>(e: &E) -> FillError {
-        FillError {
+impl ReaderError {
+    fn new<E: Display + Clone + Send + Sync + 'static>(e: &E) -> ReaderError {
+        ReaderError {
             message: format!("upstream fill failed: {e}"),
             cause: Box::new(e.clone()),
         }
@@ -42,19 +42,19 @@ impl FillError {
     }
 }
 
-impl Display for FillError {
+impl Display for ReaderError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
     }
 }
 
-impl std::fmt::Debug for FillError {
+impl std::fmt::Debug for ReaderError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
     }
 }
 
-impl std::error::Error for FillError {}
+impl std::error::Error for ReaderError {}
 
 /// Counts a fill's live readers; the count drops with the reader (client gone or done).
 pub(super) struct ReaderCount(Arc<AtomicUsize>);
@@ -134,7 +134,7 @@ impl<E: Clone + Display + Send + Sync + 'static> FillReader<E> {
             || match &state.outcome {
                 Some(Ok(())) => true,
                 Some(Err(FillFailure::Failed(e))) => {
-                    return Step::Fail(io::Error::other(FillError::new(e)));
+                    return Step::Fail(io::Error::other(ReaderError::new(e)));
                 }
                 Some(Err(FillFailure::Abandoned)) => {
                     return Step::Fail(io::Error::other("fill abandoned by its producer"));

@@ -39,6 +39,8 @@ pub enum ErrorClass {
     Refused,
     #[serde(rename = "store")]
     Store,
+    #[serde(rename = "busy")]
+    Busy,
     #[serde(rename = "not_cached")]
     NotCached,
     #[serde(rename = "client")]
@@ -48,7 +50,7 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
-    pub const ALL: [ErrorClass; 19] = [
+    pub const ALL: [ErrorClass; 20] = [
         ErrorClass::Dns,
         ErrorClass::Connect,
         ErrorClass::TlsHandshake,
@@ -65,6 +67,7 @@ impl ErrorClass {
         ErrorClass::BreakerOpen,
         ErrorClass::Refused,
         ErrorClass::Store,
+        ErrorClass::Busy,
         ErrorClass::NotCached,
         ErrorClass::Client,
         ErrorClass::Other,
@@ -89,6 +92,7 @@ impl ErrorClass {
             ErrorClass::BreakerOpen => "breaker_open",
             ErrorClass::Refused => "refused",
             ErrorClass::Store => "store",
+            ErrorClass::Busy => "busy",
             ErrorClass::NotCached => "not_cached",
             ErrorClass::Client => "client",
             ErrorClass::Other => "other",
@@ -114,6 +118,7 @@ impl ErrorClass {
             ErrorClass::BreakerOpen => "upstream marked down (breaker open)",
             ErrorClass::Refused => "refused by berth's upstream rules",
             ErrorClass::Store => "local storage failed",
+            ErrorClass::Busy => "too many downloads running (berth's fill cap)",
             ErrorClass::NotCached => "not cached (only-if-cached)",
             ErrorClass::Client => "bad request from the client",
             ErrorClass::Other => "other failure",
@@ -157,6 +162,8 @@ impl UpstreamError {
             UpstreamError::Stalled(_) => ErrorClass::Stall,
             UpstreamError::Protocol(_) => ErrorClass::Protocol,
             UpstreamError::Down { .. } => ErrorClass::BreakerOpen,
+            UpstreamError::TooLarge { .. } => ErrorClass::TooLarge,
+            UpstreamError::Refused(_) => ErrorClass::Refused,
         }
     }
 }
