@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 
 use crate::upstream::ErrorClass;
 
-type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+pub type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// 1 ms … ~16 s: connects, handshakes, first bytes, client requests.
 fn latency_histogram() -> Histogram {
@@ -298,7 +298,24 @@ impl Metrics {
             .inc();
     }
 
+    /// Times a blob fill; observed as `failed` when dropped without [`FillTimer::ok`].
+    pub fn blob_fill_timer(&self, upstream: &str) -> FillTimer {
+        FillTimer {
+            family: self.blob_fill_seconds.clone(),
+            upstream: upstream.to_string(),
+            started: std::time::Instant::now(),
+            outcome: "failed",
+        }
+    }
+
     pub fn tag_lookup(&self, upstream: &str, outcome: &'static str) {
+        if outcome == "stale" {
+            self.stale_answers
+                .get_or_create(&UpstreamNameLabels {
+                    upstream: upstream.into(),
+                })
+                .inc();
+        }
         self.tag_lookups
             .get_or_create(&UpstreamOutcomeLabels {
                 upstream: upstream.into(),
@@ -352,5 +369,30 @@ impl Metrics {
         self.cache_lookups
             .get_or_create(&CacheLabels { kind, result })
             .inc();
+    }
+}
+
+/// See [`Metrics::blob_fill_timer`].
+pub struct FillTimer {
+    family: Histograms<UpstreamOutcomeLabels>,
+    upstream: String,
+    started: std::time::Instant,
+    outcome: &'static str,
+}
+
+impl FillTimer {
+    pub fn ok(mut self) {
+        self.outcome = "ok";
+    }
+}
+
+impl Drop for FillTimer {
+    fn drop(&mut self) {
+        self.family
+            .get_or_create(&UpstreamOutcomeLabels {
+                upstream: std::mem::take(&mut self.upstream),
+                outcome: self.outcome,
+            })
+            .observe(self.started.elapsed().as_secs_f64());
     }
 }

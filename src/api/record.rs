@@ -112,6 +112,9 @@ impl Pending {
             pull.error_class = class.or(pull.error_class).or(Some(ErrorClass::Other));
             pull.error = Some(cause);
         }
+        if pull.error_class == Some(ErrorClass::Store) {
+            metrics.store_errors.inc();
+        }
         self.mirror.pulls().add(pull);
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::coalesce::{FillFailure, FillWriter, Joined, Slot, Slots};
 use crate::oci::{Digest, Hasher};
 use crate::store::{ByteStream, keys};
+use crate::upstream::ErrorClass;
 use crate::upstream::UpstreamError;
 
 use super::error::Reference as What;
@@ -323,6 +324,8 @@ impl Mirror {
             return;
         }
         let upstream = target.upstream_name();
+        // Observed as `failed` unless marked ok: every early return below is a failure.
+        let timer = self.metrics.blob_fill_timer(upstream);
         let _slots = match self.fill_slots(target).await {
             Ok(slots) => slots,
             Err(e) => {
@@ -393,6 +396,7 @@ impl Mirror {
         let actual = hasher.finish();
         if &actual != digest {
             self.metrics.verify_failures.inc();
+            self.metrics.upstream_error(upstream, ErrorClass::Verify);
             let cause = format!("blob hashes to {actual}, expected {digest}");
             tracing::error!(%upstream, repo = %target.repo, %digest, %cause, "blob failed verification; discarded");
             writer.fail(FillError::Failed(MirrorError::Verification {
@@ -414,10 +418,13 @@ impl Mirror {
             .await;
         match committed {
             Ok(()) => {
+                timer.ok();
                 tracing::info!(%upstream, repo = %target.repo, %digest, bytes = received, "blob cached")
             }
             // The bytes are verified: the clients reading the spool still get them.
             Err(e) => {
+                timer.ok();
+                self.metrics.store_errors.inc();
                 tracing::error!(%upstream, repo = %target.repo, %digest, bytes = received, error = %e,
                 "blob verified but could not be stored; served uncached")
             }

@@ -110,14 +110,15 @@ impl MirrorError {
                 upstream,
                 retry_after,
             },
-            UpstreamError::Transport(_) | UpstreamError::Timeout(_) | UpstreamError::Stalled(_) => {
-                MirrorError::Unreachable {
-                    upstream,
-                    cause: e.to_string(),
-                    retry_after: None,
-                    class,
-                }
-            }
+            UpstreamError::Transport(_)
+            | UpstreamError::Connect { .. }
+            | UpstreamError::Timeout(_)
+            | UpstreamError::Stalled(_) => MirrorError::Unreachable {
+                upstream,
+                cause: e.to_string(),
+                retry_after: None,
+                class,
+            },
             UpstreamError::Down { retry_after } => MirrorError::Unreachable {
                 upstream,
                 cause: e.to_string(),

@@ -328,6 +328,8 @@ impl Mirror {
         let actual = Digest::of(digest.algorithm(), &bytes);
         if actual != digest {
             self.metrics.verify_failures.inc();
+            self.metrics
+                .upstream_error(upstream, crate::upstream::ErrorClass::Verify);
             return Err(MirrorError::Verification {
                 upstream: upstream.into(),
                 cause: format!(

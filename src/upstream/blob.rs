@@ -104,6 +104,9 @@ impl BlobStream {
                             "connection ended at {} of {t} bytes",
                             self.received
                         ));
+                        self.client
+                            .metrics
+                            .upstream_error(self.client.name(), e.class());
                         self.failed(e).await?;
                     }
                     _ => return Ok(None),
@@ -119,6 +122,15 @@ impl BlobStream {
         loop {
             self.body = None;
             self.request.range_from = (self.received > 0).then_some(self.received);
+            if self.received > 0 {
+                self.client
+                    .metrics
+                    .upstream_resumes
+                    .get_or_create(&crate::metrics::UpstreamNameLabels {
+                        upstream: self.client.name().to_string(),
+                    })
+                    .inc();
+            }
             match self.open_once().await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_retryable() => self.failed(e).await?,

@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 
 use super::UpstreamError;
 use super::health::Health;
+use crate::metrics::Metrics;
 
 /// A response body read with stall detection: no bytes for `stall` is a stall, and so is a
 /// transfer averaging less than `min_speed` bytes/s over a `window`. No total deadline.
@@ -21,6 +22,8 @@ pub struct BodyReader {
     window_start: tokio::time::Instant,
     window_bytes: u64,
     health: Arc<Health>,
+    /// Where failures are counted (`berth_upstream_errors_total`), by upstream name.
+    errors: (Arc<Metrics>, String),
 }
 
 impl BodyReader {
@@ -28,6 +31,7 @@ impl BodyReader {
         body: Incoming,
         transport: &crate::config::Transport,
         health: Arc<Health>,
+        errors: (Arc<Metrics>, String),
     ) -> BodyReader {
         BodyReader {
             body,
@@ -37,6 +41,7 @@ impl BodyReader {
             window_start: tokio::time::Instant::now(),
             window_bytes: 0,
             health,
+            errors,
         }
     }
 
@@ -48,6 +53,10 @@ impl BodyReader {
             .is_err_and(UpstreamError::counts_against_health)
         {
             self.health.record_failure();
+        }
+        if let Err(e) = &result {
+            let (metrics, upstream) = &self.errors;
+            metrics.upstream_error(upstream, e.class());
         }
         result
     }

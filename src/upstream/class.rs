@@ -157,6 +157,8 @@ impl UpstreamError {
             UpstreamError::Status { status, .. } if *status >= 500 => ErrorClass::Status5xx,
             UpstreamError::Status { .. } => ErrorClass::Protocol,
             // Refined by the connector's phase once the client carries it (dns/connect/tls).
+            UpstreamError::Connect { class, .. } => *class,
+            // A connection that worked and then broke (reset, closed early, body read failed).
             UpstreamError::Transport(_) => ErrorClass::Reset,
             UpstreamError::Timeout(_) => ErrorClass::HeaderTimeout,
             UpstreamError::Stalled(_) => ErrorClass::Stall,
@@ -167,3 +169,32 @@ impl UpstreamError {
         }
     }
 }
+
+/// A connector failure tagged with its phase, carried inside the `io::Error` hyper hands back.
+#[derive(Debug)]
+pub(super) struct PhaseError {
+    pub class: ErrorClass,
+    message: String,
+}
+
+impl PhaseError {
+    /// Wraps `e` (keeping its kind) as a failure of the `class` phase.
+    pub fn wrap(class: ErrorClass, e: std::io::Error) -> std::io::Error {
+        let kind = e.kind();
+        std::io::Error::new(
+            kind,
+            PhaseError {
+                class,
+                message: e.to_string(),
+            },
+        )
+    }
+}
+
+impl std::fmt::Display for PhaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PhaseError {}

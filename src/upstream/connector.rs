@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use hyper::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
@@ -27,7 +29,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use super::class::{ErrorClass, PhaseError};
 use crate::config::{IpPreference, Transport, Upstream};
+use crate::metrics::{Histograms, Metrics, UpstreamNameLabels};
 
 /// How long sent data may stay unacknowledged before the kernel gives up on the socket.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,6 +42,8 @@ pub struct Connector {
     transport: Transport,
     tls: Arc<rustls::ClientConfig>,
     addresses: Arc<AddressRule>,
+    /// Where connect and handshake times go (`berth_upstream_connect_seconds`, ...).
+    timings: Option<(Arc<Metrics>, String)>,
 }
 
 impl Connector {
@@ -46,6 +52,18 @@ impl Connector {
             transport: upstream.transport.clone(),
             tls,
             addresses: Arc::new(AddressRule::new(upstream)),
+            timings: None,
+        }
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>, upstream: &str) -> Connector {
+        self.timings = Some((metrics, upstream.to_string()));
+        self
+    }
+
+    fn observe(&self, pick: fn(&Metrics) -> &Histograms<UpstreamNameLabels>, since: Instant) {
+        if let Some((metrics, upstream)) = &self.timings {
+            Metrics::upstream_histogram(pick(metrics), upstream, since.elapsed().as_secs_f64());
         }
     }
 }
@@ -203,20 +221,26 @@ impl Connector {
             .to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
 
+        let started = Instant::now();
         let tcp = tokio::time::timeout(self.transport.connect_timeout, self.dial(&host, port))
             .await
             .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("TCP connect to {host}:{port} timed out"),
+                PhaseError::wrap(
+                    ErrorClass::Connect,
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("TCP connect to {host}:{port} timed out"),
+                    ),
                 )
             })??;
+        self.observe(|m| &m.upstream_connect_seconds, started);
         if !https {
             return Ok(Conn::plain(tcp));
         }
         let name = ServerName::try_from(host.clone())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let started = Instant::now();
         let stream = tokio::time::timeout(self.transport.tls_timeout, tls.connect(name, tcp))
             .await
             .map_err(|_| {
@@ -224,27 +248,37 @@ impl Connector {
                     io::ErrorKind::TimedOut,
                     format!("TLS handshake with {host}:{port} timed out"),
                 )
-            })??;
+            })
+            .and_then(|r| r)
+            .map_err(|e| PhaseError::wrap(ErrorClass::TlsHandshake, e))?;
+        self.observe(|m| &m.upstream_tls_handshake_seconds, started);
         Ok(Conn::tls(stream))
     }
 
     /// Resolves and tries each address in turn.
     async fn dial(&self, host: &str, port: u16) -> io::Result<TcpStream> {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| PhaseError::wrap(ErrorClass::Dns, e))?
+            .collect();
+        // The address rule's refusal stays a plain PermissionDenied (class `refused`).
         let mut addrs = self.addresses.filter(host, addrs)?;
         match self.transport.ip_preference {
             IpPreference::Auto => {}
             IpPreference::Ipv4 => addrs.sort_by_key(|a| !a.is_ipv4()),
             IpPreference::Ipv6 => addrs.sort_by_key(|a| !a.is_ipv6()),
         }
-        let mut last = io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{host} resolved to no address"),
+        let mut last = PhaseError::wrap(
+            ErrorClass::Dns,
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{host} resolved to no address"),
+            ),
         );
         for addr in addrs {
             match self.dial_addr(addr).await {
                 Ok(stream) => return Ok(stream),
-                Err(e) => last = e,
+                Err(e) => last = PhaseError::wrap(ErrorClass::Connect, e),
             }
         }
         Err(last)

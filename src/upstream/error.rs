@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::class::{ErrorClass, PhaseError};
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     #[error("not found upstream")]
@@ -17,6 +19,9 @@ pub enum UpstreamError {
     },
     #[error("upstream connection failed: {0}")]
     Transport(String),
+    /// No connection: name lookup, TCP connect or TLS handshake failed (`class` says which).
+    #[error("upstream connection failed: {cause}")]
+    Connect { class: ErrorClass, cause: String },
     #[error("upstream timed out: {0}")]
     Timeout(String),
     #[error("upstream transfer stalled: no bytes for {0:?}")]
@@ -37,9 +42,10 @@ impl UpstreamError {
     /// Worth another attempt: the network or the upstream's momentary state, not the request.
     pub fn is_retryable(&self) -> bool {
         match self {
-            UpstreamError::Transport(_) | UpstreamError::Timeout(_) | UpstreamError::Stalled(_) => {
-                true
-            }
+            UpstreamError::Transport(_)
+            | UpstreamError::Connect { .. }
+            | UpstreamError::Timeout(_)
+            | UpstreamError::Stalled(_) => true,
             UpstreamError::TooManyRequests { .. } => true,
             UpstreamError::Status { status, .. } => *status >= 500,
             UpstreamError::NotFound
@@ -56,9 +62,10 @@ impl UpstreamError {
     /// resets, 5xx, 429), as opposed to an answer about the content (404, 401/403, too big)?
     pub fn counts_against_health(&self) -> bool {
         match self {
-            UpstreamError::Transport(_) | UpstreamError::Timeout(_) | UpstreamError::Stalled(_) => {
-                true
-            }
+            UpstreamError::Transport(_)
+            | UpstreamError::Connect { .. }
+            | UpstreamError::Timeout(_)
+            | UpstreamError::Stalled(_) => true,
             UpstreamError::TooManyRequests { .. } => true,
             UpstreamError::Status { status, .. } => *status >= 500,
             _ => false,
@@ -78,6 +85,13 @@ impl UpstreamError {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = source {
             if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                // The connector tags its failures with the phase (dns, connect, TLS).
+                if let Some(phase) = io.get_ref().and_then(|i| i.downcast_ref::<PhaseError>()) {
+                    return UpstreamError::Connect {
+                        class: phase.class,
+                        cause: phase.to_string(),
+                    };
+                }
                 if io.kind() == std::io::ErrorKind::TimedOut {
                     return UpstreamError::Timeout(io.to_string());
                 }

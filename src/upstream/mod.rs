@@ -133,7 +133,8 @@ pub struct UpstreamClient {
 impl UpstreamClient {
     pub fn new(config: Upstream, metrics: Arc<Metrics>) -> io::Result<UpstreamClient> {
         let tls = connector::tls_config(config.ca_file.as_deref(), config.transport.http1_only)?;
-        let connector = Connector::new(&config, Arc::new(tls));
+        let connector =
+            Connector::new(&config, Arc::new(tls)).with_metrics(metrics.clone(), &config.name);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(16)
@@ -247,7 +248,30 @@ impl UpstreamClient {
 
     /// A reader for a response body that detects stalls and (if configured) crawling transfers.
     fn body(&self, body: Incoming) -> BodyReader {
-        BodyReader::new(body, &self.config.transport, self.health.clone())
+        BodyReader::new(
+            body,
+            &self.config.transport,
+            self.health.clone(),
+            (self.metrics.clone(), self.config.name.clone()),
+        )
+    }
+
+    /// Docker Hub's `ratelimit-remaining: <n>;w=<seconds>`, as a gauge.
+    fn note_ratelimit(&self, response: &Response<Incoming>) {
+        let remaining = response
+            .headers()
+            .get("ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .and_then(|n| n.trim().parse::<i64>().ok());
+        if let Some(remaining) = remaining {
+            self.metrics
+                .upstream_ratelimit_remaining
+                .get_or_create(&crate::metrics::UpstreamNameLabels {
+                    upstream: self.config.name.clone(),
+                })
+                .set(remaining);
+        }
     }
 
     /// Sends the request, retrying transient failures with backoff, and returns a 2xx response
@@ -288,6 +312,7 @@ impl UpstreamClient {
         if !permit.is_probe() {
             let result = self.attempt(req).await;
             permit.record(outcome(&result));
+            self.count_error(&result);
             return result;
         }
         // The probe decides for every client: it runs to its end in its own task even if
@@ -296,11 +321,21 @@ impl UpstreamClient {
         let probe = tokio::spawn(async move {
             let result = this.attempt(&req).await;
             permit.record(outcome(&result));
+            this.count_error(&result);
             result
         });
         probe
             .await
             .unwrap_or_else(|e| Err(UpstreamError::Transport(format!("probe task failed: {e}"))))
+    }
+
+    /// `berth_upstream_errors_total`: every failed attempt, by class. A 404 is an answer.
+    fn count_error<T>(&self, result: &Result<T, UpstreamError>) {
+        if let Err(e) = result {
+            if !matches!(e, UpstreamError::NotFound) {
+                self.metrics.upstream_error(&self.config.name, e.class());
+            }
+        }
     }
 
     /// One attempt: follows redirects and answers auth challenges along the way. A 403/404
@@ -395,8 +430,17 @@ impl UpstreamClient {
         url: &Url,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let timeout = self.config.transport.header_timeout;
+        let sent = tokio::time::Instant::now();
         match tokio::time::timeout(timeout, self.http.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => {
+                Metrics::upstream_histogram(
+                    &self.metrics.upstream_first_byte_seconds,
+                    &self.config.name,
+                    sent.elapsed().as_secs_f64(),
+                );
+                self.note_ratelimit(&response);
+                Ok(response)
+            }
             Ok(Err(e)) => Err(UpstreamError::from_hyper(e)),
             Err(_) => Err(UpstreamError::Timeout(format!(
                 "no response headers from {} within {timeout:?}",
