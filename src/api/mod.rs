@@ -2,6 +2,7 @@
 
 mod admin;
 mod error;
+mod fleet;
 mod handlers;
 mod record;
 mod status;
@@ -31,6 +32,7 @@ pub fn router(mirror: Arc<Mirror>) -> Router {
         .route("/_berth/pins", get(admin::list_pins))
         .route("/_berth/pins/{name}", put(admin::put_pins))
         .route("/_berth/status", get(status::status))
+        .route("/_berth/fills/{digest}", get(fleet::peer_fill))
         .fallback(handlers::not_found)
         .layer(axum::middleware::from_fn_with_state(
             mirror.clone(),

@@ -27,6 +27,9 @@ use crate::store::BlobStore;
 use crate::upstream::UpstreamClient;
 use tags::TagRecord;
 
+/// A leader replica that sends no bytes for this long is given up for the upstream.
+const FLEET_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long an upstream 404 for a tag, manifest or blob is believed without asking again.
 const MISSING_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -64,6 +67,8 @@ pub struct Mirror {
     /// Every client request, for `/_berth/status`.
     pulls: crate::pulls::PullRecord,
     pin_check: status::PinCheck,
+    /// Cross-replica fills on a shared bucket (`advertise_url` with an S3 store).
+    fleet: Option<crate::fleet::Fleet>,
 }
 
 impl Mirror {
@@ -90,9 +95,18 @@ impl Mirror {
             .max_capacity(10_000)
             .time_to_live(MISSING_TTL)
             .build();
+        let fleet = match (&config.advertise_url, &config.store.kind) {
+            (Some(url), crate::config::StoreKind::S3(_)) => Some(crate::fleet::Fleet::new(
+                url.clone(),
+                store.clone(),
+                FLEET_STALL_TIMEOUT,
+            )),
+            _ => None,
+        };
         let cap = config.max_fills as usize;
         let fill_slots = Slots::new(cap, cap * 4, blobs::FILL_QUEUE_WAIT);
         Ok(Mirror {
+            fleet,
             fill_slots,
             upstream_fill_slots: Default::default(),
             config,
