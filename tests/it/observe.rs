@@ -641,3 +641,20 @@ async fn a_real_prometheus_evaluates_every_shipped_expression() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+#[ignore = "needs prometheus (promtool): run by scripts/test"]
+fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
+    if !crate::support::prereq::require_tool("promtool") {
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    for args in [
+        ["check", "rules", "berth-alerts.yml"],
+        ["test", "rules", "berth-alerts.test.yml"],
+    ] {
+        let mut cmd = std::process::Command::new("promtool");
+        cmd.args(args).current_dir(&dir);
+        crate::support::util::run(&mut cmd, Duration::from_secs(60)).expect_success();
+    }
+}
