@@ -4,8 +4,8 @@
 //!   containerd / podman / curl
 //!            │  OCI pull API  (?ns=<registry>, /v2/<registry>/<repo>/…, or default upstream)
 //!            ▼
-//!   api        the only module that names axum: routing, handlers, OCI error JSON
-//!            │
+//!   api        the only module that names axum: routing, handlers, OCI error JSON; records
+//!            │ every request to its last byte (pull record, client metrics), /_berth/status
 //!   mirror     the use case: tag freshness, manifest and blob flows, stale serving
 //!      │    \
 //!      │     coalesce   one upstream fill, spooled to disk, streamed to every waiter;
@@ -19,17 +19,21 @@
 //!   oci        pure types, no I/O: Digest, Reference, Repository, OciPath, ErrorCode, the
 //!              manifest model (ManifestDoc, Descriptor), the OCI error body
 //!
+//!   pulls      the bounded record of client requests (ring of 10,000, failures by image
+//!              and by node); owned by the mirror, fed by api
+//!   status     the status report's types and renderings (HTML page, `berth status` text)
 //!   config     file → env → flags, validated once into typed config
 //!   generate   K3s registries.yaml and containerd hosts.toml writers
 //!   prewarm    a client of a running berth: pulls image groups as containerd would, pins
 //!              them (/_berth/pins), checks offline readiness (Cache-Control: only-if-cached)
 //!   serve      wiring: store (+ evictor task on disk) + mirror + api; drains fills on shutdown
-//!   cli        one file per subcommand (serve, cache, prewarm, generators); glue only
+//!   cli        one file per subcommand (serve, cache, prewarm, status, generators); glue only
 //! ```
 //!
 //! Dependency rule: `cli → api/generate/prewarm → mirror → upstream/store/coalesce → oci`, plus
 //! `cli → store` for the offline cache commands (`berth cache stats|verify|gc`). Every layer
-//! reads `config` and `metrics`. `oci` imports nothing of ours.
+//! reads `config` and `metrics`; `pulls`, `status` and `metrics` name `upstream::ErrorClass`
+//! (the failure classes are the upstream client's). `oci` imports nothing of ours.
 //!
 //! Two HTTP clients, on purpose: `upstream` is hyper on berth's own socket2/rustls connector
 //! (it needs TCP_MAXSEG before connect, the address checks after DNS, its own timeouts);
