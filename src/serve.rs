@@ -70,6 +70,15 @@ pub async fn run(
             }
         };
     let mirror = Arc::new(Mirror::new(config.clone(), store, metrics)?);
+    if let Some(path) = &config.access_log {
+        let log = crate::pulls::AccessLog::open(path).with_context(|| {
+            format!(
+                "cannot open access_log {}; fix the path or remove the key",
+                path.display()
+            )
+        })?;
+        mirror.pulls().log_to(log);
+    }
     let app = crate::api::router(mirror.clone());
     tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), store = %store_location,
         upstreams = ?config.upstreams.keys().collect::<Vec<_>>(), default = %config.default_upstream, "berth is serving");

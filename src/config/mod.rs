@@ -43,6 +43,8 @@ pub struct Config {
     pub platforms: Vec<Platform>,
     /// Where cached content lives and how big it may grow (`[store]`).
     pub store: StoreConfig,
+    /// JSON-lines access log (`-` = standard output); none by default.
+    pub access_log: Option<PathBuf>,
 }
 
 /// The `[store]` table: which backend keeps blobs, manifests and tag records, and how big the

@@ -113,6 +113,7 @@ impl RawConfig {
             store,
             admin_token,
             platforms,
+            access_log: self.access_log,
         })
     }
 }

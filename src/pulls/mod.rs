@@ -3,6 +3,7 @@
 //! per client request); read by `/_berth/status`. Every map is bounded, because clients
 //! choose the names and the addresses.
 
+mod access_log;
 mod failures;
 
 use std::collections::{HashMap, VecDeque};
@@ -10,6 +11,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+pub use access_log::AccessLog;
 pub use failures::{Failures, ImageFailures, NodeFailures, unix_seconds};
 
 use crate::upstream::ErrorClass;
@@ -61,6 +63,7 @@ pub struct RegistryFacts {
 pub struct PullRecord {
     started: SystemTime,
     inner: Mutex<Inner>,
+    access_log: std::sync::OnceLock<AccessLog>,
 }
 
 struct Inner {
@@ -91,6 +94,7 @@ impl PullRecord {
                 failures: FailureTable::default(),
                 registries: HashMap::new(),
             }),
+            access_log: std::sync::OnceLock::new(),
         }
     }
 
@@ -98,7 +102,15 @@ impl PullRecord {
         self.started
     }
 
+    /// Every request added from now on is also written to `log`.
+    pub fn log_to(&self, log: AccessLog) {
+        let _ = self.access_log.set(log);
+    }
+
     pub fn add(&self, pull: Pull) {
+        if let Some(log) = self.access_log.get() {
+            log.write(&pull);
+        }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.requests += 1;
         if inner.registries.len() < MAX_REGISTRIES || inner.registries.contains_key(&pull.registry)

@@ -1,0 +1,134 @@
+//! The optional access log (`access_log` in berth.toml): one JSON object per client request,
+//! written by its own task so a slow disk never delays a response. Lines that do not fit the
+//! bounded queue are dropped and counted, never buffered without limit.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
+
+use super::Pull;
+
+/// Lines waiting for the writer; beyond this they are dropped.
+const QUEUE: usize = 8_192;
+
+pub struct AccessLog {
+    lines: mpsc::Sender<String>,
+    dropped: AtomicU64,
+}
+
+impl AccessLog {
+    /// Appends to `path` (`-` = standard output). Call inside the runtime: spawns the writer.
+    pub fn open(path: &Path) -> std::io::Result<AccessLog> {
+        let mut out: Box<dyn std::io::Write + Send> = if path == Path::new("-") {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )
+        };
+        let (lines, mut rx) = mpsc::channel::<String>(QUEUE);
+        tokio::task::spawn_blocking(move || {
+            while let Some(line) = rx.blocking_recv() {
+                let mut batch = line;
+                // Whatever queued meanwhile goes out in the same write.
+                while let Ok(more) = rx.try_recv() {
+                    batch.push_str(&more);
+                }
+                if let Err(e) = out.write_all(batch.as_bytes()).and_then(|()| out.flush()) {
+                    tracing::warn!(error = %e, "cannot write the access log");
+                }
+            }
+        });
+        Ok(AccessLog {
+            lines,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    pub fn write(&self, pull: &Pull) {
+        let mut line = line(pull);
+        line.push('\n');
+        if self.lines.try_send(line).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped,
+                    "access log lines dropped: the writer cannot keep up"
+                );
+            }
+        }
+    }
+}
+
+fn line(pull: &Pull) -> String {
+    let time = pull
+        .at
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    serde_json::json!({
+        "time": time,
+        "client": pull.client.map(|c| c.to_string()),
+        "registry": pull.registry,
+        "repository": pull.repository,
+        "reference": pull.reference,
+        "kind": pull.kind,
+        "status": pull.status,
+        "bytes": pull.bytes,
+        "duration_ms": pull.duration.as_secs_f64() * 1000.0,
+        "error_class": pull.error_class,
+        "error": pull.error,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[tokio::test]
+    async fn each_request_is_one_json_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.jsonl");
+        let log = AccessLog::open(&path).unwrap();
+        for status in [200, 502] {
+            log.write(&Pull {
+                at: SystemTime::now(),
+                client: Some("10.27.27.21".parse().unwrap()),
+                registry: "ghcr.io".into(),
+                repository: "fluxcd/flux-cli".into(),
+                reference: "v2.3.0".into(),
+                kind: "manifest",
+                status,
+                error_class: (status == 502).then_some(crate::upstream::ErrorClass::Stall),
+                error: None,
+                bytes: 1234,
+                duration: Duration::from_millis(12),
+            });
+        }
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["client"], "10.27.27.21");
+        assert_eq!(lines[0]["reference"], "v2.3.0");
+        assert_eq!(lines[0]["error_class"], serde_json::Value::Null);
+        assert_eq!(lines[1]["status"], 502);
+        assert_eq!(lines[1]["error_class"], "stall");
+    }
+}
