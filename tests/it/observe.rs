@@ -658,3 +658,104 @@ fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
         crate::support::util::run(&mut cmd, Duration::from_secs(60)).expect_success();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berth_status_prints_failures_by_image_and_node_in_words() {
+    let (berth, _fake) = faulty_mirror().await;
+    let mirror = berth.url("");
+    let (text, json) = tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
+            cmd.arg("status").arg("--mirror").arg(&mirror).args(args);
+            let out = crate::support::util::run(&mut cmd, Duration::from_secs(30));
+            out.expect_success();
+            out.stdout
+        };
+        (run(&[]), run(&["--json", "--since", "30m"]))
+    })
+    .await
+    .unwrap();
+    assert!(text.contains("Failed pulls by image"), "{text}");
+    assert!(
+        text.contains("docker.io/library/stall") && text.contains("transfer stalled mid-body"),
+        "{text}"
+    );
+    assert!(
+        text.contains("docker.io/library/corrupt") && text.contains("did not match its digest"),
+        "{text}"
+    );
+    assert!(
+        text.contains("127.0.0.2") && text.contains("127.0.0.3"),
+        "{text}"
+    );
+    let report: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["since_seconds"], 1800);
+    assert_eq!(report["failures"]["by_node"].as_array().unwrap().len(), 2);
+
+    let mut bad = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
+    bad.args(["status", "--mirror", "ftp://x", "--since", "30m"]);
+    let out = tokio::task::spawn_blocking(move || {
+        crate::support::util::run(&mut bad, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert!(!out.success);
+    assert!(out.stderr.contains("not an http(s) URL"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_fill_shows_its_progress_and_waiters() {
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let blob = images::big_blob(4, 61);
+    fake.put_blob("library/big", &blob);
+    // 1 MiB, then nothing for 3 s (under the 20 s stall timeout), then the rest.
+    fake.inject(
+        Fault::stall(1024 * 1024, Duration::from_secs(3), AfterStall::Continue).kind(Kind::Blob),
+    );
+    let berth = Berth::builder().upstream(&fake).start().await;
+    let url = berth.url(&format!("/v2/library/big/blobs/{}", blob.digest));
+    let pulls: Vec<_> = [NODE_A, NODE_B]
+        .into_iter()
+        .map(|address| {
+            let url = url.clone();
+            tokio::spawn(async move { pull(&node(address), &url).await })
+        })
+        .collect();
+    let mut fill = Value::Null;
+    for _ in 0..100 {
+        let status = status_json(&berth, "").await;
+        if let Some(f) = status["fills"].as_array().and_then(|f| f.first()) {
+            if f["bytes"].as_u64().unwrap_or(0) >= 1024 * 1024 && f["waiters"] == 2 {
+                fill = f.clone();
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        fill["digest"],
+        blob.digest.as_str(),
+        "no fill in progress seen"
+    );
+    assert_eq!(fill["total"], blob.size());
+    assert!(fill["percent"].as_f64().unwrap() >= 25.0 - 0.01);
+    assert_eq!(
+        berth.metric("berth_fills_in_flight", &[]).await,
+        1.0,
+        "the gauge agrees"
+    );
+    for p in pulls {
+        assert_eq!(p.await.unwrap(), 200);
+    }
+    // Clients finish at verification; the fill ends after its commit.
+    berth.wait_committed(&blob.digest).await;
+    let mut fills = usize::MAX;
+    for _ in 0..100 {
+        fills = status_json(&berth, "").await["fills"].as_array().unwrap().len();
+        if fills == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fills, 0, "a finished fill leaves the list");
+}
