@@ -442,9 +442,9 @@ impl Mirror {
             })
             .await;
         if let (Role::Follower(lease), Some(fleet)) = (&role, &self.fleet) {
-            if complete_from_leader(&started, received) {
-                // The leader finished; its own guard removes the lease.
-            } else {
+            // When the leader finished, its own guard removes the lease; when we finished
+            // without it, its lease is left over.
+            if !complete {
                 fleet.release_abandoned(digest, lease).await;
             }
         }
@@ -469,11 +469,6 @@ enum Followed {
     Leader(Option<Option<u64>>, crate::fleet::PeerError),
     /// Our own spool failed: the fill fails.
     Store(MirrorError),
-}
-
-/// Did the follower get every byte from the leader (so nothing was fetched upstream)?
-fn complete_from_leader(started: &Option<Option<u64>>, received: u64) -> bool {
-    started.flatten() == Some(received)
 }
 
 impl Mirror {
