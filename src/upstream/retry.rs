@@ -1,7 +1,10 @@
-//! The one retry loop ([`UpstreamClient::send`]) and its backoff. The attempt budget is `max_attempts` header-stage attempts per
-//! upstream call (manifest, tag HEAD, listing, and each blob transfer); a blob transfer that
-//! breaks mid-body resumes under the same budget, reset only by progress (see
-//! `UpstreamClient::fetch_blob`). Retries across all calls are capped by the health's budget.
+//! The one retry loop ([`UpstreamClient::send`]) and its backoff.
+//!
+//! Attempt budget: `max_attempts` header-stage attempts per call (manifest, tag HEAD, blob
+//! HEAD, listing). A blob download (`blob.rs`) has one budget of `max_attempts` failures
+//! without progress for its first request and every resume together; a received byte resets
+//! it. Never nested, so never `max_attempts²`. Retries across all calls of an upstream are
+//! capped further by its retry budget (`retry_budget` per minute).
 
 use std::sync::Arc;
 use std::time::Duration;
