@@ -546,3 +546,27 @@ async fn a_probe_whose_client_hangs_up_still_settles_the_breaker() {
         lifted.elapsed()
     );
 }
+
+/// One retry owner: a blob that keeps failing at the header stage costs `max_attempts`
+/// upstream requests, not `max_attempts²` (two nested retry loops).
+#[tokio::test]
+async fn a_failing_blob_costs_max_attempts_requests_not_their_square() {
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let blob = images::big_blob(1, 73);
+    fake.put_blob("library/big", &blob);
+    fake.inject(
+        Fault::status(503, Some(0))
+            .kind(Kind::Blob)
+            .reference(&blob.digest)
+            .times(50),
+    );
+    let berth = Berth::start(&upstream_table(
+        "docker.io",
+        &fake.url(),
+        "max_attempts = 3\nbreaker_threshold = 100",
+    ))
+    .await;
+    let status = status_of(&berth.url(&format!("/v2/library/big/blobs/{}", blob.digest))).await;
+    assert_eq!(status, 502, "the upstream's 503s, passed on");
+    assert_eq!(fake.count(Role::Registry, Kind::Blob, Method::GET), 3);
+}
