@@ -345,6 +345,10 @@ impl Mirror {
                 return;
             }
         };
+        // No announced size: never more than the whole cache may hold.
+        if let Some(cap) = self.config.store.max_size {
+            stream.cap_unannounced(cap);
+        }
         writer.start(stream.total());
         let mut hasher = Hasher::new(digest.algorithm());
         let bytes_metric = self

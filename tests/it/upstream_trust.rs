@@ -570,3 +570,37 @@ async fn a_failing_blob_costs_max_attempts_requests_not_their_square() {
     assert_eq!(status, 502, "the upstream's 503s, passed on");
     assert_eq!(fake.count(Role::Registry, Kind::Blob, Method::GET), 3);
 }
+
+/// Without a Content-Length the size is only known at the end: the caps apply while reading.
+#[tokio::test]
+async fn a_blob_without_content_length_is_cut_off_at_the_caps() {
+    let fake = FakeUpstream::start(Options {
+        chunked_blobs: true,
+        ..Options::plain()
+    })
+    .await;
+    let (small, big) = (images::big_blob(1, 74), images::big_blob(3, 75));
+    fake.put_blob("library/big", &small);
+    fake.put_blob("library/big", &big);
+    for extra in ["max_blob_size = \"2MiB\"", "[store]\nmax_size = \"2MiB\""] {
+        let berth = Berth::start(&upstream_table("docker.io", &fake.url(), extra)).await;
+        let url = |b: &images::Blob| berth.url(&format!("/v2/library/big/blobs/{}", b.digest));
+        let response = client().get(url(&small)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{extra}");
+        assert!(
+            response.headers().get("content-length").is_none(),
+            "chunked through"
+        );
+        assert_eq!(response.bytes().await.unwrap(), small.bytes);
+        let response = client().get(url(&big)).send().await.unwrap();
+        // Headers went out before the cap was hit: the body breaks instead of completing.
+        let outcome = match response.status().as_u16() {
+            200 => response.bytes().await.map(|b| b.len()).map_err(|_| ()),
+            status => Err(assert_eq!(status, 502, "{extra}")),
+        };
+        assert!(
+            outcome.is_err(),
+            "{extra}: a too-large blob was delivered whole"
+        );
+    }
+}
