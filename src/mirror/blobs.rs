@@ -381,6 +381,10 @@ impl Mirror {
                     return;
                 }
             };
+            // No announced size: never more than the whole cache may hold.
+            if let Some(cap) = self.config.store.max_size {
+                stream.cap_unannounced(cap);
+            }
             if started.is_none() {
                 writer.start(stream.total());
             }
