@@ -3,6 +3,7 @@
 //! The file is parsed into `raw` types (every key optional, unknown keys refused), then
 //! validated once into [`Config`]. Nothing downstream re-checks strings.
 
+mod patterns;
 mod raw;
 mod size;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use url::Url;
 
+pub use patterns::{HostPattern, UpstreamPatterns};
 pub use raw::RawConfig;
 pub use size::parse_size;
 
@@ -28,6 +30,8 @@ pub struct Config {
     /// How nodes reach this mirror (used by the config generators), e.g. `http://10.27.27.10:5000`.
     pub mirror_url: Option<Url>,
     pub upstreams: BTreeMap<String, Upstream>,
+    /// Registries without an `[upstreams]` table that are served from `https://<registry>`.
+    pub upstream_patterns: UpstreamPatterns,
     /// Bytes of manifests kept in memory in front of the store.
     pub manifest_memory_cache: u64,
     /// Bearer token for `/_berth/` admin endpoints; without one they answer 404.
@@ -220,12 +224,14 @@ pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_S3_REGION: &str = "us-east-1";
 
-/// The upstreams used when the config file names none.
-pub const BUILTIN_UPSTREAMS: [(&str, &str); 4] = [
+/// The upstreams used when the config file names none: every registry of the shipped image
+/// groups. oci.external-secrets.io is a vanity name that redirects to ghcr.io.
+pub const BUILTIN_UPSTREAMS: [(&str, &str); 5] = [
     ("docker.io", "https://registry-1.docker.io"),
     ("ghcr.io", "https://ghcr.io"),
     ("quay.io", "https://quay.io"),
     ("registry.k8s.io", "https://registry.k8s.io"),
+    ("oci.external-secrets.io", "https://oci.external-secrets.io"),
 ];
 
 /// A configuration problem, reported as one line naming the key.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use super::patterns::UpstreamPatterns;
 use super::size::RawSize;
 use super::{
     AdminToken, BUILTIN_UPSTREAMS, Config, ConfigError, Credentials, DEFAULT_DATA_DIR,
@@ -27,6 +28,7 @@ pub struct RawConfig {
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
     pub platforms: Option<Vec<String>>,
+    pub upstream_patterns: Option<Vec<String>>,
     #[serde(default)]
     pub upstream_defaults: RawUpstream,
     pub upstreams: Option<BTreeMap<String, RawUpstream>>,
@@ -171,6 +173,17 @@ impl RawConfig {
             upstreams.insert(name, upstream);
         }
 
+        // What a pattern match gets: the defaults as an upstream (name and URL set per match).
+        let template = RawUpstream {
+            url: Some("https://upstream-patterns.invalid".into()),
+            ..RawUpstream::default()
+        }
+        .resolve("upstream-patterns.invalid", &defaults)?;
+        let upstream_patterns = UpstreamPatterns::new(
+            self.upstream_patterns.as_deref().unwrap_or_default(),
+            template,
+        )?;
+
         let default_upstream = overrides
             .default_upstream
             .clone()
@@ -204,6 +217,7 @@ impl RawConfig {
             default_upstream,
             mirror_url,
             upstreams,
+            upstream_patterns,
             manifest_memory_cache: self.manifest_memory_cache_mb.unwrap_or(64) * 1024 * 1024,
             store,
             admin_token,
@@ -609,7 +623,7 @@ fn parse_http_url(key: &str, text: &str) -> Result<Url, ConfigError> {
 }
 
 /// `host` or `host:port`, lowercase, as registries are named in image references.
-fn valid_registry_name(name: &str) -> bool {
+pub(super) fn valid_registry_name(name: &str) -> bool {
     let (host, port) = match name.rsplit_once(':') {
         Some((h, p)) => (h, Some(p)),
         None => (name, None),
@@ -638,7 +652,13 @@ mod tests {
         let names: Vec<_> = config.upstreams.keys().cloned().collect();
         assert_eq!(
             names,
-            ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]
+            [
+                "docker.io",
+                "ghcr.io",
+                "oci.external-secrets.io",
+                "quay.io",
+                "registry.k8s.io"
+            ]
         );
         assert_eq!(config.default_upstream, "docker.io");
         assert_eq!(config.listen.to_string(), "0.0.0.0:5000");

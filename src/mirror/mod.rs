@@ -36,6 +36,8 @@ pub enum Lookup {
 pub struct Mirror {
     config: Arc<Config>,
     upstreams: BTreeMap<String, Arc<UpstreamClient>>,
+    /// Clients of registries allowed by `upstream_patterns`, made on first use.
+    pattern_upstreams: routing::PatternClients,
     store: Arc<dyn BlobStore>,
     metrics: Arc<Metrics>,
     blob_fills: Fills<Digest, MirrorError>,
@@ -72,6 +74,7 @@ impl Mirror {
         Ok(Mirror {
             config,
             upstreams,
+            pattern_upstreams: routing::PatternClients::default(),
             store,
             metrics,
             blob_fills,
