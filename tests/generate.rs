@@ -321,7 +321,13 @@ fn k3s_default_output_is_the_documented_example() {
     let names: Vec<_> = model.mirrors.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]
+        [
+            "docker.io",
+            "ghcr.io",
+            "oci.external-secrets.io",
+            "quay.io",
+            "registry.k8s.io"
+        ]
     );
     assert!(model.mirrors.values().all(|m| m.endpoints == [MIRROR]));
     assert!(
@@ -445,6 +451,7 @@ fn containerd_hosts_default_tree_points_each_registry_at_the_mirror() {
         [
             "docker.io/hosts.toml",
             "ghcr.io/hosts.toml",
+            "oci.external-secrets.io/hosts.toml",
             "quay.io/hosts.toml",
             "registry.k8s.io/hosts.toml"
         ]
@@ -617,7 +624,7 @@ fn cli_containerd_hosts_second_run_writes_nothing() {
     let first = stdout(&berth(&args));
     assert_eq!(
         first.lines().filter(|l| l.starts_with("wrote")).count(),
-        4,
+        5,
         "{first}"
     );
     let docker = out.join("docker.io/hosts.toml");
@@ -722,7 +729,7 @@ fn cli_refuses_an_unknown_registry_listing_the_configured_ones() {
             "{err}"
         );
         assert!(
-            err.contains("docker.io, ghcr.io, quay.io, registry.k8s.io"),
+            err.contains("docker.io, ghcr.io, oci.external-secrets.io, quay.io, registry.k8s.io"),
             "{err}"
         );
     }
