@@ -285,7 +285,11 @@ fn k3s_and_rke2_nodes_get_what_berth_k3s_registries_prints_and_restart_only_on_c
         "{}",
         read(&dropin)
     );
-    assert_eq!(agent.restarts(), ["k3s-agent"], "one restart for all changes");
+    assert_eq!(
+        agent.restarts(),
+        ["k3s-agent"],
+        "one restart for all changes"
+    );
     assert!(
         !first.stdout.contains(&secret) && !first.stderr.contains(&secret),
         "the password leaked into Ansible's output"
@@ -430,7 +434,10 @@ fn containerd_node_gets_berths_tree_and_pulls_through_it() {
         read(&config)
     );
     assert_eq!(
-        read(&config).lines().filter(|l| l.contains("config_path")).count(),
+        read(&config)
+            .lines()
+            .filter(|l| l.contains("config_path"))
+            .count(),
         default
             .stdout
             .lines()
@@ -560,7 +567,7 @@ async fn prewarm_gate_passes_when_warm_and_fails_naming_the_missing_layer() {
     .unwrap();
     // One attempt per upstream request: the failing run below should not sit in backoff.
     let config = format!(
-        "[upstream_defaults]\nmax_attempts = 1\n{}",
+        "{}\n[upstream_defaults]\nmax_attempts = 1\n",
         config_toml(
             "docker.io",
             &[
@@ -587,10 +594,7 @@ async fn prewarm_gate_passes_when_warm_and_fails_naming_the_missing_layer() {
     let vars_arg = format!("@{}", vars.display());
     let gate = || {
         tokio::task::block_in_place(|| {
-            ansible_playbook(
-                work.path(),
-                &[playbook.to_str().unwrap(), "-e", &vars_arg],
-            )
+            ansible_playbook(work.path(), &[playbook.to_str().unwrap(), "-e", &vars_arg])
         })
     };
 
