@@ -10,6 +10,7 @@
 
 mod support;
 
+mod ansible_node;
 mod ansible_role;
 mod cache_cli;
 mod containerd_hosts;

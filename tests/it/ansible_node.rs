@@ -8,41 +8,26 @@
 //! - `ansible/prewarm.yml`, the gate before a destroy: passes against a warm berth, and fails
 //!   naming the image and layer once a cached layer is gone and the upstreams are down.
 //!
-//! Needs root (the role chowns to root), like the berth role's test.
-
-mod support;
+//! Needs root (the role chowns to root) and ansible, like the berth role's test.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::berth::{BerthProcess, UpstreamSpec, config_toml};
-use support::fake_upstream::{FakeUpstream, Options};
-use support::images::{self, Content, Format};
-use support::prereq::require_tools;
-use support::real::{Containerd, DockerRegistry, PullPlatform, TestCa, skopeo};
-use support::util::{CmdOutput, run};
+use crate::support::berth::{BerthProcess, UpstreamSpec, config_toml};
+use crate::support::fake_upstream::{FakeUpstream, Options};
+use crate::support::images::{self, Content, Format};
+use crate::support::prereq::{require_root, require_tools};
+use crate::support::real::{Containerd, DockerRegistry, PullPlatform, TestCa, skopeo};
+use crate::support::util::{CmdOutput, run};
 
 /// One playbook run on a loaded 2-core CI machine: tens of seconds; this bounds a hang.
 const ANSIBLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn ansible_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("ansible")
-}
-
-/// The role chowns to root: root only. Skip-or-fail like prereq.
-fn require_root() -> bool {
-    if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
-        return true;
-    }
-    let msg = "the berth_node role test needs root (the role chowns files to root)";
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{msg}; CI=true, so this is a failure, not a skip");
-    }
-    eprintln!("SKIP: {msg}");
-    false
 }
 
 fn ansible_playbook(dir: &Path, args: &[&str]) -> CmdOutput {
@@ -177,6 +162,7 @@ impl Node {
 }
 
 #[test]
+#[ignore = "needs root, ansible: run by scripts/test"]
 fn k3s_and_rke2_nodes_get_what_berth_k3s_registries_prints_and_restart_only_on_change() {
     if !require_tools(&["ansible-playbook"]) || !require_root() {
         return;
@@ -376,6 +362,7 @@ fn config_path(config: &Path, plugin: &str) -> Option<String> {
 }
 
 #[test]
+#[ignore = "needs root, ansible, containerd, docker-registry, skopeo: run by scripts/test"]
 fn containerd_node_gets_berths_tree_and_pulls_through_it() {
     if !(require_tools(&[
         "ansible-playbook",
@@ -533,6 +520,7 @@ struct GroupImage {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs ansible: run by scripts/test"]
 async fn prewarm_gate_passes_when_warm_and_fails_naming_the_missing_layer() {
     if !require_tools(&["ansible-playbook"]) {
         return;
@@ -648,6 +636,7 @@ async fn prewarm_gate_passes_when_warm_and_fails_naming_the_missing_layer() {
 }
 
 #[test]
+#[ignore = "needs ansible: run by scripts/test"]
 fn playbooks_pass_syntax_check() {
     if !require_tools(&["ansible-playbook"]) {
         return;
