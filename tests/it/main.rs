@@ -24,5 +24,6 @@ mod generate;
 mod mss_blackhole;
 mod prewarm;
 mod pull_through;
+mod registries;
 mod s3_replicas;
 mod store_conformance;
