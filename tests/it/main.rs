@@ -22,6 +22,7 @@ mod fake_upstream_selftest;
 mod faults;
 mod generate;
 mod mss_blackhole;
+mod podman;
 mod prewarm;
 mod pull_through;
 mod registries;
