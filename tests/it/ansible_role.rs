@@ -149,6 +149,7 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
         "berth_binary_src": env!("CARGO_BIN_EXE_berth"),
         "berth_mirror_url": "http://10.27.27.10:5000",
         "berth_upstream_defaults": { "stall_timeout": "15s", "tag_ttl": "2m", "tcp_mss": 1360 },
+        "berth_upstream_patterns": ["*.pkg.dev", "public.ecr.aws"],
         "berth_upstreams": {
             "docker.io": {
                 "url": "https://registry-1.docker.io",
@@ -242,6 +243,15 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
     assert_eq!(
         loaded.upstreams.keys().collect::<Vec<_>>(),
         ["docker.io", "registry.example:5000"]
+    );
+    assert_eq!(
+        loaded
+            .upstream_patterns
+            .patterns()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["*.pkg.dev", "public.ecr.aws"]
     );
     let hub = &loaded.upstreams["docker.io"];
     let creds = hub.credentials.as_ref().expect("docker.io credentials");
