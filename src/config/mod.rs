@@ -5,7 +5,10 @@
 
 mod patterns;
 mod raw;
+mod resolve;
 mod size;
+mod store;
+mod upstream;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -308,7 +311,7 @@ impl Config {
             e
         };
         let raw = RawConfig::parse(&text).map_err(with_file)?;
-        raw::platforms(raw.platforms.as_deref()).map_err(with_file)
+        resolve::platforms(raw.platforms.as_deref()).map_err(with_file)
     }
 
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {

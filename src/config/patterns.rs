@@ -7,7 +7,7 @@
 
 use url::Url;
 
-use super::raw::valid_registry_name;
+use super::resolve::valid_registry_name;
 use super::{ConfigError, Upstream};
 
 /// One entry of `upstream_patterns`.
