@@ -509,6 +509,18 @@ fn containerd_node_gets_berths_tree_and_pulls_through_it() {
     let (changed, second) = tls_node.apply_ok(&vars);
     assert_eq!(changed, 0, "second run not idempotent:\n{}", second.stdout);
     assert_eq!(tls_node.restarts(), ["containerd"]);
+
+    // Without the catch-all, the `_default` file berth wrote goes; a file it did not write
+    // stays. hosts.toml is read on every pull: no restart.
+    let foreign = tree.join("registry.local:5000/hosts.toml");
+    std::fs::create_dir_all(foreign.parent().unwrap()).unwrap();
+    std::fs::write(&foreign, "server = \"https://registry.local:5000\"\n").unwrap();
+    let mut vars = vars;
+    vars["berth_node_catch_all"] = false.into();
+    tls_node.apply_ok(&vars);
+    assert!(!tree.join("_default/hosts.toml").exists());
+    assert!(tree.join("docker.io/hosts.toml").exists() && foreign.exists());
+    assert_eq!(tls_node.restarts(), ["containerd"]);
 }
 
 /// One image of the gate's group file, on the fake registry that serves it.
@@ -599,6 +611,42 @@ async fn prewarm_gate_passes_when_warm_and_fails_naming_the_missing_layer() {
     assert!(
         !passed.stdout.contains('\u{1b}') && !passed.stderr.contains('\u{1b}'),
         "terminal escapes (progress bars) in a CI log"
+    );
+
+    // The groups taken from the cluster's rendered manifests instead (Flux kustomizations
+    // rendered to YAML): the same gate, the images the cluster really runs.
+    let rendered = work.path().join("rendered");
+    std::fs::create_dir_all(&rendered).unwrap();
+    std::fs::write(
+        rendered.join("flux-system.yaml"),
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nspec:\n  template:\n    spec:\n      \
+             containers:\n        - name: helm-controller\n          image: {}\n",
+            flux.reference
+        ),
+    )
+    .unwrap();
+    let from_manifests = tokio::task::block_in_place(|| {
+        ansible_playbook(
+            work.path(),
+            &[
+                playbook.to_str().unwrap(),
+                "-e",
+                &vars_arg,
+                "-e",
+                &serde_json::json!({
+                    "berth_prewarm_groups": [],
+                    "berth_prewarm_from_manifests": rendered,
+                })
+                .to_string(),
+            ],
+        )
+    });
+    from_manifests.expect_success();
+    assert!(
+        from_manifests.stdout.contains("ready: all 1 images"),
+        "{}",
+        from_manifests.stdout
     );
 
     // A cached layer lost and the egress down: a rebuild would fail, so the gate does, and
