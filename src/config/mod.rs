@@ -81,6 +81,8 @@ pub struct S3Config {
     pub allow_http: bool,
     /// Extra CA (PEM) trusted for the endpoint's TLS.
     pub ca_file: Option<PathBuf>,
+    /// Size of the local hot tier under `data_dir` (blobs + manifests); `None`: no hot tier.
+    pub local_max_size: Option<u64>,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -94,6 +96,7 @@ impl std::fmt::Debug for S3Config {
             .field("access_key_id", &self.access_key_id)
             .field("allow_http", &self.allow_http)
             .field("ca_file", &self.ca_file)
+            .field("local_max_size", &self.local_max_size)
             .finish_non_exhaustive()
     }
 }
@@ -226,6 +229,8 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_S3_REGION: &str = "us-east-1";
+/// The hot tier in front of S3 unless `local_max_size` says otherwise.
+pub const DEFAULT_LOCAL_MAX_SIZE: u64 = 10 * 1024 * 1024 * 1024;
 
 /// The upstreams used when the config file names none: every registry of the shipped image
 /// groups. oci.external-secrets.io is a vanity name that redirects to ghcr.io.

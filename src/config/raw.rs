@@ -48,6 +48,7 @@ pub struct RawStore {
     pub secret_access_key_file: Option<PathBuf>,
     pub allow_http: Option<bool>,
     pub ca_file: Option<PathBuf>,
+    pub local_max_size: Option<RawSize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
