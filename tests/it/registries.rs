@@ -121,7 +121,8 @@ async fn a_vanity_registry_redirecting_to_its_origin_is_followed() {
     let image = images::multi_arch(81, Format::Oci);
     ghcr.push("external-secrets/external-secrets", "v2.1.0", &image);
 
-    // oci.external-secrets.io answers every request with a redirect to the same path on ghcr.
+    // oci.external-secrets.io answers every request with a permanent redirect (301, as the
+    // real one does) to the same path on ghcr.
     let redirects = Arc::new(AtomicUsize::new(0));
     let target = ghcr.url();
     let counter = redirects.clone();
@@ -136,7 +137,7 @@ async fn a_vanity_registry_redirecting_to_its_origin_is_followed() {
         counter.fetch_add(1, Ordering::SeqCst);
         async move {
             (
-                StatusCode::TEMPORARY_REDIRECT,
+                StatusCode::MOVED_PERMANENTLY,
                 [(header::LOCATION, location)],
             )
                 .into_response()
