@@ -694,6 +694,37 @@ fn cli_containerd_hosts_dry_run_writes_nothing() {
     }
 }
 
+/// `--json` (what the Ansible node role copies to the nodes) lists exactly the files a write
+/// produces, byte for byte: `--json` and `--dry-run` are left out of the recorded command line.
+#[test]
+fn cli_containerd_hosts_json_holds_the_bytes_a_write_produces() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs.d");
+    let args = [
+        "containerd-hosts",
+        "--mirror-url",
+        MIRROR,
+        "--output",
+        out.to_str().unwrap(),
+        "--catch-all",
+    ];
+    let listed: serde_json::Value =
+        serde_json::from_str(&stdout(&berth(&[&args[..], &["--json"]].concat()))).unwrap();
+    assert!(!out.exists(), "--json wrote files");
+    let dry_run = stdout(&berth(&[&args[..], &["--dry-run"]].concat()));
+    stdout(&berth(&args));
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 6, "five built-in registries and _default");
+    for file in listed {
+        let path = Path::new(file["path"].as_str().unwrap());
+        let content = file["content"].as_str().unwrap();
+        assert!(path.starts_with(&out), "{}", path.display());
+        assert_eq!(fs::read_to_string(path).unwrap(), content);
+        assert!(dry_run.contains(content), "--dry-run shows other bytes");
+        assert!(!content.contains("--json") && !content.contains("--dry-run"));
+    }
+}
+
 #[test]
 fn cli_refuses_a_mirror_url_without_scheme() {
     for command in ["k3s-registries", "containerd-hosts"] {
