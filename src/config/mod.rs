@@ -32,6 +32,8 @@ pub struct Config {
     pub default_upstream: String,
     /// How nodes reach this mirror (used by the config generators), e.g. `http://10.27.27.10:5000`.
     pub mirror_url: Option<Url>,
+    /// How the other replicas on a shared bucket reach this one (cross-replica fills).
+    pub advertise_url: Option<Url>,
     pub upstreams: BTreeMap<String, Upstream>,
     /// Registries without an `[upstreams]` table that are served from `https://<registry>`.
     pub upstream_patterns: UpstreamPatterns,

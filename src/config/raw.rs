@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub data_dir: Option<PathBuf>,
     pub default_upstream: Option<String>,
     pub mirror_url: Option<String>,
+    pub advertise_url: Option<String>,
     pub manifest_memory_cache_mb: Option<u64>,
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,

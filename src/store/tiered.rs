@@ -213,6 +213,19 @@ impl BlobStore for TieredStore {
     }
 
     async fn commit_file(&self, key: &str, file: &Path) -> Result<(), StoreError> {
+        let size = tokio::fs::metadata(file)
+            .await
+            .map_err(|e| StoreError::io(key, e))?
+            .len();
+        // Content-addressed: the same key and size in the bucket (another replica's upload of
+        // the same verified bytes) needs no second upload.
+        if is_content(key) && self.remote.size(key).await.ok().flatten() == Some(size) {
+            if let Err(e) = self.local.commit_file(key, file).await {
+                tracing::debug!(%key, error = %e, "hot tier: local copy not committed");
+                let _ = tokio::fs::remove_file(file).await;
+            }
+            return Ok(());
+        }
         // The remote upload reads the file and leaves it; the local commit then takes it.
         let upload = copy_for_remote(file)
             .await
@@ -225,6 +238,10 @@ impl BlobStore for TieredStore {
             let _ = tokio::fs::remove_file(file).await;
         }
         Ok(())
+    }
+
+    async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError> {
+        self.remote.create(key, bytes).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

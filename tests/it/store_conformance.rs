@@ -366,7 +366,36 @@ macro_rules! conformance {
     };
 }
 
+/// `create` writes only when the key is free, and exactly one of concurrent creators wins.
+async fn create_writes_only_when_absent(store: Arc<dyn BlobStore>, _dir: tempfile::TempDir) {
+    let key = "fills/sha256/lease";
+    assert!(
+        store
+            .create(key, Bytes::from_static(b"first"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .create(key, Bytes::from_static(b"second"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get(key).await.unwrap().unwrap(),
+        Bytes::from_static(b"first")
+    );
+    store.delete(key).await.unwrap();
+    assert!(
+        store
+            .create(key, Bytes::from_static(b"third"))
+            .await
+            .unwrap()
+    );
+}
+
 conformance!(
+    create_writes_only_when_absent,
     put_get_size_and_range_reads,
     absent_keys_are_none,
     the_same_key_written_twice_is_harmless,
