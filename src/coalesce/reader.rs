@@ -11,7 +11,9 @@ use tokio::sync::watch;
 
 use super::{FillFailure, FillState};
 
-const CHUNK: u64 = 256 * 1024;
+/// Bytes per read of the spool. Small on purpose: each waiting client holds about one chunk
+/// here and one in the server's write buffer, so fan-out memory is ~2 chunks per client.
+const CHUNK: u64 = 64 * 1024;
 
 /// Streams `[pos, end)` of a fill. Construct with [`super::Fill::reader`].
 pub struct FillReader<E> {

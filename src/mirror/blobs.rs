@@ -392,6 +392,10 @@ impl Mirror {
                     return;
                 }
             };
+            // No announced size: never more than the whole cache may hold.
+            if let Some(cap) = self.config.store.max_size {
+                stream.cap_unannounced(cap);
+            }
             if started.is_none() {
                 writer.start(stream.total());
             }
@@ -454,9 +458,9 @@ impl Mirror {
             })
             .await;
         if let (Role::Follower(lease), Some(fleet)) = (&role, &self.fleet) {
-            if complete_from_leader(&started, received) {
-                // The leader finished; its own guard removes the lease.
-            } else {
+            // When the leader finished, its own guard removes the lease; when we finished
+            // without it, its lease is left over.
+            if !complete {
                 fleet.release_abandoned(digest, lease).await;
             }
         }
@@ -484,11 +488,6 @@ enum Followed {
     Leader(Option<Option<u64>>, crate::fleet::PeerError),
     /// Our own spool failed: the fill fails.
     Store(MirrorError),
-}
-
-/// Did the follower get every byte from the leader (so nothing was fetched upstream)?
-fn complete_from_leader(started: &Option<Option<u64>>, received: u64) -> bool {
-    started.flatten() == Some(received)
 }
 
 impl Mirror {

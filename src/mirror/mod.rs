@@ -44,6 +44,8 @@ pub enum Lookup {
 pub struct Mirror {
     config: Arc<Config>,
     upstreams: BTreeMap<String, Arc<UpstreamClient>>,
+    /// Clients of registries allowed by `upstream_patterns`, made on first use.
+    pattern_upstreams: routing::PatternClients,
     store: Arc<dyn BlobStore>,
     metrics: Arc<Metrics>,
     blob_fills: Fills<Digest, blobs::FillError>,
@@ -111,6 +113,7 @@ impl Mirror {
             upstream_fill_slots: Default::default(),
             config,
             upstreams,
+            pattern_upstreams: routing::PatternClients::default(),
             store,
             metrics,
             blob_fills,

@@ -64,6 +64,14 @@ impl BlobStream {
         self.total
     }
 
+    /// Caps a blob whose size the upstream did not announce (no `Content-Length`) at `cap`
+    /// bytes, unless a tighter `max_size` is already set.
+    pub fn cap_unannounced(&mut self, cap: u64) {
+        if self.total.is_none() {
+            self.max_size = Some(self.max_size.map_or(cap, |m| m.min(cap)));
+        }
+    }
+
     /// Bytes delivered so far.
     pub fn received(&self) -> u64 {
         self.received

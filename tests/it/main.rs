@@ -10,6 +10,7 @@
 
 mod support;
 
+mod ansible_node;
 mod ansible_role;
 mod cache_cli;
 mod containerd_hosts;
@@ -23,8 +24,10 @@ mod fleet;
 mod generate;
 mod mss_blackhole;
 mod observe;
+mod podman;
 mod prewarm;
 mod pull_through;
+mod registries;
 mod s3_replicas;
 mod store_conformance;
 mod upstream_trust;

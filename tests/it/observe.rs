@@ -751,7 +751,10 @@ async fn a_running_fill_shows_its_progress_and_waiters() {
     berth.wait_committed(&blob.digest).await;
     let mut fills = usize::MAX;
     for _ in 0..100 {
-        fills = status_json(&berth, "").await["fills"].as_array().unwrap().len();
+        fills = status_json(&berth, "").await["fills"]
+            .as_array()
+            .unwrap()
+            .len();
         if fills == 0 {
             break;
         }
