@@ -23,6 +23,7 @@ mod faults;
 mod fleet;
 mod generate;
 mod mss_blackhole;
+mod oci_model;
 mod podman;
 mod prewarm;
 mod pull_through;
