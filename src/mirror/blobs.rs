@@ -253,7 +253,7 @@ impl Mirror {
         digest: &Digest,
         range: Option<ByteRange>,
     ) -> Result<BlobBody, FillError> {
-        let joined = self.blob_fills.join(digest.clone()).map_err(|e| {
+        let joined = self.blobs.fills.join(digest.clone()).map_err(|e| {
             FillError::Failed(MirrorError::Store(format!("cannot create spool file: {e}")))
         })?;
         let fill = match joined {
@@ -261,7 +261,8 @@ impl Mirror {
             Joined::Leader(fill, writer) => {
                 // Its own task: the fill outlives any one client.
                 let (this, target, digest) = (self.clone(), target.clone(), digest.clone());
-                self.fill_tasks
+                self.blobs
+                    .tasks
                     .spawn(async move { this.fill_blob(&target, &digest, writer).await });
                 fill
             }
@@ -298,7 +299,7 @@ impl Mirror {
             retry_after: BUSY_RETRY_AFTER,
         };
         let per_upstream = {
-            let mut slots = self.upstream_fill_slots.lock().unwrap();
+            let mut slots = self.blobs.upstream_slots.lock().unwrap();
             slots
                 .entry(target.upstream_name().to_string())
                 .or_insert_with(|| {
@@ -308,7 +309,7 @@ impl Mirror {
                 .clone()
         };
         let upstream_slot = per_upstream.acquire().await.map_err(busy)?;
-        let global_slot = self.fill_slots.acquire().await.map_err(busy)?;
+        let global_slot = self.blobs.slots.acquire().await.map_err(busy)?;
         Ok((upstream_slot, global_slot))
     }
 
@@ -354,12 +355,12 @@ impl Mirror {
             })
             .clone();
         // On a shared bucket: lead the fill for every replica, or stream the leader's.
-        let role = match &self.fleet {
+        let role = match &self.blobs.fleet {
             Some(fleet) => fleet.claim(digest).await,
             None => Role::Alone,
         };
         let mut started: Option<Option<u64>> = None;
-        if let (Role::Follower(lease), Some(fleet)) = (&role, &self.fleet) {
+        if let (Role::Follower(lease), Some(fleet)) = (&role, &self.blobs.fleet) {
             match self
                 .follow_leader(fleet, lease, digest, &writer, &mut hasher)
                 .await
@@ -457,7 +458,7 @@ impl Mirror {
                     .map_err(|e| e.to_string())
             })
             .await;
-        if let (Role::Follower(lease), Some(fleet)) = (&role, &self.fleet) {
+        if let (Role::Follower(lease), Some(fleet)) = (&role, &self.blobs.fleet) {
             // When the leader finished, its own guard removes the lease; when we finished
             // without it, its lease is left over.
             if !complete {
@@ -532,11 +533,11 @@ impl Mirror {
         token: &str,
         from: u64,
     ) -> Option<(Option<u64>, ByteStream)> {
-        let fleet = self.fleet.as_ref()?;
+        let fleet = self.blobs.fleet.as_ref()?;
         if !fleet.admits(digest, token) {
             return None;
         }
-        let fill = self.blob_fills.running(digest)?;
+        let fill = self.blobs.fills.running(digest)?;
         let total = fill.started().await.ok()?;
         Some((total, fill.reader(from, None).into_stream()))
     }

@@ -82,7 +82,7 @@ impl Mirror {
             tag.clone(),
             class.join(","),
         );
-        if let Some((digest, at)) = self.narrow_tags.get(&key) {
+        if let Some((digest, at)) = self.refs.narrow_tags.get(&key) {
             if at.elapsed() < target.upstream.config().tag_ttl {
                 if let Some(m) = self.cached_manifest(&digest).await {
                     return Ok(m);
@@ -92,7 +92,8 @@ impl Mirror {
         let manifest = self
             .fetch_manifest(target, &Reference::Tag(tag.clone()), None, Some(accept))
             .await?;
-        self.narrow_tags
+        self.refs
+            .narrow_tags
             .insert(key, (manifest.digest.clone(), Instant::now()));
         Ok(manifest)
     }
@@ -121,14 +122,15 @@ impl Mirror {
     }
 
     async fn cached_manifest(&self, digest: &Digest) -> Option<Arc<Manifest>> {
-        if let Some(m) = self.manifests.get(digest).await {
+        if let Some(m) = self.refs.manifests.get(digest).await {
             // Served from memory: still a use, so the stored copy is not evicted as idle.
             self.store.touch(&keys::manifest(digest));
             return Some(m);
         }
         let stored = self.store.get(&keys::manifest(digest)).await.ok()??;
         let manifest = Arc::new(Manifest::decode(digest.clone(), stored)?);
-        self.manifests
+        self.refs
+            .manifests
             .insert(digest.clone(), manifest.clone())
             .await;
         Some(manifest)
@@ -152,7 +154,8 @@ impl Mirror {
             accept.to_vec(),
         );
         let key = (target.upstream_name().to_string(), digest.clone());
-        self.manifest_flights
+        self.refs
+            .manifest_flights
             .run(key, async move {
                 this.fetch_manifest(
                     &target2,
@@ -187,7 +190,7 @@ impl Mirror {
         );
         let (this, target2, tag2, accept) =
             (self.clone(), target.clone(), tag.clone(), accept.to_vec());
-        self.tag_flights
+        self.refs.tag_flights
             .run(key, async move {
                 let revalidation = this.revalidate_tag(&target2, &tag2, known.as_ref(), &accept);
                 let result = match &known {
@@ -352,7 +355,7 @@ impl Mirror {
             tracing::error!(%upstream, repo = %target.repo, %digest, error = %e,
                 "manifest verified but could not be stored; served uncached");
         }
-        self.manifests.insert(digest, manifest.clone()).await;
+        self.refs.manifests.insert(digest, manifest.clone()).await;
         Ok(manifest)
     }
 }

@@ -41,19 +41,42 @@ pub enum Lookup {
     CacheOnly,
 }
 
+/// The use case's state, grouped by the flow that owns it: each group is touched only by its
+/// flow's file (`blobs.rs`; `manifests.rs` + `tags.rs`); the shared part is read by all.
 pub struct Mirror {
+    // Shared by every flow.
     config: Arc<Config>,
     upstreams: BTreeMap<String, Arc<UpstreamClient>>,
     /// Clients of registries allowed by `upstream_patterns`, made on first use.
     pattern_upstreams: routing::PatternClients,
     store: Arc<dyn BlobStore>,
     metrics: Arc<Metrics>,
-    blob_fills: Fills<Digest, blobs::FillError>,
+    /// Recent upstream 404s (upstream, repo, tag or digest): a loop of bad references costs
+    /// one upstream request per [`MISSING_TTL`], not one each.
+    missing: moka::sync::Cache<(String, Repository, String), ()>,
+    /// Every client request, for `/_berth/status` (`status.rs`).
+    pulls: crate::pulls::PullRecord,
+    pin_check: status::PinCheck,
+    /// Blob fills: `blobs.rs`.
+    blobs: BlobFlow,
+    /// Manifests and tags: `manifests.rs`, `tags.rs`.
+    refs: RefFlow,
+}
+
+/// What the blob flow owns.
+struct BlobFlow {
+    fills: Fills<Digest, blobs::FillError>,
     /// The global `max_fills` cap, and one per upstream (made on first use).
-    fill_slots: Slots,
-    upstream_fill_slots: std::sync::Mutex<std::collections::HashMap<String, Arc<Slots>>>,
+    slots: Slots,
+    upstream_slots: std::sync::Mutex<std::collections::HashMap<String, Arc<Slots>>>,
     /// Running fill tasks, so a graceful shutdown lets them verify and commit.
-    fill_tasks: tokio_util::task::TaskTracker,
+    tasks: tokio_util::task::TaskTracker,
+    /// Cross-replica fills on a shared bucket (`advertise_url` with an S3 store).
+    fleet: Option<crate::fleet::Fleet>,
+}
+
+/// What the manifest and tag flows own.
+struct RefFlow {
     /// Manifests by digest, in memory in front of the store.
     manifests: moka::future::Cache<Digest, Arc<Manifest>>,
     manifest_flights: Singleflight<(String, Digest), Result<Arc<Manifest>, MirrorError>>,
@@ -63,14 +86,6 @@ pub struct Mirror {
     /// What a tag gave clients whose Accept excludes the shared record's type, per Accept class.
     narrow_tags:
         moka::sync::Cache<(String, Repository, Tag, String), (Digest, tokio::time::Instant)>,
-    /// Recent upstream 404s (upstream, repo, tag or digest): a loop of bad references costs
-    /// one upstream request per [`MISSING_TTL`], not one each.
-    missing: moka::sync::Cache<(String, Repository, String), ()>,
-    /// Every client request, for `/_berth/status`.
-    pulls: crate::pulls::PullRecord,
-    pin_check: status::PinCheck,
-    /// Cross-replica fills on a shared bucket (`advertise_url` with an S3 store).
-    fleet: Option<crate::fleet::Fleet>,
 }
 
 impl Mirror {
@@ -108,42 +123,46 @@ impl Mirror {
         let cap = config.max_fills as usize;
         let fill_slots = Slots::new(cap, cap * 4, blobs::FILL_QUEUE_WAIT);
         Ok(Mirror {
-            fleet,
-            fill_slots,
-            upstream_fill_slots: Default::default(),
             config,
             upstreams,
             pattern_upstreams: routing::PatternClients::default(),
             store,
             metrics,
-            blob_fills,
-            fill_tasks: tokio_util::task::TaskTracker::new(),
-            manifests,
-            manifest_flights: Singleflight::default(),
-            tags,
-            tag_flights: Singleflight::default(),
-            narrow_tags,
             missing,
             pulls: crate::pulls::PullRecord::default(),
             pin_check: status::PinCheck::default(),
+            blobs: BlobFlow {
+                fills: blob_fills,
+                slots: fill_slots,
+                upstream_slots: Default::default(),
+                tasks: tokio_util::task::TaskTracker::new(),
+                fleet,
+            },
+            refs: RefFlow {
+                manifests,
+                manifest_flights: Singleflight::default(),
+                tags,
+                tag_flights: Singleflight::default(),
+                narrow_tags,
+            },
         })
     }
 
     /// Waits (up to `deadline`) for running fills to finish, so content whose clients already
     /// got every byte is committed before the process exits. Call after serving stopped.
     pub async fn drain(&self, deadline: std::time::Duration) {
-        self.fill_tasks.close();
-        let running = self.fill_tasks.len();
+        self.blobs.tasks.close();
+        let running = self.blobs.tasks.len();
         if running == 0 {
             return;
         }
         tracing::info!(running, "waiting for blob fills to finish before exiting");
-        if tokio::time::timeout(deadline, self.fill_tasks.wait())
+        if tokio::time::timeout(deadline, self.blobs.tasks.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                running = self.fill_tasks.len(),
+                running = self.blobs.tasks.len(),
                 "blob fills still running at shutdown are abandoned; they will be fetched again"
             );
         }

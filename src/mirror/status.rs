@@ -89,7 +89,7 @@ impl Mirror {
                 })
                 .set(client.state().gauge());
         }
-        let fills = self.blob_fills.progress();
+        let fills = self.blobs.fills.progress();
         self.metrics.fills_in_flight.set(fills.len() as i64);
         let waiters: usize = fills.iter().map(|(_, p)| p.readers).sum();
         self.metrics.fill_waiters.set(waiters as i64);
@@ -100,7 +100,8 @@ impl Mirror {
 
     fn fill_status(&self) -> Vec<FillStatus> {
         let mut fills: Vec<FillStatus> = self
-            .blob_fills
+            .blobs
+            .fills
             .progress()
             .into_iter()
             .map(|(digest, p)| {

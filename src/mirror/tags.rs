@@ -54,7 +54,7 @@ impl Mirror {
             target.repo.clone(),
             tag.clone(),
         );
-        let in_memory = self.tags.get(&key);
+        let in_memory = self.refs.tags.get(&key);
         if let Some(record) = &in_memory {
             if record.age() < target.upstream.config().tag_ttl {
                 return in_memory;
@@ -64,7 +64,7 @@ impl Mirror {
         match (in_memory, stored) {
             (Some(memory), Some(stored)) if stored.age() >= memory.age() => Some(memory),
             (_, Some(stored)) => {
-                self.tags.insert(key, stored.clone());
+                self.refs.tags.insert(key, stored.clone());
                 Some(stored)
             }
             (memory, None) => memory,
@@ -104,7 +104,7 @@ impl Mirror {
             target.repo.clone(),
             tag.clone(),
         );
-        self.tags.insert(key, record.clone());
+        self.refs.tags.insert(key, record.clone());
         let checked = unix_now().saturating_sub(record.age());
         let stored = StoredTag {
             digest: record.digest.to_string(),

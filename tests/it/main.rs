@@ -24,6 +24,7 @@ mod fleet;
 mod generate;
 mod mss_blackhole;
 mod observe;
+mod oci_model;
 mod podman;
 mod prewarm;
 mod pull_through;

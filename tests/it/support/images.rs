@@ -93,7 +93,7 @@ impl Platform {
         format!("{}/{}", self.os, self.architecture)
     }
 
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         let mut v = json!({"os": self.os, "architecture": self.architecture});
         if let Some(variant) = &self.variant {
             v["variant"] = json!(variant);
