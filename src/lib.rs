@@ -19,11 +19,15 @@
 //!   generate   K3s registries.yaml and containerd hosts.toml writers
 //!   prewarm    a client of a running berth: pulls image groups as containerd would, pins
 //!              them (/_berth/pins), checks offline readiness (Cache-Control: only-if-cached)
-//!   serve      wiring: store (+ evictor task on disk) + mirror + api; drains fills on shutdown
+//!   server     the front door: accept loop, connection cap, header/idle deadlines, TLS (ALPN,
+//!              cert reload, client CAs), htpasswd users; serves any tower service
+//!   serve      wiring: store (+ evictor task on disk) + mirror + api + server; drains fills
+//!              on shutdown
 //!   cli        one file per subcommand (serve, cache, prewarm, generators); glue only
 //! ```
 //!
-//! Dependency rule: `cli → api/generate/prewarm → mirror → upstream/store/coalesce → oci`.
+//! Dependency rule: `cli → api/generate/prewarm → mirror → upstream/store/coalesce → oci`;
+//! `api` also uses `server`'s policy types (peer address, users); `server` knows no axum.
 //! `prewarm` uses `mirror` only for shared types (pin names); it talks to berth over HTTP.
 //! `oci` imports nothing of ours.
 
@@ -37,5 +41,6 @@ pub mod mirror;
 pub mod oci;
 pub mod prewarm;
 pub mod serve;
+pub mod server;
 pub mod store;
 pub mod upstream;

@@ -29,7 +29,7 @@ impl ApiError {
         }
     }
 
-    fn with_status(mut self, status: StatusCode) -> ApiError {
+    pub(crate) fn with_status(mut self, status: StatusCode) -> ApiError {
         self.status = status;
         self
     }

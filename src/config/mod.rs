@@ -4,6 +4,7 @@
 //! validated once into [`Config`]. Nothing downstream re-checks strings.
 
 mod raw;
+mod server;
 mod size;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use url::Url;
 
 pub use raw::RawConfig;
+pub use server::{DEFAULT_ALLOW, RawServer, ServerConfig, TlsFiles};
 pub use size::parse_size;
 
 use crate::oci::Platform;
@@ -36,6 +38,8 @@ pub struct Config {
     pub platforms: Vec<Platform>,
     /// Where cached content lives and how big it may grow (`[store]`).
     pub store: StoreConfig,
+    /// Who may reach berth and how (`[server]`).
+    pub server: ServerConfig,
 }
 
 /// The `[store]` table: which backend keeps blobs, manifests and tag records, and how big the

@@ -32,6 +32,8 @@ pub struct RawConfig {
     pub upstreams: Option<BTreeMap<String, RawUpstream>>,
     #[serde(default)]
     pub store: RawStore,
+    #[serde(default)]
+    pub server: super::RawServer,
 }
 
 /// The `[store]` table.
@@ -195,6 +197,7 @@ impl RawConfig {
         };
 
         let store = self.store.resolve()?;
+        let server = self.server.resolve()?;
         let admin_token = admin_token(self.admin_token, self.admin_token_file)?;
         let platforms = platforms(self.platforms.as_deref())?;
 
@@ -206,6 +209,7 @@ impl RawConfig {
             upstreams,
             manifest_memory_cache: self.manifest_memory_cache_mb.unwrap_or(64) * 1024 * 1024,
             store,
+            server,
             admin_token,
             platforms,
         })
