@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::admin::PinOutcome;
-use super::pull::{ImageOutcome, Mode};
+use super::walk::{ImageOutcome, Mode};
 
 pub struct Report {
     pub mode: Mode,

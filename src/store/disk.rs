@@ -122,14 +122,6 @@ impl DiskStore {
         }
     }
 
-    /// Names of the pin sets (`pins/<name>`).
-    pub fn pin_names(&self) -> std::io::Result<Vec<String>> {
-        // `pins/_index` is the mirror's list of names, not a pin set (`_` starts no pin name).
-        let mut names = scan::file_names(&self.root.join("pins"))?;
-        names.retain(|n| !n.starts_with('_'));
-        Ok(names)
-    }
-
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
         let relative = Path::new(key);
         let safe = !key.is_empty()
@@ -386,18 +378,6 @@ mod tests {
             store.evict("tags/docker.io/x/_tags/latest").is_err(),
             "never a tag"
         );
-    }
-
-    #[tokio::test]
-    async fn pin_names_skip_the_mirrors_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = DiskStore::open(dir.path()).unwrap();
-        for key in ["pins/flux", "pins/_index", "pins/k3s"] {
-            store.put(key, Bytes::from_static(b"{}")).await.unwrap();
-        }
-        let mut names = store.pin_names().unwrap();
-        names.sort();
-        assert_eq!(names, ["flux", "k3s"]);
     }
 
     #[tokio::test]

@@ -145,10 +145,9 @@ impl Evictor {
                 dir: self.store.root().to_path_buf(),
                 source,
             })?;
-        let names = self.store.pin_names().map_err(|source| EvictError::Scan {
-            dir: self.store.root().join("pins"),
-            source,
-        })?;
+        let names = pins::names(self.store.as_ref())
+            .await
+            .map_err(PinError::Store)?;
         let pinned = pins::resolve(self.store.as_ref(), &names).await?;
         let plan = plan(
             objects,

@@ -1,25 +1,92 @@
-//! Pin sets: manifests (and everything they reference) that eviction and gc must keep.
+//! Pin sets: manifests (and everything they reference) that eviction and gc must keep. The
+//! one owner of the pin format and of the `pins/` keys; the mirror's admin endpoint (which
+//! `berth prewarm` calls) writes through here, eviction and `berth cache` read through here.
 //!
 //! A pin set is the store object `pins/<name>`, JSON:
-//! `{"name":"flux","manifests":["sha256:…"],"updated_unix":1764600000}`.
-//! `src/mirror/pins.rs` (the admin endpoint prewarm calls) writes this format, plus a
-//! `pins/_index` of names that `DiskStore::pin_names` skips; this module only reads it. A pinned manifest keeps: itself; for an index / manifest list, its child
-//! manifests (recursively, those that are cached); for an image manifest, its config and layers.
+//! `{"name":"flux","manifests":["sha256:…"],"updated_unix":1764600000}`. The names are the
+//! listing of `pins/` (`_` starts no pin name: an older berth's `pins/_index` is skipped).
+//! A pinned manifest keeps: itself; for an index / manifest list, its child manifests
+//! (recursively, those that are cached); for an image manifest, its config and layers.
 
 use std::collections::HashSet;
+use std::fmt;
+use std::str::FromStr;
 
-use serde::Deserialize;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use super::{BlobStore, StoreError, keys, manifest_form};
-use crate::oci::Digest;
+use crate::oci::{Digest, ManifestDoc, References};
+
+const PREFIX: &str = "pins/";
 
 /// Deepest index nesting followed (real images nest one level; this bounds a hostile cycle).
 const MAX_DEPTH: usize = 8;
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[a-z0-9][a-z0-9._-]{0,63}`: safe as a store key component and in a URL path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PinName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{0}` is not a valid pin/group name (lowercase letters, digits, . _ -; starting with a letter or digit; at most 64)"
+)]
+pub struct PinNameError(pub String);
+
+impl FromStr for PinName {
+    type Err = PinNameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let b = s.as_bytes();
+        let first_ok = b
+            .first()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let rest_ok = b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        });
+        if first_ok && rest_ok && b.len() <= 64 {
+            Ok(PinName(s.to_string()))
+        } else {
+            Err(PinNameError(s.to_string()))
+        }
+    }
+}
+
+impl TryFrom<String> for PinName {
+    type Error = PinNameError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<PinName> for String {
+    fn from(n: PinName) -> String {
+        n.0
+    }
+}
+
+impl PinName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn key(&self) -> String {
+        format!("{PREFIX}{}", self.0)
+    }
+}
+
+impl fmt::Display for PinName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One named set of pinned manifest digests (an index and its chosen platforms' manifests).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PinSet {
-    pub name: String,
-    pub manifests: Vec<String>,
+    pub name: PinName,
+    pub manifests: Vec<Digest>,
     #[serde(default)]
     pub updated_unix: u64,
 }
@@ -28,6 +95,8 @@ pub struct PinSet {
 pub enum PinError {
     #[error("pin set {key} is not valid JSON of the pin format: {cause}")]
     Malformed { key: String, cause: String },
+    #[error("pin set {0} cannot be encoded: {1}")]
+    Encode(PinName, String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -46,25 +115,59 @@ impl Pinned {
     }
 }
 
-/// Reads the pin sets `names` and resolves what they keep. A malformed pin set is an error:
-/// silently ignoring it would let gc delete what an operator pinned.
-pub async fn resolve(store: &dyn BlobStore, names: &[String]) -> Result<Pinned, PinError> {
+/// The names of the stored pin sets, sorted.
+pub async fn names(store: &dyn BlobStore) -> Result<Vec<PinName>, StoreError> {
+    let mut names: Vec<PinName> = store
+        .list(PREFIX)
+        .await?
+        .into_iter()
+        .filter_map(|l| l.key.strip_prefix(PREFIX)?.parse().ok())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Reads one pin set; `None` if it is not stored. A malformed pin set is an error: silently
+/// ignoring it would let gc delete what an operator pinned.
+pub async fn read(store: &dyn BlobStore, name: &PinName) -> Result<Option<PinSet>, PinError> {
+    let key = name.key();
+    let Some(bytes) = store.get(&key).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| PinError::Malformed {
+            key,
+            cause: e.to_string(),
+        })
+}
+
+/// Stores (replaces) one pin set.
+pub async fn write(store: &dyn BlobStore, set: &PinSet) -> Result<(), PinError> {
+    let json =
+        serde_json::to_vec(set).map_err(|e| PinError::Encode(set.name.clone(), e.to_string()))?;
+    store.put(&set.name.key(), Bytes::from(json)).await?;
+    Ok(())
+}
+
+/// Every stored pin set.
+pub async fn read_all(store: &dyn BlobStore) -> Result<Vec<PinSet>, PinError> {
+    let mut sets = Vec::new();
+    for name in names(store).await? {
+        sets.extend(read(store, &name).await?);
+    }
+    Ok(sets)
+}
+
+/// Reads the pin sets `names` and resolves what they keep.
+pub async fn resolve(store: &dyn BlobStore, names: &[PinName]) -> Result<Pinned, PinError> {
     let mut pinned = Pinned::default();
     for name in names {
-        let key = format!("pins/{name}");
-        let Some(bytes) = store.get(&key).await? else {
+        let Some(set) = read(store, name).await? else {
             continue;
         };
-        let set: PinSet = serde_json::from_slice(&bytes).map_err(|e| PinError::Malformed {
-            key: key.clone(),
-            cause: e.to_string(),
-        })?;
-        for text in &set.manifests {
-            let digest: Digest = text.parse().map_err(|e| PinError::Malformed {
-                key: key.clone(),
-                cause: format!("{text:?}: {e}"),
-            })?;
-            keep_manifest(store, &digest, 0, &mut pinned).await?;
+        for digest in &set.manifests {
+            keep_manifest(store, digest, 0, &mut pinned).await?;
         }
     }
     Ok(pinned)
@@ -94,49 +197,18 @@ async fn keep_manifest(
     Ok(())
 }
 
-/// What a stored manifest points to.
-#[derive(Debug, Default, PartialEq)]
-pub struct References {
-    pub manifests: Vec<Digest>,
-    pub blobs: Vec<Digest>,
-}
-
 /// Parses a stored manifest (`<media type>\n<bytes>`). Unparseable content references nothing.
 pub fn references(stored: &[u8]) -> References {
-    #[derive(Deserialize)]
-    struct Descriptor {
-        digest: String,
-    }
-    #[derive(Deserialize)]
-    struct AnyManifest {
-        #[serde(default)]
-        manifests: Vec<Descriptor>,
-        config: Option<Descriptor>,
-        #[serde(default)]
-        layers: Vec<Descriptor>,
-    }
-    let Some((_, body)) = manifest_form::split(stored) else {
-        return References::default();
-    };
-    let Ok(parsed) = serde_json::from_slice::<AnyManifest>(body) else {
-        return References::default();
-    };
-    let digests = |list: Vec<Descriptor>| -> Vec<Digest> {
-        list.into_iter()
-            .filter_map(|d| d.digest.parse().ok())
-            .collect()
-    };
-    References {
-        manifests: digests(parsed.manifests),
-        blobs: digests(parsed.config.into_iter().chain(parsed.layers).collect()),
-    }
+    manifest_form::split(stored)
+        .and_then(|(_, body)| ManifestDoc::parse(body).ok())
+        .map(|doc| doc.references())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::DiskStore;
-    use bytes::Bytes;
 
     fn stored(media_type: &str, json: &serde_json::Value) -> (Digest, Bytes) {
         let body = serde_json::to_vec(json).unwrap();
@@ -178,7 +250,9 @@ mod tests {
             .await
             .unwrap();
 
-        let pinned = resolve(&store, &store.pin_names().unwrap()).await.unwrap();
+        let pinned = resolve(&store, &names(&store).await.unwrap())
+            .await
+            .unwrap();
         for key in [
             keys::manifest(&index),
             keys::manifest(&image),
@@ -200,7 +274,7 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            resolve(&store, &["bad".into()]).await,
+            resolve(&store, &["bad".parse().unwrap()]).await,
             Err(PinError::Malformed { .. })
         ));
     }
@@ -209,5 +283,56 @@ mod tests {
     fn garbage_references_nothing() {
         assert_eq!(references(b"no newline"), References::default());
         assert_eq!(references(b"t\n{not json"), References::default());
+    }
+
+    #[test]
+    fn pin_names() {
+        for ok in ["flux", "k3s-bootstrap", "a", "0.x_y", &"a".repeat(64)] {
+            assert!(ok.parse::<PinName>().is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "_index",
+            "Flux",
+            "-a",
+            "a/b",
+            "..",
+            &"a".repeat(65),
+            "a b",
+        ] {
+            assert!(bad.parse::<PinName>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pin_set_json_shape() {
+        let d = Digest::sha256_of(b"x");
+        let set = PinSet {
+            name: "flux".parse().unwrap(),
+            manifests: vec![d.clone()],
+            updated_unix: 1_764_600_000,
+        };
+        let json = serde_json::to_value(&set).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"name": "flux", "manifests": [d.to_string()], "updated_unix": 1_764_600_000u64})
+        );
+        assert_eq!(serde_json::from_value::<PinSet>(json).unwrap(), set);
+    }
+
+    #[tokio::test]
+    async fn names_are_the_listing_without_the_old_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        for key in ["pins/k3s", "pins/_index", "pins/flux"] {
+            store.put(key, Bytes::from_static(b"{}")).await.unwrap();
+        }
+        let names: Vec<String> = names(&store)
+            .await
+            .unwrap()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(names, ["flux", "k3s"]);
     }
 }

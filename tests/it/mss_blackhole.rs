@@ -19,15 +19,13 @@
 //! Needs root, `ip`, `iptables`, `curl`, `python3`: skipped locally without them, fails under
 //! `CI=true`.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::prereq::{require_root, require_tools, which};
+use crate::support::util::{CmdOutput, kill_child, run, wait_until};
 use sha2::{Digest, Sha256};
-use support::prereq::{require_root, require_tools, which};
-use support::util::{CmdOutput, kill_child, run, wait_until};
 
 const BERTH_IP: &str = "10.99.1.2";
 const ROUTER_BERTH_IP: &str = "10.99.1.1";
@@ -334,6 +332,7 @@ fn berth_config(mss: Option<u32>) -> String {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces, iptables: run by scripts/test"]
 fn large_blob_through_pmtu_black_hole_needs_the_mss_clamp() {
     if !require_root() || !require_tools(&["ip", "iptables", "curl", "python3"]) {
         return;
