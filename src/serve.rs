@@ -27,7 +27,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+    std::os::unix::fs::DirBuilderExt::mode(
+        std::fs::DirBuilder::new().recursive(true),
+        crate::store::disk::DIR_MODE,
+    )
+    .create(&config.data_dir)
+    .with_context(|| {
         format!(
             "cannot create data_dir {}; pick another with --data-dir",
             config.data_dir.display()

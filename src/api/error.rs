@@ -1,5 +1,7 @@
 //! OCI error responses: `{"errors":[{"code","message","detail"}]}` with the conventional status.
 //! Every conversion is written out, so an upstream 404 can never turn into a 500.
+//! What a client reads names no upstream URL, CDN address, signed URL or token: the causes of
+//! upstream and storage failures go to berth's log only.
 
 use axum::response::{IntoResponse, Response};
 use http::header::{CONTENT_RANGE, RETRY_AFTER};
@@ -8,6 +10,9 @@ use http::{HeaderValue, StatusCode};
 use crate::mirror::MirrorError;
 use crate::oci::{ErrorBody, ErrorCode, ErrorEntry, PathError};
 
+/// Where the cause of a failure is, for the client.
+const SEE_LOG: &str = "details in berth's log";
+
 /// How long a client should wait after berth could not reach an upstream.
 const UNREACHABLE_RETRY_AFTER_SECS: u64 = 10;
 
@@ -15,6 +20,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Logged with the failure, never sent: may name internal hosts or signed URLs.
+    detail: Option<String>,
     headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
@@ -25,6 +32,26 @@ impl ApiError {
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code: code.as_str(),
             message: message.into(),
+            detail: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// A failure whose cause stays in the log; the client reads `message` only.
+    pub(crate) fn internal(
+        status: StatusCode,
+        message: impl Into<String>,
+        detail: String,
+    ) -> ApiError {
+        ApiError {
+            status,
+            code: if status == StatusCode::INTERNAL_SERVER_ERROR {
+                "UNKNOWN"
+            } else {
+                ErrorCode::Unavailable.as_str()
+            },
+            message: message.into(),
+            detail: Some(detail),
             headers: Vec::new(),
         }
     }
@@ -68,17 +95,29 @@ impl From<MirrorError> for ApiError {
                 let wait = retry_after.map_or(60, |d| d.as_secs().max(1));
                 ApiError::new(ErrorCode::TooManyRequests, message).with_header(RETRY_AFTER, wait)
             }
-            MirrorError::Unreachable { retry_after, .. } => {
-                ApiError::new(ErrorCode::Unavailable, message)
-                    .with_status(StatusCode::SERVICE_UNAVAILABLE)
-                    .with_header(
-                        RETRY_AFTER,
-                        retry_after.map_or(UNREACHABLE_RETRY_AFTER_SECS, |d| d.as_secs().max(1)),
-                    )
-            }
-            MirrorError::BadUpstream { .. } | MirrorError::Verification { .. } => {
-                ApiError::new(ErrorCode::Unavailable, message).with_status(StatusCode::BAD_GATEWAY)
-            }
+            MirrorError::Unreachable {
+                ref upstream,
+                retry_after,
+                ..
+            } => ApiError::internal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{upstream} is unreachable and the content is not cached ({SEE_LOG})"),
+                message,
+            )
+            .with_header(
+                RETRY_AFTER,
+                retry_after.map_or(UNREACHABLE_RETRY_AFTER_SECS, |d| d.as_secs().max(1)),
+            ),
+            MirrorError::BadUpstream { ref upstream, .. } => ApiError::internal(
+                StatusCode::BAD_GATEWAY,
+                format!("{upstream} answered with something berth cannot use ({SEE_LOG})"),
+                message,
+            ),
+            MirrorError::Verification { ref upstream, .. } => ApiError::internal(
+                StatusCode::BAD_GATEWAY,
+                format!("content from {upstream} failed verification ({SEE_LOG})"),
+                message,
+            ),
             MirrorError::ManifestTooLarge => ApiError::new(ErrorCode::ManifestInvalid, message)
                 .with_status(StatusCode::BAD_GATEWAY),
             MirrorError::RangeNotSatisfiable { size } => {
@@ -88,12 +127,11 @@ impl From<MirrorError> for ApiError {
             // RFC 9111 §5.2.1.7: only-if-cached and not stored → 504.
             MirrorError::NotCached(_) => ApiError::new(ErrorCode::Unavailable, message)
                 .with_status(StatusCode::GATEWAY_TIMEOUT),
-            MirrorError::Store(_) | MirrorError::Raced => ApiError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                code: "UNKNOWN",
+            MirrorError::Store(_) | MirrorError::Raced => ApiError::internal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("berth's cache storage failed ({SEE_LOG})"),
                 message,
-                headers: Vec::new(),
-            },
+            ),
         }
     }
 }
@@ -102,7 +140,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // A 504 is the expected answer to `only-if-cached` for what is not stored.
         if self.status.is_server_error() && self.status != StatusCode::GATEWAY_TIMEOUT {
-            tracing::warn!(status = %self.status, code = self.code, message = %self.message, "request failed");
+            tracing::warn!(status = %self.status, code = self.code, message = %self.message,
+                detail = self.detail.as_deref().unwrap_or(""), "request failed");
         }
         let body = ErrorBody {
             errors: vec![ErrorEntry {

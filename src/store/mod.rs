@@ -9,7 +9,7 @@
 //! rest when over `max_size`, [`verify`] re-hashes everything (`berth cache verify`), [`stats`] counts it.
 
 pub mod access;
-mod disk;
+pub mod disk;
 pub mod evict;
 pub mod keys;
 pub mod manifest_form;
