@@ -97,25 +97,37 @@ impl From<MirrorError> for ApiError {
             }
             MirrorError::Unreachable {
                 ref upstream,
+                ref cause,
                 retry_after,
-                ..
             } => ApiError::internal(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("{upstream} is unreachable and the content is not cached ({SEE_LOG})"),
+                format!(
+                    "{upstream} is unreachable and the content is not cached: {} ({SEE_LOG})",
+                    redact(cause)
+                ),
                 message,
             )
             .with_header(
                 RETRY_AFTER,
                 retry_after.map_or(UNREACHABLE_RETRY_AFTER_SECS, |d| d.as_secs().max(1)),
             ),
-            MirrorError::BadUpstream { ref upstream, .. } => ApiError::internal(
+            MirrorError::BadUpstream {
+                ref upstream,
+                ref cause,
+            } => ApiError::internal(
                 StatusCode::BAD_GATEWAY,
-                format!("{upstream} answered with something berth cannot use ({SEE_LOG})"),
+                format!("{upstream} failed: {} ({SEE_LOG})", redact(cause)),
                 message,
             ),
-            MirrorError::Verification { ref upstream, .. } => ApiError::internal(
+            MirrorError::Verification {
+                ref upstream,
+                ref cause,
+            } => ApiError::internal(
                 StatusCode::BAD_GATEWAY,
-                format!("content from {upstream} failed verification ({SEE_LOG})"),
+                format!(
+                    "content from {upstream} failed verification: {} ({SEE_LOG})",
+                    redact(cause)
+                ),
                 message,
             ),
             MirrorError::ManifestTooLarge => ApiError::new(ErrorCode::ManifestInvalid, message)
@@ -134,6 +146,47 @@ impl From<MirrorError> for ApiError {
             ),
         }
     }
+}
+
+/// The cause of an upstream failure as a client may read it: what went wrong (`TLS handshake
+/// with <host> timed out`), without the URLs (signed CDN links, token realms) or the hosts and
+/// addresses berth talks to.
+fn redact(cause: &str) -> String {
+    cause
+        .split(' ')
+        .map(|word| {
+            let bare = word.trim_matches(|c: char| "()<>,;\"'`".contains(c));
+            if bare.contains("://") || bare.contains('?') && bare.contains('=') {
+                word.replace(bare, "<url>")
+            } else if looks_like_host(bare) {
+                word.replace(bare, "<host>")
+            } else {
+                word.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `registry.internal`, `cdn.example.com:443`, `10.0.0.5:5000`, `[::1]:443`, `::1`; not `1.5s`
+/// or `HTTP/1.1`.
+fn looks_like_host(word: &str) -> bool {
+    if word.parse::<std::net::IpAddr>().is_ok() || word.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    let host = match word.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => word,
+    };
+    let labels: Vec<&str> = host.split('.').collect();
+    labels.len() >= 2
+        && labels
+            .iter()
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        && labels
+            .last()
+            .is_some_and(|tld| tld.len() >= 2 && tld.bytes().all(|b| b.is_ascii_alphabetic()))
+        || host != word && host.parse::<std::net::IpAddr>().is_ok()
 }
 
 impl IntoResponse for ApiError {
@@ -155,5 +208,40 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(name, value);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_keep_what_failed_and_lose_where() {
+        for (cause, shown) in [
+            (
+                "upstream timed out: TLS handshake with registry.internal:5000 timed out",
+                "upstream timed out: TLS handshake with <host> timed out",
+            ),
+            (
+                "upstream connection failed: redirect target cdn.example.com answered 403 Forbidden (expired URL?)",
+                "upstream connection failed: redirect target <host> answered 403 Forbidden (expired URL?)",
+            ),
+            (
+                "token endpoint https://auth.example/token?scope=repo:x:pull&sig=abc did not answer",
+                "token endpoint <url> did not answer",
+            ),
+            (
+                "no response headers from 10.1.2.3 within 1.5s",
+                "no response headers from <host> within 1.5s",
+            ),
+            ("connect to [::1]:443 refused", "connect to <host> refused"),
+            ("upstream answered HTTP 500", "upstream answered HTTP 500"),
+            (
+                "HTTP/1.1 stalled: no bytes for 20s",
+                "HTTP/1.1 stalled: no bytes for 20s",
+            ),
+        ] {
+            assert_eq!(redact(cause), shown, "{cause}");
+        }
     }
 }
