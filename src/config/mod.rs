@@ -4,8 +4,11 @@
 //! validated once into [`Config`]. Nothing downstream re-checks strings.
 
 mod raw;
+mod resolve;
 mod server;
 mod size;
+mod store;
+mod upstream;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -78,6 +81,8 @@ pub struct S3Config {
     pub allow_http: bool,
     /// Extra CA (PEM) trusted for the endpoint's TLS.
     pub ca_file: Option<PathBuf>,
+    /// Size of the local hot tier under `data_dir` (blobs + manifests); `None`: no hot tier.
+    pub local_max_size: Option<u64>,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -91,6 +96,7 @@ impl std::fmt::Debug for S3Config {
             .field("access_key_id", &self.access_key_id)
             .field("allow_http", &self.allow_http)
             .field("ca_file", &self.ca_file)
+            .field("local_max_size", &self.local_max_size)
             .finish_non_exhaustive()
     }
 }
@@ -223,6 +229,8 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_S3_REGION: &str = "us-east-1";
+/// The hot tier in front of S3 unless `local_max_size` says otherwise.
+pub const DEFAULT_LOCAL_MAX_SIZE: u64 = 10 * 1024 * 1024 * 1024;
 
 /// The upstreams used when the config file names none.
 pub const BUILTIN_UPSTREAMS: [(&str, &str); 4] = [
@@ -306,7 +314,7 @@ impl Config {
             e
         };
         let raw = RawConfig::parse(&text).map_err(with_file)?;
-        raw::platforms(raw.platforms.as_deref()).map_err(with_file)
+        resolve::platforms(raw.platforms.as_deref()).map_err(with_file)
     }
 
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {

@@ -73,7 +73,7 @@ pub async fn serve<S, B>(
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -161,7 +161,7 @@ impl Shared {
             + Send
             + 'static,
         S::Future: Send + 'static,
-        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let accepted = Instant::now();
@@ -232,7 +232,7 @@ impl Shared {
             + Send
             + 'static,
         S::Future: Send + 'static,
-        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let activity = activity.clone();
@@ -275,14 +275,14 @@ struct Guarded<B> {
     _guard: RequestGuard,
 }
 
-impl<B: http_body::Body + Unpin> http_body::Body for Guarded<B> {
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
     type Data = B::Data;
     type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         Pin::new(&mut self.body).poll_frame(cx)
     }
 
@@ -290,7 +290,7 @@ impl<B: http_body::Body + Unpin> http_body::Body for Guarded<B> {
         self.body.is_end_stream()
     }
 
-    fn size_hint(&self) -> http_body::SizeHint {
+    fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
     }
 }

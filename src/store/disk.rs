@@ -18,8 +18,8 @@ use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use super::access::{AccessLog, OpenReaders};
-use super::scan::{self, ObjectKind};
+use super::housekeeping::access::{AccessLog, OpenReaders};
+use super::housekeeping::scan::{self, ObjectKind};
 use super::{BlobStore, ByteStream, Listed, StoreError};
 
 const READ_CHUNK: usize = 256 * 1024;
@@ -98,7 +98,7 @@ impl DiskStore {
         if batch.is_empty() {
             return 0;
         }
-        tokio::task::spawn_blocking(move || super::access::write_mtimes(&root, batch))
+        tokio::task::spawn_blocking(move || super::housekeeping::access::write_mtimes(&root, batch))
             .await
             .unwrap_or(0)
     }

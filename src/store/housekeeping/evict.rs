@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::DiskStore;
-use super::StoreError;
 use super::pins::{self, PinError, Pinned};
 use super::scan::{self, StoredObject};
 use crate::metrics::Metrics;
+use crate::store::DiskStore;
+use crate::store::StoreError;
 
 /// Eviction stops once the cache is at or below this share of `max_size`.
 pub const LOW_WATER_PERCENT: u64 = 90;

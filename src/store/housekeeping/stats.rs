@@ -1,9 +1,9 @@
 //! `berth cache stats`: what the disk cache holds.
 
-use super::DiskStore;
 use super::evict::EvictError;
 use super::pins;
 use super::scan::{self, ObjectKind};
+use crate::store::DiskStore;
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CacheStats {

@@ -15,8 +15,8 @@ use std::str::FromStr;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{BlobStore, StoreError, keys, manifest_form};
 use crate::oci::{Digest, ManifestDoc, References};
+use crate::store::{BlobStore, StoreError, keys, manifest_form};
 
 const PREFIX: &str = "pins/";
 
