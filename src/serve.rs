@@ -171,10 +171,43 @@ impl FrontDoor {
 /// Listening beyond the private networks with `allow` covering everyone lends berth's upstream
 /// credentials and pull quota to the internet: say so.
 fn warn_if_open_to_everyone(listen: std::net::SocketAddr, server: &ServerConfig) {
-    let private = ServerConfig::default();
-    if server.allows_everyone() && !private.allows(listen.ip()) {
+    if open_to_everyone(listen, server) {
         tracing::warn!(listen = %listen, users = server.users_file.is_some(),
             "berth listens on a public address and [server] allow lets every address in; \
              anyone who reaches it pulls with berth's upstream credentials. Narrow allow to your nodes' network");
+    }
+}
+
+/// A public (or every: 0.0.0.0, ::) listen address, and `allow` with a /0 network.
+fn open_to_everyone(listen: std::net::SocketAddr, server: &ServerConfig) -> bool {
+    let private = ServerConfig::default();
+    server.allows_everyone() && !private.allows(listen.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warns_only_for_a_public_listener_open_to_everyone() {
+        let everyone = ServerConfig {
+            allow: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+            ..ServerConfig::default()
+        };
+        let lan = ServerConfig::default();
+        for (listen, server, warn) in [
+            ("0.0.0.0:5000", &everyone, true),
+            ("[::]:5000", &everyone, true),
+            ("203.0.113.7:5000", &everyone, true),
+            ("10.27.27.10:5000", &everyone, false),
+            ("127.0.0.1:5000", &everyone, false),
+            ("0.0.0.0:5000", &lan, false),
+        ] {
+            assert_eq!(
+                open_to_everyone(listen.parse().unwrap(), server),
+                warn,
+                "{listen}"
+            );
+        }
     }
 }

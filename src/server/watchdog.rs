@@ -5,8 +5,10 @@
 //! - once a client starts sending a request head on an idle HTTP/1 connection, the head must be
 //!   complete within `header_timeout` (slowloris: one byte a second keeps the socket busy, but
 //!   never finishes a head);
-//! - a connection that moves no bytes for `idle_timeout` is closed (idle keep-alive, a client
-//!   that stopped reading, an HTTP/2 connection with nothing to do).
+//! - a connection that moves no bytes for `idle_timeout` is closed when it has no request in
+//!   progress (idle keep-alive, an HTTP/2 connection with nothing to do) or when berth's writes
+//!   to it are blocked (a client that stopped reading). A request waiting for an upstream is not
+//!   idle: the upstream's own timeouts bound it.
 //!
 //! [`Activity`] is shared by the IO wrapper ([`Watched`]), which records bytes, and the request
 //! wrapper ([`RequestGuard`]), which records requests between head and end of response.
@@ -35,6 +37,8 @@ pub struct Activity {
     served_any: AtomicBool,
     /// HTTP/2 multiplexes control frames between requests: no per-head deadline there.
     http2: AtomicBool,
+    /// The last write could not go out (the client's receive window is full).
+    write_blocked: AtomicBool,
 }
 
 /// Why the watchdog closed a connection.
@@ -67,6 +71,7 @@ impl Activity {
             active: AtomicUsize::new(0),
             served_any: AtomicBool::new(false),
             http2: AtomicBool::new(false),
+            write_blocked: AtomicBool::new(false),
         })
     }
 
@@ -97,6 +102,11 @@ impl Activity {
 
     fn on_write(&self) {
         self.last_io_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.write_blocked.store(false, Ordering::Relaxed);
+    }
+
+    fn on_write_blocked(&self) {
+        self.write_blocked.store(true, Ordering::Relaxed);
     }
 
     /// A request head is complete and handed to the service.
@@ -122,7 +132,9 @@ impl Activity {
             return Some(Expired::SlowHead);
         }
         let last = self.last_io_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= idle_timeout.as_millis() as u64 {
+        let waiting_on_client =
+            self.active.load(Ordering::Acquire) == 0 || self.write_blocked.load(Ordering::Relaxed);
+        if waiting_on_client && now.saturating_sub(last) >= idle_timeout.as_millis() as u64 {
             return Some(Expired::Idle);
         }
         None
@@ -150,6 +162,14 @@ impl<T> Watched<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Watched<T> {
         Watched { inner, activity }
     }
+
+    fn record_write(&self, polled: &Poll<std::io::Result<usize>>) {
+        match polled {
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.on_write(),
+            Poll::Pending => self.activity.on_write_blocked(),
+            _ => {}
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
@@ -174,9 +194,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.on_write();
-        }
+        self.record_write(&polled);
         polled
     }
 
@@ -186,9 +204,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.on_write();
-        }
+        self.record_write(&polled);
         polled
     }
 
@@ -268,6 +284,21 @@ mod tests {
         assert_eq!(activity.expired(HEADER, IDLE), None);
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(activity.expired(HEADER, IDLE), Some(Expired::Idle));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waiting_upstream_is_not_idle_but_a_client_that_stopped_reading_is() {
+        let activity = Activity::new(Instant::now());
+        let request = activity.request_started();
+        tokio::time::advance(Duration::from_secs(200)).await;
+        assert_eq!(activity.expired(HEADER, IDLE), None);
+        activity.on_write();
+        activity.on_write_blocked();
+        tokio::time::advance(Duration::from_secs(89)).await;
+        assert_eq!(activity.expired(HEADER, IDLE), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(activity.expired(HEADER, IDLE), Some(Expired::Idle));
+        drop(request);
     }
 
     #[tokio::test(start_paused = true)]
