@@ -37,8 +37,19 @@ impl ApiError {
         }
     }
 
+    /// A 500 `UNKNOWN`: a bug, contained.
+    pub(crate) fn internal(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "UNKNOWN",
+            message: message.into(),
+            detail: None,
+            headers: Vec::new(),
+        }
+    }
+
     /// A failure whose cause stays in the log; the client reads `message` only.
-    pub(crate) fn internal(
+    pub(crate) fn hidden(
         status: StatusCode,
         message: impl Into<String>,
         detail: String,
@@ -99,7 +110,7 @@ impl From<MirrorError> for ApiError {
                 ref upstream,
                 ref cause,
                 retry_after,
-            } => ApiError::internal(
+            } => ApiError::hidden(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "{upstream} is unreachable and the content is not cached: {} ({SEE_LOG})",
@@ -114,7 +125,7 @@ impl From<MirrorError> for ApiError {
             MirrorError::BadUpstream {
                 ref upstream,
                 ref cause,
-            } => ApiError::internal(
+            } => ApiError::hidden(
                 StatusCode::BAD_GATEWAY,
                 format!("{upstream} failed: {} ({SEE_LOG})", redact(cause)),
                 message,
@@ -122,7 +133,7 @@ impl From<MirrorError> for ApiError {
             MirrorError::Verification {
                 ref upstream,
                 ref cause,
-            } => ApiError::internal(
+            } => ApiError::hidden(
                 StatusCode::BAD_GATEWAY,
                 format!(
                     "content from {upstream} failed verification: {} ({SEE_LOG})",
@@ -139,9 +150,24 @@ impl From<MirrorError> for ApiError {
             // RFC 9111 §5.2.1.7: only-if-cached and not stored → 504.
             MirrorError::NotCached(_) => ApiError::new(ErrorCode::Unavailable, message)
                 .with_status(StatusCode::GATEWAY_TIMEOUT),
-            MirrorError::Store(_) | MirrorError::Raced => ApiError::internal(
+            MirrorError::Busy { retry_after, .. } => ApiError::new(ErrorCode::Unavailable, message)
+                .with_status(StatusCode::SERVICE_UNAVAILABLE)
+                .with_header(RETRY_AFTER, retry_after.as_secs().max(1)),
+            MirrorError::TooLarge {
+                ref upstream,
+                ref cause,
+            }
+            | MirrorError::Refused {
+                ref upstream,
+                ref cause,
+            } => ApiError::hidden(
+                StatusCode::BAD_GATEWAY,
+                format!("{upstream}: {} ({SEE_LOG})", redact(cause)),
+                message,
+            ),
+            MirrorError::Store(_) | MirrorError::Internal(_) => ApiError::hidden(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("berth's cache storage failed ({SEE_LOG})"),
+                format!("berth's cache storage failed or berth hit an internal error ({SEE_LOG})"),
                 message,
             ),
         }

@@ -11,7 +11,7 @@ use http::header::{
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 use super::ApiError;
-use crate::mirror::{BlobBody, ByteRange, Lookup, Mirror, MirrorError};
+use crate::mirror::{BlobBody, ByteRange, ListingBody, Lookup, Mirror, MirrorError};
 use crate::oci::{Digest, Endpoint, ErrorCode, OciPath};
 
 const DIGEST_HEADER: &str = "docker-content-digest";
@@ -62,8 +62,7 @@ async fn handle(
                 .manifest(&target, &reference, &accept_list(headers), lookup)
                 .await?;
             let content_type = media_type_header(&manifest.media_type).ok_or_else(|| {
-                ApiError::internal(
-                    StatusCode::BAD_GATEWAY,
+                ApiError::hidden(StatusCode::BAD_GATEWAY,
                     "the upstream gave this manifest an invalid media type (details in berth's log)",
                     format!("invalid manifest media type {:?}", manifest.media_type),
                 )
@@ -98,18 +97,17 @@ async fn handle(
             built(blob_response(&digest, blob))
         }
         Endpoint::Tags => {
-            let (body, content_type) = mirror
+            let listing = mirror
                 .tag_list(&target, query.tags_query().as_deref())
                 .await?;
-            built(passthrough_response(body, content_type, "application/json"))
+            built(passthrough_response(listing, "application/json"))
         }
         Endpoint::Referrers(digest) => {
-            let (body, content_type) = mirror
+            let listing = mirror
                 .referrers(&target, &digest, query.referrers_query().as_deref())
                 .await?;
             built(passthrough_response(
-                body,
-                content_type,
+                listing,
                 "application/vnd.oci.image.index.v1+json",
             ))
         }
@@ -119,7 +117,7 @@ async fn handle(
 /// A response, or a 500 naming the failure: a builder error never becomes an empty 200.
 fn built(response: http::Result<Response>) -> Result<Response, ApiError> {
     response.map_err(|e| {
-        ApiError::internal(
+        ApiError::hidden(
             StatusCode::INTERNAL_SERVER_ERROR,
             "berth could not build the response (details in berth's log)",
             format!("response builder: {e}"),
@@ -177,18 +175,18 @@ fn blob_response(digest: &Digest, blob: BlobBody) -> http::Result<Response> {
 }
 
 fn passthrough_response(
-    body: bytes::Bytes,
-    content_type: Option<String>,
+    listing: ListingBody,
     default_type: &'static str,
 ) -> http::Result<Response> {
     // An upstream's invalid Content-Type is replaced by what the endpoint always returns.
-    let content_type = content_type
+    let content_type = listing
+        .content_type
         .as_deref()
         .and_then(media_type_header)
         .unwrap_or(HeaderValue::from_static(default_type));
     Response::builder()
         .header(CONTENT_TYPE, content_type)
-        .body(Body::from(body))
+        .body(Body::from_stream(listing.body))
 }
 
 /// `Cache-Control: only-if-cached` (RFC 9111): answer from the cache or 504, never go upstream.
@@ -206,17 +204,30 @@ fn lookup(headers: &HeaderMap) -> Lookup {
     }
 }
 
-/// The client's `Accept` list as bare media types (parameters such as `q=` dropped).
+/// At most this many `Accept` entries are read, each at most this long; the rest is ignored
+/// (real clients send fewer than ten).
+const MAX_ACCEPT_ENTRIES: usize = 64;
+const MAX_MEDIA_TYPE_LEN: usize = 255;
+
+/// The client's `Accept` list as bare media types (parameters such as `q=` dropped), capped
+/// and deduplicated in linear time.
 fn accept_list(headers: &HeaderMap) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
     headers
         .get_all(ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.split(';').next().unwrap_or("").trim().to_string())
-        .filter(|t| !t.is_empty())
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .filter(|t| !t.is_empty() && t.len() <= MAX_MEDIA_TYPE_LEN)
+        .filter(|t| seen.insert(*t))
+        .take(MAX_ACCEPT_ENTRIES)
+        .map(str::to_string)
         .collect()
 }
+
+/// Page sizes above this are asked of the upstream as this.
+const MAX_TAGS_PAGE: u64 = 10_000;
 
 /// The query parameters berth understands; the rest are ignored.
 struct Query {
@@ -248,8 +259,8 @@ impl Query {
 
     fn tags_query(&self) -> Option<String> {
         let mut out = url::form_urlencoded::Serializer::new(String::new());
-        if let Some(n) = &self.n {
-            out.append_pair("n", n);
+        if let Some(n) = self.n.as_deref().and_then(|n| n.trim().parse::<u64>().ok()) {
+            out.append_pair("n", &n.min(MAX_TAGS_PAGE).to_string());
         }
         if let Some(last) = &self.last {
             out.append_pair("last", last);

@@ -10,7 +10,7 @@ use url::Url;
 use super::raw::{RawConfig, RawUpstream};
 use super::{
     AdminToken, BUILTIN_UPSTREAMS, Config, ConfigError, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
-    DEFAULT_PLATFORMS, Overrides,
+    DEFAULT_MAX_FILLS_TOTAL, DEFAULT_PLATFORMS, Overrides,
 };
 use crate::oci::Platform;
 
@@ -90,6 +90,10 @@ impl RawConfig {
             None => None,
         };
 
+        let advertise_url = match self.advertise_url {
+            Some(text) => Some(parse_http_url("advertise_url", &text)?),
+            None => None,
+        };
         let store = self.store.resolve()?;
         let server = self.server.resolve()?;
         let admin_token = admin_token(self.admin_token, self.admin_token_file)?;
@@ -100,8 +104,13 @@ impl RawConfig {
             data_dir,
             default_upstream,
             mirror_url,
+            advertise_url,
             upstreams,
             manifest_memory_cache: self.manifest_memory_cache_mb.unwrap_or(64) * 1024 * 1024,
+            max_fills: match self.max_fills {
+                Some(0) => return Err(ConfigError::new("max_fills", "must be at least 1")),
+                n => n.unwrap_or(DEFAULT_MAX_FILLS_TOTAL),
+            },
             store,
             server,
             admin_token,

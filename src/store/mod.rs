@@ -72,6 +72,9 @@ pub trait BlobStore: Send + Sync + 'static {
     /// `Ok` the file belongs to the store (moved, or uploaded and deleted); after `Err` it is
     /// left where it was and nothing is visible under `key`.
     async fn commit_file(&self, key: &str, file: &Path) -> Result<(), StoreError>;
+    /// Writes a small object only if none has the key, atomically: `Ok(true)` created,
+    /// `Ok(false)` it was there. Cross-replica fill leases are built on it.
+    async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Notes a use served from memory in front of the store, for LRU eviction. No I/O.
     fn touch(&self, _key: &str) {}

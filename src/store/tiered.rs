@@ -121,7 +121,12 @@ async fn copy_verified(
 ) -> Result<(), StoreError> {
     let digest = digest_of_key(key).ok_or_else(|| StoreError::InvalidKey(key.to_string()))?;
     let mut stream = remote.read(key, 0..size).await?;
-    let mut out = tokio::fs::File::create(file)
+    let mut out = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(super::disk::FILE_MODE)
+        .open(file)
         .await
         .map_err(|e| StoreError::io(key, e))?;
     let mut hasher = Hasher::new(digest.algorithm());
@@ -213,6 +218,19 @@ impl BlobStore for TieredStore {
     }
 
     async fn commit_file(&self, key: &str, file: &Path) -> Result<(), StoreError> {
+        let size = tokio::fs::metadata(file)
+            .await
+            .map_err(|e| StoreError::io(key, e))?
+            .len();
+        // Content-addressed: the same key and size in the bucket (another replica's upload of
+        // the same verified bytes) needs no second upload.
+        if is_content(key) && self.remote.size(key).await.ok().flatten() == Some(size) {
+            if let Err(e) = self.local.commit_file(key, file).await {
+                tracing::debug!(%key, error = %e, "hot tier: local copy not committed");
+                let _ = tokio::fs::remove_file(file).await;
+            }
+            return Ok(());
+        }
         // The remote upload reads the file and leaves it; the local commit then takes it.
         let upload = copy_for_remote(file)
             .await
@@ -225,6 +243,10 @@ impl BlobStore for TieredStore {
             let _ = tokio::fs::remove_file(file).await;
         }
         Ok(())
+    }
+
+    async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError> {
+        self.remote.create(key, bytes).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

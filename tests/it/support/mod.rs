@@ -16,4 +16,5 @@ pub mod images;
 pub mod inprocess;
 pub mod prereq;
 pub mod real;
+pub mod syn_gate;
 pub mod util;
