@@ -5,6 +5,7 @@
 mod admin;
 mod door;
 mod error;
+mod fleet;
 mod handlers;
 
 use std::sync::Arc;
@@ -66,10 +67,13 @@ fn registry_routes() -> Router<Arc<Mirror>> {
         .route("/v2/{*rest}", any(handlers::dispatch))
 }
 
+/// `/metrics`, `/healthz`, and the fills other replicas stream from this one (lease token; on
+/// the main listener, since peers reach each other by `advertise_url`).
 fn service_routes() -> Router<Arc<Mirror>> {
     Router::new()
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/_berth/fills/{digest}", get(fleet::peer_fill))
 }
 
 fn admin_routes() -> Router<Arc<Mirror>> {

@@ -24,6 +24,7 @@ pub struct RawConfig {
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
     pub platforms: Option<Vec<String>>,
+    pub upstream_patterns: Option<Vec<String>>,
     #[serde(default)]
     pub upstream_defaults: RawUpstream,
     pub upstreams: Option<BTreeMap<String, RawUpstream>>,

@@ -10,6 +10,7 @@
 
 mod support;
 
+mod ansible_node;
 mod ansible_role;
 mod cache_cli;
 mod containerd_hosts;
@@ -24,8 +25,10 @@ mod front_door;
 mod generate;
 mod mss_blackhole;
 mod parsers;
+mod podman;
 mod prewarm;
 mod pull_through;
+mod registries;
 mod s3_replicas;
 mod store_conformance;
 mod upstream_trust;

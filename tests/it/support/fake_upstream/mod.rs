@@ -61,6 +61,8 @@ pub struct Options {
     /// The CDN answers a request without `Authorization` with `401` + `WWW-Authenticate: Basic`
     /// (a redirect target fishing for the registry's password).
     pub cdn_basic_challenge: bool,
+    /// Blob bodies go out chunked, without `Content-Length`.
+    pub chunked_blobs: bool,
 }
 
 impl Default for Options {
@@ -75,6 +77,7 @@ impl Default for Options {
             redirect_unknown_blobs: false,
             token_realm_host: None,
             cdn_basic_challenge: false,
+            chunked_blobs: false,
         }
     }
 }
