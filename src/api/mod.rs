@@ -1,6 +1,9 @@
-//! The only module that names axum: one catch-all `/v2/` route, parsed once into an [`OciPath`].
+//! The only module that names axum: one catch-all `/v2/` route, parsed once into an [`OciPath`],
+//! behind the [`Door`] (allowed networks, Basic users); the admin endpoints beside it or on
+//! their own listener.
 
 mod admin;
+mod door;
 mod error;
 mod fleet;
 mod handlers;
@@ -10,6 +13,7 @@ mod status;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, put};
 use http::HeaderValue;
@@ -17,28 +21,79 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+pub use door::Door;
 pub use error::ApiError;
 pub use status::parse_since;
 
 use crate::mirror::Mirror;
 
+/// Every endpoint on one router, without the door's checks (in-process callers and tests).
 pub fn router(mirror: Arc<Mirror>) -> Router {
+    layered(
+        registry_routes()
+            .merge(service_routes())
+            .merge(admin_routes())
+            .fallback(handlers::not_found)
+            .with_state(mirror.clone()),
+        mirror,
+    )
+}
+
+/// What `berth serve` listens with: the registry API (and `/metrics`, `/healthz`) behind the
+/// door, with the admin endpoints merged in, or, with `admin_listen`, as a second router.
+pub fn front_door(mirror: Arc<Mirror>, door: Arc<Door>) -> (Router, Option<Router>) {
+    let registry =
+        registry_routes().route_layer(from_fn_with_state(door.clone(), door::authenticate));
+    let public = registry.merge(service_routes());
+    if door.server.admin_listen.is_some() {
+        let public = public
+            .fallback(handlers::not_found)
+            .with_state(mirror.clone())
+            .layer(from_fn_with_state(door.clone(), door::allow));
+        let admin = admin_routes()
+            .fallback(handlers::not_found)
+            .with_state(mirror.clone());
+        (
+            layered(public, mirror.clone()),
+            Some(layered(admin, mirror)),
+        )
+    } else {
+        let public = public
+            .merge(admin_routes())
+            .fallback(handlers::not_found)
+            .with_state(mirror.clone())
+            .layer(from_fn_with_state(door, door::allow));
+        (layered(public, mirror), None)
+    }
+}
+
+fn registry_routes() -> Router<Arc<Mirror>> {
     Router::new()
         .route("/v2", any(handlers::dispatch))
         .route("/v2/", any(handlers::dispatch))
         .route("/v2/{*rest}", any(handlers::dispatch))
+}
+
+/// `/metrics`, `/healthz`, and the fills other replicas stream from this one (lease token; on
+/// the main listener, since peers reach each other by `advertise_url`).
+fn service_routes() -> Router<Arc<Mirror>> {
+    Router::new()
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/_berth/fills/{digest}", get(fleet::peer_fill))
+}
+
+fn admin_routes() -> Router<Arc<Mirror>> {
+    Router::new()
         .route("/_berth/pins", get(admin::list_pins))
         .route("/_berth/pins/{name}", put(admin::put_pins))
         .route("/_berth/status", get(status::status))
-        .route("/_berth/fills/{digest}", get(fleet::peer_fill))
-        .fallback(handlers::not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            mirror.clone(),
-            record::record,
-        ))
-        .with_state(mirror)
+}
+
+fn layered(router: Router, mirror: Arc<Mirror>) -> Router {
+    router
+        // Outside the door: refused requests are counted too (as client requests, not pulls).
+        .layer(from_fn_with_state(mirror, record::record))
         .layer(SetResponseHeaderLayer::overriding(
             http::HeaderName::from_static("docker-distribution-api-version"),
             HeaderValue::from_static("registry/2.0"),

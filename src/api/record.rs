@@ -4,14 +4,14 @@
 //! ([`FailureFact`]), both as response extensions; the body wrapper records once, when the
 //! body ends, fails or is dropped.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use hyper::body::{Frame, SizeHint};
@@ -21,6 +21,7 @@ use super::error::FailureFact;
 use crate::coalesce::ReaderError;
 use crate::mirror::Mirror;
 use crate::pulls::Pull;
+use crate::server::PeerAddr;
 use crate::upstream::ErrorClass;
 
 /// What a `/v2/` request asked for, set by the handler once the path is parsed.
@@ -68,12 +69,13 @@ pub async fn record(State(mirror): State<Arc<Mirror>>, request: Request, next: N
     Response::from_parts(parts, body)
 }
 
-/// The client's address: the connection's peer (no proxy headers: berth is not behind one).
-fn client_address(request: &Request) -> Option<IpAddr> {
+/// The client's address: the connection's peer as the front door saw it (no proxy headers:
+/// berth is not behind one). `None` for in-process callers.
+pub(super) fn client_address(request: &Request) -> Option<IpAddr> {
     request
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_canonical())
+        .get::<PeerAddr>()
+        .map(|PeerAddr(addr)| addr.ip().to_canonical())
 }
 
 fn route_kind(path: &str) -> &'static str {

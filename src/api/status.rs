@@ -2,11 +2,10 @@
 //! `Accept: application/json` (or `?format=json`). `?since=30m` limits failures to the recent
 //! past. Served to loopback clients, or to anyone with the admin token.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 
@@ -81,22 +80,25 @@ pub fn parse_since(text: &str) -> Option<Duration> {
     (since <= MAX_SINCE && seconds > 0).then_some(since)
 }
 
-/// The admin token when one is configured; without one, loopback clients only (the page
-/// names client addresses and images).
+/// The admin endpoints' rules: the admin token when one is configured; else, with
+/// `admin_listen`, whoever reaches that listener (this route is only there then); else
+/// loopback clients only (the page names client addresses and images).
 fn authorize(mirror: &Mirror, request: &Request) -> Result<(), ApiError> {
-    if mirror.config().admin_token.is_some() {
+    let config = mirror.config();
+    if config.admin_token.is_some() {
         return super::admin::authorize(mirror, request.headers());
     }
-    let loopback = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .is_some_and(|ConnectInfo(addr)| addr.ip().to_canonical().is_loopback());
+    if config.server.admin_listen.is_some() {
+        return Ok(());
+    }
+    let loopback = super::record::client_address(request).is_some_and(|ip| ip.is_loopback());
     if loopback {
         Ok(())
     } else {
         Err(ApiError::new(
             ErrorCode::Denied,
-            "the status page is served to loopback clients only unless admin_token_file is set",
+            "the status page is served to loopback clients only; set admin_token_file or \
+             [server] admin_listen in berth.toml to reach it from elsewhere",
         )
         .with_status(http::StatusCode::FORBIDDEN))
     }
