@@ -257,6 +257,22 @@ async fn the_status_page_is_for_loopback_clients_without_an_admin_token() {
         .await
         .unwrap();
     assert_eq!(allowed.status(), 200);
+
+    // With admin_listen (and no token), the page lives there only.
+    let admin_port = crate::support::util::free_port();
+    let split = Berth::builder()
+        .top_level(&format!(
+            "[server]\nadmin_listen = \"127.0.0.1:{admin_port}\""
+        ))
+        .upstream(&fake)
+        .start()
+        .await;
+    let public = reqwest::get(split.url("/_berth/status")).await.unwrap();
+    assert_eq!(public.status(), 404, "not on the public listener");
+    let admin = reqwest::get(format!("http://127.0.0.1:{admin_port}/_berth/status"))
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 200);
 }
 
 #[tokio::test]
