@@ -24,12 +24,16 @@
 //!   generate   K3s registries.yaml and containerd hosts.toml writers
 //!   prewarm    a client of a running berth: pulls image groups as containerd would, pins
 //!              them (/_berth/pins), checks offline readiness (Cache-Control: only-if-cached)
-//!   serve      wiring: store (+ evictor task on disk) + mirror + api; drains fills on shutdown
+//!   server     the front door: accept loop, connection cap, header/idle deadlines, TLS (ALPN,
+//!              cert reload, client CAs), htpasswd users; serves any tower service
+//!   serve      wiring: store (+ evictor task on disk) + mirror + api + server; drains fills
+//!              on shutdown
 //!   cli        one file per subcommand (serve, cache, prewarm, generators); glue only
 //! ```
 //!
 //! Dependency rule: `cli → api/generate/prewarm → mirror → upstream/store/coalesce → oci`, plus
-//! `cli → store` for the offline cache commands (`berth cache stats|verify|gc`). Every layer
+//! `cli → store` for the offline cache commands (`berth cache stats|verify|gc`); `api` also
+//! uses `server`'s policy types (peer address, users), and `server` knows no axum. Every layer
 //! reads `config` and `metrics`. `oci` imports nothing of ours.
 //!
 //! Two HTTP clients, on purpose: `upstream` is hyper on berth's own socket2/rustls connector
@@ -48,5 +52,6 @@ pub mod mirror;
 pub mod oci;
 pub mod prewarm;
 pub mod serve;
+pub mod server;
 pub mod store;
 pub mod upstream;

@@ -6,14 +6,19 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, StoreKind};
+use crate::config::{Config, ServerConfig, StoreKind};
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
+use crate::server::tls::Tls;
+use crate::server::users::Users;
+use crate::server::{self, Limits};
 use crate::store::evict::{Evictor, EvictorTask};
 use crate::store::{BlobStore, DiskStore, S3Store, TieredStore};
 
 /// How long a graceful shutdown waits for running blob fills to verify and commit.
 const FILL_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a graceful shutdown lets clients finish their requests; then their connections close.
+const CONNECTION_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves the mirror on `listener` until `shutdown` resolves. Shared by `berth serve` and tests.
 pub async fn run(
@@ -22,7 +27,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+    std::os::unix::fs::DirBuilderExt::mode(
+        std::fs::DirBuilder::new().recursive(true),
+        crate::store::disk::DIR_MODE,
+    )
+    .create(&config.data_dir)
+    .with_context(|| {
         format!(
             "cannot create data_dir {}; pick another with --data-dir",
             config.data_dir.display()
@@ -70,17 +80,134 @@ pub async fn run(
             }
         };
     let mirror = Arc::new(Mirror::new(config.clone(), store, metrics)?);
-    let app = crate::api::router(mirror.clone());
-    tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), store = %store_location,
+    let front = FrontDoor::open(&config.server)?;
+    let door = Arc::new(crate::api::Door {
+        server: config.server.clone(),
+        users: front.users.clone(),
+    });
+    let (public, admin) = crate::api::front_door(mirror.clone(), door);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let limits = Limits {
+        header_timeout: config.server.header_timeout,
+        idle_timeout: config.server.idle_timeout,
+        max_connections: config.server.max_connections,
+        shutdown_deadline: CONNECTION_DRAIN_DEADLINE,
+    };
+    let acceptor = front.tls.as_ref().map(|t| t.acceptor.clone());
+    let admin_task = match (admin, config.server.admin_listen) {
+        (Some(router), Some(addr)) => {
+            let admin_listener = TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr}; pick another server.admin_listen")
+            })?;
+            tracing::info!(admin_listen = %addr, "admin endpoints (/_berth/) are served here only");
+            Some(tokio::spawn(server::serve(
+                admin_listener,
+                router,
+                acceptor.clone(),
+                limits,
+                stop.clone(),
+            )))
+        }
+        _ => None,
+    };
+    let local = listener.local_addr()?;
+    warn_if_open_to_everyone(local, &config.server);
+    if let Some(tls) = &front.tls {
+        tls.spawn_reloader(stop.clone());
+    }
+    if let Some(users) = &front.users {
+        users.spawn_reloader(stop.clone());
+    }
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    });
+    tracing::info!(listen = %local, scheme = if acceptor.is_some() { "https" } else { "http" },
+        client_certificates = config.server.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()),
+        users = front.users.as_ref().map_or(0, |u| u.len()),
+        data_dir = %config.data_dir.display(), store = %store_location,
         upstreams = ?config.upstreams.keys().collect::<Vec<_>>(), default = %config.default_upstream, "berth is serving");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    server::serve(listener, public, acceptor, limits, stop.clone()).await;
+    stop.cancel();
+    if let Some(admin) = admin_task {
+        let _ = admin.await;
+    }
     mirror.drain(FILL_DRAIN_DEADLINE).await;
     // Last access times reach the files even when serving ended with an error.
     if let Some(evictor) = evictor {
         evictor.shutdown().await;
     }
-    served?;
     Ok(())
+}
+
+/// What `[server]` needs loaded before the first connection: the TLS certificate, the users.
+struct FrontDoor {
+    tls: Option<Tls>,
+    users: Option<Arc<Users>>,
+}
+
+impl FrontDoor {
+    fn open(server: &ServerConfig) -> anyhow::Result<FrontDoor> {
+        let tls = server
+            .tls
+            .as_ref()
+            .map(Tls::load)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("cannot serve HTTPS: {e}"))?;
+        let users = server
+            .users_file
+            .as_deref()
+            .map(Users::load)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("cannot load the users: {e}"))?
+            .map(Arc::new);
+        Ok(FrontDoor { tls, users })
+    }
+}
+
+/// Listening beyond the private networks with `allow` covering everyone lends berth's upstream
+/// credentials and pull quota to the internet: say so.
+fn warn_if_open_to_everyone(listen: std::net::SocketAddr, server: &ServerConfig) {
+    if open_to_everyone(listen, server) {
+        tracing::warn!(listen = %listen, users = server.users_file.is_some(),
+            "berth listens on a public address and [server] allow lets every address in; \
+             anyone who reaches it pulls with berth's upstream credentials. Narrow allow to your nodes' network");
+    }
+}
+
+/// A public (or every: 0.0.0.0, ::) listen address, and `allow` with a /0 network.
+fn open_to_everyone(listen: std::net::SocketAddr, server: &ServerConfig) -> bool {
+    let private = ServerConfig::default();
+    server.allows_everyone() && !private.allows(listen.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warns_only_for_a_public_listener_open_to_everyone() {
+        let everyone = ServerConfig {
+            allow: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+            ..ServerConfig::default()
+        };
+        let lan = ServerConfig::default();
+        for (listen, server, warn) in [
+            ("0.0.0.0:5000", &everyone, true),
+            ("[::]:5000", &everyone, true),
+            ("203.0.113.7:5000", &everyone, true),
+            ("10.27.27.10:5000", &everyone, false),
+            ("127.0.0.1:5000", &everyone, false),
+            ("0.0.0.0:5000", &lan, false),
+        ] {
+            assert_eq!(
+                open_to_everyone(listen.parse().unwrap(), server),
+                warn,
+                "{listen}"
+            );
+        }
+    }
 }

@@ -1,9 +1,10 @@
 //! `/_berth/` admin endpoints (pins). Not reachable (404) unless an admin token is configured;
-//! a missing or wrong `Authorization: Bearer <token>` gets 401.
+//! a missing or wrong `Authorization: Bearer <token>` gets 401. The token is checked before a
+//! byte of the body is read, and a body is read only up to [`MAX_BODY_BYTES`].
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::HeaderMap;
@@ -13,6 +14,9 @@ use crate::mirror::{Mirror, PinName};
 use crate::oci::{Digest, ErrorCode};
 
 use super::ApiError;
+
+/// A pin set of 10 000 manifests is about 750 KiB of JSON.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Body of `PUT /_berth/pins/<name>`.
 #[derive(serde::Deserialize)]
@@ -25,11 +29,22 @@ pub async fn put_pins(
     State(mirror): State<Arc<Mirror>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     if let Err(denied) = authorize(&mirror, &headers) {
         return denied.into_response();
     }
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(_) => {
+            let message = format!(
+                "the body is larger than {MAX_BODY_BYTES} bytes or was cut off; send fewer manifests per pin set"
+            );
+            return ApiError::new(ErrorCode::SizeInvalid, message)
+                .with_status(http::StatusCode::PAYLOAD_TOO_LARGE)
+                .into_response();
+        }
+    };
     let name: PinName = match name.parse() {
         Ok(n) => n,
         Err(e) => return ApiError::new(ErrorCode::NameInvalid, e.to_string()).into_response(),

@@ -1,5 +1,7 @@
 //! OCI error responses: `{"errors":[{"code","message","detail"}]}` with the conventional status.
 //! Every conversion is written out, so an upstream 404 can never turn into a 500.
+//! What a client reads names no upstream URL, CDN address, signed URL or token: the causes of
+//! upstream and storage failures go to berth's log only.
 
 use axum::response::{IntoResponse, Response};
 use http::header::{CONTENT_RANGE, RETRY_AFTER};
@@ -8,6 +10,9 @@ use http::{HeaderValue, StatusCode};
 use crate::mirror::MirrorError;
 use crate::oci::{ErrorBody, ErrorCode, ErrorEntry, PathError};
 
+/// Where the cause of a failure is, for the client.
+const SEE_LOG: &str = "details in berth's log";
+
 /// How long a client should wait after berth could not reach an upstream.
 const UNREACHABLE_RETRY_AFTER_SECS: u64 = 10;
 
@@ -15,6 +20,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Logged with the failure, never sent: may name internal hosts or signed URLs.
+    detail: Option<String>,
     headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
@@ -25,6 +32,7 @@ impl ApiError {
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code: code.as_str(),
             message: message.into(),
+            detail: None,
             headers: Vec::new(),
         }
     }
@@ -35,11 +43,31 @@ impl ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "UNKNOWN",
             message: message.into(),
+            detail: None,
             headers: Vec::new(),
         }
     }
 
-    fn with_status(mut self, status: StatusCode) -> ApiError {
+    /// A failure whose cause stays in the log; the client reads `message` only.
+    pub(crate) fn hidden(
+        status: StatusCode,
+        message: impl Into<String>,
+        detail: String,
+    ) -> ApiError {
+        ApiError {
+            status,
+            code: if status == StatusCode::INTERNAL_SERVER_ERROR {
+                "UNKNOWN"
+            } else {
+                ErrorCode::Unavailable.as_str()
+            },
+            message: message.into(),
+            detail: Some(detail),
+            headers: Vec::new(),
+        }
+    }
+
+    pub(crate) fn with_status(mut self, status: StatusCode) -> ApiError {
         self.status = status;
         self
     }
@@ -78,17 +106,41 @@ impl From<MirrorError> for ApiError {
                 let wait = retry_after.map_or(60, |d| d.as_secs().max(1));
                 ApiError::new(ErrorCode::TooManyRequests, message).with_header(RETRY_AFTER, wait)
             }
-            MirrorError::Unreachable { retry_after, .. } => {
-                ApiError::new(ErrorCode::Unavailable, message)
-                    .with_status(StatusCode::SERVICE_UNAVAILABLE)
-                    .with_header(
-                        RETRY_AFTER,
-                        retry_after.map_or(UNREACHABLE_RETRY_AFTER_SECS, |d| d.as_secs().max(1)),
-                    )
-            }
-            MirrorError::BadUpstream { .. } | MirrorError::Verification { .. } => {
-                ApiError::new(ErrorCode::Unavailable, message).with_status(StatusCode::BAD_GATEWAY)
-            }
+            MirrorError::Unreachable {
+                ref upstream,
+                ref cause,
+                retry_after,
+            } => ApiError::hidden(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{upstream} is unreachable and the content is not cached: {} ({SEE_LOG})",
+                    redact(cause)
+                ),
+                message,
+            )
+            .with_header(
+                RETRY_AFTER,
+                retry_after.map_or(UNREACHABLE_RETRY_AFTER_SECS, |d| d.as_secs().max(1)),
+            ),
+            MirrorError::BadUpstream {
+                ref upstream,
+                ref cause,
+            } => ApiError::hidden(
+                StatusCode::BAD_GATEWAY,
+                format!("{upstream} failed: {} ({SEE_LOG})", redact(cause)),
+                message,
+            ),
+            MirrorError::Verification {
+                ref upstream,
+                ref cause,
+            } => ApiError::hidden(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "content from {upstream} failed verification: {} ({SEE_LOG})",
+                    redact(cause)
+                ),
+                message,
+            ),
             MirrorError::ManifestTooLarge => ApiError::new(ErrorCode::ManifestInvalid, message)
                 .with_status(StatusCode::BAD_GATEWAY),
             MirrorError::RangeNotSatisfiable { size } => {
@@ -101,24 +153,74 @@ impl From<MirrorError> for ApiError {
             MirrorError::Busy { retry_after, .. } => ApiError::new(ErrorCode::Unavailable, message)
                 .with_status(StatusCode::SERVICE_UNAVAILABLE)
                 .with_header(RETRY_AFTER, retry_after.as_secs().max(1)),
-            MirrorError::TooLarge { .. } | MirrorError::Refused { .. } => {
-                ApiError::new(ErrorCode::Unavailable, message).with_status(StatusCode::BAD_GATEWAY)
+            MirrorError::TooLarge {
+                ref upstream,
+                ref cause,
             }
-            MirrorError::Store(_) | MirrorError::Internal(_) => ApiError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                code: "UNKNOWN",
+            | MirrorError::Refused {
+                ref upstream,
+                ref cause,
+            } => ApiError::hidden(
+                StatusCode::BAD_GATEWAY,
+                format!("{upstream}: {} ({SEE_LOG})", redact(cause)),
                 message,
-                headers: Vec::new(),
-            },
+            ),
+            MirrorError::Store(_) | MirrorError::Internal(_) => ApiError::hidden(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("berth's cache storage failed or berth hit an internal error ({SEE_LOG})"),
+                message,
+            ),
         }
     }
+}
+
+/// The cause of an upstream failure as a client may read it: what went wrong (`TLS handshake
+/// with <host> timed out`), without the URLs (signed CDN links, token realms) or the hosts and
+/// addresses berth talks to.
+fn redact(cause: &str) -> String {
+    cause
+        .split(' ')
+        .map(|word| {
+            let bare = word.trim_matches(|c: char| "()<>,;\"'`".contains(c));
+            if bare.contains("://") || bare.contains('?') && bare.contains('=') {
+                word.replace(bare, "<url>")
+            } else if looks_like_host(bare) {
+                word.replace(bare, "<host>")
+            } else {
+                word.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `registry.internal`, `cdn.example.com:443`, `10.0.0.5:5000`, `[::1]:443`, `::1`; not `1.5s`
+/// or `HTTP/1.1`.
+fn looks_like_host(word: &str) -> bool {
+    if word.parse::<std::net::IpAddr>().is_ok() || word.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    let host = match word.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => word,
+    };
+    let labels: Vec<&str> = host.split('.').collect();
+    labels.len() >= 2
+        && labels
+            .iter()
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        && labels
+            .last()
+            .is_some_and(|tld| tld.len() >= 2 && tld.bytes().all(|b| b.is_ascii_alphabetic()))
+        || host != word && host.parse::<std::net::IpAddr>().is_ok()
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // A 504 is the expected answer to `only-if-cached` for what is not stored.
         if self.status.is_server_error() && self.status != StatusCode::GATEWAY_TIMEOUT {
-            tracing::warn!(status = %self.status, code = self.code, message = %self.message, "request failed");
+            tracing::warn!(status = %self.status, code = self.code, message = %self.message,
+                detail = self.detail.as_deref().unwrap_or(""), "request failed");
         }
         let body = ErrorBody {
             errors: vec![ErrorEntry {
@@ -132,5 +234,40 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(name, value);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_keep_what_failed_and_lose_where() {
+        for (cause, shown) in [
+            (
+                "upstream timed out: TLS handshake with registry.internal:5000 timed out",
+                "upstream timed out: TLS handshake with <host> timed out",
+            ),
+            (
+                "upstream connection failed: redirect target cdn.example.com answered 403 Forbidden (expired URL?)",
+                "upstream connection failed: redirect target <host> answered 403 Forbidden (expired URL?)",
+            ),
+            (
+                "token endpoint https://auth.example/token?scope=repo:x:pull&sig=abc did not answer",
+                "token endpoint <url> did not answer",
+            ),
+            (
+                "no response headers from 10.1.2.3 within 1.5s",
+                "no response headers from <host> within 1.5s",
+            ),
+            ("connect to [::1]:443 refused", "connect to <host> refused"),
+            ("upstream answered HTTP 500", "upstream answered HTTP 500"),
+            (
+                "HTTP/1.1 stalled: no bytes for 20s",
+                "HTTP/1.1 stalled: no bytes for 20s",
+            ),
+        ] {
+            assert_eq!(redact(cause), shown, "{cause}");
+        }
     }
 }

@@ -61,12 +61,19 @@ async fn handle(
             let manifest = mirror
                 .manifest(&target, &reference, &accept_list(headers), lookup)
                 .await?;
-            Ok(Response::builder()
-                .header(CONTENT_TYPE, &manifest.media_type)
-                .header(CONTENT_LENGTH, manifest.bytes.len())
-                .header(DIGEST_HEADER, manifest.digest.to_string())
-                .body(Body::from(manifest.bytes.clone()))
-                .unwrap_or_default())
+            let content_type = media_type_header(&manifest.media_type).ok_or_else(|| {
+                ApiError::hidden(StatusCode::BAD_GATEWAY,
+                    "the upstream gave this manifest an invalid media type (details in berth's log)",
+                    format!("invalid manifest media type {:?}", manifest.media_type),
+                )
+            })?;
+            built(
+                Response::builder()
+                    .header(CONTENT_TYPE, content_type)
+                    .header(CONTENT_LENGTH, manifest.bytes.len())
+                    .header(DIGEST_HEADER, manifest.digest.to_string())
+                    .body(Body::from(manifest.bytes.clone())),
+            )
         }
         Endpoint::Blob(digest) => {
             let range = headers
@@ -87,19 +94,19 @@ async fn handle(
                     },
                 )));
             }
-            Ok(blob_response(&digest, blob))
+            built(blob_response(&digest, blob))
         }
         Endpoint::Tags => {
             let listing = mirror
                 .tag_list(&target, query.tags_query().as_deref())
                 .await?;
-            Ok(passthrough_response(listing, "application/json"))
+            built(passthrough_response(listing, "application/json"))
         }
         Endpoint::Referrers(digest) => {
             let listing = mirror
                 .referrers(&target, &digest, query.referrers_query().as_deref())
                 .await?;
-            Ok(passthrough_response(
+            built(passthrough_response(
                 listing,
                 "application/vnd.oci.image.index.v1+json",
             ))
@@ -107,7 +114,45 @@ async fn handle(
     }
 }
 
-fn blob_response(digest: &Digest, blob: BlobBody) -> Response {
+/// A response, or a 500 naming the failure: a builder error never becomes an empty 200.
+fn built(response: http::Result<Response>) -> Result<Response, ApiError> {
+    response.map_err(|e| {
+        ApiError::hidden(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "berth could not build the response (details in berth's log)",
+            format!("response builder: {e}"),
+        )
+    })
+}
+
+/// A media type as a `Content-Type` value, or `None` when it is not `type/subtype` (token
+/// characters, optional `;` parameters) of at most 255 bytes. Media types come from upstreams:
+/// untrusted text must not become a header unchecked.
+fn media_type_header(media_type: &str) -> Option<HeaderValue> {
+    if media_type.is_empty() || media_type.len() > 255 {
+        return None;
+    }
+    let essence = media_type.split(';').next().unwrap_or("").trim();
+    let (kind, subtype) = essence.split_once('/')?;
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    if !token(kind) || !token(subtype) {
+        return None;
+    }
+    // Parameters: visible ASCII and spaces only (no control characters, no line breaks).
+    if !media_type
+        .bytes()
+        .all(|b| b == b' ' || b.is_ascii_graphic())
+    {
+        return None;
+    }
+    HeaderValue::from_str(media_type).ok()
+}
+
+fn blob_response(digest: &Digest, blob: BlobBody) -> http::Result<Response> {
     let mut builder = Response::builder()
         .header(CONTENT_TYPE, "application/octet-stream")
         .header(ACCEPT_RANGES, "bytes")
@@ -126,19 +171,22 @@ fn blob_response(digest: &Digest, blob: BlobBody) -> Response {
         Some(stream) => Body::from_stream(stream),
         None => Body::empty(),
     };
-    builder.body(body).unwrap_or_default()
+    builder.body(body)
 }
 
-fn passthrough_response(listing: ListingBody, default_type: &'static str) -> Response {
+fn passthrough_response(
+    listing: ListingBody,
+    default_type: &'static str,
+) -> http::Result<Response> {
+    // An upstream's invalid Content-Type is replaced by what the endpoint always returns.
+    let content_type = listing
+        .content_type
+        .as_deref()
+        .and_then(media_type_header)
+        .unwrap_or(HeaderValue::from_static(default_type));
     Response::builder()
-        .header(
-            CONTENT_TYPE,
-            listing
-                .content_type
-                .unwrap_or_else(|| default_type.to_string()),
-        )
+        .header(CONTENT_TYPE, content_type)
         .body(Body::from_stream(listing.body))
-        .unwrap_or_default()
 }
 
 /// `Cache-Control: only-if-cached` (RFC 9111): answer from the cache or 504, never go upstream.
@@ -247,4 +295,34 @@ pub async fn not_found(uri: Uri) -> Response {
         format!("no such endpoint: {}", uri.path()),
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types_from_upstreams_are_checked_before_becoming_headers() {
+        for ok in [
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/json; charset=utf-8",
+        ] {
+            assert!(media_type_header(ok).is_some(), "{ok}");
+        }
+        let long = format!("application/{}", "x".repeat(300));
+        for bad in [
+            "",
+            "json",
+            "application/",
+            "/json",
+            "application/json\r\nSet-Cookie: a=b",
+            "text/html\u{7f}",
+            "appl ication/json",
+            "application/jsön",
+            long.as_str(),
+        ] {
+            assert!(media_type_header(bad).is_none(), "{bad:?}");
+        }
+    }
 }

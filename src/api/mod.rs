@@ -1,6 +1,9 @@
-//! The only module that names axum: one catch-all `/v2/` route, parsed once into an [`OciPath`].
+//! The only module that names axum: one catch-all `/v2/` route, parsed once into an [`OciPath`],
+//! behind the [`Door`] (allowed networks, Basic users); the admin endpoints beside it or on
+//! their own listener.
 
 mod admin;
+mod door;
 mod error;
 mod fleet;
 mod handlers;
@@ -8,6 +11,7 @@ mod handlers;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, put};
 use http::HeaderValue;
@@ -15,22 +19,71 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+pub use door::Door;
 pub use error::ApiError;
 
 use crate::mirror::Mirror;
 
+/// Every endpoint on one router, without the door's checks (in-process callers and tests).
 pub fn router(mirror: Arc<Mirror>) -> Router {
+    layered(
+        registry_routes()
+            .merge(service_routes())
+            .merge(admin_routes())
+            .fallback(handlers::not_found)
+            .with_state(mirror),
+    )
+}
+
+/// What `berth serve` listens with: the registry API (and `/metrics`, `/healthz`) behind the
+/// door, with the admin endpoints merged in, or, with `admin_listen`, as a second router.
+pub fn front_door(mirror: Arc<Mirror>, door: Arc<Door>) -> (Router, Option<Router>) {
+    let registry =
+        registry_routes().route_layer(from_fn_with_state(door.clone(), door::authenticate));
+    let public = registry.merge(service_routes());
+    if door.server.admin_listen.is_some() {
+        let public = public
+            .fallback(handlers::not_found)
+            .with_state(mirror.clone())
+            .layer(from_fn_with_state(door.clone(), door::allow));
+        let admin = admin_routes()
+            .fallback(handlers::not_found)
+            .with_state(mirror);
+        (layered(public), Some(layered(admin)))
+    } else {
+        let public = public
+            .merge(admin_routes())
+            .fallback(handlers::not_found)
+            .with_state(mirror)
+            .layer(from_fn_with_state(door, door::allow));
+        (layered(public), None)
+    }
+}
+
+fn registry_routes() -> Router<Arc<Mirror>> {
     Router::new()
         .route("/v2", any(handlers::dispatch))
         .route("/v2/", any(handlers::dispatch))
         .route("/v2/{*rest}", any(handlers::dispatch))
+}
+
+/// `/metrics`, `/healthz`, and the fills other replicas stream from this one (lease token; on
+/// the main listener, since peers reach each other by `advertise_url`).
+fn service_routes() -> Router<Arc<Mirror>> {
+    Router::new()
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/_berth/fills/{digest}", get(fleet::peer_fill))
+}
+
+fn admin_routes() -> Router<Arc<Mirror>> {
+    Router::new()
         .route("/_berth/pins", get(admin::list_pins))
         .route("/_berth/pins/{name}", put(admin::put_pins))
-        .route("/_berth/fills/{digest}", get(fleet::peer_fill))
-        .fallback(handlers::not_found)
-        .with_state(mirror)
+}
+
+fn layered(router: Router) -> Router {
+    router
         .layer(SetResponseHeaderLayer::overriding(
             http::HeaderName::from_static("docker-distribution-api-version"),
             HeaderValue::from_static("registry/2.0"),

@@ -16,6 +16,7 @@ mod slots;
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -118,19 +119,18 @@ pub enum Joined<K: Hash + Eq + Clone, E: Clone> {
     Leader(Arc<Fill<E>>, FillWriter<K, E>),
 }
 
+/// Prefix of spool file names (`fill-<16 hex>`).
+const SPOOL_PREFIX: &str = "fill-";
+
 impl<K, E> Fills<K, E>
 where
     K: Hash + Eq + Clone + Send + 'static,
     E: Clone + std::fmt::Display + Send + Sync + 'static,
 {
-    /// `spool_dir` is emptied: spool files of a previous process are never trusted (a
-    /// `kill -9` mid-fill leaves one; see tests/crash_safety.rs). Other users of the spool dir
-    /// (the S3 store's uploads) are per-process too, so clearing it at start-up is safe.
+    /// Spool files of a previous process are removed: they are never trusted (a `kill -9`
+    /// mid-fill leaves one; see tests/crash_safety.rs). Only files berth named are removed.
     pub fn new(spool_dir: &Path) -> std::io::Result<Fills<K, E>> {
-        if spool_dir.exists() {
-            std::fs::remove_dir_all(spool_dir)?;
-        }
-        std::fs::create_dir_all(spool_dir)?;
+        crate::store::disk::remove_own_temp_files(spool_dir, &[SPOOL_PREFIX])?;
         Ok(Fills {
             inflight: Arc::default(),
             spool_dir: spool_dir.to_owned(),
@@ -145,11 +145,12 @@ where
         }
         let path = self
             .spool_dir
-            .join(format!("fill-{:016x}", rand::random::<u64>()));
+            .join(crate::store::disk::temp_name(SPOOL_PREFIX));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(crate::store::disk::FILE_MODE)
             .open(&path)?;
         let spool = Arc::new(file);
         let (tx, rx) = watch::channel(FillState::default());

@@ -6,6 +6,7 @@
 mod patterns;
 mod raw;
 mod resolve;
+mod server;
 mod size;
 mod store;
 mod upstream;
@@ -19,6 +20,7 @@ use url::Url;
 
 pub use patterns::{HostPattern, UpstreamPatterns};
 pub use raw::RawConfig;
+pub use server::{DEFAULT_ALLOW, RawServer, ServerConfig, TlsFiles};
 pub use size::parse_size;
 
 use crate::oci::Platform;
@@ -47,6 +49,8 @@ pub struct Config {
     pub platforms: Vec<Platform>,
     /// Where cached content lives and how big it may grow (`[store]`).
     pub store: StoreConfig,
+    /// Who may reach berth and how (`[server]`).
+    pub server: ServerConfig,
 }
 
 /// The `[store]` table: which backend keeps blobs, manifests and tag records, and how big the

@@ -30,6 +30,8 @@ pub struct RawConfig {
     pub upstreams: Option<BTreeMap<String, RawUpstream>>,
     #[serde(default)]
     pub store: RawStore,
+    #[serde(default)]
+    pub server: super::RawServer,
 }
 
 /// The `[store]` table.

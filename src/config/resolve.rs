@@ -107,6 +107,7 @@ impl RawConfig {
             None => None,
         };
         let store = self.store.resolve()?;
+        let server = self.server.resolve()?;
         let admin_token = admin_token(self.admin_token, self.admin_token_file)?;
         let platforms = platforms(self.platforms.as_deref())?;
 
@@ -124,6 +125,7 @@ impl RawConfig {
                 n => n.unwrap_or(DEFAULT_MAX_FILLS_TOTAL),
             },
             store,
+            server,
             admin_token,
             platforms,
         })

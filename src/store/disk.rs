@@ -3,6 +3,10 @@
 //! Besides the [`BlobStore`] trait it keeps what the evictor needs: bytes of blobs and
 //! manifests (scanned at open, then counted on every commit and delete), last-access times in
 //! memory ([`AccessLog`]) and open readers per key ([`OpenReaders`]).
+//!
+//! Files are created `0640` and directories `0750`: cached images may be private ones, which
+//! other users of the host must not read. At start-up only the temp files berth itself named
+//! (`put-<16 hex>`) are removed from `tmp/`; anything else someone put there stays.
 
 use std::io::SeekFrom;
 use std::ops::Range;
@@ -20,6 +24,13 @@ use super::{BlobStore, ByteStream, Listed, StoreError};
 
 const READ_CHUNK: usize = 256 * 1024;
 
+/// Mode of every file berth writes into the cache (not world-readable).
+pub const FILE_MODE: u32 = 0o640;
+/// Mode of every directory berth creates under the data directory.
+pub const DIR_MODE: u32 = 0o750;
+/// Prefix of the store's own temp files in `tmp/`.
+const TEMP_PREFIX: &str = "put-";
+
 pub struct DiskStore {
     root: PathBuf,
     tmp: PathBuf,
@@ -35,11 +46,7 @@ impl DiskStore {
     /// Opens (creating) the store under `root` for the server: leftover temp files of a
     /// crashed run are removed, then the objects are counted.
     pub fn open(root: &Path) -> std::io::Result<DiskStore> {
-        let tmp = root.join("tmp");
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
-        }
-        std::fs::create_dir_all(&tmp)?;
+        remove_own_temp_files(&root.join("tmp"), &[TEMP_PREFIX])?;
         DiskStore::attach(root)
     }
 
@@ -137,7 +144,10 @@ impl DiskStore {
     async fn place(&self, key: &str, from: &Path) -> Result<(), StoreError> {
         let target = self.path(key)?;
         if let Some(parent) = target.parent() {
-            tokio::fs::create_dir_all(parent)
+            tokio::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(parent)
                 .await
                 .map_err(|e| StoreError::io(key, e))?;
         }
@@ -166,6 +176,51 @@ impl DiskStore {
         }
         Ok(())
     }
+}
+
+/// `<prefix><16 hex digits>`: the only names berth gives its temp and spool files.
+pub fn temp_name(prefix: &str) -> String {
+    format!("{prefix}{:016x}", rand::random::<u64>())
+}
+
+fn is_temp_name(name: &str, prefixes: &[&str]) -> bool {
+    prefixes.iter().any(|prefix| {
+        name.strip_prefix(prefix).is_some_and(|rest| {
+            rest.len() == 16 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+    })
+}
+
+/// Creates `dir` (mode [`DIR_MODE`]) if needed and removes the regular files in it that berth
+/// named ([`temp_name`] with one of `prefixes`): leftovers of a crashed run. Anything else (a
+/// directory, a symlink, a file someone else put there) is left alone. Returns how many were removed.
+pub fn remove_own_temp_files(dir: &Path, prefixes: &[&str]) -> std::io::Result<usize> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    let mut removed = 0;
+    let mut others = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ours = entry.file_type()?.is_file()
+            && entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| is_temp_name(n, prefixes));
+        if ours {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        } else {
+            others += 1;
+        }
+    }
+    if others > 0 {
+        tracing::warn!(dir = %dir.display(), entries = others,
+            "left alone entries berth did not create; remove them by hand if they are not needed");
+    }
+    Ok(removed)
 }
 
 #[async_trait::async_trait]
@@ -214,9 +269,14 @@ impl BlobStore for DiskStore {
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         self.path(key)?;
-        let tmp = self.tmp.join(format!("put-{:016x}", rand::random::<u64>()));
+        let tmp = self.tmp.join(temp_name(TEMP_PREFIX));
         let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await?;
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&tmp)
+                .await?;
             file.write_all(&bytes).await?;
             file.sync_data().await?;
             Ok::<_, std::io::Error>(())
@@ -412,5 +472,60 @@ mod tests {
                 "{key}"
             );
         }
+    }
+
+    #[test]
+    fn start_up_removes_only_the_temp_files_berth_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(tmp.join("put-0123456789abcdef.d")).unwrap();
+        let ours = tmp.join(temp_name(TEMP_PREFIX));
+        std::fs::write(&ours, b"partial").unwrap();
+        for keep in [
+            "put-0123456789ABCDEF",
+            "put-0123",
+            "notes.txt",
+            "fill-0123456789abcdef",
+        ] {
+            std::fs::write(tmp.join(keep), b"not berth's").unwrap();
+        }
+        std::os::unix::fs::symlink("/etc/passwd", tmp.join("put-fedcba9876543210")).unwrap();
+        DiskStore::open(dir.path()).unwrap();
+        assert!(!ours.exists());
+        let mut left: Vec<String> = std::fs::read_dir(&tmp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "fill-0123456789abcdef",
+                "notes.txt",
+                "put-0123",
+                "put-0123456789ABCDEF",
+                "put-0123456789abcdef.d",
+                "put-fedcba9876543210",
+            ]
+        );
+        assert!(std::fs::metadata("/etc/passwd").is_ok());
+    }
+
+    #[tokio::test]
+    async fn cached_files_are_not_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        let key = format!("blobs/sha256/{}", "a".repeat(64));
+        store.put(&key, Bytes::from_static(b"x")).await.unwrap();
+        let file = std::fs::metadata(dir.path().join(&key)).unwrap();
+        assert_eq!(
+            file.permissions().mode() & 0o007,
+            0,
+            "{:o}",
+            file.permissions().mode()
+        );
+        let parent = std::fs::metadata(dir.path().join("blobs/sha256")).unwrap();
+        assert_eq!(parent.permissions().mode() & 0o007, 0);
     }
 }

@@ -9,7 +9,7 @@
 //! stored [`manifest_form`]. The cache's [`housekeeping`] on top of them: what is stored, what
 //! was used when, what is pinned, what to evict, verify and count.
 
-mod disk;
+pub mod disk;
 pub mod housekeeping;
 pub mod keys;
 pub mod manifest_form;

@@ -121,7 +121,12 @@ async fn copy_verified(
 ) -> Result<(), StoreError> {
     let digest = digest_of_key(key).ok_or_else(|| StoreError::InvalidKey(key.to_string()))?;
     let mut stream = remote.read(key, 0..size).await?;
-    let mut out = tokio::fs::File::create(file)
+    let mut out = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(super::disk::FILE_MODE)
+        .open(file)
         .await
         .map_err(|e| StoreError::io(key, e))?;
     let mut hasher = Hasher::new(digest.algorithm());

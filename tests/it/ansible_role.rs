@@ -429,3 +429,174 @@ fn ansible_lint_and_syntax_check_pass() {
         lint.stderr
     );
 }
+
+/// GET `path` over HTTPS trusting `ca`, with an optional client certificate and Basic login:
+/// the status, or the connection error (a refused handshake).
+fn https_status(
+    addr: SocketAddr,
+    path: &str,
+    ca: &crate::support::real::TestCa,
+    client: Option<(&Path, &Path)>,
+    login: Option<(&str, &str)>,
+) -> Result<u16, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let root = reqwest::Certificate::from_pem(&std::fs::read(&ca.ca_pem).unwrap()).unwrap();
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .add_root_certificate(root);
+        if let Some((cert, key)) = client {
+            let mut pem = std::fs::read(cert).unwrap();
+            pem.extend(std::fs::read(key).unwrap());
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).unwrap());
+        }
+        let mut request = builder
+            .build()
+            .unwrap()
+            .get(format!("https://{addr}{path}"));
+        if let Some((user, password)) = login {
+            request = request.basic_auth(user, Some(password));
+        }
+        request
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| format!("{e:?}"))
+    })
+}
+
+#[test]
+#[ignore = "needs root, ansible: run by scripts/test"]
+fn role_installs_tls_client_ca_and_users_and_berth_serves_https_with_them() {
+    if !require_tools(&["ansible-playbook", "runuser"]) || !require_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = tmp.path().join("root");
+    let playbook = tmp.path().join("play.yml");
+    let ca = crate::support::real::TestCa::new();
+    let (node_cert, node_key) = ca.issue_client("node-1");
+    let key_pem = std::fs::read_to_string(&ca.key_pem).unwrap();
+    let users = format!("node:{}", bcrypt::hash("pull-pw", 5).unwrap());
+    let (user, group) = ("berth", "berth");
+    let vars = serde_json::json!({
+        "berth_root": root,
+        "berth_manage_service": false,
+        "berth_create_user": true,
+        "berth_user": user,
+        "berth_group": group,
+        "berth_binary_src": env!("CARGO_BIN_EXE_berth"),
+        "berth_upstreams": {},
+        "berth_server": { "allow": ["127.0.0.0/8", "10.27.27.0/24"], "header_timeout": "5s" },
+        "berth_tls_cert": std::fs::read_to_string(&ca.cert_pem).unwrap(),
+        "berth_tls_key": key_pem,
+        "berth_tls_client_ca": std::fs::read_to_string(&ca.ca_pem).unwrap(),
+        "berth_users": users,
+    });
+    write_playbook(&playbook, &vars);
+    let first = ansible_playbook(tmp.path(), &playbook);
+    first.expect_success();
+    assert_eq!(recap(&first)["failed"], 0);
+
+    let account = Owner {
+        uid: id(&["-u", user]).parse().unwrap(),
+        gid: id(&["-g", user]).parse().unwrap(),
+    };
+    let root_owned = Owner { uid: 0, gid: 0 };
+    let root_group = Owner {
+        uid: 0,
+        gid: account.gid,
+    };
+    let config_dir = root.join("etc/berth");
+    let tls_dir = config_dir.join("tls");
+    assert_file(&tls_dir, 0o750, &root_group);
+    assert_file(&tls_dir.join("tls.crt"), 0o644, &root_owned);
+    assert_file(&tls_dir.join("clients.crt"), 0o644, &root_owned);
+    assert_file(&tls_dir.join("tls.key"), 0o600, &account);
+    assert_file(&config_dir.join("users"), 0o600, &account);
+    // The key and the users never show in Ansible's output.
+    let key_line = key_pem.lines().nth(1).unwrap();
+    for out in [&first.stdout, &first.stderr] {
+        assert!(!out.contains(key_line), "TLS key in ansible output");
+        assert!(!out.contains(&users[..20]), "users file in ansible output");
+    }
+
+    let config = config_dir.join("berth.toml");
+    let rendered = std::fs::read_to_string(&config).unwrap();
+    let loaded = Config::load(Some(&config), &Overrides::default())
+        .unwrap_or_else(|e| panic!("{e}\n{rendered}"));
+    let tls = loaded
+        .server
+        .tls
+        .as_ref()
+        .expect("[server] TLS in berth.toml");
+    assert_eq!(tls.cert_file, tls_dir.join("tls.crt"));
+    assert_eq!(tls.key_file, tls_dir.join("tls.key"));
+    assert_eq!(
+        tls.client_ca_file.as_deref(),
+        Some(tls_dir.join("clients.crt").as_path())
+    );
+    assert_eq!(
+        loaded.server.users_file.as_deref(),
+        Some(config_dir.join("users").as_path())
+    );
+    assert_eq!(loaded.server.allow.len(), 2);
+    assert_eq!(loaded.server.header_timeout, Duration::from_secs(5));
+
+    // Served as the service user: it can read its key and users (0600, owner berth).
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let stderr_path = tmp.path().join("berth.stderr");
+    let mut child = Command::new("runuser")
+        .args(["-u", user, "--"])
+        .arg(root.join("usr/local/bin/berth"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("spawn the installed berth");
+    let node = Some((node_cert.as_path(), node_key.as_path()));
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until(
+            "installed berth to serve HTTPS",
+            BERTH_READY_TIMEOUT,
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "berth exited ({status}): {}",
+                        std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                    );
+                }
+                https_status(addr, "/v2/", &ca, node, Some(("node", "pull-pw"))).ok()
+            },
+        );
+        assert_eq!(
+            https_status(addr, "/v2/", &ca, node, Some(("node", "pull-pw"))),
+            Ok(200)
+        );
+        assert_eq!(https_status(addr, "/v2/", &ca, node, None), Ok(401));
+        assert!(https_status(addr, "/v2/", &ca, None, Some(("node", "pull-pw"))).is_err());
+    }));
+    kill_child(&mut child);
+    if let Err(panic) = checked {
+        std::panic::resume_unwind(panic);
+    }
+
+    let second = ansible_playbook(tmp.path(), &playbook);
+    second.expect_success();
+    let counts = recap(&second);
+    assert_eq!(
+        (counts["changed"], counts["failed"]),
+        (0, 0),
+        "second run not idempotent:\n{}",
+        second.stdout
+    );
+}

@@ -16,6 +16,7 @@ fn shipped_example_equals_builtin_defaults() {
     assert_eq!(example.store, builtin.store);
     assert_eq!(example.platforms, builtin.platforms);
     assert_eq!(example.admin_token, builtin.admin_token);
+    assert_eq!(example.server, builtin.server);
     assert_eq!(
         example.upstream_patterns.patterns(),
         builtin.upstream_patterns.patterns()
@@ -50,6 +51,16 @@ fn every_documented_key_is_a_real_key() {
     std::fs::write(&secret, "token\n").unwrap();
     let admin_token = dir.path().join("admin-token");
     std::fs::write(&admin_token, "0123456789abcdef0123\n").unwrap();
+    let server = rcgen::generate_simple_self_signed(vec!["berth".into()]).unwrap();
+    let (tls_crt, tls_key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&tls_crt, server.cert.pem()).unwrap();
+    std::fs::write(&tls_key, server.key_pair.serialize_pem()).unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(
+        &users,
+        "node:$2y$05$abcdefghijklmnopqrstuu5yJ7Zr0ZsGpWTGvZcTVIH1L2lxFz4e2\n",
+    )
+    .unwrap();
     let uncommented: String = text
         .lines()
         .map(|line| match line.strip_prefix("# ") {
@@ -59,9 +70,24 @@ fn every_documented_key_is_a_real_key() {
         .map(|line| line.replace("/etc/berth/extra-ca.pem", ca.to_str().unwrap()))
         .map(|line| line.replace("/etc/berth/dockerhub-token", secret.to_str().unwrap()))
         .map(|line| line.replace("/etc/berth/admin-token", admin_token.to_str().unwrap()))
+        .map(|line| line.replace("/etc/berth/tls/tls.crt", tls_crt.to_str().unwrap()))
+        .map(|line| line.replace("/etc/berth/tls/tls.key", tls_key.to_str().unwrap()))
+        .map(|line| line.replace("/etc/berth/tls/clients.crt", ca.to_str().unwrap()))
+        .map(|line| line.replace("/etc/berth/users", users.to_str().unwrap()))
         .collect::<Vec<_>>()
         .join("\n");
     let config = Config::from_toml(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .expect("[server] TLS keys documented");
+    assert_eq!(tls.client_ca_file.as_deref(), Some(ca.as_path()));
+    assert_eq!(config.server.users_file.as_deref(), Some(users.as_path()));
+    assert_eq!(
+        config.server.admin_listen,
+        Some("127.0.0.1:5001".parse().unwrap())
+    );
     assert_eq!(config.upstreams["docker.io"].transport.tcp_mss, Some(1360));
     assert!(config.upstreams["docker.io"].credentials.is_some());
     assert!(config.mirror_url.is_some());

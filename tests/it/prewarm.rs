@@ -558,6 +558,20 @@ async fn only_if_cached_answers_from_the_cache_or_504_and_never_asks_upstream() 
         assert_eq!(response.status(), 200, "{path}");
         response.bytes().await.unwrap();
     }
+    // A fill's last byte leaves once the blob is verified; its commit (a rename) follows a
+    // moment later. Wait for it (bounded) before asking the cache alone.
+    for _ in 0..100 {
+        let committed = http
+            .head(berth.url(&paths[2]))
+            .header("cache-control", "only-if-cached")
+            .send()
+            .await
+            .unwrap();
+        if committed.status() == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     fake.reset_stats();
     for path in &paths[..3] {
         let response = http

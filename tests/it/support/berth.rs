@@ -71,6 +71,68 @@ impl BerthProcess {
         BerthProcess::start_with_data(config, None)
     }
 
+    /// Like [`BerthProcess::start`], for a berth that does not answer a plain `GET /v2/` with
+    /// 200 (HTTPS, users, a narrow `allow`): ready when its log says it is serving.
+    pub fn start_serving(config: &str) -> BerthProcess {
+        let mut berth = BerthProcess::spawn_new(config, None);
+        wait_until(
+            "berth to log that it is serving",
+            Duration::from_secs(20),
+            || {
+                if let Ok(Some(status)) = berth.child.try_wait() {
+                    panic!(
+                        "berth exited early ({status}); config:\n{}\nstderr:\n{}",
+                        berth.config,
+                        berth.stderr()
+                    );
+                }
+                berth.stderr().contains("berth is serving").then_some(())
+            },
+        );
+        berth
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Sends SIGTERM (what systemd's stop sends) and waits up to `within` for berth to exit;
+    /// returns how long it took, or `None` if it was still running (then it is killed).
+    pub fn terminate(&mut self, within: Duration) -> Option<Duration> {
+        let started = std::time::Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        while started.elapsed() < within {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        kill_child(&mut self.child);
+        None
+    }
+
+    fn spawn_new(config: &str, data_dir: Option<&Path>) -> BerthProcess {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("berth.toml"), config).unwrap();
+        let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
+        std::fs::write(dir.path().join("data_dir"), data_dir.to_str().unwrap()).unwrap();
+        let stderr_path = dir.path().join("berth.stderr");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = spawn(dir.path(), addr, &stderr_path);
+        BerthProcess {
+            addr,
+            dir,
+            child,
+            stderr_path,
+            config: config.to_string(),
+        }
+    }
+
     /// Like [`BerthProcess::start`], with `data_dir` instead of `<tempdir>/data` (e.g. a tmpfs).
     pub fn start_with_data(config: &str, data_dir: Option<&Path>) -> BerthProcess {
         let dir = tempfile::tempdir().unwrap();

@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
 
 pub struct TestCa {
     pub dir: tempfile::TempDir,
@@ -13,6 +16,8 @@ pub struct TestCa {
     pub key_pem: PathBuf,
     /// A containers-style cert dir (`ca.crt`) for skopeo's `--dest-cert-dir` / `--src-cert-dir`.
     pub cert_dir: PathBuf,
+    /// The CA itself, to issue more certificates ([`TestCa::issue_server`], [`TestCa::issue_client`]).
+    issuer: (Certificate, KeyPair),
 }
 
 impl TestCa {
@@ -52,6 +57,36 @@ impl TestCa {
             cert_pem,
             key_pem,
             cert_dir,
+            issuer: (ca_cert, ca_key),
         }
+    }
+
+    /// A new server certificate (new key) for 127.0.0.1 and localhost, written as
+    /// `<name>.pem` and `<name>-key.pem` in the CA's dir: what a rotation installs.
+    pub fn issue_server(&self, name: &str) -> (PathBuf, PathBuf) {
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        self.issue(name, params)
+    }
+
+    /// A client certificate (clientAuth) with common name `name`, signed by this CA.
+    pub fn issue_client(&self, name: &str) -> (PathBuf, PathBuf) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(name, params)
+    }
+
+    fn issue(&self, name: &str, params: CertificateParams) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let cert = params
+            .signed_by(&key, &self.issuer.0, &self.issuer.1)
+            .unwrap();
+        let cert_path = self.dir.path().join(format!("{name}.pem"));
+        let key_path = self.dir.path().join(format!("{name}-key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
     }
 }

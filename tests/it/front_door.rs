@@ -1,0 +1,767 @@
+//! Issue 10's proof: the front door with real clients. containerd pulls over HTTPS with the
+//! `hosts.toml` tree `berth containerd-hosts --ca-file` writes, then with a client certificate;
+//! skopeo logs in with the credentials of the generated K3s `registries.yaml`; a client outside
+//! `allow` gets 403; the certificate is rotated under load; slowloris, a connection flood and
+//! idle keep-alives are closed on time while a real pull succeeds; connections beyond
+//! `max_connections` wait, then are refused; a stuck client never keeps berth from stopping; the
+//! admin side checks its token before reading a body.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::berth::{BerthProcess, UpstreamSpec, config_toml, metric_sum};
+use crate::support::images::{self, Format, ImageIndex};
+use crate::support::prereq::{require_root, require_tools};
+use crate::support::real::{Containerd, DockerRegistry, PullPlatform, TestCa, skopeo};
+use crate::support::util::{free_port, run};
+
+const REPO: &str = "team/app";
+const TAG: &str = "1.0";
+/// The registry name the test image lives under (served by a local docker-registry).
+const REGISTRY: &str = "ghcr.io";
+
+/// A docker-registry holding one multi-platform image as `team/app:1.0`.
+fn origin(seed: u64) -> (DockerRegistry, ImageIndex) {
+    let registry = DockerRegistry::start(None);
+    let index = images::multi_arch(seed, Format::Oci);
+    skopeo::push(&index, &format!("{}/{REPO}:{TAG}", registry.host()), None);
+    (registry, index)
+}
+
+/// berth.toml mirroring `ghcr.io` from `origin`, with a `[server]` table.
+fn config(origin: &DockerRegistry, server: &str) -> String {
+    let upstreams = [UpstreamSpec::new(REGISTRY, &origin.url())];
+    format!(
+        "{}\n[server]\n{server}\n",
+        config_toml(REGISTRY, &upstreams)
+    )
+}
+
+fn tls_keys(ca: &TestCa) -> String {
+    format!(
+        "tls_cert_file = {:?}\ntls_key_file = {:?}\n",
+        ca.cert_pem.display().to_string(),
+        ca.key_pem.display().to_string()
+    )
+}
+
+/// An HTTPS client trusting `ca`, optionally presenting a client certificate. A new connection
+/// and a full handshake (no session resumption) per request, so each request sees the
+/// certificate berth serves now.
+fn https_client(ca: &TestCa, identity: Option<(&Path, &Path)>) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der(&ca.ca_pem).into()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut tls = match identity {
+        Some((cert, key)) => {
+            let chain = vec![der(cert).into()];
+            let key_pem = std::fs::read(key).unwrap();
+            let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+                .unwrap()
+                .unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    tls.resumption = rustls::client::Resumption::disabled();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .use_preconfigured_tls(tls)
+        .tls_info(true)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+async fn https_metric(
+    client: &reqwest::Client,
+    berth: &BerthProcess,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    let text = client
+        .get(format!("{}/metrics", berth.https_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric_sum(&text, name, labels)
+}
+
+fn der(pem_file: &Path) -> Vec<u8> {
+    let pem = std::fs::read(pem_file).unwrap();
+    rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+fn berth_cli(args: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(args);
+    let out = run(&mut cmd, Duration::from_secs(30));
+    out.expect_success();
+    out.stdout
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn pull(containerd: &Containerd, hosts: &Path, index: &ImageIndex) {
+    let reference = format!("{REGISTRY}/{REPO}:{TAG}");
+    let out = containerd.pull(&reference, hosts, PullPlatform::All);
+    assert!(
+        out.success,
+        "pull failed:\n{}\n{}\ncontainerd log:\n{}",
+        out.stdout,
+        out.stderr,
+        tail(&containerd.log(), 40)
+    );
+    assert_eq!(
+        containerd.image_digest(&reference).as_deref(),
+        Some(index.index.digest.as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, containerd, docker-registry, skopeo: run by scripts/test"]
+async fn containerd_pulls_over_https_then_with_a_client_certificate_from_generated_trees() {
+    if !(require_tools(&["docker-registry", "skopeo", "containerd", "ctr"]) && require_root()) {
+        return;
+    }
+    let ca = TestCa::new();
+    let (origin, index) = tokio::task::block_in_place(|| origin(7100));
+    let reference = format!("{REGISTRY}/{REPO}:{TAG}");
+
+    // HTTPS: the tree from `--ca-file` trusts berth's certificate.
+    let berth = BerthProcess::start_serving(&config(&origin, &tls_keys(&ca)));
+    let hosts = tempfile::tempdir().unwrap();
+    let ca_file = ca.ca_pem.display().to_string();
+    let config_file = berth.dir.path().join("berth.toml");
+    berth_cli(&[
+        "containerd-hosts",
+        "--config",
+        config_file.to_str().unwrap(),
+        "--mirror-url",
+        &berth.https_url(),
+        "--ca-file",
+        &ca_file,
+        "--output",
+        hosts.path().to_str().unwrap(),
+    ]);
+    let hosts_toml =
+        std::fs::read_to_string(hosts.path().join(REGISTRY).join("hosts.toml")).unwrap();
+    assert!(
+        hosts_toml.contains(&format!("[host.\"{}\"]", berth.https_url()))
+            && hosts_toml.contains(&format!("ca = {ca_file:?}")),
+        "{hosts_toml}"
+    );
+    let containerd = tokio::task::block_in_place(Containerd::start);
+    tokio::task::block_in_place(|| pull(&containerd, hosts.path(), &index));
+    let client = https_client(&ca, None);
+    // berth fetched the blobs: containerd pulled through it, not from `server` directly.
+    assert!(
+        https_metric(
+            &client,
+            &berth,
+            "berth_upstream_requests_total",
+            &[("kind", "blob")]
+        )
+        .await
+            > 0.0,
+        "containerd did not pull through berth"
+    );
+    drop(berth);
+
+    // mTLS: berth requires a certificate of the client CA; the tree from `--cert-file` has one.
+    let (node_cert, node_key) = ca.issue_client("node-1");
+    let server = format!("{}client_ca_file = {ca_file:?}\n", tls_keys(&ca));
+    let berth = BerthProcess::start_serving(&config(&origin, &server));
+    let hosts = tempfile::tempdir().unwrap();
+    let config_file = berth.dir.path().join("berth.toml");
+    berth_cli(&[
+        "containerd-hosts",
+        "--config",
+        config_file.to_str().unwrap(),
+        "--mirror-url",
+        &berth.https_url(),
+        "--ca-file",
+        &ca_file,
+        "--cert-file",
+        node_cert.to_str().unwrap(),
+        "--key-file",
+        node_key.to_str().unwrap(),
+        "--output",
+        hosts.path().to_str().unwrap(),
+    ]);
+    // Without a client certificate the handshake fails; with one, berth answers.
+    let anonymous = https_client(&ca, None)
+        .get(format!("{}/v2/", berth.https_url()))
+        .send()
+        .await;
+    assert!(
+        anonymous.is_err(),
+        "served without a client certificate: {anonymous:?}"
+    );
+    let client = https_client(&ca, Some((&node_cert, &node_key)));
+    let answer = client
+        .get(format!("{}/v2/", berth.https_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    tokio::task::block_in_place(|| {
+        containerd.forget(&reference);
+        pull(&containerd, hosts.path(), &index);
+    });
+    assert!(
+        https_metric(
+            &client,
+            &berth,
+            "berth_upstream_requests_total",
+            &[("kind", "blob")]
+        )
+        .await
+            > 0.0,
+        "containerd did not pull through the mTLS berth"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs docker-registry, skopeo: run by scripts/test"]
+async fn skopeo_logs_in_with_the_credentials_of_the_generated_registries_yaml() {
+    if !require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let ca = TestCa::new();
+    let (origin, index) = tokio::task::block_in_place(|| origin(7200));
+    let secrets = tempfile::tempdir().unwrap();
+    let users = secrets.path().join("users");
+    let hash = bcrypt::hash("pull-s3cret", 5).unwrap();
+    std::fs::write(&users, format!("# nodes\nnode:{hash}\n")).unwrap();
+    let server = format!(
+        "{}users_file = {:?}\n",
+        tls_keys(&ca),
+        users.display().to_string()
+    );
+    let berth = BerthProcess::start_serving(&config(&origin, &server));
+
+    // /v2/ asks for credentials the way registries do.
+    let client = https_client(&ca, None);
+    let base = format!("{}/v2/", berth.https_url());
+    let challenge = client.get(&base).send().await.unwrap();
+    assert_eq!(challenge.status(), 401);
+    assert_eq!(
+        challenge.headers()["www-authenticate"],
+        "Basic realm=\"berth\""
+    );
+    let body: serde_json::Value = challenge.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
+    let wrong = client
+        .get(&base)
+        .basic_auth("node", Some("guess"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    // The K3s file for this berth: path-prefix endpoint, the CA, the node's login.
+    let config_file = berth.dir.path().join("berth.toml");
+    let yaml = berth_cli(&[
+        "k3s-registries",
+        "--config",
+        config_file.to_str().unwrap(),
+        "--mirror-url",
+        &berth.https_url(),
+        "--path-prefix",
+        "--ca-file",
+        ca.ca_pem.to_str().unwrap(),
+        "--username",
+        "node",
+        "--password",
+        "pull-s3cret",
+    ]);
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).unwrap();
+    let endpoint = doc["mirrors"][REGISTRY]["endpoint"][0].as_str().unwrap();
+    let host = berth.host();
+    let login = &doc["configs"][host.as_str()];
+    let (user, password) = (
+        login["auth"]["username"].as_str().unwrap(),
+        login["auth"]["password"].as_str().unwrap(),
+    );
+    let ca_file = PathBuf::from(login["tls"]["ca_file"].as_str().unwrap());
+    // skopeo names the registry in the path, as the endpoint does (`<mirror>/v2/<registry>`).
+    let prefix = endpoint
+        .strip_prefix(&format!("{}/v2/", berth.https_url()))
+        .unwrap_or_else(|| panic!("endpoint {endpoint} has no /v2/<registry> path"));
+    let source = format!("docker://{host}/{prefix}/{REPO}:{TAG}");
+    let cert_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&ca_file, cert_dir.path().join("ca.crt")).unwrap();
+    let layout = tempfile::tempdir().unwrap();
+    let copy = |creds: Option<String>| {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["--insecure-policy", "copy", "--all", "--retry-times", "0"])
+            .arg("--src-cert-dir")
+            .arg(cert_dir.path());
+        if let Some(creds) = creds {
+            cmd.arg("--src-creds").arg(creds);
+        }
+        cmd.arg(&source)
+            .arg(format!("oci:{}:pulled", layout.path().display()));
+        run(&mut cmd, Duration::from_secs(120))
+    };
+    let refused = tokio::task::block_in_place(|| copy(None));
+    assert!(!refused.success, "skopeo pulled without credentials");
+    let text = format!("{}{}", refused.stdout, refused.stderr).to_lowercase();
+    assert!(
+        text.contains("unauthorized") || text.contains("authentication required"),
+        "{text}"
+    );
+    let pulled = tokio::task::block_in_place(|| copy(Some(format!("{user}:{password}"))));
+    pulled.expect_success();
+    assert_eq!(
+        images::layout_digest(layout.path(), "pulled").as_deref(),
+        Some(index.index.digest.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_client_outside_allow_gets_403_denied_and_a_log_line() {
+    let berth = BerthProcess::start_serving("[server]\nallow = [\"127.0.0.3/32\"]\n");
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .local_address(ip.parse::<IpAddr>().unwrap())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    for path in [
+        "/v2/",
+        "/v2/library/busybox/manifests/latest",
+        "/metrics",
+        "/healthz",
+    ] {
+        let answer = from("127.0.0.2")
+            .get(format!("{}{path}", berth.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 403, "{path}");
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(body["errors"][0]["code"], "DENIED", "{path}");
+    }
+    for path in ["/v2/", "/healthz", "/metrics"] {
+        let answer = from("127.0.0.3")
+            .get(format!("{}{path}", berth.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{path}");
+    }
+    let log = berth.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("127.0.0.2") && l.contains("outside [server] allow")),
+        "no log line names the refused address:\n{}",
+        tail(&log, 20)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_reaches_new_connections_without_a_failed_request() {
+    let ca = TestCa::new();
+    let tls = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (tls.path().join("tls.crt"), tls.path().join("tls.key"));
+    std::fs::copy(&ca.cert_pem, &cert_file).unwrap();
+    std::fs::copy(&ca.key_pem, &key_file).unwrap();
+    let berth = BerthProcess::start_serving(&format!(
+        "[server]\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
+        cert_file.display().to_string(),
+        key_file.display().to_string()
+    ));
+    let (new_cert, new_key) = ca.issue_server("rotated");
+    let (old_der, new_der) = (der(&ca.cert_pem), der(&new_cert));
+
+    // Rotate as a renewal job does, one file after the other (each replaced by a rename); for
+    // a few seconds the certificate and key do not match.
+    let rotation = {
+        let (cert_file, key_file) = (cert_file.clone(), key_file.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let staged = cert_file.with_extension("new");
+            std::fs::copy(&new_cert, &staged).unwrap();
+            std::fs::rename(&staged, &cert_file).unwrap();
+            // Longer than berth's reload interval, so it sees the mismatched pair.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            std::fs::copy(&new_key, &staged).unwrap();
+            std::fs::rename(&staged, &key_file).unwrap();
+        })
+    };
+    let client = https_client(&ca, None);
+    let url = format!("{}/v2/", berth.https_url());
+    let (mut served, mut failed, mut old_seen, mut new_seen) = (0, Vec::new(), 0, 0);
+    let started = Instant::now();
+    // Requests on fresh connections until the new certificate has served 20 of them (≤ 30 s).
+    while new_seen < 20 && started.elapsed() < Duration::from_secs(30) {
+        match client.get(&url).send().await {
+            Ok(answer) if answer.status() == 200 => {
+                served += 1;
+                let peer = answer
+                    .extensions()
+                    .get::<reqwest::tls::TlsInfo>()
+                    .and_then(|info| info.peer_certificate())
+                    .map(<[u8]>::to_vec);
+                match peer {
+                    Some(der) if der == new_der => new_seen += 1,
+                    Some(der) if der == old_der => {
+                        assert_eq!(new_seen, 0, "the old certificate came back");
+                        old_seen += 1;
+                    }
+                    other => panic!("unexpected peer certificate: {other:?}"),
+                }
+            }
+            Ok(answer) => failed.push(format!("status {}", answer.status())),
+            Err(e) => failed.push(format!("{e:?}")),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rotation.await.unwrap();
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(
+        old_seen > 0 && new_seen >= 20,
+        "old {old_seen}, new {new_seen} of {served}"
+    );
+    let log = berth.stderr();
+    assert!(
+        log.contains("do not load; still serving the previous certificate"),
+        "{}",
+        tail(&log, 20)
+    );
+    assert!(
+        log.contains("TLS certificate reloaded"),
+        "{}",
+        tail(&log, 20)
+    );
+}
+
+/// How long after `since` the peer closed `stream` (read returns 0 or an error), if within `limit`.
+async fn closed_after(stream: &mut TcpStream, since: Instant, limit: Duration) -> Option<Duration> {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::from_std(since + limit);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(since.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Sends `GET /healthz` and reads the response (keep-alive).
+async fn healthz(stream: &mut TcpStream) -> String {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: berth\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"ok\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("no answer within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed before answering");
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attack {
+    /// Connects and sends nothing.
+    Flood,
+    /// Starts a request head and sends one more byte every 250 ms.
+    Slowloris,
+    /// One request, then a keep-alive connection left idle.
+    Idle,
+}
+
+/// One attacking connection: how long until berth closed it (from connecting, or for `Idle`
+/// from the end of its one response).
+async fn attack(addr: SocketAddr, kind: Attack) -> (Attack, Option<Duration>) {
+    let limit = Duration::from_secs(30);
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let since = Instant::now();
+    let closed = match kind {
+        Attack::Flood => closed_after(&mut stream, since, limit).await,
+        Attack::Idle => {
+            healthz(&mut stream).await;
+            closed_after(&mut stream, Instant::now(), limit).await
+        }
+        Attack::Slowloris => {
+            let (mut read, mut write) = stream.into_split();
+            let trickle = tokio::spawn(async move {
+                if write
+                    .write_all(b"GET /v2/ HTTP/1.1\r\nHost: berth\r\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                for _ in 0..120 {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    if write.write_all(b"X").await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut buf = [0u8; 1024];
+            let deadline = tokio::time::Instant::from_std(since + limit);
+            let closed = loop {
+                match tokio::time::timeout_at(deadline, read.read(&mut buf)).await {
+                    Err(_) => break None,
+                    Ok(Ok(0)) | Ok(Err(_)) => break Some(since.elapsed()),
+                    Ok(Ok(_)) => {}
+                }
+            };
+            trickle.abort();
+            closed
+        }
+    };
+    (kind, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs docker-registry, skopeo: run by scripts/test"]
+async fn slowloris_a_connection_flood_and_idle_clients_are_closed_on_time_while_a_pull_succeeds() {
+    if !require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    const FLOOD: usize = 300;
+    const SLOWLORIS: usize = 40;
+    const IDLE: usize = 20;
+    let header_timeout = Duration::from_secs(2);
+    let idle_timeout = Duration::from_secs(5);
+    let (origin, index) = tokio::task::block_in_place(|| origin(7300));
+    let berth = BerthProcess::start_serving(&config(
+        &origin,
+        "header_timeout = \"2s\"\nidle_timeout = \"5s\"\nmax_connections = 1024\n",
+    ));
+    let addr = berth.addr;
+    let mut attackers = tokio::task::JoinSet::new();
+    for (kind, count) in [
+        (Attack::Flood, FLOOD),
+        (Attack::Slowloris, SLOWLORIS),
+        (Attack::Idle, IDLE),
+    ] {
+        for _ in 0..count {
+            attackers.spawn(attack(addr, kind));
+        }
+    }
+    // A real client pulls the whole image (index, manifests, blobs) during the attack.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let layout = tempfile::tempdir().unwrap();
+    let pull_started = Instant::now();
+    let pulled = tokio::task::block_in_place(|| {
+        skopeo::pull_to_layout(
+            &format!("{}/{REGISTRY}/{REPO}:{TAG}", berth.host()),
+            layout.path(),
+            "pulled",
+        )
+    });
+    let pull_took = pull_started.elapsed();
+    pulled.expect_success();
+    assert_eq!(
+        images::layout_digest(layout.path(), "pulled").as_deref(),
+        Some(index.index.digest.as_str())
+    );
+    let slack = Duration::from_millis(1500);
+    let mut worst = std::collections::BTreeMap::<&str, Duration>::new();
+    while let Some(result) = attackers.join_next().await {
+        let (kind, closed) = result.unwrap();
+        let closed = closed.unwrap_or_else(|| panic!("a {kind:?} connection was never closed"));
+        let (name, deadline) = match kind {
+            Attack::Flood => ("flood", header_timeout),
+            Attack::Slowloris => ("slowloris", header_timeout),
+            Attack::Idle => ("idle", idle_timeout),
+        };
+        assert!(
+            closed <= deadline + slack,
+            "{name} closed after {closed:?}, deadline {deadline:?}"
+        );
+        if kind == Attack::Idle {
+            // Idle keep-alive is held to idle_timeout, not cut at header_timeout.
+            assert!(
+                closed + slack >= idle_timeout,
+                "idle closed after {closed:?}"
+            );
+        }
+        let entry = worst.entry(name).or_default();
+        *entry = (*entry).max(closed);
+    }
+    eprintln!(
+        "front door under attack: {FLOOD} flood + {SLOWLORIS} slowloris + {IDLE} idle connections; \
+         pull took {pull_took:?}; latest closes: {worst:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_connections_new_connections_wait_then_are_refused() {
+    let berth = BerthProcess::start_serving(
+        "[server]\nmax_connections = 4\nheader_timeout = \"1s\"\nidle_timeout = \"60s\"\n",
+    );
+    // Four keep-alive clients take every slot.
+    let mut holders = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(berth.addr).await.unwrap();
+        assert!(healthz(&mut stream).await.starts_with("HTTP/1.1 200"));
+        holders.push(stream);
+    }
+    // A fifth is accepted by the kernel, waits for a slot (≈ header_timeout), then is closed
+    // without an answer.
+    let mut fifth = TcpStream::connect(berth.addr).await.unwrap();
+    let started = Instant::now();
+    fifth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: berth\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), fifth.read_to_end(&mut answer))
+        .await
+        .expect("the waiting connection was never closed");
+    let waited = started.elapsed();
+    assert!(
+        read.is_err() || answer.is_empty(),
+        "served: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+    // A connection waiting when a slot frees up is served.
+    let mut sixth = TcpStream::connect(berth.addr).await.unwrap();
+    let request = tokio::spawn(async move {
+        let response = healthz(&mut sixth).await;
+        (response, sixth)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(holders.pop());
+    let (response, _sixth) = request.await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        berth
+            .stderr()
+            .contains("connection refused: server.max_connections are busy"),
+        "{}",
+        tail(&berth.stderr(), 20)
+    );
+}
+
+#[test]
+fn a_stuck_client_does_not_keep_berth_from_stopping() {
+    use std::io::Write;
+    let mut berth =
+        BerthProcess::start_serving("[server]\nheader_timeout = \"5m\"\nidle_timeout = \"5m\"\n");
+    // Half a request head, never finished: graceful shutdown cannot wait for it.
+    let mut stuck = std::net::TcpStream::connect(berth.addr).unwrap();
+    stuck
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: berth\r\nX-Wait: ")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let took = berth
+        .terminate(Duration::from_secs(40))
+        .unwrap_or_else(|| panic!("berth did not stop:\n{}", tail(&berth.stderr(), 20)));
+    // The connection drain deadline is 10 s; fills are drained after it.
+    assert!(took < Duration::from_secs(25), "stopping took {took:?}");
+    assert!(
+        berth.stderr().contains("closing them"),
+        "{}",
+        tail(&berth.stderr(), 20)
+    );
+    eprintln!("berth stopped {took:?} after SIGTERM with a stuck client");
+}
+
+#[tokio::test]
+async fn admin_endpoints_check_the_token_before_the_body_and_live_on_admin_listen() {
+    let admin_port = free_port();
+    let token = "0123456789abcdef0123";
+    let berth = BerthProcess::start(&format!(
+        "admin_token = {token:?}\n[server]\nadmin_listen = \"{admin_port}\"\n"
+    ));
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    // Not on the main listener any more.
+    let main = client
+        .get(format!("{}/_berth/pins", berth.url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(main.status(), 404);
+    let listed = client
+        .get(format!("http://{admin}/_berth/pins"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let registry = client
+        .get(format!("http://{admin}/v2/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        registry.status(),
+        404,
+        "the registry API is not on the admin listener"
+    );
+
+    // A wrong token is refused right after the head: the 50 MB body is never waited for.
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    stream
+        .write_all(
+            b"PUT /_berth/pins/base HTTP/1.1\r\nHost: berth\r\nAuthorization: Bearer wrong\r\n\
+              Content-Type: application/json\r\nContent-Length: 50000000\r\n\r\n{\"manif",
+        )
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("no answer before the body was sent")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+
+    // With the token, a body over the limit is cut off with 413.
+    let big = format!(
+        "{{\"manifests\":[{}]}}",
+        vec![format!("\"sha256:{}\"", "a".repeat(64)); 20_000].join(",")
+    );
+    let refused = client
+        .put(format!("http://{admin}/_berth/pins/base"))
+        .bearer_auth(token)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 413);
+}
