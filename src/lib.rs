@@ -19,13 +19,17 @@
 //!   generate   K3s registries.yaml and containerd hosts.toml writers
 //!   prewarm    a client of a running berth: pulls image groups as containerd would, pins
 //!              them (/_berth/pins), checks offline readiness (Cache-Control: only-if-cached)
+//!   probe      `berth probe`: timed requests per address (DNS/connect/TLS/TTFB), bulk transfers
+//!              at several MSS through `upstream`, path facts and DF path-MTU probes, verdicts
+//!              (a pure function) with evidence and fix, text/JSON report, `compare`
 //!   serve      wiring: store (+ evictor task on disk) + mirror + api; drains fills on shutdown
 //!   cli        one file per subcommand (serve, cache, prewarm, generators); glue only
 //! ```
 //!
-//! Dependency rule: `cli → api/generate/prewarm → mirror → upstream/store/coalesce → oci`.
+//! Dependency rule: `cli → api/generate/prewarm/probe → mirror → upstream/store/coalesce → oci`.
 //! `prewarm` uses `mirror` only for shared types (pin names); it talks to berth over HTTP.
-//! `oci` imports nothing of ours.
+//! `probe` uses `upstream` directly (its connector, token auth, redirects) and `prewarm` only
+//! for image references. `oci` imports nothing of ours.
 
 pub mod api;
 pub mod cli;
@@ -36,6 +40,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod oci;
 pub mod prewarm;
+pub mod probe;
 pub mod serve;
 pub mod store;
 pub mod upstream;

@@ -16,6 +16,7 @@ fn shipped_example_equals_builtin_defaults() {
     assert_eq!(example.store, builtin.store);
     assert_eq!(example.platforms, builtin.platforms);
     assert_eq!(example.admin_token, builtin.admin_token);
+    assert_eq!(example.probe, builtin.probe);
     let names = |c: &Config| c.upstreams.keys().cloned().collect::<Vec<_>>();
     assert_eq!(names(&example), names(&builtin));
     for (name, upstream) in &builtin.upstreams {

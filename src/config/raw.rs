@@ -27,6 +27,9 @@ pub struct RawConfig {
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
     pub platforms: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub probe_interval: Option<Duration>,
+    pub probe_images: Option<Vec<String>>,
     #[serde(default)]
     pub upstream_defaults: RawUpstream,
     pub upstreams: Option<BTreeMap<String, RawUpstream>>,
@@ -197,6 +200,7 @@ impl RawConfig {
         let store = self.store.resolve()?;
         let admin_token = admin_token(self.admin_token, self.admin_token_file)?;
         let platforms = platforms(self.platforms.as_deref())?;
+        let probe = probe(self.probe_interval, self.probe_images)?;
 
         Ok(Config {
             listen,
@@ -208,6 +212,7 @@ impl RawConfig {
             store,
             admin_token,
             platforms,
+            probe,
         })
     }
 }
@@ -853,4 +858,35 @@ mod tests {
             assert!(!valid_registry_name(bad), "{bad}");
         }
     }
+}
+
+/// `probe_interval` (off unless set, at least 10 s) and `probe_images`.
+fn probe(
+    interval: Option<Duration>,
+    images: Option<Vec<String>>,
+) -> Result<super::ProbeConfig, ConfigError> {
+    if let Some(i) = interval {
+        if i < Duration::from_secs(10) {
+            return Err(ConfigError::new(
+                "probe_interval",
+                "at least \"10s\" (the light probe runs every interval); remove it to turn it off",
+            ));
+        }
+    }
+    let images = images.unwrap_or_else(|| {
+        super::DEFAULT_PROBE_IMAGES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
+    if let Some(bad) = images
+        .iter()
+        .find(|i| i.trim().is_empty() || i.contains(char::is_whitespace))
+    {
+        return Err(ConfigError::new(
+            "probe_images",
+            format!("`{bad}` is not an image reference like ghcr.io/fluxcd/helm-controller:v1.5.1"),
+        ));
+    }
+    Ok(super::ProbeConfig { interval, images })
 }

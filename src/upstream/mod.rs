@@ -23,6 +23,7 @@ use hyper_util::rt::TokioExecutor;
 use url::Url;
 
 pub use auth::{Challenge, parse_challenges};
+pub use connector::tls_config;
 pub use error::UpstreamError;
 
 use crate::config::Upstream;
@@ -71,6 +72,11 @@ pub struct Request {
     /// Ask for the bytes from this offset on (`Range: bytes=<n>-`).
     pub range_from: Option<u64>,
 }
+
+/// Where a response really came from after redirects (a CDN host for most blobs); a
+/// response extension, read by `berth probe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseUrl(pub Url);
 
 type HttpClient = Client<Connector, Empty<Bytes>>;
 
@@ -212,7 +218,9 @@ impl UpstreamClient {
                     "redirect target {authority} answered {status} (expired URL?)"
                 )));
             }
-            return check_status(response);
+            let mut response = check_status(response)?;
+            response.extensions_mut().insert(ResponseUrl(url));
+            return Ok(response);
         }
         Err(UpstreamError::Protocol(format!(
             "more than {MAX_HOPS} redirects or auth rounds"
