@@ -12,7 +12,8 @@ use http::{HeaderValue, Method};
 use serde_json::Value;
 
 use super::failure::FailureClass;
-use super::report::{BulkReport, BulkRun, round1};
+use super::report::{BulkReport, BulkRun};
+use super::timing::Deadlines;
 use crate::config::Upstream;
 use crate::metrics::Metrics;
 use crate::oci::{MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, Platform};
@@ -27,16 +28,19 @@ const MAX_INDEX_DEPTH: usize = 2;
 pub struct BulkPlan {
     pub msses: Vec<Option<u32>>,
     pub bytes: u64,
-    pub stall: Duration,
+    pub deadlines: Deadlines,
     pub platform: Platform,
 }
 
-/// The upstream's settings with probe semantics: one attempt, the probe's stall timeout and
-/// the given MSS clamp.
-fn probe_upstream(upstream: &Upstream, mss: Option<u32>, stall: Duration) -> Upstream {
+/// The upstream's settings with probe semantics: one attempt, the probe's deadlines and the
+/// given MSS clamp.
+fn probe_upstream(upstream: &Upstream, mss: Option<u32>, d: &Deadlines) -> Upstream {
     let mut u = upstream.clone();
     u.transport.max_attempts = 1;
-    u.transport.stall_timeout = stall;
+    u.transport.connect_timeout = d.connect;
+    u.transport.tls_timeout = d.tls;
+    u.transport.header_timeout = d.header;
+    u.transport.stall_timeout = d.stall;
     u.transport.tcp_mss = mss;
     u.transport.min_speed = 0;
     u
@@ -89,7 +93,7 @@ pub async fn probe_image(
         error: None,
     };
     let resolver = match UpstreamClient::new(
-        probe_upstream(upstream, upstream.transport.tcp_mss, plan.stall),
+        probe_upstream(upstream, upstream.transport.tcp_mss, &plan.deadlines),
         Arc::new(Metrics::default()),
     ) {
         Ok(c) => c,
@@ -202,7 +206,7 @@ async fn transfer(
     let mut host = None;
     let result = tokio::time::timeout(MAX_TRANSFER_TIME, async {
         let client = UpstreamClient::new(
-            probe_upstream(upstream, mss, plan.stall),
+            probe_upstream(upstream, mss, &plan.deadlines),
             Arc::new(Metrics::default()),
         )
         .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
@@ -231,7 +235,7 @@ async fn transfer(
     })
     .await;
     let elapsed = start.elapsed().as_secs_f64();
-    run.seconds = round1(elapsed);
+    run.seconds = (elapsed * 1000.0).round() / 1000.0;
     run.mib_per_s = if elapsed > 0.0 {
         (run.bytes as f64 / (1024.0 * 1024.0) / elapsed * 100.0).round() / 100.0
     } else {

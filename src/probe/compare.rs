@@ -39,9 +39,12 @@ pub fn load(path: &Path) -> Result<Labelled, String> {
     })
 }
 
+const CELL: usize = 28;
+
 fn cell(s: impl Into<String>) -> String {
     let s: String = s.into();
-    format!("{s:<24}")
+    let s: String = s.chars().take(CELL - 2).collect();
+    format!("{s:<CELL$}")
 }
 
 pub fn compare(reports: &[Labelled]) -> String {
@@ -199,19 +202,20 @@ pub fn compare(reports: &[Labelled]) -> String {
                 }
             );
         }
-        let speeds: Vec<(&str, f64)> = runs
+        let speeds: Vec<(&str, f64, f64)> = runs
             .iter()
             .filter_map(|(l, r)| {
                 r.as_ref()
                     .filter(|r| r.completed())
-                    .map(|r| (*l, r.mib_per_s))
+                    .map(|r| (*l, r.mib_per_s, r.seconds))
             })
             .collect();
         if let (Some(fast), Some(slow)) = (
             speeds.iter().max_by(|a, b| a.1.total_cmp(&b.1)),
             speeds.iter().min_by(|a, b| a.1.total_cmp(&b.1)),
         ) {
-            if slow.1 > 0.0 && fast.1 / slow.1 >= 3.0 {
+            // Sub-second transfers are too short for their speed to mean anything.
+            if slow.1 > 0.0 && slow.2 >= 1.0 && fast.1 / slow.1 >= 3.0 {
                 found += 1;
                 let _ = writeln!(
                     out,

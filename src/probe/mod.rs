@@ -342,7 +342,7 @@ pub async fn run(plan: &Plan, progress: &dyn Progress) -> anyhow::Result<Report>
     let bulk_plan = BulkPlan {
         msses,
         bytes: plan.bulk_bytes,
-        stall: d.stall,
+        deadlines: d,
         platform: plan.platform.clone(),
     };
     let mut bulk = Vec::new();

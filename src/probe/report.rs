@@ -262,7 +262,7 @@ impl Report {
             for r in &b.runs {
                 let _ = writeln!(
                     out,
-                    "    mss {:<8} {:<16} {:>10} bytes in {:>6.1} s  {:>7.2} MiB/s{}",
+                    "    mss {:<8} {:<16} {:>10} bytes in {:>7.2} s  {:>7.2} MiB/s{}",
                     mss_label(r.mss),
                     r.outcome,
                     r.bytes,

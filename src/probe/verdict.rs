@@ -10,7 +10,7 @@ use super::report::{BulkRun, Report, mss_label};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     /// `pmtu_black_hole`, `tls_handshake_timeouts`, `dns_slow_or_failing`, `ipv6_broken`,
-    /// `resets`, `connect_failing`, `stalls`, `http_errors`, `healthy`.
+    /// `resets`, `connect_failing`, `stalls`, `http_errors`, `bulk_failures`, `healthy`.
     pub kind: String,
     /// The host (or image) it concerns; `*` for the whole path.
     pub target: String,
@@ -227,6 +227,22 @@ pub fn verdicts(e: &Evidence) -> Vec<Verdict> {
             ));
         }
     }
+    let failed_runs = e
+        .bulk
+        .iter()
+        .flat_map(|b| &b.runs)
+        .filter(|r| !r.completed())
+        .count();
+    if out.is_empty() && failed_runs > 0 {
+        out.push(verdict(
+            "bulk_failures",
+            "*",
+            format!("{failed_runs} bulk transfers failed (see the bulk table)"),
+            "read the failure class of each transfer: stall and reset point at the path, \
+             http_* at the registry"
+                .into(),
+        ));
+    }
     if out.is_empty() {
         out.push(verdict(
             "healthy",
@@ -272,7 +288,12 @@ fn pmtu_and_stalls(e: &Evidence, out: &mut Vec<Verdict>) {
             .filter(|r| r.completed())
             .filter_map(|r| r.mss)
             .collect();
-        let stalled_like = matches!(default.outcome.as_str(), "stall" | "reset");
+        // Lost full-size segments show as a stalled body, or as missing response headers when
+        // the headers share the first full segment with the body.
+        let stalled_like = matches!(
+            default.outcome.as_str(),
+            "stall" | "header_timeout" | "reset"
+        );
         match working.iter().max() {
             Some(&best) if stalled_like && small_ok => {
                 // Prefer the MSS derived from a measured path MTU when it is the tighter one.
@@ -453,6 +474,30 @@ mod tests {
                     ..Evidence::default()
                 },
                 vec![("pmtu_black_hole", "cdn.io", Some(1360))],
+            ),
+            (
+                "black hole where the headers are lost with the first full segment",
+                Evidence {
+                    targets: healthy_targets.clone(),
+                    bulk: vec![bulk(
+                        "cdn.io",
+                        &[(None, "header_timeout"), (Some(1360), "complete")],
+                    )],
+                    ..Evidence::default()
+                },
+                vec![("pmtu_black_hole", "cdn.io", Some(1360))],
+            ),
+            (
+                "a clamped transfer failing alone is never healthy",
+                Evidence {
+                    targets: healthy_targets.clone(),
+                    bulk: vec![bulk(
+                        "cdn.io",
+                        &[(None, "complete"), (Some(1360), "http_503")],
+                    )],
+                    ..Evidence::default()
+                },
+                vec![("bulk_failures", "*", None)],
             ),
             (
                 "black hole with a measured path MTU tighter than the tried MSS",

@@ -126,10 +126,16 @@ impl Drop for FakeUpstream {
 
 impl FakeUpstream {
     pub async fn start(opts: Options) -> FakeUpstream {
-        let bind = || async {
-            TcpListener::bind("127.0.0.1:0")
+        FakeUpstream::start_on(opts, std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// Like [`FakeUpstream::start`], on `ip` (e.g. an address inside a test network namespace,
+    /// with the runtime's threads in that namespace: see `support::netns::InNetns`).
+    pub async fn start_on(opts: Options, ip: std::net::IpAddr) -> FakeUpstream {
+        let bind = || async move {
+            TcpListener::bind((ip, 0))
                 .await
-                .expect("bind 127.0.0.1:0")
+                .unwrap_or_else(|e| panic!("bind {ip}:0: {e}"))
         };
         let (registry, token, cdn) = (bind().await, bind().await, bind().await);
         let (registry_addr, token_addr, cdn_addr) = (
