@@ -20,7 +20,7 @@ mod relay;
 mod report;
 #[path = "pull/scenarios.rs"]
 mod scenarios;
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::path::PathBuf;

@@ -11,9 +11,10 @@
 //!      │     coalesce   one upstream fill, spooled to disk, streamed to every waiter
 //!      ▼      │
 //!   upstream   the only HTTP client of upstreams: token auth, redirects, own TCP/TLS connector
-//!   store      content-addressed blobs, manifests and tag records (disk or S3);
-//!              eviction under max_size (scan → pins → LRU plan → evict), access times, verify
-//!   oci        pure types, no I/O: Digest, Reference, Repository, OciPath, ErrorCode
+//!   store      backends: content-addressed blobs, manifests and tag records (disk or S3);
+//!              housekeeping: scan → pins → LRU plan → evict, access times, verify, stats
+//!   oci        pure types, no I/O: Digest, Reference, Repository, OciPath, ErrorCode, the
+//!              manifest model (ManifestDoc, Descriptor), the OCI error body
 //!
 //!   config     file → env → flags, validated once into typed config
 //!   generate   K3s registries.yaml and containerd hosts.toml writers
@@ -26,10 +27,15 @@
 //!   cli        one file per subcommand (serve, cache, prewarm, generators); glue only
 //! ```
 //!
-//! Dependency rule: `cli → api/generate/prewarm/probe → mirror → upstream/store/coalesce → oci`.
-//! `prewarm` uses `mirror` only for shared types (pin names); it talks to berth over HTTP.
-//! `probe` uses `upstream` directly (its connector, token auth, redirects) and `prewarm` only
-//! for image references. `oci` imports nothing of ours.
+//! Dependency rule: `cli → api/generate/prewarm/probe → mirror → upstream/store/coalesce → oci`, plus
+//! `cli → store` for the offline cache commands (`berth cache stats|verify|gc`). Every layer
+//! reads `config` and `metrics`. `probe` uses `upstream` directly (its connector, token auth,
+//! redirects) and `prewarm` only for image references. `oci` imports nothing of ours.
+//!
+//! Two HTTP clients, on purpose: `upstream` is hyper on berth's own socket2/rustls connector
+//! (it needs TCP_MAXSEG before connect, the address checks after DNS, its own timeouts);
+//! `prewarm` is reqwest, an ordinary client of berth itself that may run on another host and
+//! uses `mirror` only for shared types (pin names).
 
 pub mod api;
 pub mod cli;

@@ -6,7 +6,7 @@ use http::header::{CONTENT_RANGE, RETRY_AFTER};
 use http::{HeaderValue, StatusCode};
 
 use crate::mirror::MirrorError;
-use crate::oci::{ErrorCode, PathError};
+use crate::oci::{ErrorBody, ErrorCode, ErrorEntry, PathError};
 
 /// How long a client should wait after berth could not reach an upstream.
 const UNREACHABLE_RETRY_AFTER_SECS: u64 = 10;
@@ -104,9 +104,13 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() && self.status != StatusCode::GATEWAY_TIMEOUT {
             tracing::warn!(status = %self.status, code = self.code, message = %self.message, "request failed");
         }
-        let body = serde_json::json!({
-            "errors": [{ "code": self.code, "message": self.message, "detail": null }]
-        });
+        let body = ErrorBody {
+            errors: vec![ErrorEntry {
+                code: self.code.to_string(),
+                message: self.message,
+                detail: serde_json::Value::Null,
+            }],
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         for (name, value) in self.headers {
             response.headers_mut().insert(name, value);

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::config::{Config, Overrides, parse_size};
+use crate::prewarm::report::human_bytes as human;
 use crate::store::DiskStore;
 use crate::store::evict::{Evictor, Plan};
 use crate::store::{scan, stats, verify};
@@ -276,30 +277,5 @@ fn print_victims(verb: &str, plan: &Plan) {
             victim.digest,
             human(victim.size)
         );
-    }
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn human_sizes() {
-        assert_eq!(super::human(12), "12 B");
-        assert_eq!(super::human(1536), "1.5 KiB");
-        assert_eq!(super::human(50 << 30), "50.0 GiB");
     }
 }

@@ -32,7 +32,7 @@ pub struct ProbeArgs {
     #[arg(long, default_value_t = 5)]
     rounds: u32,
     /// Pause between rounds.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = humantime_serde::re::humantime::parse_duration)]
     interval: Duration,
     /// MSS clamps to try bulk transfers with, besides the system default (repeatable).
     #[arg(long = "mss", value_name = "N", default_values_t = [1360u32, 1200])]
@@ -40,14 +40,14 @@ pub struct ProbeArgs {
     /// Bytes of each layer to download per transfer.
     #[arg(long, default_value = "8MiB")]
     bulk_bytes: String,
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime_serde::re::humantime::parse_duration)]
     connect_timeout: Duration,
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
     tls_timeout: Duration,
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = humantime_serde::re::humantime::parse_duration)]
     header_timeout: Duration,
     /// No body bytes for this long is a stall.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime_serde::re::humantime::parse_duration)]
     stall_timeout: Duration,
     /// Platform whose manifest is picked from an image index [default: this host's].
     #[arg(long, value_name = "OS/ARCH")]

@@ -3,8 +3,12 @@
 //! The file is parsed into `raw` types (every key optional, unknown keys refused), then
 //! validated once into [`Config`]. Nothing downstream re-checks strings.
 
+mod probe;
 mod raw;
+mod resolve;
 mod size;
+mod store;
+mod upstream;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -321,7 +325,7 @@ impl Config {
             e
         };
         let raw = RawConfig::parse(&text).map_err(with_file)?;
-        raw::platforms(raw.platforms.as_deref()).map_err(with_file)
+        resolve::platforms(raw.platforms.as_deref()).map_err(with_file)
     }
 
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {

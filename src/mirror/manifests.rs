@@ -345,14 +345,7 @@ fn header_digest(headers: &http::HeaderMap) -> Option<Digest> {
 
 /// For upstreams that send no Content-Type: the manifest's own `mediaType`, else OCI manifest.
 fn sniff_media_type(bytes: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-    }
-    serde_json::from_slice::<Probe>(bytes)
-        .ok()
-        .and_then(|p| p.media_type)
+    crate::oci::ManifestDoc::declared_media_type(bytes)
         .unwrap_or_else(|| crate::oci::MANIFEST_MEDIA_TYPES[1].to_string())
 }
 

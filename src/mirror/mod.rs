@@ -11,10 +11,10 @@ mod tags;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use crate::store::pins::{PinName, PinNameError, PinSet};
 pub use blobs::{BlobBody, ByteRange};
 pub use error::MirrorError;
 pub use manifests::Manifest;
-pub use pins::{PinName, PinNameError, PinSet};
 pub use routing::Target;
 
 use crate::coalesce::{Fills, Singleflight};
@@ -47,8 +47,6 @@ pub struct Mirror {
     /// Last known tag → digest answers (also persisted in the store).
     tags: moka::sync::Cache<(String, Repository, Tag), TagRecord>,
     tag_flights: Singleflight<(String, Repository, Tag), Result<TagRecord, MirrorError>>,
-    /// Serialises pin-set writes (each rewrites the pin index).
-    pins_lock: tokio::sync::Mutex<()>,
 }
 
 impl Mirror {
@@ -80,7 +78,6 @@ impl Mirror {
             manifest_flights: Singleflight::default(),
             tags,
             tag_flights: Singleflight::default(),
-            pins_lock: tokio::sync::Mutex::new(()),
         })
     }
 

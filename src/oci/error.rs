@@ -1,4 +1,39 @@
-//! OCI distribution error codes.
+//! OCI distribution error codes, and the error body berth writes and its clients read.
+
+use serde::{Deserialize, Serialize};
+
+/// `{"errors":[{"code","message","detail"}]}`, the distribution spec's error body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub errors: Vec<ErrorEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorEntry {
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+impl ErrorBody {
+    pub fn one(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            errors: vec![ErrorEntry {
+                code: code.as_str().to_string(),
+                message: message.into(),
+                detail: serde_json::Value::Null,
+            }],
+        }
+    }
+
+    /// `CODE message` of the first error, for one-line reports.
+    pub fn summary(&self) -> Option<String> {
+        let e = self.errors.first()?;
+        Some(format!("{} {}", e.code, e.message))
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {

@@ -2,13 +2,15 @@
 
 mod digest;
 mod error;
+mod manifest;
 mod media;
 mod path;
 mod platform;
 mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
-pub use error::ErrorCode;
+pub use error::{ErrorBody, ErrorCode, ErrorEntry};
+pub use manifest::{Descriptor, ManifestDoc, References};
 pub use media::{MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, accepts};
 pub use path::{Endpoint, OciPath, PathError};
 pub use platform::{Platform, PlatformError};

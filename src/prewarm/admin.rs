@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::mirror::PinName;
 use crate::oci::Digest;
 
-use super::pull::{MirrorClient, cause};
+use super::client::{MirrorClient, cause};
 
 /// Whether one group's pins were recorded, and if not, why (one line).
 #[derive(Debug, Clone, Serialize)]

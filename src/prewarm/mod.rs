@@ -3,16 +3,18 @@
 //!
 //! A client of the mirror's HTTP API (it may run on another host); the mirror's own code does
 //! the caching. Pieces: [`groups`] (group file), [`references`] (image references),
-//! [`manifests_scan`] (`--from-manifests`), [`pull`] (the walk), [`admin`] (pins),
+//! [`manifests_scan`] (`--from-manifests`), [`client`] (HTTP to the mirror), [`walk`] (the
+//! containerd-like walk), [`admin`] (pins),
 //! [`report`] (table/JSON), [`progress`] (bars or lines).
 
 pub mod admin;
+pub mod client;
 pub mod groups;
 pub mod manifests_scan;
 pub mod progress;
-pub mod pull;
 pub mod references;
 pub mod report;
+pub mod walk;
 
 use std::time::Instant;
 
@@ -20,10 +22,11 @@ use futures::StreamExt;
 
 use crate::oci::Platform;
 
+pub use client::{MirrorClient, PullError};
 pub use groups::{Group, GroupError, Groups};
 pub use progress::Progress;
-pub use pull::{MirrorClient, Mode, PullError};
 pub use report::Report;
+pub use walk::Mode;
 
 /// What one run does, parsed and validated by the CLI.
 pub struct Plan {
@@ -50,12 +53,18 @@ pub async fn run(
         .enumerate()
         .map(|(n, (g, i))| (n, g, i))
         .collect();
-    let mut images: Vec<(usize, pull::ImageOutcome)> = futures::stream::iter(jobs)
+    let mut images: Vec<(usize, walk::ImageOutcome)> = futures::stream::iter(jobs)
         .map(|(n, group, image)| async move {
             let bar = progress.image(&format!("{} {image}", group.name));
-            let outcome = client
-                .pull(group.name.as_str(), image, &plan.platforms, plan.mode, &bar)
-                .await;
+            let outcome = walk::pull(
+                client,
+                group.name.as_str(),
+                image,
+                &plan.platforms,
+                plan.mode,
+                &bar,
+            )
+            .await;
             bar.done(&report::line(&outcome, plan.mode));
             (n, outcome)
         })
@@ -64,7 +73,7 @@ pub async fn run(
         .await;
     progress.finish();
     images.sort_by_key(|(n, _)| *n);
-    let images: Vec<pull::ImageOutcome> = images.into_iter().map(|(_, o)| o).collect();
+    let images: Vec<walk::ImageOutcome> = images.into_iter().map(|(_, o)| o).collect();
     // The mirror going away mid-run is one error, not a table of identical failures.
     if let Some(PullError::MirrorUnreachable { url, cause }) = images
         .iter()

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::admin::PinOutcome;
-use super::pull::{ImageOutcome, Mode};
+use super::walk::{ImageOutcome, Mode};
 
 pub struct Report {
     pub mode: Mode,
@@ -250,19 +250,9 @@ pub fn line(i: &ImageOutcome, mode: Mode) -> String {
     )
 }
 
+/// Sizes as people read them (`1.50 KiB`), the one formatter of prewarm and `berth cache`.
 pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    indicatif::HumanBytes(n).to_string()
 }
 
 #[cfg(test)]
@@ -272,7 +262,7 @@ mod tests {
     #[test]
     fn bytes_are_human() {
         assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+        assert_eq!(human_bytes(1536), "1.50 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.00 GiB");
     }
 }

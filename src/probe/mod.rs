@@ -324,7 +324,8 @@ fn hostname() -> String {
 /// Runs the whole probe. `Err` only when it cannot start (bad TLS settings).
 pub async fn run(plan: &Plan, progress: &dyn Progress) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let started_at =
+        humantime_serde::re::humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let tls = TlsConfigs::new(&plan.config)?;
     let d = plan.deadlines;
     let mut notes = Vec::new();

@@ -14,8 +14,8 @@ use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use super::access::{AccessLog, OpenReaders};
-use super::scan::{self, ObjectKind};
+use super::housekeeping::access::{AccessLog, OpenReaders};
+use super::housekeeping::scan::{self, ObjectKind};
 use super::{BlobStore, ByteStream, Listed, StoreError};
 
 const READ_CHUNK: usize = 256 * 1024;
@@ -91,7 +91,7 @@ impl DiskStore {
         if batch.is_empty() {
             return 0;
         }
-        tokio::task::spawn_blocking(move || super::access::write_mtimes(&root, batch))
+        tokio::task::spawn_blocking(move || super::housekeeping::access::write_mtimes(&root, batch))
             .await
             .unwrap_or(0)
     }
@@ -120,14 +120,6 @@ impl DiskStore {
             Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Some(Err(e)) => Err(StoreError::io(key, e)),
         }
-    }
-
-    /// Names of the pin sets (`pins/<name>`).
-    pub fn pin_names(&self) -> std::io::Result<Vec<String>> {
-        // `pins/_index` is the mirror's list of names, not a pin set (`_` starts no pin name).
-        let mut names = scan::file_names(&self.root.join("pins"))?;
-        names.retain(|n| !n.starts_with('_'));
-        Ok(names)
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
@@ -386,18 +378,6 @@ mod tests {
             store.evict("tags/docker.io/x/_tags/latest").is_err(),
             "never a tag"
         );
-    }
-
-    #[tokio::test]
-    async fn pin_names_skip_the_mirrors_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = DiskStore::open(dir.path()).unwrap();
-        for key in ["pins/flux", "pins/_index", "pins/k3s"] {
-            store.put(key, Bytes::from_static(b"{}")).await.unwrap();
-        }
-        let mut names = store.pin_names().unwrap();
-        names.sort();
-        assert_eq!(names, ["flux", "k3s"]);
     }
 
     #[tokio::test]

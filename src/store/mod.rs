@@ -4,20 +4,17 @@
 //! files ([`BlobStore::commit_file`]); small objects (manifests, tag records) via [`BlobStore::put`].
 //! Every write is atomic: a reader sees the whole object or nothing.
 //!
-//! Keeping the disk cache bounded: [`scan`] lists what is stored, [`access`] tracks use without
-//! a write per read, [`pins`] says what must stay, [`evict`] deletes the least recently used
-//! rest when over `max_size`, [`verify`] re-hashes everything (`berth cache verify`), [`stats`] counts it.
+//! Two halves. The backends: the [`BlobStore`] trait, [`DiskStore`], [`S3Store`], [`keys`] and the
+//! stored [`manifest_form`]. The cache's [`housekeeping`] on top of them: what is stored, what
+//! was used when, what is pinned, what to evict, verify and count.
 
-pub mod access;
 mod disk;
-pub mod evict;
+pub mod housekeeping;
 pub mod keys;
 pub mod manifest_form;
-pub mod pins;
 mod s3;
-pub mod scan;
-pub mod stats;
-pub mod verify;
+
+pub use housekeeping::{access, evict, pins, scan, stats, verify};
 
 use std::ops::Range;
 use std::path::Path;

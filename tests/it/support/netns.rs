@@ -25,6 +25,14 @@ use std::time::Duration;
 
 use crate::support::util::{CmdOutput, kill_child, run};
 
+/// A short id unique in this test process (all tests share one pid): pid + a counter. Keep it
+/// short: interface names (`vrb<id>`) have 15 characters at most.
+pub fn unique_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("{}{n}", std::process::id() % 1_000_000)
+}
+
 pub const CLIENT_IP: &str = "10.99.1.2";
 pub const ROUTER_CLIENT_IP: &str = "10.99.1.1";
 pub const ROUTER_UP_IP: &str = "10.99.2.1";

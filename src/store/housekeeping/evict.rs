@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::DiskStore;
-use super::StoreError;
 use super::pins::{self, PinError, Pinned};
 use super::scan::{self, StoredObject};
 use crate::metrics::Metrics;
+use crate::store::DiskStore;
+use crate::store::StoreError;
 
 /// Eviction stops once the cache is at or below this share of `max_size`.
 pub const LOW_WATER_PERCENT: u64 = 90;
@@ -145,10 +145,9 @@ impl Evictor {
                 dir: self.store.root().to_path_buf(),
                 source,
             })?;
-        let names = self.store.pin_names().map_err(|source| EvictError::Scan {
-            dir: self.store.root().join("pins"),
-            source,
-        })?;
+        let names = pins::names(self.store.as_ref())
+            .await
+            .map_err(PinError::Store)?;
         let pinned = pins::resolve(self.store.as_ref(), &names).await?;
         let plan = plan(
             objects,

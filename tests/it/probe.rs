@@ -9,22 +9,20 @@
 //! - On loopback: a TLS front that holds handshakes → `tls_handshake_timeout`; a listener that
 //!   resets → `reset`.
 //!
-//! The lab tests need root, `ip` and `iptables`: skipped locally without them, failing under
-//! `CI=true`. No test probes a public endpoint: every run names its targets or its config.
-
-mod support;
+//! The namespace tests need root, `ip` and `iptables` and are `#[ignore]`d (scripts/test runs
+//! them). No test probes a public endpoint: every run names its targets or its config.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::fake_upstream::{FakeUpstream, Options, TlsFront};
+use crate::support::images::{self, Format, ImageSpec};
+use crate::support::netns::{InNetns, Lab, Netns, UP_IP, unique_id};
+use crate::support::prereq::{require_root, require_tools};
+use crate::support::real::TestCa;
+use crate::support::util::{kill_child, run};
 use serde_json::Value;
-use support::fake_upstream::{FakeUpstream, Options, TlsFront};
-use support::images::{self, Format, ImageSpec};
-use support::netns::{InNetns, Lab, Netns, UP_IP};
-use support::prereq::{require_root, require_tools};
-use support::real::TestCa;
-use support::util::{kill_child, run};
 
 const TLS_PORT: u16 = 8443;
 const IMAGE: &str = "lab.test/big:1";
@@ -180,15 +178,14 @@ fn lab_run(id: &str, narrow_mtu: u32, dir: &Path) -> (Option<i32>, Value, String
 }
 
 #[test]
+#[ignore = "needs root, network namespaces, iptables: run by scripts/test"]
 fn black_hole_lab_names_the_cause_and_compare_names_the_bulk_difference() {
     if !require_root() || !require_tools(&["ip", "iptables"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let pid = std::process::id();
-
     // 1. The black hole.
-    let (code, report, text) = lab_run(&format!("{pid}a"), 1400, dir.path());
+    let (code, report, text) = lab_run(&unique_id(), 1400, dir.path());
     assert_eq!(code, Some(1), "a black hole is a problem: exit 1");
     let kinds = verdict_kinds(&report);
     let hole = report["verdicts"]
@@ -236,7 +233,7 @@ fn black_hole_lab_names_the_cause_and_compare_names_the_bulk_difference() {
     assert!(text.contains("pmtu_black_hole"), "text report:\n{text}");
 
     // 2. The same lab, healthy.
-    let (code, healthy, _) = lab_run(&format!("{pid}b"), 1500, dir.path());
+    let (code, healthy, _) = lab_run(&unique_id(), 1500, dir.path());
     assert_eq!(verdict_kinds(&healthy), ["healthy"]);
     assert_eq!(code, Some(0));
     let runs = healthy["bulk"][0]["runs"].as_array().unwrap();
@@ -267,12 +264,13 @@ fn black_hole_lab_names_the_cause_and_compare_names_the_bulk_difference() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run by scripts/test"]
 fn an_unresolvable_name_is_a_dns_failure() {
     if !require_root() || !require_tools(&["ip"]) {
         return;
     }
     // The namespace's resolver is its own 127.0.0.1, where nothing listens.
-    let ns = Netns::create(&format!("dns-{}", std::process::id()));
+    let ns = Netns::create(&format!("dns-{}", unique_id()));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("dns.json");
     let output = probe(

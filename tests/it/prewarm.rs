@@ -3,18 +3,16 @@
 //! pins, a second run that transfers nothing, and the offline `--check` both ways. Plus the
 //! server side: `Cache-Control: only-if-cached` and the admin endpoints, in process.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::berth::{BerthProcess, UpstreamSpec, config_toml};
+use crate::support::fake_upstream::{FakeUpstream, Kind, Options, Role};
+use crate::support::images::{self, Blob, Content, Format, ImageSpec};
+use crate::support::inprocess::{Berth, client, upstream_table};
 use http::Method;
 use serde_json::Value;
-use support::berth::{BerthProcess, UpstreamSpec, config_toml};
-use support::fake_upstream::{FakeUpstream, Kind, Options, Role};
-use support::images::{self, Blob, Content, Format, ImageSpec};
-use support::inprocess::{Berth, client, upstream_table};
 
 const TOKEN: &str = "prewarm-test-admin-token-0123456789";
 const UPSTREAM_BLOBS: &str = "berth_upstream_requests_total";
@@ -55,7 +53,7 @@ fn berth_cli(args: &[&str]) -> Ran {
             break Some(status);
         }
         if Instant::now() > deadline {
-            support::util::kill_child(&mut child);
+            crate::support::util::kill_child(&mut child);
             break None;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -461,7 +459,7 @@ async fn bad_input_and_unreachable_mirror_give_one_line_errors_naming_the_fix() 
         "[groups.flux]\nimages = [\"ghcr.io/FluxCD/helm-controller:v1.5.1\"]\n",
     )
     .unwrap();
-    let dead = format!("http://127.0.0.1:{}", support::util::free_port());
+    let dead = format!("http://127.0.0.1:{}", crate::support::util::free_port());
     let (g, b) = (groups.to_str().unwrap(), bad_ref.to_str().unwrap());
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
         (
@@ -686,20 +684,21 @@ async fn admin_endpoints_are_404_without_a_token_and_401_with_a_wrong_one() {
 /// docker.io and ghcr.io, images pushed with skopeo: warm, re-run without a blob download, then
 /// `--check` ready with the registry stopped.
 #[test]
+#[ignore = "needs docker-registry, skopeo: run by scripts/test"]
 fn prewarm_through_a_real_registry_then_ready_with_it_stopped() {
-    if !support::prereq::require_tools(&["docker-registry", "skopeo"]) {
+    if !crate::support::prereq::require_tools(&["docker-registry", "skopeo"]) {
         return;
     }
-    let ca = support::real::TestCa::new();
-    let mut registry = support::real::DockerRegistry::start(Some(&ca));
+    let ca = crate::support::real::TestCa::new();
+    let mut registry = crate::support::real::DockerRegistry::start(Some(&ca));
     let pause = images::multi_arch(70, Format::Docker);
     let helm = images::multi_arch(71, Format::Oci);
-    support::real::skopeo::push(
+    crate::support::real::skopeo::push(
         &pause,
         &format!("{}/rancher/mirrored-pause:3.6", registry.host()),
         Some(&ca),
     );
-    support::real::skopeo::push(
+    crate::support::real::skopeo::push(
         &helm,
         &format!("{}/fluxcd/helm-controller:v1.5.1", registry.host()),
         Some(&ca),

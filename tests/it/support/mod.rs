@@ -1,11 +1,11 @@
-//! Shared test infrastructure; every integration test file does `mod support;`.
+//! Shared test infrastructure of the one integration-test binary (`tests/it/main.rs`).
 //!
 //! - [`images`]: deterministic OCI / Docker images, indexes, big blobs, OCI layout writer.
 //! - [`fake_upstream`]: an in-process Docker Hub look-alike (token server, CDN, faults, counters).
 //! - [`real`]: real components: test CA, Debian's docker-registry, skopeo, a private containerd.
 //! - [`berth`]: the berth binary as a child process, with readiness and /metrics helpers.
 //! - [`util`]: bounded polls, commands with timeouts, free ports, a tiny blocking HTTP GET.
-//! - [`prereq`]: skip-or-fail when an external tool is missing.
+//! - [`prereq`]: fail naming the tool when an external tool is missing.
 //! - [`netns`]: the path MTU black-hole lab in network namespaces; servers inside a namespace.
 
 // Each test binary uses a different subset of these helpers.

@@ -1,13 +1,11 @@
 //! `berth cache stats | verify | gc` on a cache directory laid out by hand, as the binary.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use support::inprocess::sha256;
-use support::util::{CmdOutput, run};
+use crate::support::inprocess::sha256;
+use crate::support::util::{CmdOutput, run};
 
 const CONFIG: &[u8] = b"{\"architecture\":\"amd64\"}";
 
@@ -221,10 +219,10 @@ fn gc_dry_run_lists_and_gc_evicts_unpinned_lru_and_orphans() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_reads_the_hit_ratio_from_a_running_berth() {
-    use support::fake_upstream::{FakeUpstream, Options};
-    use support::inprocess::{Berth, client, upstream_table};
+    use crate::support::fake_upstream::{FakeUpstream, Options};
+    use crate::support::inprocess::{Berth, client, upstream_table};
     let fake = FakeUpstream::start(Options::plain()).await;
-    let blob = support::images::big_blob(1, 90);
+    let blob = crate::support::images::big_blob(1, 90);
     fake.put_blob("library/x", &blob);
     let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
     let url = berth.url(&format!("/v2/library/x/blobs/{}", blob.digest));
@@ -241,9 +239,11 @@ async fn stats_reads_the_hit_ratio_from_a_running_berth() {
         // The commit follows the client's last byte; the next GET should be a cache hit.
         let file = berth.data.path().join("blobs/sha256").join(blob.hex());
         tokio::task::block_in_place(|| {
-            support::util::wait_until("the blob to be committed", Duration::from_secs(10), || {
-                file.exists().then_some(())
-            })
+            crate::support::util::wait_until(
+                "the blob to be committed",
+                Duration::from_secs(10),
+                || file.exists().then_some(()),
+            )
         });
     }
     let mirror = berth.url("");

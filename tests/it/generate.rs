@@ -2,7 +2,7 @@
 //! round-trips through the key names K3s and containerd parse, and the CLI contract
 //! (idempotent writes, dry-run, one-line refusals).
 //!
-//! Accept changed output with `BERTH_UPDATE_GOLDEN=1 cargo test --test generate`, then
+//! Accept changed output with `BERTH_UPDATE_GOLDEN=1 cargo test --test it generate::`, then
 //! review the diff under tests/golden/.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,7 +30,7 @@ fn updating_golden() -> bool {
 }
 
 const UPDATE_HINT: &str =
-    "if the change is intended: BERTH_UPDATE_GOLDEN=1 cargo test --test generate";
+    "if the change is intended: BERTH_UPDATE_GOLDEN=1 cargo test --test it generate::";
 
 fn assert_golden_file(relative: &str, actual: &str) {
     let path = golden_dir().join(relative);

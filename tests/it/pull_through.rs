@@ -1,15 +1,13 @@
 //! berth in-process against the fake Docker Hub (token server + CDN redirects): the pull API,
 //! routing, caching, verification and offline behaviour.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::fake_upstream::{FakeUpstream, Fault, Kind, Options, Role};
+use crate::support::images::{self, Content, Format};
+use crate::support::inprocess::{Berth, client, sha256, upstream_table};
 use http::Method;
-use support::fake_upstream::{FakeUpstream, Fault, Kind, Options, Role};
-use support::images::{self, Content, Format};
-use support::inprocess::{Berth, client, sha256, upstream_table};
 
 const CONTAINERD_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
 
@@ -584,7 +582,7 @@ async fn a_miss_streams_before_the_upstream_finishes_and_survives_client_disconn
         Fault::stall(
             1 << 20,
             Duration::from_secs(3),
-            support::fake_upstream::AfterStall::Continue,
+            crate::support::fake_upstream::AfterStall::Continue,
         )
         .kind(Kind::Blob),
     );

@@ -1,9 +1,9 @@
 //! `berth cache stats`: what the disk cache holds.
 
-use super::DiskStore;
 use super::evict::EvictError;
 use super::pins;
 use super::scan::{self, ObjectKind};
+use crate::store::DiskStore;
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CacheStats {
@@ -27,7 +27,7 @@ pub async fn collect(store: &DiskStore) -> Result<CacheStats, EvictError> {
         source,
     };
     let objects = scan::objects(root).map_err(scan_error)?;
-    let names = store.pin_names().map_err(scan_error)?;
+    let names = pins::names(store).await.map_err(pins::PinError::Store)?;
     let pinned = pins::resolve(store, &names).await?;
     let mut stats = CacheStats {
         tags: scan::count_files(&root.join("tags")).map_err(scan_error)?,

@@ -1,16 +1,16 @@
 //! Surviving a bad upstream path: coalesced fills, resume after resets and stalls, retries,
 //! the circuit breaker. The fake upstream injects the faults per request.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::fake_upstream::{
+    AfterStall, FakeUpstream, Fault, Kind, Options, Role, TlsFront,
+};
+use crate::support::images::{self, Blob, Format};
+use crate::support::inprocess::{Berth, client, upstream_table};
+use crate::support::real::TestCa;
 use futures::StreamExt;
 use http::Method;
-use support::fake_upstream::{AfterStall, FakeUpstream, Fault, Kind, Options, Role, TlsFront};
-use support::images::{self, Blob, Format};
-use support::inprocess::{Berth, client, upstream_table};
-use support::real::TestCa;
 
 const MIB: u64 = 1024 * 1024;
 

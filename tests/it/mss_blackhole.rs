@@ -20,17 +20,14 @@
 //! Needs root, `ip`, `iptables`, `curl`, `python3`: skipped locally without them, fails under
 //! `CI=true`.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::netns::{Lab, Proc, UP_IP, in_ns, unique_id};
+use crate::support::prereq::{require_root, require_tools, which};
+use crate::support::util::wait_until;
 use sha2::{Digest, Sha256};
-use support::netns::{Lab, Proc, in_ns};
-use support::prereq::{require_root, require_tools, which};
-use support::util::wait_until;
 
-use support::netns::UP_IP;
 const UP_PORT: u16 = 8080;
 /// berth's listen port inside its own namespace (private, so a fixed port cannot clash).
 const BERTH_PORT: u16 = 5000;
@@ -156,12 +153,13 @@ fn berth_config(mss: Option<u32>) -> String {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces, iptables: run by scripts/test"]
 fn large_blob_through_pmtu_black_hole_needs_the_mss_clamp() {
     if !require_root() || !require_tools(&["ip", "iptables", "curl", "python3"]) {
         return;
     }
     let t0 = Instant::now();
-    let id = std::process::id().to_string();
+    let id = unique_id();
     let tmp = tempfile::tempdir().unwrap();
 
     // Upstream content: a big random blob at its registry path, and a small file.

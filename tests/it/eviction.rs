@@ -1,15 +1,13 @@
 //! `[store] max_size`: pulling more than fits keeps the cache under the limit, evicting the
 //! least recently used, keeping pinned images, and re-fetching what was evicted.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
-use support::fake_upstream::{FakeUpstream, Options};
-use support::images::{self, Blob, Format, ImageSpec};
-use support::inprocess::{Berth, client, sha256, upstream_table};
-use support::util::wait_until;
+use crate::support::fake_upstream::{FakeUpstream, Options};
+use crate::support::images::{self, Blob, Format, ImageSpec};
+use crate::support::inprocess::{Berth, client, sha256, upstream_table};
+use crate::support::util::wait_until;
 
 const KIB: u64 = 1024;
 const MAX_SIZE: u64 = 3600 * KIB;

@@ -8,50 +8,23 @@ use std::time::{Duration, Instant};
 
 use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, StatusCode};
-use serde::Deserialize;
 use url::Url;
 
-use crate::oci::{Digest, Hasher, MAX_MANIFEST_SIZE, Platform, Reference};
+use crate::oci::{Digest, Hasher, MAX_MANIFEST_SIZE, ManifestDoc, Platform, Reference};
 
+use super::client::{MirrorClient, PullError, cause, ok_or_status};
 use super::progress::ImageProgress;
 use super::references::ImageRef;
 
 /// What containerd sends when it resolves a tag (protocol notes §1.2).
 pub const CONTAINERD_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
 const ONLY_IF_CACHED: &str = "only-if-cached";
-const USER_AGENT: &str = concat!("berth-prewarm/", env!("CARGO_PKG_VERSION"));
 
 /// Warm the cache, or only ask whether it could serve everything (`--check`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Warm,
     Check,
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum PullError {
-    #[error(
-        "cannot reach the mirror at {url} ({cause}); start it with `berth serve` or point --mirror at a running berth"
-    )]
-    MirrorUnreachable { url: String, cause: String },
-    #[error(
-        "{url} does not answer like a registry (GET /v2/ → {status}); point --mirror at a running berth"
-    )]
-    NotARegistry { url: String, status: u16 },
-    #[error("the mirror answered {status} for {what}: {message}")]
-    Status {
-        what: String,
-        status: u16,
-        message: String,
-    },
-    #[error("{what}: {message}")]
-    Invalid { what: String, message: String },
-    #[error("{what} hashes to {actual}, expected {expected}")]
-    Verification {
-        what: String,
-        actual: Digest,
-        expected: Digest,
-    },
 }
 
 /// One blob or manifest the cache does not hold (`--check`).
@@ -92,110 +65,42 @@ impl ImageOutcome {
     }
 }
 
-/// An HTTP client of one running berth.
-#[derive(Clone)]
-pub struct MirrorClient {
-    http: reqwest::Client,
-    base: Url,
-}
-
-impl MirrorClient {
-    pub fn new(base: Url) -> Result<MirrorClient, PullError> {
-        let http = reqwest::Client::builder()
-            .no_proxy() // the mirror is on the private network, never behind the egress proxy
-            .user_agent(USER_AGENT)
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(300))
-            .build()
-            .map_err(|e| PullError::MirrorUnreachable {
-                url: base.to_string(),
-                cause: cause(&e),
-            })?;
-        let mut base = base;
-        if !base.path().ends_with('/') {
-            base.set_path(&format!("{}/", base.path()));
-        }
-        Ok(MirrorClient { http, base })
+/// Walks one image for `platforms`.
+pub async fn pull(
+    client: &MirrorClient,
+    group: &str,
+    image: &ImageRef,
+    platforms: &[Platform],
+    mode: Mode,
+    progress: &ImageProgress,
+) -> ImageOutcome {
+    let started = Instant::now();
+    let mut outcome = ImageOutcome {
+        group: group.to_string(),
+        image: image.clone(),
+        digest: None,
+        platforms: Vec::new(),
+        not_offered: Vec::new(),
+        manifests: Vec::new(),
+        size: 0,
+        downloaded: 0,
+        blobs: 0,
+        blobs_cached: 0,
+        missing: Vec::new(),
+        error: None,
+        elapsed: Duration::ZERO,
+    };
+    let walk = Walk {
+        client,
+        image,
+        mode,
+        progress,
+    };
+    if let Err(e) = walk.run(platforms, &mut outcome).await {
+        outcome.error = Some(e);
     }
-
-    pub fn base(&self) -> &Url {
-        &self.base
-    }
-
-    pub(super) fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
-
-    /// `GET /v2/`: is a registry listening there at all?
-    pub async fn ping(&self) -> Result<(), PullError> {
-        let url = self.url("v2/", None);
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        if response.status() != StatusCode::OK {
-            return Err(PullError::NotARegistry {
-                url: self.base.to_string(),
-                status: response.status().as_u16(),
-            });
-        }
-        Ok(())
-    }
-
-    fn url(&self, path: &str, ns: Option<&str>) -> Url {
-        let mut url = self.base.join(path).unwrap_or_else(|_| self.base.clone());
-        if let Some(ns) = ns {
-            url.query_pairs_mut().append_pair("ns", ns);
-        }
-        url
-    }
-
-    pub(super) fn unreachable(&self, e: &reqwest::Error) -> PullError {
-        PullError::MirrorUnreachable {
-            url: self.base.to_string(),
-            cause: cause(e),
-        }
-    }
-
-    /// Walks one image for `platforms`.
-    pub async fn pull(
-        &self,
-        group: &str,
-        image: &ImageRef,
-        platforms: &[Platform],
-        mode: Mode,
-        progress: &ImageProgress,
-    ) -> ImageOutcome {
-        let started = Instant::now();
-        let mut outcome = ImageOutcome {
-            group: group.to_string(),
-            image: image.clone(),
-            digest: None,
-            platforms: Vec::new(),
-            not_offered: Vec::new(),
-            manifests: Vec::new(),
-            size: 0,
-            downloaded: 0,
-            blobs: 0,
-            blobs_cached: 0,
-            missing: Vec::new(),
-            error: None,
-            elapsed: Duration::ZERO,
-        };
-        let walk = Walk {
-            client: self,
-            image,
-            mode,
-            progress,
-        };
-        if let Err(e) = walk.run(platforms, &mut outcome).await {
-            outcome.error = Some(e);
-        }
-        outcome.elapsed = started.elapsed();
-        outcome
-    }
+    outcome.elapsed = started.elapsed();
+    outcome
 }
 
 /// One image's walk; `Err` ends it (`--check` records what is missing instead, where it can).
@@ -234,10 +139,9 @@ impl Walk<'_> {
             return Ok(());
         };
         let mut blobs: Vec<BlobRef> = Vec::new();
-        match doc.manifests {
-            Some(entries) => {
-                let chosen = choose(&entries, platforms);
-                for (platform, entry) in chosen {
+        match doc.is_index() {
+            true => {
+                for (platform, entry) in doc.choose(platforms) {
                     let Some(entry) = entry else {
                         out.not_offered.push(platform.to_string());
                         continue;
@@ -258,7 +162,7 @@ impl Walk<'_> {
                     });
                 }
             }
-            None => {
+            false => {
                 out.platforms.push("single".into());
                 image_blobs(&doc, None, &root, &mut blobs)?;
             }
@@ -300,7 +204,7 @@ impl Walk<'_> {
         url: Url,
         accept: Option<&str>,
     ) -> Result<reqwest::Response, PullError> {
-        let mut request = self.client.http.request(method, url);
+        let mut request = self.client.http().request(method, url);
         if let Some(accept) = accept {
             request = request.header(ACCEPT, accept);
         }
@@ -395,7 +299,7 @@ impl Walk<'_> {
                         .into(),
             });
         }
-        let doc: ManifestDoc = serde_json::from_slice(&bytes).map_err(|e| PullError::Invalid {
+        let doc = ManifestDoc::parse(&bytes).map_err(|e| PullError::Invalid {
             what: what.clone(),
             message: format!("not a manifest or index: {e}"),
         })?;
@@ -409,7 +313,7 @@ impl Walk<'_> {
         let url = self.path(&format!("blobs/{}", blob.digest));
         let response = self
             .client
-            .http
+            .http()
             .head(url)
             .header(CACHE_CONTROL, ONLY_IF_CACHED)
             .send()
@@ -456,79 +360,6 @@ impl Walk<'_> {
     }
 }
 
-/// An image manifest or an index, just the fields the walk needs.
-#[derive(Deserialize)]
-struct ManifestDoc {
-    manifests: Option<Vec<Descriptor>>,
-    config: Option<Descriptor>,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-}
-
-#[derive(Deserialize)]
-struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: Digest,
-    #[serde(default)]
-    size: u64,
-    platform: Option<PlatformDoc>,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
-    #[serde(default)]
-    urls: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct PlatformDoc {
-    os: String,
-    architecture: String,
-    variant: Option<String>,
-}
-
-impl Descriptor {
-    /// BuildKit's attestation manifests (SBOM, provenance): platform unknown/unknown.
-    fn is_attestation(&self) -> bool {
-        self.annotations
-            .get("vnd.docker.reference.type")
-            .is_some_and(|t| t == "attestation-manifest")
-            || self
-                .platform
-                .as_ref()
-                .is_some_and(|p| p.os == "unknown" && p.architecture == "unknown")
-    }
-}
-
-/// For each wanted platform, the first index entry that serves it (an exact variant first).
-fn choose<'a>(
-    entries: &'a [Descriptor],
-    wanted: &'a [Platform],
-) -> Vec<(&'a Platform, Option<&'a Descriptor>)> {
-    let candidates: Vec<(&Descriptor, &PlatformDoc)> = entries
-        .iter()
-        .filter(|e| !e.is_attestation())
-        .filter_map(|e| Some((e, e.platform.as_ref()?)))
-        .collect();
-    wanted
-        .iter()
-        .map(|want| {
-            let found = candidates
-                .iter()
-                .find(|(_, p)| {
-                    want.matches(&p.os, &p.architecture, p.variant.as_deref())
-                        && p.variant == want.variant
-                })
-                .or_else(|| {
-                    candidates
-                        .iter()
-                        .find(|(_, p)| want.matches(&p.os, &p.architecture, p.variant.as_deref()))
-                })
-                .map(|(e, _)| *e);
-            (want, found)
-        })
-        .collect()
-}
-
 fn image_blobs(
     doc: &ManifestDoc,
     platform: Option<&str>,
@@ -545,11 +376,7 @@ fn image_blobs(
         size: config.size,
         platform: platform.map(str::to_string),
     });
-    for layer in &doc.layers {
-        // Foreign (Windows) layers are not served by registries; containerd skips them too.
-        if !layer.urls.is_empty() && layer.media_type.contains("foreign") {
-            continue;
-        }
+    for layer in doc.pullable_layers() {
         out.push(BlobRef {
             kind: "layer",
             digest: layer.digest.clone(),
@@ -558,106 +385,4 @@ fn image_blobs(
         });
     }
     Ok(())
-}
-
-/// Passes a 2xx response on; otherwise the mirror's OCI error message.
-async fn ok_or_status(
-    response: reqwest::Response,
-    what: &str,
-) -> Result<reqwest::Response, PullError> {
-    if response.status().is_success() {
-        return Ok(response);
-    }
-    let status = response.status().as_u16();
-    #[derive(Deserialize)]
-    struct Errors {
-        errors: Vec<ErrorEntry>,
-    }
-    #[derive(Deserialize)]
-    struct ErrorEntry {
-        code: String,
-        message: String,
-    }
-    let body = response.bytes().await.unwrap_or_default();
-    let message = match serde_json::from_slice::<Errors>(&body) {
-        Ok(e) if !e.errors.is_empty() => format!("{} {}", e.errors[0].code, e.errors[0].message),
-        _ if body.is_empty() => "(no body)".into(),
-        _ => String::from_utf8_lossy(&body[..body.len().min(200)])
-            .trim()
-            .to_string(),
-    };
-    Err(PullError::Status {
-        what: what.to_string(),
-        status,
-        message,
-    })
-}
-
-/// The innermost cause of an error ("Connection refused (os error 111)"), not reqwest's wrapper.
-pub(super) fn cause(e: &dyn std::error::Error) -> String {
-    let mut current = e;
-    while let Some(next) = current.source() {
-        current = next;
-    }
-    current.to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(platform: &str, annotations: &[(&str, &str)]) -> Descriptor {
-        let parts: Vec<&str> = platform.split('/').collect();
-        Descriptor {
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            digest: Digest::sha256_of(platform.as_bytes()),
-            size: 1,
-            platform: Some(PlatformDoc {
-                os: parts[0].into(),
-                architecture: parts[1].into(),
-                variant: parts.get(2).map(|v| v.to_string()),
-            }),
-            annotations: annotations
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            urls: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn chooses_platforms_and_skips_attestations() {
-        let entries = vec![
-            entry(
-                "unknown/unknown",
-                &[("vnd.docker.reference.type", "attestation-manifest")],
-            ),
-            entry("linux/amd64", &[]),
-            entry("linux/arm/v6", &[]),
-            entry("linux/arm/v7", &[]),
-            entry("linux/arm64/v8", &[]),
-        ];
-        let wanted: Vec<Platform> = ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/s390x"]
-            .iter()
-            .map(|p| p.parse().unwrap())
-            .collect();
-        let chosen = choose(&entries, &wanted);
-        let digest_of = |p: &str| Some(Digest::sha256_of(p.as_bytes()));
-        assert_eq!(
-            chosen[0].1.map(|e| e.digest.clone()),
-            digest_of("linux/amd64")
-        );
-        assert_eq!(
-            chosen[1].1.map(|e| e.digest.clone()),
-            digest_of("linux/arm64/v8")
-        );
-        assert_eq!(
-            chosen[2].1.map(|e| e.digest.clone()),
-            digest_of("linux/arm/v7")
-        );
-        assert!(chosen[3].1.is_none());
-        let only_attestation = vec![entry("unknown/unknown", &[])];
-        let any: Vec<Platform> = vec!["unknown/unknown".parse().unwrap()];
-        assert!(choose(&only_attestation, &any)[0].1.is_none());
-    }
 }

@@ -2,19 +2,17 @@
 //! a blob cached by one is served by all, concurrent fills of one blob leave it intact, tag
 //! records written by one are used by the others, and an S3 outage still lets pulls through.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::berth::{BerthProcess, UpstreamSpec, config_toml};
+use crate::support::fake_upstream::{FakeUpstream, Kind, Options};
+use crate::support::images::{self, Blob, Format};
+use crate::support::inprocess::{client, sha256};
+use crate::support::prereq::require_tools;
+use crate::support::real::S3Server;
+use crate::support::real::s3::TOOL;
 use futures::StreamExt;
-use support::berth::{BerthProcess, UpstreamSpec, config_toml};
-use support::fake_upstream::{FakeUpstream, Kind, Options};
-use support::images::{self, Blob, Format};
-use support::inprocess::{client, sha256};
-use support::prereq::require_tools;
-use support::real::S3Server;
-use support::real::s3::TOOL;
 
 const REPO: &str = "library/app";
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
@@ -87,7 +85,7 @@ fn stored_object_digest(s3: &S3Server, blob: &Blob) -> Option<String> {
 /// (≤ 30 s) for the object, then returns its digest (s3s-fs places objects by rename).
 fn wait_for_object(s3: &S3Server, blob: &Blob) -> String {
     let file = s3.object_file(&format!("replicas/blobs/sha256/{}", blob.hex()));
-    support::util::wait_until(
+    crate::support::util::wait_until(
         "the blob object in the bucket",
         Duration::from_secs(30),
         || file.exists().then_some(()),
@@ -96,6 +94,7 @@ fn wait_for_object(s3: &S3Server, blob: &Blob) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the s3s-fs S3 server: run by scripts/test"]
 async fn a_blob_cached_by_one_replica_is_served_by_another_without_the_upstream() {
     let Some((s3, fake, image, layer)) = setup(40).await else {
         return;
@@ -122,7 +121,7 @@ async fn a_blob_cached_by_one_replica_is_served_by_another_without_the_upstream(
         "A uploaded the verified blob to the bucket"
     );
     let spool = a.dir.path().join("data/spool");
-    support::util::wait_until("the spool file to go", Duration::from_secs(10), || {
+    crate::support::util::wait_until("the spool file to go", Duration::from_secs(10), || {
         std::fs::read_dir(&spool)
             .unwrap()
             .next()
@@ -175,6 +174,7 @@ async fn a_blob_cached_by_one_replica_is_served_by_another_without_the_upstream(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the s3s-fs S3 server: run by scripts/test"]
 async fn two_replicas_filling_one_cold_blob_at_once_store_it_intact() {
     let Some((s3, fake, _image, layer)) = setup(64).await else {
         return;
@@ -223,6 +223,7 @@ async fn two_replicas_filling_one_cold_blob_at_once_store_it_intact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the s3s-fs S3 server: run by scripts/test"]
 async fn a_tag_refreshed_by_one_replica_is_used_by_another() {
     let Some((s3, fake, image, _layer)) = setup(1).await else {
         return;
@@ -265,6 +266,7 @@ async fn a_tag_refreshed_by_one_replica_is_used_by_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the s3s-fs S3 server: run by scripts/test"]
 async fn with_s3_down_pulls_still_stream_from_the_upstream() {
     let Some((mut s3, fake, image, layer)) = setup(8).await else {
         return;
@@ -292,7 +294,7 @@ async fn with_s3_down_pulls_still_stream_from_the_upstream() {
     );
     assert!(!log.contains("panicked"), "{log}");
     assert!(matches!(
-        support::util::http_get(berth.addr, "/healthz"),
+        crate::support::util::http_get(berth.addr, "/healthz"),
         Some((200, _))
     ));
 

@@ -1,13 +1,13 @@
 //! The fake upstream behaves like Docker Hub / ghcr: checked with reqwest directly, no berth.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::fake_upstream::{
+    AfterStall, FakeUpstream, Fault, Kind, Options, Role, SilentServer,
+};
+use crate::support::images::{self, Blob, Content, Format, media, sha256_digest};
 use http::{Method, StatusCode, header};
 use reqwest::redirect::Policy;
-use support::fake_upstream::{AfterStall, FakeUpstream, Fault, Kind, Options, Role, SilentServer};
-use support::images::{self, Blob, Content, Format, media, sha256_digest};
 
 const REPO: &str = "library/busybox";
 const ALL_MANIFESTS: &str = "application/vnd.docker.distribution.manifest.v2+json, \
@@ -718,7 +718,7 @@ fn fixtures_are_deterministic_and_complete() {
 
 #[test]
 fn layers_are_valid_tar_gzip_with_matching_diff_ids() {
-    if !support::prereq::require_tools(&["tar", "gzip"]) {
+    if !crate::support::prereq::require_tools(&["tar", "gzip"]) {
         return;
     }
     let image = images::image(&images::ImageSpec::new(11, Format::Oci));
@@ -727,7 +727,7 @@ fn layers_are_valid_tar_gzip_with_matching_diff_ids() {
     for (i, layer) in image.layers.iter().enumerate() {
         let path = dir.path().join(format!("l{i}.tgz"));
         std::fs::write(&path, &layer.bytes).unwrap();
-        let out = support::util::run(
+        let out = crate::support::util::run(
             std::process::Command::new("gzip").arg("-dc").arg(&path),
             Duration::from_secs(30),
         );
@@ -742,7 +742,7 @@ fn layers_are_valid_tar_gzip_with_matching_diff_ids() {
             sha256_digest(&tar),
             config["rootfs"]["diff_ids"][i].as_str().unwrap()
         );
-        let list = support::util::run(
+        let list = crate::support::util::run(
             std::process::Command::new("tar").arg("-tzf").arg(&path),
             Duration::from_secs(30),
         );
@@ -757,15 +757,16 @@ fn layers_are_valid_tar_gzip_with_matching_diff_ids() {
 }
 
 #[test]
+#[ignore = "needs skopeo: run by scripts/test"]
 fn layouts_are_readable_by_skopeo() {
-    if !support::prereq::require_tool("skopeo") {
+    if !crate::support::prereq::require_tool("skopeo") {
         return;
     }
     let inspect = |src: String| {
         let mut cmd = std::process::Command::new("skopeo");
         cmd.args(["--insecure-policy", "inspect", "--raw"]).arg(src);
         sha256_digest(
-            support::util::run(&mut cmd, Duration::from_secs(60))
+            crate::support::util::run(&mut cmd, Duration::from_secs(60))
                 .expect_success()
                 .stdout
                 .as_bytes(),

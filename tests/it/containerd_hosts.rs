@@ -10,17 +10,15 @@
 //! containerd is driven with `ctr images pull --hosts-dir <tree>`, which resolves hosts through
 //! the same `hosts.toml` code as the CRI plugin's `config_path` (Debian ships no `crictl`).
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::berth::{BerthProcess, UpstreamSpec, config_toml};
-use support::images::{self, Content, Format, ImageIndex};
-use support::prereq::{require_root, require_tools};
-use support::real::{Containerd, DockerRegistry, PullPlatform, skopeo};
-use support::util::run;
+use crate::support::berth::{BerthProcess, UpstreamSpec, config_toml};
+use crate::support::images::{self, Content, Format, ImageIndex};
+use crate::support::prereq::{require_root, require_tools};
+use crate::support::real::{Containerd, DockerRegistry, PullPlatform, skopeo};
+use crate::support::util::run;
 
 /// One registry name, the repository and tag pulled from it, and its image format.
 const IMAGES: [(&str, &str, &str, Format); 4] = [
@@ -139,6 +137,7 @@ fn tail(s: &str, lines: usize) -> String {
 }
 
 #[test]
+#[ignore = "needs root, containerd, docker-registry, skopeo: run by scripts/test"]
 fn containerd_pulls_four_registries_through_a_generated_tree_and_falls_back_without_berth() {
     if !(require_tools(&["docker-registry", "skopeo", "containerd", "ctr"]) && require_root()) {
         return;

@@ -2,17 +2,15 @@
 //! (a small tmpfs) while filling. After either, no partial blob is visible or served, leftovers
 //! are cleaned, berth keeps (or starts) serving, and the next pull is complete and verified.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::berth::BerthProcess;
+use crate::support::fake_upstream::{AfterStall, FakeUpstream, Fault, Kind, Options};
+use crate::support::images::{self, Blob};
+use crate::support::inprocess::{client, sha256};
+use crate::support::util::{http_get, run, wait_until};
 use futures::StreamExt;
-use support::berth::BerthProcess;
-use support::fake_upstream::{AfterStall, FakeUpstream, Fault, Kind, Options};
-use support::images::{self, Blob};
-use support::inprocess::{client, sha256};
-use support::util::{http_get, run, wait_until};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -207,8 +205,9 @@ impl Drop for Tmpfs {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (tmpfs mount): run by scripts/test"]
 async fn a_full_disk_fails_the_fill_cleanly_and_berth_recovers_when_space_returns() {
-    if !support::prereq::require_root() {
+    if !crate::support::prereq::require_root() {
         return;
     }
     let fs = Tmpfs::mount("24m");

@@ -1,0 +1,365 @@
+//! The whole file resolved into [`Config`]: flags over the file over built-in defaults, every
+//! value checked once, errors naming the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use url::Url;
+
+use super::raw::{RawConfig, RawUpstream};
+use super::{
+    AdminToken, BUILTIN_UPSTREAMS, Config, ConfigError, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
+    DEFAULT_PLATFORMS, Overrides,
+};
+use crate::oci::Platform;
+
+impl RawConfig {
+    pub fn validate(self, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let listen_text = overrides
+            .listen
+            .map(|a| a.to_string())
+            .or(self.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            ConfigError::new(
+                "listen",
+                format!("`{listen_text}` is not an address like 0.0.0.0:5000"),
+            )
+        })?;
+        let data_dir = overrides
+            .data_dir
+            .clone()
+            .or(self.data_dir)
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+
+        let defaults = self.upstream_defaults;
+        if let Some(key) = defaults.account_keys_set().next() {
+            return Err(ConfigError::new(
+                format!("upstream_defaults.{key}"),
+                "belongs in an [upstreams.\"<name>\"] table, not in the defaults",
+            ));
+        }
+
+        let raw_upstreams = self.upstreams.unwrap_or_else(|| {
+            BUILTIN_UPSTREAMS
+                .iter()
+                .map(|(name, url)| {
+                    (
+                        name.to_string(),
+                        RawUpstream {
+                            url: Some(url.to_string()),
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect()
+        });
+        if raw_upstreams.is_empty() {
+            return Err(ConfigError::new(
+                "upstreams",
+                "no upstream configured; add [upstreams.\"docker.io\"] or remove the empty table",
+            ));
+        }
+        let mut upstreams = BTreeMap::new();
+        for (name, raw) in raw_upstreams {
+            let upstream = raw.resolve(&name, &defaults)?;
+            upstreams.insert(name, upstream);
+        }
+
+        let default_upstream = overrides
+            .default_upstream
+            .clone()
+            .or(self.default_upstream)
+            .unwrap_or_else(|| {
+                if upstreams.contains_key("docker.io") {
+                    "docker.io".into()
+                } else {
+                    upstreams.keys().next().cloned().unwrap_or_default()
+                }
+            });
+        if !upstreams.contains_key(&default_upstream) {
+            return Err(ConfigError::new(
+                "default_upstream",
+                format!("`{default_upstream}` is not one of the configured upstreams"),
+            ));
+        }
+
+        let mirror_url = match overrides.mirror_url.clone().or(self.mirror_url) {
+            Some(text) => Some(parse_http_url("mirror_url", &text)?),
+            None => None,
+        };
+
+        let store = self.store.resolve()?;
+        let admin_token = admin_token(self.admin_token, self.admin_token_file)?;
+        let platforms = platforms(self.platforms.as_deref())?;
+        let probe = super::probe::resolve(self.probe_interval, self.probe_images)?;
+
+        Ok(Config {
+            listen,
+            data_dir,
+            default_upstream,
+            mirror_url,
+            upstreams,
+            manifest_memory_cache: self.manifest_memory_cache_mb.unwrap_or(64) * 1024 * 1024,
+            store,
+            admin_token,
+            platforms,
+            probe,
+        })
+    }
+}
+
+/// A secret kept in a file (password, S3 secret key): the contents without the trailing newline.
+pub(super) fn read_secret_file(key: &str, path: &std::path::Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// A CA file must exist and hold at least one PEM certificate.
+pub(super) fn check_pem_certificates(key: &str, path: &std::path::Path) -> Result<(), ConfigError> {
+    let pem = std::fs::read(path)
+        .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .filter(|c| c.is_ok())
+        .count();
+    if certs == 0 {
+        return Err(ConfigError::new(
+            key,
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(())
+}
+
+fn admin_token(
+    inline: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<AdminToken>, ConfigError> {
+    let token = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "admin_token",
+                "set only one of admin_token, admin_token_file",
+            ));
+        }
+        (Some(t), None) => t,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|e| {
+                ConfigError::new(
+                    "admin_token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?
+            .trim()
+            .to_string(),
+        (None, None) => return Ok(None),
+    };
+    if token.len() < 16 {
+        return Err(ConfigError::new(
+            "admin_token",
+            "is shorter than 16 characters; generate one with `openssl rand -hex 32`",
+        ));
+    }
+    Ok(Some(AdminToken::new(token)))
+}
+
+/// `platforms = ["linux/amd64", ...]`, else the defaults.
+pub(super) fn platforms(raw: Option<&[String]>) -> Result<Vec<Platform>, ConfigError> {
+    let texts: Vec<&str> = match raw {
+        Some(list) => list.iter().map(String::as_str).collect(),
+        None => DEFAULT_PLATFORMS.to_vec(),
+    };
+    if texts.is_empty() {
+        return Err(ConfigError::new(
+            "platforms",
+            "is empty; list the nodes' platforms, e.g. [\"linux/amd64\"], or remove the key",
+        ));
+    }
+    texts
+        .iter()
+        .map(|t| {
+            t.parse::<Platform>()
+                .map_err(|e| ConfigError::new("platforms", e.to_string()))
+        })
+        .collect()
+}
+
+pub(super) fn parse_http_url(key: &str, text: &str) -> Result<Url, ConfigError> {
+    if !text.contains("://") {
+        return Err(ConfigError::new(
+            key,
+            format!("`{text}` has no scheme; write http://{text} or https://{text}"),
+        ));
+    }
+    let url = Url::parse(text)
+        .map_err(|e| ConfigError::new(key, format!("`{text}` is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::new(
+            key,
+            format!("`{text}` must be an http:// or https:// URL with a host"),
+        ));
+    }
+    Ok(url)
+}
+
+/// `host` or `host:port`, lowercase, as registries are named in image references.
+pub(super) fn valid_registry_name(name: &str) -> bool {
+    let (host, port) = match name.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (name, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
+    host_ok && port_ok
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use crate::config::Config;
+
+    #[test]
+    fn empty_file_gives_builtin_upstreams() {
+        let config = Config::from_toml("").unwrap();
+        let names: Vec<_> = config.upstreams.keys().cloned().collect();
+        assert_eq!(
+            names,
+            ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]
+        );
+        assert_eq!(config.default_upstream, "docker.io");
+        assert_eq!(config.listen.to_string(), "0.0.0.0:5000");
+        assert!(config.upstreams["docker.io"].official_images_prefix);
+        assert!(!config.upstreams["ghcr.io"].official_images_prefix);
+    }
+
+    #[test]
+    fn listed_upstreams_replace_builtins() {
+        let config =
+            Config::from_toml("[upstreams.\"ghcr.io\"]\nurl = \"https://ghcr.io\"\n").unwrap();
+        assert_eq!(config.upstreams.len(), 1);
+        assert_eq!(config.default_upstream, "ghcr.io");
+    }
+
+    #[test]
+    fn defaults_apply_and_upstream_overrides_win() {
+        let text = r#"
+            [upstream_defaults]
+            stall_timeout = "7s"
+            tcp_mss = 1360
+            [upstreams."a.io"]
+            url = "https://a.io"
+            [upstreams."b.io"]
+            url = "https://b.io"
+            stall_timeout = "3s"
+        "#;
+        let config = Config::from_toml(text).unwrap();
+        assert_eq!(
+            config.upstreams["a.io"].transport.stall_timeout,
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            config.upstreams["b.io"].transport.stall_timeout,
+            Duration::from_secs(3)
+        );
+        assert_eq!(config.upstreams["b.io"].transport.tcp_mss, Some(1360));
+    }
+
+    /// Each config text is refused with one line naming its key.
+    pub(in crate::config) fn assert_errors_name_the_key(cases: &[(&str, &str)]) {
+        for (text, key) in cases {
+            let err = Config::from_toml(text).expect_err(text).to_string();
+            assert!(err.contains(key), "{text:?} → {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("lisen = \"x\"", "lisen"),
+            ("[upstreams.\"a.io\"]\nurll = \"https://a\"", "urll"),
+            ("[upstreams.\"a.io\"]\nurl = \"a.io\"", "upstreams.a.io.url"),
+            (
+                "[upstreams.\"a.io\"]\nurl = \"ftp://a.io\"",
+                "upstreams.a.io.url",
+            ),
+            (
+                "[upstreams.\"a.io\"]\nurl = \"https://a.io\"\nca_file = \"/nonexistent.pem\"",
+                "ca_file",
+            ),
+            ("default_upstream = \"nope.io\"", "default_upstream"),
+            (
+                "[upstreams.\"a.io\"]\nurl = \"https://a.io\"\nstall_timeout = \"soon\"",
+                "stall_timeout",
+            ),
+            (
+                "[upstream_defaults]\nurl = \"https://a.io\"",
+                "upstream_defaults.url",
+            ),
+            ("listen = \"nowhere\"", "listen"),
+            ("[store]\nkind = \"tape\"", "store.kind"),
+            ("[store]\nmax_size = \"lots\"", "store.max_size"),
+            ("[store]\nmax_size = 0", "store.max_size"),
+            ("[store]\nevict_interval = \"0s\"", "store.evict_interval"),
+            ("platforms = [\"amd64\"]", "platforms"),
+            ("platforms = []", "platforms"),
+            ("admin_token = \"short\"", "admin_token"),
+            (
+                "admin_token = \"0123456789abcdef\"\nadmin_token_file = \"/x\"",
+                "admin_token",
+            ),
+            (
+                "admin_token_file = \"/nonexistent-token\"",
+                "admin_token_file",
+            ),
+        ];
+        assert_errors_name_the_key(&cases);
+    }
+
+    #[test]
+    fn admin_token_and_platforms() {
+        let config = Config::from_toml("admin_token = \"0123456789abcdef\"").unwrap();
+        assert!(config.admin_token.unwrap().matches("0123456789abcdef"));
+        let config = Config::from_toml("platforms = [\"linux/arm/v7\"]").unwrap();
+        assert_eq!(config.platforms[0].to_string(), "linux/arm/v7");
+        let builtin = Config::from_toml("").unwrap();
+        assert!(builtin.admin_token.is_none());
+        assert_eq!(builtin.platforms.len(), 2);
+    }
+
+    #[test]
+    fn registry_names() {
+        for ok in [
+            "docker.io",
+            "registry.k8s.io",
+            "localhost:5000",
+            "a-b.example",
+        ] {
+            assert!(valid_registry_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Docker.io",
+            "a/b",
+            "a..b",
+            "-a.io",
+            "a.io:http",
+            "a.io:99999",
+        ] {
+            assert!(!valid_registry_name(bad), "{bad}");
+        }
+    }
+}

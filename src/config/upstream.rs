@@ -1,0 +1,185 @@
+//! One upstream's keys resolved: the table's own keys over `[upstream_defaults]` over the
+//! built-in defaults, then checked.
+
+use super::raw::RawUpstream;
+use super::resolve::{
+    check_pem_certificates, parse_http_url, read_secret_file, valid_registry_name,
+};
+use super::{ConfigError, Credentials, DEFAULT_TAG_TTL, Transport, Upstream};
+
+/// Keys that name one registry's account or address: never inherited from the defaults.
+pub(super) const NOT_IN_DEFAULTS: [&str; 5] = [
+    "url",
+    "username",
+    "password",
+    "password_env",
+    "password_file",
+];
+
+impl RawUpstream {
+    /// The layering, written once: a key set in this table wins over `[upstream_defaults]`.
+    fn over(self, defaults: &RawUpstream) -> RawUpstream {
+        macro_rules! layered {
+            ($($field:ident),* $(,)?) => {
+                RawUpstream { $($field: self.$field.or_else(|| defaults.$field.clone()),)* }
+            };
+        }
+        layered!(
+            url,
+            username,
+            password,
+            password_env,
+            password_file,
+            ca_file,
+            tag_ttl,
+            official_images_prefix,
+            connect_timeout,
+            tls_timeout,
+            header_timeout,
+            stall_timeout,
+            max_attempts,
+            tcp_mss,
+            http1_only,
+            ip_preference,
+            min_speed,
+            min_speed_window,
+            breaker_threshold,
+            breaker_cooldown,
+            retry_budget
+        )
+    }
+
+    /// Which of [`NOT_IN_DEFAULTS`] this table sets.
+    pub(super) fn account_keys_set(&self) -> impl Iterator<Item = &'static str> {
+        let set = [
+            self.url.is_some(),
+            self.username.is_some(),
+            self.password.is_some(),
+            self.password_env.is_some(),
+            self.password_file.is_some(),
+        ];
+        NOT_IN_DEFAULTS
+            .into_iter()
+            .zip(set)
+            .filter_map(|(k, s)| s.then_some(k))
+    }
+
+    pub(super) fn resolve(
+        self,
+        name: &str,
+        defaults: &RawUpstream,
+    ) -> Result<Upstream, ConfigError> {
+        let key = |field: &str| format!("upstreams.{name}.{field}");
+        if !valid_registry_name(name) {
+            return Err(ConfigError::new(
+                format!("upstreams.{name}"),
+                "an upstream name is a registry host such as `ghcr.io` or `registry.local:5000`",
+            ));
+        }
+        let raw = self.over(defaults);
+        let url_text = raw.url.ok_or_else(|| {
+            ConfigError::new(key("url"), "missing; e.g. url = \"https://ghcr.io\"")
+        })?;
+        let url = parse_http_url(&key("url"), &url_text)?;
+
+        let password = match (raw.password, raw.password_env, raw.password_file) {
+            (Some(p), None, None) => Some(p),
+            (None, Some(var), None) => Some(std::env::var(&var).map_err(|_| {
+                ConfigError::new(
+                    key("password_env"),
+                    format!("environment variable `{var}` is not set"),
+                )
+            })?),
+            (None, None, Some(path)) => Some(read_secret_file(&key("password_file"), &path)?),
+            (None, None, None) => None,
+            _ => {
+                return Err(ConfigError::new(
+                    key("password"),
+                    "set only one of password, password_env, password_file",
+                ));
+            }
+        };
+        let credentials = match (raw.username, password) {
+            (Some(username), Some(password)) => Some(Credentials { username, password }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    key("password"),
+                    "username is set but no password",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    key("username"),
+                    "a password is set but no username",
+                ));
+            }
+        };
+
+        let ca_file = raw.ca_file;
+        if let Some(path) = &ca_file {
+            check_pem_certificates(&key("ca_file"), path)?;
+        }
+
+        let base = Transport::default();
+        macro_rules! or_builtin {
+            ($($field:ident),* $(,)?) => {
+                Transport { $($field: raw.$field.unwrap_or(base.$field),)* tcp_mss: raw.tcp_mss }
+            };
+        }
+        let transport = or_builtin!(
+            connect_timeout,
+            tls_timeout,
+            header_timeout,
+            stall_timeout,
+            max_attempts,
+            http1_only,
+            ip_preference,
+            min_speed,
+            min_speed_window,
+            breaker_threshold,
+            breaker_cooldown,
+            retry_budget,
+        );
+        if transport.breaker_threshold == 0 {
+            return Err(ConfigError::new(
+                key("breaker_threshold"),
+                "must be at least 1",
+            ));
+        }
+        if transport.max_attempts == 0 {
+            return Err(ConfigError::new(key("max_attempts"), "must be at least 1"));
+        }
+        if let Some(mss) = transport.tcp_mss {
+            if !(536..=9000).contains(&mss) {
+                return Err(ConfigError::new(
+                    key("tcp_mss"),
+                    format!("{mss} is outside 536..=9000"),
+                ));
+            }
+        }
+        for (field, value) in [
+            ("connect_timeout", transport.connect_timeout),
+            ("tls_timeout", transport.tls_timeout),
+            ("header_timeout", transport.header_timeout),
+            ("stall_timeout", transport.stall_timeout),
+            ("min_speed_window", transport.min_speed_window),
+            ("breaker_cooldown", transport.breaker_cooldown),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(key(field), "must be longer than zero"));
+            }
+        }
+
+        let is_docker_hub = name == "docker.io" || url.host_str() == Some("registry-1.docker.io");
+        Ok(Upstream {
+            name: name.to_string(),
+            url,
+            credentials,
+            ca_file,
+            tag_ttl: raw.tag_ttl.unwrap_or(DEFAULT_TAG_TTL),
+            official_images_prefix: raw.official_images_prefix.unwrap_or(is_docker_hub),
+            transport,
+        })
+    }
+}
