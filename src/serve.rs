@@ -50,6 +50,8 @@ pub async fn run(
                 (Arc::new(store), location, None)
             }
         };
+    // Off unless `probe_interval` is set; stops when this function returns.
+    let _light_probe = crate::probe::light::spawn(&config, metrics.clone());
     let mirror = Arc::new(Mirror::new(config.clone(), store, metrics)?);
     let app = crate::api::router(mirror.clone());
     tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), store = %store_location,

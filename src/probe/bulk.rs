@@ -9,14 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method};
-use serde_json::Value;
 
 use super::failure::FailureClass;
 use super::report::{BulkReport, BulkRun};
 use super::timing::Deadlines;
 use crate::config::Upstream;
 use crate::metrics::Metrics;
-use crate::oci::{MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, Platform};
+use crate::oci::{MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, ManifestDoc, Platform};
 use crate::prewarm::references::ImageRef;
 use crate::upstream::{Kind, Request, ResponseUrl, UpstreamClient, UpstreamError};
 
@@ -127,7 +126,7 @@ async fn fetch_manifest(
     client: &UpstreamClient,
     image: &ImageRef,
     reference: &str,
-) -> Result<Value, String> {
+) -> Result<ManifestDoc, String> {
     let accept = HeaderValue::from_str(&MANIFEST_MEDIA_TYPES.join(", ")).ok();
     let req = Request {
         kind: Kind::Manifest,
@@ -146,7 +145,7 @@ async fn fetch_manifest(
         .read_to_bytes(response.into_body(), MAX_MANIFEST_SIZE)
         .await
         .map_err(|e| format!("manifest {reference}: {e}"))?;
-    serde_json::from_slice(&body).map_err(|e| format!("manifest {reference} is not JSON: {e}"))
+    ManifestDoc::parse(&body).map_err(|e| format!("manifest {reference} is not a manifest: {e}"))
 }
 
 /// (digest, size) of the largest layer of the image for `platform` (or the index's first entry).
@@ -157,30 +156,24 @@ async fn largest_layer(
 ) -> Result<(String, u64), String> {
     let mut manifest = fetch_manifest(client, image, &image.reference().to_string()).await?;
     for _ in 0..MAX_INDEX_DEPTH {
-        let Some(entries) = manifest["manifests"].as_array() else {
+        if !manifest.is_index() {
             break;
-        };
-        let chosen = entries
-            .iter()
-            .find(|m| {
-                platform.matches(
-                    m["platform"]["os"].as_str().unwrap_or(""),
-                    m["platform"]["architecture"].as_str().unwrap_or(""),
-                    m["platform"]["variant"].as_str(),
-                )
-            })
-            .or_else(|| entries.first())
-            .and_then(|m| m["digest"].as_str())
+        }
+        let wanted = std::slice::from_ref(platform);
+        let chosen = manifest
+            .choose(wanted)
+            .into_iter()
+            .find_map(|(_, d)| d)
+            .or_else(|| manifest.entries().first())
             .ok_or("the image index lists no manifest")?
+            .digest
             .to_string();
         manifest = fetch_manifest(client, image, &chosen).await?;
     }
-    manifest["layers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| Some((l["digest"].as_str()?.to_string(), l["size"].as_u64()?)))
-        .max_by_key(|(_, size)| *size)
+    manifest
+        .pullable_layers()
+        .max_by_key(|l| l.size)
+        .map(|l| (l.digest.to_string(), l.size))
         .ok_or_else(|| "the manifest lists no layers".to_string())
 }
 

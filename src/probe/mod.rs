@@ -13,6 +13,7 @@
 pub mod bulk;
 pub mod compare;
 pub mod failure;
+pub mod light;
 pub mod path;
 pub mod pmtu;
 pub mod report;
