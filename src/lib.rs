@@ -27,8 +27,8 @@
 //!   cli        one file per subcommand (serve, cache, prewarm, generators); glue only
 //! ```
 //!
-//! Dependency rule: `cli → api/generate/prewarm/probe → mirror → upstream/store/coalesce → oci`, plus
-//! `cli → store` for the offline cache commands (`berth cache stats|verify|gc`). Every layer
+//! Dependency rule: `cli → api/generate/prewarm/probe → mirror → upstream/store/coalesce → oci`,
+//! plus `cli → store` for the offline cache commands (`berth cache stats|verify|gc`). Every layer
 //! reads `config` and `metrics`. `probe` uses `upstream` directly (its connector, token auth,
 //! redirects) and `prewarm` only for image references. `oci` imports nothing of ours.
 //!

@@ -5,7 +5,8 @@
 //! default MSS and each clamp ([`bulk`], which also finds the blob CDN host) → paced rounds of
 //! one timed request per target address ([`timing`], failures named by [`failure`]) → path MTU
 //! by DF probes toward every address ([`pmtu`]) → verdicts ([`verdict`], a pure function) →
-//! [`report`] (text or JSON). [`compare`] sets reports from several hosts side by side.
+//! [`report`] (text or JSON). [`compare`] sets reports from several hosts side by side;
+//! [`light`] is `berth serve`'s periodic probe of each upstream's `/v2/` (`probe_interval`).
 //!
 //! Everything is bounded: rounds, targets, addresses per name, bytes per transfer, and a
 //! deadline on every network step.

@@ -321,7 +321,7 @@ fn pmtu_and_stalls(e: &Evidence, out: &mut Vec<Verdict>) {
                     target: b.host.clone(),
                     evidence: format!(
                         "small requests and TLS handshakes succeed, but the bulk transfer of {} \
-                         ({runs}){pmtu_note}",
+                         fails at the default MSS and completes with a clamp ({runs}){pmtu_note}",
                         b.image
                     ),
                     fix: format!(
@@ -438,11 +438,14 @@ mod tests {
         }
     }
 
-    /// (name, evidence, expected (kind, target, recommended MSS) in order)
+    /// (kind, target, recommended MSS)
+    type Expected<'a> = (&'a str, &'a str, Option<u32>);
+
+    /// (name, evidence, expected verdicts in order)
     #[test]
     fn rules_table() {
         let healthy_targets = vec![target("r.io", 3, &[]), target("cdn.io", 3, &[])];
-        let cases: Vec<(&str, Evidence, Vec<(&str, &str, Option<u32>)>)> = vec![
+        let cases: Vec<(&str, Evidence, Vec<Expected>)> = vec![
             (
                 "all good",
                 Evidence {
