@@ -368,7 +368,9 @@ fn tls_timeouts(e: &Evidence, out: &mut Vec<Verdict>) {
         })
         .filter(|(_, n, _)| *n > 0)
         .collect();
+    // A registry and its token endpoint on the same host are one host, not two.
     let mut hosts: Vec<&str> = hit.iter().map(|(h, _, _)| *h).collect();
+    hosts.sort_unstable();
     hosts.dedup();
     let detail = hit
         .iter()
@@ -554,6 +556,18 @@ mod tests {
                     targets: vec![
                         target("r.io", 4, &[("tls_handshake_timeout", 3)]),
                         target("q.io", 4, &[]),
+                    ],
+                    ..Evidence::default()
+                },
+                vec![("tls_handshake_timeouts", "r.io", None)],
+            ),
+            (
+                "handshake timeouts on one host's registry and token endpoints: still one host",
+                Evidence {
+                    targets: vec![
+                        target("r.io", 4, &[("tls_handshake_timeout", 1)]),
+                        target("q.io", 4, &[]),
+                        target("r.io", 4, &[("tls_handshake_timeout", 1)]),
                     ],
                     ..Evidence::default()
                 },
