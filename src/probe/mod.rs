@@ -250,19 +250,22 @@ async fn discover_tokens(list: &mut Vec<Target>, tls: &TlsConfigs, d: Deadlines)
     }
 }
 
-/// Route and DF-measured path MTU toward every address the targets resolved to.
-async fn destinations(reports: &[TargetReport]) -> Vec<Destination> {
+/// Every address the targets resolved to so far, with the hosts that resolved to it.
+fn addresses_of(list: &[Target], collected: &[Collected]) -> BTreeMap<IpAddr, Vec<String>> {
     let mut hosts_of: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
-    for t in reports {
-        for a in &t.dns.addresses {
-            if let Ok(ip) = a.parse::<IpAddr>() {
-                let hosts = hosts_of.entry(ip).or_default();
-                if !hosts.contains(&t.host) {
-                    hosts.push(t.host.clone());
-                }
+    for (t, c) in list.iter().zip(collected) {
+        for a in &c.addresses {
+            let hosts = hosts_of.entry(a.ip()).or_default();
+            if !hosts.contains(&t.host()) {
+                hosts.push(t.host());
             }
         }
     }
+    hosts_of
+}
+
+/// Route and DF-measured path MTU toward each address.
+async fn destinations(hosts_of: BTreeMap<IpAddr, Vec<String>>) -> Vec<Destination> {
     let work = hosts_of
         .into_iter()
         .take(MAX_DESTINATIONS)
@@ -323,6 +326,25 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// One round: every target concurrently, one request per picked address.
+async fn run_round(
+    list: &[Target],
+    collected: &mut [Collected],
+    tls: &TlsConfigs,
+    d: Deadlines,
+    progress: &dyn Progress,
+    round: u32,
+) {
+    join_all(list.iter().zip(collected.iter_mut()).map(|(t, c)| {
+        let tls = tls.for_target(t);
+        async move {
+            probe_target(t, tls, d, c).await;
+            progress.step(&format!("round {round} {}", t.url));
+        }
+    }))
+    .await;
+}
+
 /// Runs the whole probe. `Err` only when it cannot start (bad TLS settings).
 pub async fn run(plan: &Plan, progress: &dyn Progress) -> anyhow::Result<Report> {
     let started = Instant::now();
@@ -378,26 +400,23 @@ pub async fn run(plan: &Plan, progress: &dyn Progress) -> anyhow::Result<Report>
     let rounds = plan.rounds.max(1);
     progress.add(u64::from(rounds) * list.len() as u64);
     let mut collected: Vec<Collected> = list.iter().map(|_| Collected::default()).collect();
-    for round in 0..rounds {
-        if round > 0 {
+    run_round(&list, &mut collected, &tls, d, progress, 1).await;
+    // DF probes toward the addresses of the first round run alongside the later rounds.
+    let first_addresses = addresses_of(&list, &collected);
+    let later_rounds = async {
+        for round in 2..=rounds {
             tokio::time::sleep(plan.interval).await;
+            run_round(&list, &mut collected, &tls, d, progress, round).await;
         }
-        join_all(list.iter().zip(collected.iter_mut()).map(|(t, c)| {
-            let tls = tls.for_target(t);
-            async move {
-                probe_target(t, tls, d, c).await;
-                progress.step(&format!("round {} {}", round + 1, t.url));
-            }
-        }))
-        .await;
-    }
+    };
+    let ((), measured) = tokio::join!(later_rounds, destinations(first_addresses));
     let target_reports: Vec<TargetReport> = list
         .iter()
         .zip(&collected)
         .map(|(t, c)| target_report(t, c))
         .collect();
 
-    facts.destinations = destinations(&target_reports).await;
+    facts.destinations = measured;
     let has_v6_route = facts.default_routes.iter().any(|r| r.family == "ipv6");
     facts.ipv6_egress = ipv6_egress(&target_reports, has_v6_route);
 
