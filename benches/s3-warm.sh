@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Warm blob throughput, measured in one run on 127.0.0.1: berth with the disk store, berth with
-# the S3 store (s3s-fs, the S3 server the tests use), and Debian's docker-registry serving the
+# the S3 store (s3s-fs, the S3 server the tests use) without and with its local hot tier, and
+# Debian's docker-registry serving the
 # same blob from its filesystem driver. Prints a markdown table; writes target/bench-s3-warm.md.
 #
 #   benches/s3-warm.sh                 # 200 MiB blob, 5 warm GETs each
@@ -83,13 +84,11 @@ start_berth() { # name, extra config → prints host:port
   echo "$addr"
 }
 disk=$(start_berth berth-disk "")
-s3berth=$(start_berth berth-s3 "[store]
-kind = \"s3\"
-bucket = \"berth-bench\"
-endpoint = \"http://$s3\"
-allow_http = true
-access_key_id = \"bench\"
-secret_access_key = \"bench-secret\"")
+s3_table() { # prefix, extra keys
+  printf '[store]\nkind = "s3"\nbucket = "berth-bench"\nendpoint = "http://%s"\nallow_http = true\naccess_key_id = "bench"\nsecret_access_key = "bench-secret"\nprefix = "%s"\n%s\n' "$s3" "$1" "$2"
+}
+s3berth=$(start_berth berth-s3 "$(s3_table plain 'local_max_size = "0"')")
+s3hot=$(start_berth berth-s3hot "$(s3_table hot '')")
 
 measure() { # label, host:port[, berth data dir] → one table row
   local label=$1 addr=$2 data=${3:-} url="http://$2/v2/$REPO/blobs/$digest" got speeds cold
@@ -117,6 +116,7 @@ upstream_blob_requests() {
 row_reg=$(measure "docker-registry" "$reg")
 row_disk=$(measure "berth (disk)" "$disk" "$work/berth-disk/data")
 row_s3=$(measure "berth (S3)" "$s3berth" "$work/berth-s3/data")
+row_s3hot=$(measure "berth (S3 + hot tier)" "$s3hot" "$work/berth-s3hot/data")
 
 # The ceiling of the S3 row: the same object straight from s3s-fs (a second, anonymous instance
 # on the same data directory, so plain curl can GET it).
@@ -126,7 +126,7 @@ pids+=($!)
 wait_http "$s3anon"
 s3_direct() {
   for _ in $(seq "$GETS"); do
-    curl -sS -f -o /dev/null -w '%{speed_download}\n' "http://$s3anon/berth-bench/blobs/sha256/${digest#sha256:}"
+    curl -sS -f -o /dev/null -w '%{speed_download}\n' "http://$s3anon/berth-bench/plain/blobs/sha256/${digest#sha256:}"
   done
 }
 speeds=$(s3_direct)
@@ -144,12 +144,14 @@ report=$(
 |---|---|---|---|---|---|
 | docker-registry (filesystem driver) | **$reg_med** | $(runs "$row_reg") | 1.00 | $(first "$row_reg") | – |
 | berth, disk store | **${row_disk%%|*}** | $(runs "$row_disk") | $(ratio "${row_disk%%|*}") | $(first "$row_disk") (cold) | $(upstream_blob_requests "$disk") |
-| berth, S3 store (s3s-fs) | **${row_s3%%|*}** | $(runs "$row_s3") | $(ratio "${row_s3%%|*}") | $(first "$row_s3") (cold) | $(upstream_blob_requests "$s3berth") |
+| berth, S3 store (s3s-fs), no hot tier | **${row_s3%%|*}** | $(runs "$row_s3") | $(ratio "${row_s3%%|*}") | $(first "$row_s3") (cold) | $(upstream_blob_requests "$s3berth") |
+| berth, S3 store + local hot tier | **${row_s3hot%%|*}** | $(runs "$row_s3hot") | $(ratio "${row_s3hot%%|*}") | $(first "$row_s3hot") (cold) | $(upstream_blob_requests "$s3hot") |
 | s3s-fs itself, same object (ceiling of the row above) | **${row_s3direct%%|*}** | $(runs "$row_s3direct") | $(ratio "${row_s3direct%%|*}") | – | – |
 
 berth: $BERTH_BIN; every berth and registry body of the first and last GET hashed to
 $digest. The S3 row measures berth in front of s3s-fs (a test server that reads files in 4 KiB
-chunks), not AWS S3. A shared 2-core machine is noisy: compare rows of one run.
+chunks), not AWS S3. Hot tier vs disk store: $(awk -v a="${row_s3hot%%|*}" -v b="${row_disk%%|*}" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}')×.
+A shared 2-core machine is noisy: compare rows of one run.
 EOF
 )
 echo "$report"

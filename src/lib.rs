@@ -41,6 +41,7 @@ pub mod api;
 pub mod cli;
 pub mod coalesce;
 pub mod config;
+pub mod fleet;
 pub mod generate;
 pub mod metrics;
 pub mod mirror;

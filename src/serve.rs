@@ -10,7 +10,7 @@ use crate::config::{Config, StoreKind};
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
 use crate::store::evict::{Evictor, EvictorTask};
-use crate::store::{BlobStore, DiskStore, S3Store};
+use crate::store::{BlobStore, DiskStore, S3Store, TieredStore};
 
 /// How long a graceful shutdown waits for running blob fills to verify and commit.
 const FILL_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -29,7 +29,8 @@ pub async fn run(
         )
     })?;
     let metrics = Arc::new(Metrics::default());
-    // Eviction works on the local disk cache; an S3 bucket is sized by its own lifecycle rules.
+    // Eviction works on local disk (the cache, or S3's hot tier); a bucket is sized by its own
+    // lifecycle rules.
     let (store, store_location, evictor): (Arc<dyn BlobStore>, String, Option<EvictorTask>) =
         match &config.store.kind {
             StoreKind::Disk => {
@@ -44,10 +45,28 @@ pub async fn run(
                 (store, config.data_dir.display().to_string(), Some(evictor))
             }
             StoreKind::S3(s3) => {
-                let store = S3Store::open(s3)
+                let remote = S3Store::open(s3)
                     .context("cannot set up the S3 store ([store] in the config)")?;
-                let location = store.location().to_string();
-                (Arc::new(store), location, None)
+                let location = remote.location().to_string();
+                match s3.local_max_size {
+                    None => (Arc::new(remote), location, None),
+                    Some(limit) => {
+                        let local =
+                            Arc::new(DiskStore::open(&config.data_dir).with_context(|| {
+                                format!("cannot open the hot tier in {}", config.data_dir.display())
+                            })?);
+                        let evictor = EvictorTask::spawn(
+                            Evictor::new(local.clone(), Some(limit)),
+                            config.store.evict_interval,
+                            metrics.clone(),
+                        );
+                        let tiered = TieredStore::new(local, Arc::new(remote))
+                            .context("cannot prepare the hot tier's promote directory")?;
+                        let location =
+                            format!("{location} (hot tier in {})", config.data_dir.display());
+                        (Arc::new(tiered), location, Some(evictor))
+                    }
+                }
             }
         };
     // Off unless `probe_interval` is set; stops when this function returns.

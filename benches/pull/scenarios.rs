@@ -20,7 +20,13 @@ const WARM_GETS: usize = 7;
 const MANIFEST_ROUNDS: usize = 2000;
 const WRK_CONNECTIONS: u32 = 16;
 const WRK_SECS: u64 = 10;
-const COLD_CLIENTS: usize = 20;
+/// Concurrent cold clients in (3); `BENCH_COLD_CLIENTS` overrides (e.g. 100 for fan-out memory).
+fn cold_clients() -> usize {
+    std::env::var("BENCH_COLD_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
 const RESET_AFTER: u64 = 100 * 1024 * 1024;
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -321,7 +327,7 @@ fn record_latencies(
     report.num(s, &title, Some(Better::Lower), 3, kind, p99);
 }
 
-/// (3) 20 concurrent cold clients of one blob, and (5) the mirror's peak RSS meanwhile.
+/// (3) N (20) concurrent cold clients of one blob, and (5) the mirror's peak RSS meanwhile.
 pub fn concurrent_cold(
     rt: &Runtime,
     fx: &Fixture,
@@ -329,37 +335,40 @@ pub fn concurrent_cold(
     direct: Option<Duration>,
     report: &mut Report,
 ) {
-    const S: &str = "3 20 concurrent cold clients";
+    let clients = cold_clients();
+    // A scenario name lives as long as the report; one per run is a few bytes.
+    let s: &'static str =
+        Box::leak(format!("3 {clients} concurrent cold clients").into_boxed_str());
     let (relay, mirror) = fresh_mirror(rt, fx, kind, Fault::None);
     let http = client::http_client();
     let url = blob_url(&mirror.url(), fx);
     let started = Instant::now();
-    let result = bounded(rt, S, async {
-        let pulls = (0..COLD_CLIENTS).map(|_| client::download(&http, &url, &fx.blob));
+    let result = bounded(rt, s, async {
+        let pulls = (0..clients).map(|_| client::download(&http, &url, &fx.blob));
         Ok(futures::future::join_all(pulls).await)
     });
     let wall = started.elapsed();
     let upstream = settle(&relay);
     let downloads = match result {
         Ok(d) => d,
-        Err(e) => return report.text(S, "result", kind, e),
+        Err(e) => return report.text(s, "result", kind, e),
     };
     let correct = downloads.iter().filter(|d| d.correct).count();
     report.num(
-        S,
+        s,
         "clients with a correct body",
         Some(Better::Higher),
         0,
         kind,
         correct as f64,
     );
-    if correct < COLD_CLIENTS {
+    if correct < clients {
         let first_bad = downloads.iter().find(|d| !d.correct).map(Download::outcome);
-        report.text(S, "first failure", kind, first_bad.unwrap_or_default());
+        report.text(s, "first failure", kind, first_bad.unwrap_or_default());
     }
     let ratio = upstream as f64 / fx.size() as f64;
     report.num(
-        S,
+        s,
         "upstream bytes / blob size",
         Some(Better::Lower),
         2,
@@ -367,7 +376,7 @@ pub fn concurrent_cold(
         ratio,
     );
     report.num(
-        S,
+        s,
         "wall time, s",
         Some(Better::Lower),
         2,
@@ -375,10 +384,9 @@ pub fn concurrent_cold(
         wall.as_secs_f64(),
     );
     let delivered = mib(downloads.iter().map(|d| d.bytes).sum());
-    let title = "aggregate delivered to clients, MiB/s";
     report.num(
-        S,
-        title,
+        s,
+        "aggregate delivered to clients, MiB/s",
         Some(Better::Higher),
         0,
         kind,
@@ -387,7 +395,7 @@ pub fn concurrent_cold(
     if let Some(direct) = direct {
         let rel = wall.as_secs_f64() / direct.as_secs_f64();
         report.num(
-            S,
+            s,
             "wall time / 1 direct download",
             Some(Better::Lower),
             1,

@@ -31,6 +31,8 @@ pub struct Config {
     pub default_upstream: String,
     /// How nodes reach this mirror (used by the config generators), e.g. `http://10.27.27.10:5000`.
     pub mirror_url: Option<Url>,
+    /// How the other replicas on a shared bucket reach this one (cross-replica fills).
+    pub advertise_url: Option<Url>,
     pub upstreams: BTreeMap<String, Upstream>,
     /// Bytes of manifests kept in memory in front of the store.
     pub manifest_memory_cache: u64,
@@ -97,6 +99,8 @@ pub struct S3Config {
     pub allow_http: bool,
     /// Extra CA (PEM) trusted for the endpoint's TLS.
     pub ca_file: Option<PathBuf>,
+    /// Size of the local hot tier under `data_dir` (blobs + manifests); `None`: no hot tier.
+    pub local_max_size: Option<u64>,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -110,6 +114,7 @@ impl std::fmt::Debug for S3Config {
             .field("access_key_id", &self.access_key_id)
             .field("allow_http", &self.allow_http)
             .field("ca_file", &self.ca_file)
+            .field("local_max_size", &self.local_max_size)
             .finish_non_exhaustive()
     }
 }
@@ -242,6 +247,8 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_S3_REGION: &str = "us-east-1";
+/// The hot tier in front of S3 unless `local_max_size` says otherwise.
+pub const DEFAULT_LOCAL_MAX_SIZE: u64 = 10 * 1024 * 1024 * 1024;
 
 /// The upstreams used when the config file names none.
 pub const BUILTIN_UPSTREAMS: [(&str, &str); 4] = [

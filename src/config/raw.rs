@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub data_dir: Option<PathBuf>,
     pub default_upstream: Option<String>,
     pub mirror_url: Option<String>,
+    pub advertise_url: Option<String>,
     pub manifest_memory_cache_mb: Option<u64>,
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
@@ -50,6 +51,7 @@ pub struct RawStore {
     pub secret_access_key_file: Option<PathBuf>,
     pub allow_http: Option<bool>,
     pub ca_file: Option<PathBuf>,
+    pub local_max_size: Option<RawSize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

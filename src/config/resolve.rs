@@ -90,6 +90,10 @@ impl RawConfig {
             None => None,
         };
 
+        let advertise_url = match self.advertise_url {
+            Some(text) => Some(parse_http_url("advertise_url", &text)?),
+            None => None,
+        };
         let store = self.store.resolve()?;
         let admin_token = admin_token(self.admin_token, self.admin_token_file)?;
         let platforms = platforms(self.platforms.as_deref())?;
@@ -100,6 +104,7 @@ impl RawConfig {
             data_dir,
             default_upstream,
             mirror_url,
+            advertise_url,
             upstreams,
             manifest_memory_cache: self.manifest_memory_cache_mb.unwrap_or(64) * 1024 * 1024,
             store,

@@ -3,7 +3,8 @@
 use super::raw::{RawStore, RawStoreKind};
 use super::resolve::{check_pem_certificates, parse_http_url, read_secret_file};
 use super::{
-    ConfigError, DEFAULT_EVICT_INTERVAL, DEFAULT_S3_REGION, S3Config, StoreConfig, StoreKind,
+    ConfigError, DEFAULT_EVICT_INTERVAL, DEFAULT_LOCAL_MAX_SIZE, DEFAULT_S3_REGION, S3Config,
+    StoreConfig, StoreKind,
 };
 
 impl RawStore {
@@ -44,6 +45,7 @@ impl RawStore {
                     ),
                     ("allow_http", self.allow_http.is_some()),
                     ("ca_file", self.ca_file.is_some()),
+                    ("local_max_size", self.local_max_size.is_some()),
                 ] {
                     if set {
                         return Err(ConfigError::new(
@@ -146,7 +148,18 @@ impl RawStore {
         if let Some(path) = &self.ca_file {
             check_pem_certificates(&key("ca_file"), path)?;
         }
+        // "0" turns the hot tier off.
+        let local_max_size = match &self.local_max_size {
+            None => Some(DEFAULT_LOCAL_MAX_SIZE),
+            Some(size) => Some(
+                size.clone()
+                    .bytes()
+                    .map_err(|message| ConfigError::new(key("local_max_size"), message))?,
+            )
+            .filter(|&n| n > 0),
+        };
         Ok(S3Config {
+            local_max_size,
             bucket,
             virtual_hosted_style: self.virtual_hosted_style.unwrap_or(endpoint.is_none()),
             endpoint,
@@ -255,5 +268,29 @@ mod tests {
         assert_eq!(config.store.evict_interval, Duration::from_secs(10));
         let plain = Config::from_toml("[store]\nmax_size = 4096").unwrap();
         assert_eq!(plain.store.max_size, Some(4096));
+    }
+
+    #[test]
+    fn hot_tier_size() {
+        let s3 = |extra: &str| {
+            let config = Config::from_toml(&format!(
+                "[store]\nkind = \"s3\"\nbucket = \"b-1\"\n{extra}"
+            ))
+            .unwrap();
+            let StoreKind::S3(s3) = config.store.kind else {
+                panic!("expected s3")
+            };
+            s3.local_max_size
+        };
+        assert_eq!(s3(""), Some(crate::config::DEFAULT_LOCAL_MAX_SIZE));
+        assert_eq!(s3("local_max_size = \"2GiB\""), Some(2 << 30));
+        assert_eq!(s3("local_max_size = \"0\""), None, "\"0\" turns it off");
+        assert_errors_name_the_key(&[
+            ("[store]\nlocal_max_size = \"1GiB\"", "store.local_max_size"),
+            (
+                "[store]\nkind = \"s3\"\nbucket = \"b-1\"\nlocal_max_size = \"lots\"",
+                "store.local_max_size",
+            ),
+        ]);
     }
 }

@@ -233,6 +233,28 @@ impl BlobStore for DiskStore {
         placed
     }
 
+    async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError> {
+        let path = self.path(key)?;
+        let tmp = self
+            .tmp
+            .join(format!("create-{:016x}", rand::random::<u64>()));
+        let result = async {
+            tokio::fs::write(&tmp, &bytes).await?;
+            if let Some(dir) = path.parent() {
+                tokio::fs::create_dir_all(dir).await?;
+            }
+            // A hard link never replaces an existing file: the atomic "create if absent".
+            match tokio::fs::hard_link(&tmp, &path).await {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        result.map_err(|e| StoreError::io(key, e))
+    }
+
     async fn commit_file(&self, key: &str, file: &Path) -> Result<(), StoreError> {
         self.place(key, file).await
     }

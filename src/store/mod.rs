@@ -4,7 +4,8 @@
 //! files ([`BlobStore::commit_file`]); small objects (manifests, tag records) via [`BlobStore::put`].
 //! Every write is atomic: a reader sees the whole object or nothing.
 //!
-//! Two halves. The backends: the [`BlobStore`] trait, [`DiskStore`], [`S3Store`], [`keys`] and the
+//! Two halves. The backends: the [`BlobStore`] trait, [`DiskStore`], [`S3Store`], the hot tier
+//! [`TieredStore`] (local disk in front of S3), [`keys`] and the
 //! stored [`manifest_form`]. The cache's [`housekeeping`] on top of them: what is stored, what
 //! was used when, what is pinned, what to evict, verify and count.
 
@@ -13,6 +14,7 @@ pub mod housekeeping;
 pub mod keys;
 pub mod manifest_form;
 mod s3;
+mod tiered;
 
 pub use housekeeping::{access, evict, pins, scan, stats, verify};
 
@@ -24,6 +26,7 @@ use futures::stream::BoxStream;
 
 pub use disk::DiskStore;
 pub use s3::S3Store;
+pub use tiered::TieredStore;
 
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
 
@@ -69,6 +72,9 @@ pub trait BlobStore: Send + Sync + 'static {
     /// `Ok` the file belongs to the store (moved, or uploaded and deleted); after `Err` it is
     /// left where it was and nothing is visible under `key`.
     async fn commit_file(&self, key: &str, file: &Path) -> Result<(), StoreError>;
+    /// Writes a small object only if none has the key, atomically: `Ok(true)` created,
+    /// `Ok(false)` it was there. Cross-replica fill leases are built on it.
+    async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Notes a use served from memory in front of the store, for LRU eviction. No I/O.
     fn touch(&self, _key: &str) {}

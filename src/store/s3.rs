@@ -16,8 +16,8 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, PutPayload, RetryConfig,
-    WriteMultipart,
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, PutMode, PutOptions,
+    PutPayload, RetryConfig, WriteMultipart,
 };
 use tokio::io::AsyncReadExt;
 
@@ -260,6 +260,26 @@ impl BlobStore for S3Store {
             .await
             .map_err(|e| self.remote(key, e))?;
         Ok(())
+    }
+
+    /// `If-None-Match: *` (object_store's `PutMode::Create`). A server that ignores the header
+    /// overwrites instead; see the README on which servers support it.
+    async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError> {
+        let path = self.path(key)?;
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .s3
+            .put_opts(&path, PutPayload::from_bytes(bytes), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(self.remote(key, e)),
+        }
     }
 
     /// Uploads the file, then deletes it: on success the store owns it, as with a rename.

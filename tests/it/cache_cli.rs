@@ -220,11 +220,11 @@ fn gc_dry_run_lists_and_gc_evicts_unpinned_lru_and_orphans() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_reads_the_hit_ratio_from_a_running_berth() {
     use crate::support::fake_upstream::{FakeUpstream, Options};
-    use crate::support::inprocess::{Berth, client, upstream_table};
+    use crate::support::inprocess::{Berth, client};
     let fake = FakeUpstream::start(Options::plain()).await;
     let blob = crate::support::images::big_blob(1, 90);
     fake.put_blob("library/x", &blob);
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let berth = Berth::builder().upstream(&fake).start().await;
     let url = berth.url(&format!("/v2/library/x/blobs/{}", blob.digest));
     for _ in 0..4 {
         let body = client()
@@ -237,14 +237,7 @@ async fn stats_reads_the_hit_ratio_from_a_running_berth() {
             .unwrap();
         assert_eq!(sha256(&body), blob.digest);
         // The commit follows the client's last byte; the next GET should be a cache hit.
-        let file = berth.data.path().join("blobs/sha256").join(blob.hex());
-        tokio::task::block_in_place(|| {
-            crate::support::util::wait_until(
-                "the blob to be committed",
-                Duration::from_secs(10),
-                || file.exists().then_some(()),
-            )
-        });
+        berth.wait_committed(&blob.digest).await;
     }
     let mirror = berth.url("");
     let out = tokio::task::block_in_place(|| {

@@ -154,7 +154,7 @@ async fn reads_touch_memory_only_and_access_times_reach_the_files_at_shutdown() 
     let fake = FakeUpstream::start(Options::plain()).await;
     let blob = images::big_blob(1, 85);
     fake.put_blob("library/lru", &blob);
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let berth = Berth::builder().upstream(&fake).start().await;
     pull_blob(&berth, &blob).await;
     let file = berth.data.path().join("blobs/sha256").join(blob.hex());
     let long_ago = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);

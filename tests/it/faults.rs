@@ -7,7 +7,7 @@ use crate::support::fake_upstream::{
     AfterStall, FakeUpstream, Fault, Kind, Options, Role, TlsFront,
 };
 use crate::support::images::{self, Blob, Format};
-use crate::support::inprocess::{Berth, client, upstream_table};
+use crate::support::inprocess::{Berth, client};
 use crate::support::real::TestCa;
 use futures::StreamExt;
 use http::Method;
@@ -47,7 +47,7 @@ async fn fifty_concurrent_cold_clients_share_one_upstream_transfer() {
     let fake = FakeUpstream::start(Options::default()).await;
     let blob = images::big_blob(100, 41);
     fake.put_blob("library/big", &blob);
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let berth = Berth::builder().upstream(&fake).start().await;
     let url = blob_url(&berth, &blob);
 
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(50));
@@ -80,12 +80,11 @@ async fn resets_at_several_offsets_resume_without_refetching() {
     let fake = FakeUpstream::start(Options::default()).await;
     let blob = images::big_blob(16, 42);
     fake.put_blob("library/big", &blob);
-    let berth = Berth::start(&upstream_table(
-        "docker.io",
-        &fake.url(),
-        "max_attempts = 3",
-    ))
-    .await;
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config("max_attempts = 3")
+        .start()
+        .await;
     // Each fault counts bytes of its own response: resets at ~1, ~8 and ~15 MiB of the blob.
     for after in [MIB, 7 * MIB, 7 * MIB] {
         fake.inject(Fault::reset_after(after).kind(Kind::Blob).role(Role::Cdn));
@@ -124,12 +123,11 @@ async fn a_stall_is_detected_within_the_stall_timeout_and_resumed() {
     let fake = FakeUpstream::start(Options::default()).await;
     let blob = images::big_blob(8, 43);
     fake.put_blob("library/big", &blob);
-    let berth = Berth::start(&upstream_table(
-        "docker.io",
-        &fake.url(),
-        "stall_timeout = \"1s\"",
-    ))
-    .await;
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config("stall_timeout = \"1s\"")
+        .start()
+        .await;
     // The upstream goes silent after 2 MiB and would stay silent for a minute.
     fake.inject(
         Fault::stall(2 * MIB, Duration::from_secs(60), AfterStall::Reset)
@@ -158,7 +156,7 @@ async fn an_upstream_that_ignores_range_is_reread_with_the_prefix_skipped() {
     let fake = FakeUpstream::start(Options::plain()).await;
     let blob = images::big_blob(8, 44);
     fake.put_blob("library/big", &blob);
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let berth = Berth::builder().upstream(&fake).start().await;
     fake.inject(Fault::reset_after(3 * MIB).kind(Kind::Blob));
     fake.inject(Fault::ignore_range().kind(Kind::Blob));
     assert_eq!(
@@ -174,7 +172,11 @@ async fn a_slow_trickle_below_the_throughput_floor_counts_as_a_stall() {
     let blob = images::big_blob(4, 45);
     fake.put_blob("library/big", &blob);
     let config = "stall_timeout = \"10s\"\nmin_speed = 1048576\nmin_speed_window = \"1s\"";
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), config)).await;
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config(config)
+        .start()
+        .await;
     // A 3 s pause: under the 10 s stall timeout, but far below 1 MiB/s over the window.
     fake.inject(Fault::stall(MIB, Duration::from_secs(3), AfterStall::Continue).kind(Kind::Blob));
     assert_eq!(
@@ -193,12 +195,11 @@ async fn transient_503_and_429_are_retried_with_backoff() {
     let fake = FakeUpstream::start(Options::default()).await;
     let image = images::multi_arch(46, Format::Oci);
     fake.push("library/app", "1", &image);
-    let berth = Berth::start(&upstream_table(
-        "docker.io",
-        &fake.url(),
-        "max_attempts = 4",
-    ))
-    .await;
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config("max_attempts = 4")
+        .start()
+        .await;
     fake.inject(Fault::status(503, None).kind(Kind::Manifest).times(2));
     fake.inject(Fault::status(429, Some(1)).kind(Kind::Manifest));
     let response = client()
@@ -225,7 +226,7 @@ async fn concurrent_requests_for_one_tag_share_one_upstream_request() {
     let fake = FakeUpstream::start(Options::default()).await;
     let image = images::multi_arch(47, Format::Oci);
     fake.push("library/app", "1", &image);
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let berth = Berth::builder().upstream(&fake).start().await;
     fake.inject(Fault::delay_headers(Duration::from_millis(300)).kind(Kind::Manifest));
     let url = berth.url("/v2/library/app/manifests/1");
     let requests: Vec<_> = (0..20).map(|_| client().get(&url).send()).collect();
@@ -247,7 +248,11 @@ async fn an_open_breaker_answers_tags_from_cache_at_once_and_fails_fast_otherwis
     let image = images::multi_arch(48, Format::Oci);
     fake.push("library/app", "1", &image);
     let config = "tag_ttl = \"1ms\"\nheader_timeout = \"1s\"\nmax_attempts = 1\nbreaker_threshold = 2\nbreaker_cooldown = \"3s\"";
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), config)).await;
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config(config)
+        .start()
+        .await;
     let url = berth.url("/v2/library/app/manifests/1");
     assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
 
@@ -324,7 +329,11 @@ async fn berth_behind_tls(
         "ca_file = {:?}\ntls_timeout = \"500ms\"\nmax_attempts = {attempts}",
         ca.ca_pem.display().to_string()
     );
-    let berth = Berth::start(&upstream_table("docker.io", &front.url(), &extra)).await;
+    let berth = Berth::builder()
+        .upstream_named("docker.io", &front.url())
+        .config(&extra)
+        .start()
+        .await;
     (berth, fake, front, ca, image)
 }
 

@@ -19,6 +19,7 @@ mod eviction;
 mod example_config;
 mod fake_upstream_selftest;
 mod faults;
+mod fleet;
 mod generate;
 mod mss_blackhole;
 mod prewarm;

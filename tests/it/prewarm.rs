@@ -509,12 +509,11 @@ async fn only_if_cached_answers_from_the_cache_or_504_and_never_asks_upstream() 
     let image = images::multi_arch(60, Format::Oci);
     fake.push("library/busybox", "1.37", &image);
     // A tag is always past its TTL here: a normal pull would revalidate it upstream.
-    let berth = Berth::start(&upstream_table(
-        "docker.io",
-        &fake.url(),
-        "tag_ttl = \"1ns\"",
-    ))
-    .await;
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config("tag_ttl = \"1ns\"")
+        .start()
+        .await;
     let http = client();
     let layer = &image.images[0].layers[0];
     let paths = [
@@ -594,7 +593,7 @@ async fn admin_endpoints_are_404_without_a_token_and_401_with_a_wrong_one() {
     let body = serde_json::json!({ "manifests": [digest] });
     let http = client();
 
-    let closed = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let closed = Berth::builder().upstream(&fake).start().await;
     let put = http
         .put(closed.url("/_berth/pins/flux"))
         .bearer_auth(TOKEN)

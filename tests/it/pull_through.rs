@@ -79,7 +79,7 @@ async fn containerd_style_pull_through_token_auth_and_cdn() {
     let fake = FakeUpstream::start(Options::default()).await;
     let image = images::multi_arch(1, Format::Oci);
     fake.push("library/busybox", "1.37", &image);
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let berth = Berth::builder().upstream(&fake).start().await;
     let base = berth.url("");
 
     let blobs = pull(&base, "library/busybox", "1.37", "?ns=docker.io", &image).await;
@@ -170,7 +170,7 @@ async fn routes_by_ns_path_prefix_and_default_with_library_prefix() {
 #[tokio::test]
 async fn bad_input_gets_oci_errors() {
     let fake = FakeUpstream::start(Options::plain()).await;
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let berth = Berth::builder().upstream(&fake).start().await;
     let http = client();
     let long_name = "a".repeat(256);
     let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -332,7 +332,7 @@ async fn ranges_heads_and_api_version() {
     let fake = FakeUpstream::start(Options::default()).await;
     let image = images::multi_arch(4, Format::Oci);
     fake.push("library/busybox", "1.0", &image);
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let berth = Berth::builder().upstream(&fake).start().await;
     let http = client();
     let layer = &image.image_for("amd64").layers[0];
     let url = berth.url(&format!("/v2/busybox/blobs/{}", layer.digest));
@@ -402,12 +402,11 @@ async fn corrupt_upstream_blob_is_never_served_whole_nor_cached() {
     let fake = FakeUpstream::start(Options::default()).await;
     let image = images::multi_arch(5, Format::Oci);
     fake.push("library/busybox", "1.0", &image);
-    let berth = Berth::start(&upstream_table(
-        "docker.io",
-        &fake.url(),
-        "max_attempts = 1",
-    ))
-    .await;
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config("max_attempts = 1")
+        .start()
+        .await;
     let layer = &image.image_for("amd64").layers[0];
     let url = berth.url(&format!("/v2/busybox/blobs/{}", layer.digest));
     fake.inject(
@@ -445,7 +444,11 @@ async fn tag_ttl_revalidates_with_head_and_follows_moves() {
     fake.push("team/app", "stable", &first);
     fake.push("team/app", "next", &second);
     // A 1 ms TTL makes every lookup a revalidation.
-    let berth = Berth::start(&upstream_table("ghcr.io", &fake.url(), "tag_ttl = \"1ms\"")).await;
+    let berth = Berth::builder()
+        .upstream_named("ghcr.io", &fake.url())
+        .config("tag_ttl = \"1ms\"")
+        .start()
+        .await;
     let http = client();
     let url = berth.url("/v2/team/app/manifests/stable?ns=ghcr.io");
     let get_digest = || async {
@@ -489,12 +492,11 @@ async fn fresh_tags_are_answered_without_the_upstream() {
     let fake = FakeUpstream::start(Options::default()).await;
     let image = images::multi_arch(8, Format::Oci);
     fake.push("library/nginx", "1.27", &image);
-    let berth = Berth::start(&upstream_table(
-        "docker.io",
-        &fake.url(),
-        "tag_ttl = \"1h\"",
-    ))
-    .await;
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config("tag_ttl = \"1h\"")
+        .start()
+        .await;
     pull(
         &berth.url(""),
         "library/nginx",
@@ -571,12 +573,11 @@ async fn a_miss_streams_before_the_upstream_finishes_and_survives_client_disconn
     let fake = FakeUpstream::start(Options::plain()).await;
     let big = images::big_blob(8, 10);
     fake.put_blob("library/big", &big);
-    let berth = Berth::start(&upstream_table(
-        "docker.io",
-        &fake.url(),
-        "stall_timeout = \"30s\"",
-    ))
-    .await;
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config("stall_timeout = \"30s\"")
+        .start()
+        .await;
     // The upstream sends 1 MiB, then pauses for 3 s.
     fake.inject(
         Fault::stall(
@@ -627,7 +628,7 @@ async fn tag_list_and_referrers_pass_through() {
     for tag in ["a", "b", "c"] {
         fake.push("library/busybox", tag, &image);
     }
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let berth = Berth::builder().upstream(&fake).start().await;
     let list: serde_json::Value = client()
         .get(berth.url("/v2/busybox/tags/list?n=2&last=a"))
         .send()

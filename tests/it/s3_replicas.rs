@@ -304,3 +304,134 @@ async fn with_s3_down_pulls_still_stream_from_the_upstream() {
     assert_eq!((status, digest.as_str()), (200, layer.digest.as_str()));
     assert_eq!(wait_for_object(&s3, &layer), layer.digest);
 }
+
+/// The blob's file in a berth's local hot tier.
+fn hot_file(berth: &BerthProcess, blob: &Blob) -> std::path::PathBuf {
+    berth.data_dir().join("blobs/sha256").join(blob.hex())
+}
+
+fn wait_hot(berth: &BerthProcess, blob: &Blob) {
+    let file = hot_file(berth, blob);
+    crate::support::util::wait_until("the blob in the hot tier", Duration::from_secs(30), || {
+        file.exists().then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the s3s-fs S3 server: run by scripts/test"]
+async fn the_hot_tier_serves_warm_reads_with_s3_down_and_cold_ones_from_the_upstream() {
+    let Some((mut s3, fake, _image, layer)) = setup(8).await else {
+        return;
+    };
+    let cold = images::big_blob(3, 11);
+    let cold_image =
+        images::image_with_layers(&images::ImageSpec::new(11, Format::Oci), vec![cold.clone()]);
+    fake.push(REPO, "v2", &cold_image);
+    let berth = BerthProcess::start(&replica_config(&fake, &s3, "5m"));
+
+    let (status, digest, _) = fetch(&berth, &blob_path(&layer), None).await;
+    assert_eq!((status, digest.as_str()), (200, layer.digest.as_str()));
+    // A fill lands in both tiers: the bucket (the truth) and the local hot tier.
+    assert_eq!(wait_for_object(&s3, &layer), layer.digest);
+    wait_hot(&berth, &layer);
+    assert_eq!(
+        sha256(&std::fs::read(hot_file(&berth, &layer)).unwrap()),
+        layer.digest
+    );
+
+    // S3 gone: the hot blob is still served, whole and ranged, without the upstream.
+    s3.stop();
+    let before = upstream_requests(&berth, "blob");
+    let (status, digest, len) = fetch(&berth, &blob_path(&layer), None).await;
+    assert_eq!(
+        (status, digest.as_str(), len),
+        (200, layer.digest.as_str(), layer.size())
+    );
+    let (status, _, len) = fetch(&berth, &blob_path(&layer), Some("bytes=100-199")).await;
+    assert_eq!((status, len), (206, 100));
+    assert_eq!(
+        upstream_requests(&berth, "blob"),
+        before,
+        "served from the hot tier"
+    );
+    // ... and a cold one streams from the upstream.
+    let (status, digest, _) = fetch(&berth, &blob_path(&cold), None).await;
+    assert_eq!((status, digest.as_str()), (200, cold.digest.as_str()));
+    assert!(upstream_requests(&berth, "blob") > before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the s3s-fs S3 server: run by scripts/test"]
+async fn a_replica_promotes_what_it_reads_from_s3_into_its_hot_tier() {
+    let Some((mut s3, fake, _image, layer)) = setup(8).await else {
+        return;
+    };
+    let config = replica_config(&fake, &s3, "5m");
+    let a = BerthProcess::start(&config);
+    let (status, _, _) = fetch(&a, &blob_path(&layer), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(wait_for_object(&s3, &layer), layer.digest);
+
+    let b = BerthProcess::start(&config);
+    assert!(!hot_file(&b, &layer).exists());
+    let (status, digest, _) = fetch(&b, &blob_path(&layer), None).await;
+    assert_eq!((status, digest.as_str()), (200, layer.digest.as_str()));
+    assert_eq!(upstream_requests(&b, "blob"), 0.0, "read from the bucket");
+    wait_hot(&b, &layer);
+
+    s3.stop();
+    let (status, digest, _) = fetch(&b, &blob_path(&layer), None).await;
+    assert_eq!((status, digest.as_str()), (200, layer.digest.as_str()));
+    assert_eq!(
+        upstream_requests(&b, "blob"),
+        0.0,
+        "served from the promoted copy"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the s3s-fs S3 server: run by scripts/test"]
+async fn the_hot_tier_stays_under_local_max_size_and_the_bucket_keeps_everything() {
+    if !require_tools(&[TOOL]) {
+        return;
+    }
+    let s3 = S3Server::start("berth-replicas");
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let layers: Vec<Blob> = (0..4).map(|i| images::big_blob(1, 20 + i)).collect();
+    let image = images::image_with_layers(&images::ImageSpec::new(20, Format::Oci), layers.clone());
+    fake.push(REPO, "v1", &image);
+    let config = format!(
+        "{}local_max_size = \"2600KiB\"\n",
+        replica_config(&fake, &s3, "5m")
+    );
+    let berth = BerthProcess::start(&config);
+    for layer in &layers {
+        let (status, digest, _) = fetch(&berth, &blob_path(layer), None).await;
+        assert_eq!((status, digest.as_str()), (200, layer.digest.as_str()));
+        assert_eq!(wait_for_object(&s3, layer), layer.digest);
+    }
+    let hot_bytes = || -> u64 {
+        layers
+            .iter()
+            .filter_map(|l| std::fs::metadata(hot_file(&berth, l)).ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    crate::support::util::wait_until(
+        "the hot tier under local_max_size",
+        Duration::from_secs(30),
+        || (hot_bytes() <= 2600 * 1024).then_some(()),
+    );
+    assert!(hot_bytes() > 0, "recent blobs stay hot");
+    for layer in &layers {
+        assert_eq!(
+            stored_object_digest(&s3, layer).as_deref(),
+            Some(layer.digest.as_str())
+        );
+    }
+    // An evicted blob is read back from the bucket, not the upstream.
+    let before = upstream_requests(&berth, "blob");
+    let (status, digest, _) = fetch(&berth, &blob_path(&layers[0]), None).await;
+    assert_eq!((status, digest.as_str()), (200, layers[0].digest.as_str()));
+    assert_eq!(upstream_requests(&berth, "blob"), before);
+}

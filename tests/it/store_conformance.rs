@@ -9,7 +9,7 @@ use crate::support::prereq::require_tools;
 use crate::support::real::S3Server;
 use crate::support::real::s3::TOOL;
 use berth::config::{Config, StoreKind};
-use berth::store::{BlobStore, DiskStore, Listed, S3Store, StoreError};
+use berth::store::{BlobStore, DiskStore, Listed, S3Store, StoreError, TieredStore};
 use bytes::Bytes;
 use futures::TryStreamExt;
 
@@ -41,6 +41,19 @@ fn s3_store_with_prefix(prefix: Option<&str>) -> Option<(Arc<dyn BlobStore>, S3S
 fn s3_store() -> Option<(Arc<dyn BlobStore>, tempfile::TempDir, Guard)> {
     let (store, server) = s3_store_with_prefix(Some("conformance/run"))?;
     Some((store, tempfile::tempdir().unwrap(), Box::new(server)))
+}
+
+/// The S3 store behind a local hot tier: the same contract as either alone.
+fn tiered_store() -> Option<(Arc<dyn BlobStore>, tempfile::TempDir, Guard)> {
+    let (remote, server) = s3_store_with_prefix(Some("conformance/tiered"))?;
+    let local_dir = tempfile::tempdir().unwrap();
+    let local = Arc::new(DiskStore::open(local_dir.path()).unwrap());
+    let store = TieredStore::new(local, remote).unwrap();
+    Some((
+        Arc::new(store),
+        tempfile::tempdir().unwrap(),
+        Box::new((server, local_dir)),
+    ))
 }
 
 /// Deterministic content of `len` bytes (distinct per `seed`).
@@ -340,10 +353,49 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod tiered {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs the s3s-fs S3 server: run by scripts/test"]
+                async fn $test() {
+                    let Some((store, dir, _guard)) = super::tiered_store() else { return };
+                    super::$test(store, dir).await;
+                }
+            )*
+        }
     };
 }
 
+/// `create` writes only when the key is free, and exactly one of concurrent creators wins.
+async fn create_writes_only_when_absent(store: Arc<dyn BlobStore>, _dir: tempfile::TempDir) {
+    let key = "fills/sha256/lease";
+    assert!(
+        store
+            .create(key, Bytes::from_static(b"first"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .create(key, Bytes::from_static(b"second"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get(key).await.unwrap().unwrap(),
+        Bytes::from_static(b"first")
+    );
+    store.delete(key).await.unwrap();
+    assert!(
+        store
+            .create(key, Bytes::from_static(b"third"))
+            .await
+            .unwrap()
+    );
+}
+
 conformance!(
+    create_writes_only_when_absent,
     put_get_size_and_range_reads,
     absent_keys_are_none,
     the_same_key_written_twice_is_harmless,

@@ -74,11 +74,14 @@ impl BerthProcess {
     /// Like [`BerthProcess::start`], with `data_dir` instead of `<tempdir>/data` (e.g. a tmpfs).
     pub fn start_with_data(config: &str, data_dir: Option<&Path>) -> BerthProcess {
         let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // `@SELF@` in the config stands for this berth's own URL (e.g. advertise_url).
+        let config = config.replace("@SELF@", &format!("http://{addr}"));
+        let config = config.as_str();
         std::fs::write(dir.path().join("berth.toml"), config).unwrap();
         let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
         std::fs::write(dir.path().join("data_dir"), data_dir.to_str().unwrap()).unwrap();
         let stderr_path = dir.path().join("berth.stderr");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = spawn(dir.path(), addr, &stderr_path);
         let mut berth = BerthProcess {
             addr,

@@ -10,7 +10,64 @@ pub struct Berth {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// `Berth::builder().upstream(&fake).config("max_attempts = 3").start().await`: the usual
+/// berth-in-front-of-a-fake-upstream setup, written once.
+#[derive(Default)]
+pub struct BerthBuilder {
+    top: String,
+    tables: Vec<(String, String, String)>,
+}
+
+impl BerthBuilder {
+    /// `docker.io` served by `upstream`.
+    pub fn upstream(self, upstream: &super::fake_upstream::FakeUpstream) -> BerthBuilder {
+        self.upstream_named("docker.io", &upstream.url())
+    }
+
+    /// An `[upstreams."<name>"]` table pointing at `url`.
+    pub fn upstream_named(mut self, name: &str, url: &str) -> BerthBuilder {
+        self.tables
+            .push((name.to_string(), url.to_string(), String::new()));
+        self
+    }
+
+    /// Extra keys for the last upstream table added.
+    pub fn config(mut self, lines: &str) -> BerthBuilder {
+        let last = self
+            .tables
+            .last_mut()
+            .expect("add an upstream before its config");
+        last.2.push_str(lines);
+        last.2.push('\n');
+        self
+    }
+
+    /// Top-level keys (before the tables).
+    pub fn top_level(mut self, lines: &str) -> BerthBuilder {
+        self.top.push_str(lines);
+        self.top.push('\n');
+        self
+    }
+
+    pub fn toml(&self) -> String {
+        let tables: String = self
+            .tables
+            .iter()
+            .map(|(name, url, extra)| upstream_table(name, url, extra))
+            .collect();
+        format!("{}{tables}", self.top)
+    }
+
+    pub async fn start(self) -> Berth {
+        Berth::start(&self.toml()).await
+    }
+}
+
 impl Berth {
+    pub fn builder() -> BerthBuilder {
+        BerthBuilder::default()
+    }
+
     /// Starts berth with `config_body` (TOML without `data_dir`) on a fresh cache directory.
     pub async fn start(config_body: &str) -> Berth {
         Berth::start_in(config_body, tempfile::tempdir().unwrap()).await
@@ -53,6 +110,28 @@ impl Berth {
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
         self.task.abort();
         self.data
+    }
+
+    /// GET `path`: status and whole body.
+    pub async fn get_bytes(&self, path: &str) -> (u16, bytes::Bytes) {
+        let response = client().get(self.url(path)).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.bytes().await.unwrap())
+    }
+
+    /// Waits (bounded) until the blob `digest` (`sha256:<hex>`) is committed to the disk cache:
+    /// clients get their last byte once it verifies, the sync and commit follow.
+    pub async fn wait_committed(&self, digest: &str) {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        let file = self.data.path().join("blobs/sha256").join(hex);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !file.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "blob {digest} not committed within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The value of a counter in berth's `/metrics` (summed over series matching `labels`).

@@ -1,0 +1,184 @@
+//! Several berth replicas on one bucket (s3s-fs) fetch a cold blob from the upstream once for
+//! all of them: one leads, the others stream its fill; a leader killed mid-fill leaves correct
+//! bodies, no partial object and no stale lease.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use crate::support::berth::{BerthProcess, UpstreamSpec, config_toml};
+use crate::support::fake_upstream::{AfterStall, FakeUpstream, Fault, Kind, Options};
+use crate::support::images::{self, Blob, Format};
+use crate::support::inprocess::client;
+use crate::support::prereq::require_tools;
+use crate::support::real::S3Server;
+use crate::support::real::s3::TOOL;
+
+const REPO: &str = "library/fleet";
+
+fn replica_config(fake: &FakeUpstream, s3: &S3Server) -> String {
+    let upstream = UpstreamSpec::new("docker.io", &fake.url());
+    format!(
+        "advertise_url = \"@SELF@\"\n{}\n{}",
+        config_toml("docker.io", &[upstream]),
+        s3.store_toml(Some("fleet"))
+    )
+}
+
+/// GETs the blob from `base`; the body's sha256 digest (or the error) and its length.
+async fn pull(base: String, blob_digest: String) -> Result<(String, u64), String> {
+    use sha2::Digest as _;
+    let response = client()
+        .get(format!("{base}/v2/{REPO}/blobs/{blob_digest}"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("status {}", response.status()));
+    }
+    let mut hasher = sha2::Sha256::new();
+    let mut len = 0u64;
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        len += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    Ok((format!("sha256:{}", hex::encode(hasher.finalize())), len))
+}
+
+fn objects_under(s3: &S3Server, prefix: &str) -> Vec<String> {
+    let root = s3.object_file(prefix);
+    let mut found = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                found.push(path.strip_prefix(&root).unwrap().display().to_string());
+            }
+        }
+    }
+    found
+}
+
+async fn setup(mib: usize) -> (S3Server, FakeUpstream, Blob) {
+    require_tools(&[TOOL]);
+    let s3 = S3Server::start("berth-fleet");
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let layer = images::big_blob(mib, 31);
+    let image = images::image_with_layers(
+        &images::ImageSpec::new(31, Format::Oci),
+        vec![layer.clone()],
+    );
+    fake.push(REPO, "v1", &image);
+    (s3, fake, layer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the s3s-fs S3 server: run by scripts/test"]
+async fn three_replicas_fetch_a_cold_blob_from_the_upstream_once() {
+    let (s3, fake, layer) = setup(120).await;
+    let config = replica_config(&fake, &s3);
+    let replicas: Vec<BerthProcess> = (0..3).map(|_| BerthProcess::start(&config)).collect();
+    let bases: Vec<String> = replicas.iter().map(|r| r.url()).collect();
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(30));
+    let clients: Vec<_> = (0..30)
+        .map(|i| {
+            let (base, digest, barrier) =
+                (bases[i % 3].clone(), layer.digest.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                pull(base, digest).await
+            })
+        })
+        .collect();
+    for client in clients {
+        let (digest, len) = client.await.unwrap().expect("a whole body");
+        assert_eq!(
+            (digest.as_str(), len),
+            (layer.digest.as_str(), layer.size())
+        );
+    }
+    let sent = fake.bytes_sent(&layer.digest);
+    assert!(
+        sent <= layer.size() + layer.size() / 20,
+        "the upstream sent {sent} bytes for a {} byte blob: one fetch for the fleet",
+        layer.size()
+    );
+    // One object, and the lease is gone once the leader finished.
+    crate::support::util::wait_until("the lease to be released", Duration::from_secs(30), || {
+        objects_under(&s3, "fleet/fills").is_empty().then_some(())
+    });
+    assert_eq!(
+        objects_under(&s3, "fleet/blobs"),
+        [format!("sha256/{}", layer.hex())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the s3s-fs S3 server: run by scripts/test"]
+async fn a_leader_killed_mid_fill_leaves_correct_bodies_and_no_stale_lease() {
+    let (s3, fake, layer) = setup(40).await;
+    // The first upstream transfer pauses at half the blob: the moment the leader is killed.
+    let half = layer.size() / 2;
+    fake.inject(
+        Fault::stall(half, Duration::from_secs(8), AfterStall::Continue)
+            .kind(Kind::Blob)
+            .times(1),
+    );
+    let config = replica_config(&fake, &s3);
+    let mut leader = BerthProcess::start(&config);
+    let followers: Vec<BerthProcess> = (0..2).map(|_| BerthProcess::start(&config)).collect();
+
+    let first = tokio::spawn(pull(leader.url(), layer.digest.clone()));
+    // The leader holds the lease once its upstream transfer is under way.
+    crate::support::util::wait_until("the leader's lease", Duration::from_secs(20), || {
+        (!objects_under(&s3, "fleet/fills").is_empty()).then_some(())
+    });
+    let clients: Vec<_> = followers
+        .iter()
+        .flat_map(|f| (0..3).map(move |_| f.url()))
+        .map(|base| tokio::spawn(pull(base, layer.digest.clone())))
+        .collect();
+    crate::support::util::wait_until("half the blob upstream", Duration::from_secs(20), || {
+        (fake.bytes_sent(&layer.digest) >= half).then_some(())
+    });
+    // Give the followers a moment to be streaming from the leader, then kill it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    leader.kill_9();
+    let killed = Instant::now();
+
+    for client in clients {
+        let (digest, len) = client.await.unwrap().expect("a whole body from a follower");
+        assert_eq!(
+            (digest.as_str(), len),
+            (layer.digest.as_str(), layer.size())
+        );
+    }
+    assert!(
+        killed.elapsed() < Duration::from_secs(60),
+        "followers finished within a bounded time"
+    );
+    assert!(
+        first.await.unwrap().is_err(),
+        "the killed leader's client got no whole body"
+    );
+    crate::support::util::wait_until("the followers' upload", Duration::from_secs(30), || {
+        (objects_under(&s3, "fleet/blobs") == [format!("sha256/{}", layer.hex())]).then_some(())
+    });
+    let stored =
+        std::fs::read(s3.object_file(&format!("fleet/blobs/sha256/{}", layer.hex()))).unwrap();
+    assert_eq!(
+        crate::support::inprocess::sha256(&stored),
+        layer.digest,
+        "no partial object"
+    );
+    crate::support::util::wait_until("no stale lease", Duration::from_secs(30), || {
+        objects_under(&s3, "fleet/fills").is_empty().then_some(())
+    });
+}
