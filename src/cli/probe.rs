@@ -40,10 +40,13 @@ pub struct ProbeArgs {
     /// Bytes of each layer to download per transfer.
     #[arg(long, default_value = "8MiB")]
     bulk_bytes: String,
+    /// TCP connect deadline per address.
     #[arg(long, default_value = "5s", value_parser = humantime_serde::re::humantime::parse_duration)]
     connect_timeout: Duration,
+    /// TLS handshake deadline, after the TCP connect.
     #[arg(long, default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
     tls_timeout: Duration,
+    /// From request sent to response headers.
     #[arg(long, default_value = "15s", value_parser = humantime_serde::re::humantime::parse_duration)]
     header_timeout: Duration,
     /// No body bytes for this long is a stall.

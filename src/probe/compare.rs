@@ -13,7 +13,19 @@ pub struct Labelled {
     pub report: Report,
 }
 
+/// A report is a few hundred KiB at most; anything far bigger is not one.
+const MAX_REPORT_BYTES: u64 = 64 * 1024 * 1024;
+
 pub fn load(path: &Path) -> Result<Labelled, String> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .len();
+    if size > MAX_REPORT_BYTES {
+        return Err(format!(
+            "{} is {size} bytes, too big for a probe report",
+            path.display()
+        ));
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let report: Report = serde_json::from_str(&text).map_err(|e| {
