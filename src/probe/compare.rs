@@ -289,3 +289,96 @@ pub fn compare(reports: &[Labelled]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::path::{Destination, PathFacts};
+    use crate::probe::report::{BulkReport, BulkRun, Settings};
+
+    fn report(host: &str, default_outcome: &str, path_mtu: u32) -> Labelled {
+        let run = |mss: Option<u32>, outcome: &str| BulkRun {
+            mss,
+            outcome: outcome.into(),
+            bytes: if outcome == "complete" { 8 << 20 } else { 0 },
+            seconds: 2.0,
+            mib_per_s: if outcome == "complete" { 4.0 } else { 0.0 },
+            error: None,
+        };
+        let report = Report {
+            version: REPORT_VERSION,
+            berth_version: "0".into(),
+            host: host.into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            duration_ms: 1,
+            settings: Settings {
+                rounds: 1,
+                interval_ms: 0,
+                mss: vec![1360],
+                bulk_bytes: 8 << 20,
+                connect_timeout_ms: 1,
+                tls_timeout_ms: 1,
+                header_timeout_ms: 1,
+                stall_timeout_ms: 1,
+            },
+            path: PathFacts {
+                destinations: vec![Destination {
+                    address: "192.0.2.7".into(),
+                    hosts: vec!["cdn.example".into()],
+                    device: None,
+                    gateway: None,
+                    source: None,
+                    route_mtu: Some(1500),
+                    path_mtu: Some(path_mtu),
+                    path_mtu_note: String::new(),
+                }],
+                ..PathFacts::default()
+            },
+            targets: vec![],
+            bulk: vec![BulkReport {
+                image: "ghcr.io/x/y:1".into(),
+                upstream: "ghcr.io".into(),
+                layer: None,
+                layer_size: Some(30 << 20),
+                blob_host: Some("cdn.example".into()),
+                blob_origin: None,
+                runs: vec![run(None, default_outcome), run(Some(1360), "complete")],
+                error: None,
+            }],
+            verdicts: vec![],
+            notes: vec![],
+        };
+        // Through JSON, as `compare` reads reports: the keys must round-trip.
+        let json = serde_json::to_string(&report).unwrap();
+        Labelled {
+            label: host.into(),
+            report: serde_json::from_str(&json).unwrap(),
+        }
+    }
+
+    #[test]
+    fn names_the_bulk_and_path_mtu_differences() {
+        let out = compare(&[
+            report("pve", "complete", 1500),
+            report("cp1", "stall", 1400),
+        ]);
+        let diff = out.split("differences that matter").nth(1).unwrap();
+        assert!(
+            diff.contains(
+                "bulk transfer of ghcr.io/x/y:1 at MSS default completes on pve but not on cp1: stall"
+            ),
+            "{out}"
+        );
+        assert!(
+            !diff.contains("at MSS 1360"),
+            "equal runs are no difference: {out}"
+        );
+        assert!(
+            diff.contains("path MTU to cdn.example differs: pve 1500, cp1 1400"),
+            "{out}"
+        );
+
+        let same = compare(&[report("a", "complete", 1500), report("b", "complete", 1500)]);
+        assert!(same.contains("none: the paths behave alike"), "{same}");
+    }
+}
