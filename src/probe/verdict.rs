@@ -288,14 +288,20 @@ fn pmtu_and_stalls(e: &Evidence, out: &mut Vec<Verdict>) {
             .filter(|r| r.completed())
             .filter_map(|r| r.mss)
             .collect();
-        // Lost full-size segments show as a stalled body, or as missing response headers when
-        // the headers share the first full segment with the body.
-        let stalled_like = matches!(
+        // Lost full-size segments show as a stalled body, as missing response headers when the
+        // headers share the first full segment with the body, or as a TLS handshake that never
+        // completes when the server's certificate flight is what gets lost.
+        let lost_big_packets = matches!(
             default.outcome.as_str(),
-            "stall" | "header_timeout" | "reset"
+            "stall" | "header_timeout" | "reset" | "tls_handshake_timeout"
         );
         match working.iter().max() {
-            Some(&best) if stalled_like && small_ok => {
+            Some(&best) if lost_big_packets => {
+                let seen = if small_ok {
+                    "small requests and TLS handshakes succeed, but"
+                } else {
+                    "requests at the default MSS fail too, and"
+                };
                 // Prefer the MSS derived from a measured path MTU when it is the tighter one.
                 let from_pmtu = e
                     .path_mtu
@@ -320,8 +326,8 @@ fn pmtu_and_stalls(e: &Evidence, out: &mut Vec<Verdict>) {
                     kind: "pmtu_black_hole".into(),
                     target: b.host.clone(),
                     evidence: format!(
-                        "small requests and TLS handshakes succeed, but the bulk transfer of {} \
-                         fails at the default MSS and completes with a clamp ({runs}){pmtu_note}",
+                        "{seen} the bulk transfer of {} fails at the default MSS and completes \
+                         with a clamp ({runs}){pmtu_note}",
                         b.image
                     ),
                     fix: format!(
@@ -528,6 +534,21 @@ mod tests {
                     ..Evidence::default()
                 },
                 vec![("pmtu_black_hole", "cdn.io", Some(1200))],
+            ),
+            (
+                "certificate flights lost: handshakes time out everywhere, clamped bulk completes",
+                Evidence {
+                    targets: vec![target("cdn.io", 3, &[("tls_handshake_timeout", 3)])],
+                    bulk: vec![bulk(
+                        "cdn.io",
+                        &[(None, "tls_handshake_timeout"), (Some(1360), "complete")],
+                    )],
+                    ..Evidence::default()
+                },
+                vec![
+                    ("pmtu_black_hole", "cdn.io", Some(1360)),
+                    ("tls_handshake_timeouts", "cdn.io", None),
+                ],
             ),
             (
                 "stalls at every MSS is not an MTU problem",
