@@ -371,17 +371,15 @@ pub async fn run(plan: &Plan, progress: &dyn Progress) -> anyhow::Result<Report>
         platform: plan.platform.clone(),
     };
     let mut bulk = Vec::new();
-    progress.add((plan.images.len() * bulk_plan.msses.len()) as u64);
     for image in &plan.images {
         let Some(upstream) = plan.config.upstream(&image.registry) else {
             notes.push(format!(
                 "{image}: no upstream for {} in the config, bulk transfer skipped",
                 image.registry
             ));
-            progress.add(0);
             continue;
         };
-        progress.step(&format!("bulk {image}"));
+        progress.add(bulk_plan.msses.len() as u64);
         let report = bulk::probe_image(image, upstream, &bulk_plan, || {
             progress.step(&format!("bulk {image}"))
         })
