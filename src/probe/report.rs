@@ -188,10 +188,11 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "berth probe on {} at {} ({} rounds, {:.1} s)",
+            "berth probe on {} at {} ({} round{}, {:.1} s)",
             self.host,
             self.started_at,
             self.settings.rounds,
+            if self.settings.rounds == 1 { "" } else { "s" },
             self.duration_ms as f64 / 1000.0
         );
         out.push_str(&self.path.render());

@@ -185,7 +185,8 @@ pub fn verdicts(e: &Evidence) -> Vec<Verdict> {
                     t.attempts,
                     classes(t, "connect_")
                 ),
-                "check the default route and firewall egress rules for port 443".into(),
+                "check the default route and the firewall egress rules for the target's port"
+                    .into(),
             ));
         }
         let http: u32 = t
