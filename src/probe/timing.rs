@@ -19,6 +19,8 @@ use super::failure::{FailureClass, io_source};
 
 /// Bytes of a response body read before the request counts as done (targets are API roots).
 const BODY_LIMIT: usize = 256 * 1024;
+/// Longest the (small) body of a probed URL may take to arrive.
+const BODY_DEADLINE: Duration = Duration::from_secs(30);
 /// Longest a system DNS lookup may take before it counts as failed.
 pub const DNS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Addresses probed per name and round (a CDN can return dozens).
@@ -226,7 +228,16 @@ pub async fn request_once(
         .map(str::to_string);
     let mut body = response.into_body();
     let mut read = 0usize;
+    let body_start = Instant::now();
     while read < BODY_LIMIT {
+        // A trickle that never quite stalls must still end.
+        if body_start.elapsed() > BODY_DEADLINE {
+            return fail(
+                s,
+                FailureClass::Stall,
+                format!("response body not done after {BODY_DEADLINE:?}"),
+            );
+        }
         match tokio::time::timeout(d.stall, body.frame()).await {
             Err(_) => {
                 return fail(
