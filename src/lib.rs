@@ -8,9 +8,12 @@
 //!            │
 //!   mirror     the use case: tag freshness, manifest and blob flows, stale serving
 //!      │    \
-//!      │     coalesce   one upstream fill, spooled to disk, streamed to every waiter
+//!      │     coalesce   one upstream fill, spooled to disk, streamed to every waiter;
+//!      │      │         singleflight, fill caps (bounded queue) — all drop/panic safe
 //!      ▼      │
-//!   upstream   the only HTTP client of upstreams: token auth, redirects, own TCP/TLS connector
+//!   upstream   the only HTTP client of upstreams and the owner of its protocol: typed fetches
+//!              (manifest, blob with Range resume, listings), the one retry loop, circuit
+//!              breaker, token auth and credential rules, redirects, own TCP/TLS connector
 //!   store      backends: content-addressed blobs, manifests and tag records (disk or S3);
 //!              housekeeping: scan → pins → LRU plan → evict, access times, verify, stats
 //!   oci        pure types, no I/O: Digest, Reference, Repository, OciPath, ErrorCode, the

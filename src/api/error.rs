@@ -29,6 +29,16 @@ impl ApiError {
         }
     }
 
+    /// A 500 `UNKNOWN`: a bug, contained.
+    pub(crate) fn internal(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "UNKNOWN",
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
     fn with_status(mut self, status: StatusCode) -> ApiError {
         self.status = status;
         self
@@ -88,7 +98,13 @@ impl From<MirrorError> for ApiError {
             // RFC 9111 §5.2.1.7: only-if-cached and not stored → 504.
             MirrorError::NotCached(_) => ApiError::new(ErrorCode::Unavailable, message)
                 .with_status(StatusCode::GATEWAY_TIMEOUT),
-            MirrorError::Store(_) | MirrorError::Raced => ApiError {
+            MirrorError::Busy { retry_after, .. } => ApiError::new(ErrorCode::Unavailable, message)
+                .with_status(StatusCode::SERVICE_UNAVAILABLE)
+                .with_header(RETRY_AFTER, retry_after.as_secs().max(1)),
+            MirrorError::TooLarge { .. } | MirrorError::Refused { .. } => {
+                ApiError::new(ErrorCode::Unavailable, message).with_status(StatusCode::BAD_GATEWAY)
+            }
+            MirrorError::Store(_) | MirrorError::Internal(_) => ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 code: "UNKNOWN",
                 message,

@@ -11,7 +11,7 @@ use http::header::{
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 use super::ApiError;
-use crate::mirror::{BlobBody, ByteRange, Lookup, Mirror, MirrorError};
+use crate::mirror::{BlobBody, ByteRange, ListingBody, Lookup, Mirror, MirrorError};
 use crate::oci::{Digest, Endpoint, ErrorCode, OciPath};
 
 const DIGEST_HEADER: &str = "docker-content-digest";
@@ -90,18 +90,17 @@ async fn handle(
             Ok(blob_response(&digest, blob))
         }
         Endpoint::Tags => {
-            let (body, content_type) = mirror
+            let listing = mirror
                 .tag_list(&target, query.tags_query().as_deref())
                 .await?;
-            Ok(passthrough_response(body, content_type, "application/json"))
+            Ok(passthrough_response(listing, "application/json"))
         }
         Endpoint::Referrers(digest) => {
-            let (body, content_type) = mirror
+            let listing = mirror
                 .referrers(&target, &digest, query.referrers_query().as_deref())
                 .await?;
             Ok(passthrough_response(
-                body,
-                content_type,
+                listing,
                 "application/vnd.oci.image.index.v1+json",
             ))
         }
@@ -130,17 +129,15 @@ fn blob_response(digest: &Digest, blob: BlobBody) -> Response {
     builder.body(body).unwrap_or_default()
 }
 
-fn passthrough_response(
-    body: bytes::Bytes,
-    content_type: Option<String>,
-    default_type: &'static str,
-) -> Response {
+fn passthrough_response(listing: ListingBody, default_type: &'static str) -> Response {
     Response::builder()
         .header(
             CONTENT_TYPE,
-            content_type.unwrap_or_else(|| default_type.to_string()),
+            listing
+                .content_type
+                .unwrap_or_else(|| default_type.to_string()),
         )
-        .body(Body::from(body))
+        .body(Body::from_stream(listing.body))
         .unwrap_or_default()
 }
 
@@ -159,17 +156,30 @@ fn lookup(headers: &HeaderMap) -> Lookup {
     }
 }
 
-/// The client's `Accept` list as bare media types (parameters such as `q=` dropped).
+/// At most this many `Accept` entries are read, each at most this long; the rest is ignored
+/// (real clients send fewer than ten).
+const MAX_ACCEPT_ENTRIES: usize = 64;
+const MAX_MEDIA_TYPE_LEN: usize = 255;
+
+/// The client's `Accept` list as bare media types (parameters such as `q=` dropped), capped
+/// and deduplicated in linear time.
 fn accept_list(headers: &HeaderMap) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
     headers
         .get_all(ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.split(';').next().unwrap_or("").trim().to_string())
-        .filter(|t| !t.is_empty())
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .filter(|t| !t.is_empty() && t.len() <= MAX_MEDIA_TYPE_LEN)
+        .filter(|t| seen.insert(*t))
+        .take(MAX_ACCEPT_ENTRIES)
+        .map(str::to_string)
         .collect()
 }
+
+/// Page sizes above this are asked of the upstream as this.
+const MAX_TAGS_PAGE: u64 = 10_000;
 
 /// The query parameters berth understands; the rest are ignored.
 struct Query {
@@ -201,8 +211,8 @@ impl Query {
 
     fn tags_query(&self) -> Option<String> {
         let mut out = url::form_urlencoded::Serializer::new(String::new());
-        if let Some(n) = &self.n {
-            out.append_pair("n", n);
+        if let Some(n) = self.n.as_deref().and_then(|n| n.trim().parse::<u64>().ok()) {
+            out.append_pair("n", &n.min(MAX_TAGS_PAGE).to_string());
         }
         if let Some(last) = &self.last {
             out.append_pair("last", last);

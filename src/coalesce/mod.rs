@@ -7,11 +7,12 @@
 //! response is held back until the writer reports the content verified, so a bad fill can
 //! never be delivered as a complete response. Verified is not yet durable: readers finish as
 //! soon as the digest matches, while the writer still syncs and commits (an fsync of a large
-//! blob must not delay every client's last byte). A writer dropped without `complete()` wakes
+//! blob must not delay every client's last byte). A writer dropped before its commit wakes
 //! its readers with [`FillFailure::Abandoned`].
 
 mod reader;
 mod singleflight;
+mod slots;
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -21,7 +22,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 pub use reader::FillReader;
+pub use singleflight::FlightAbandoned;
 pub use singleflight::Singleflight;
+pub use slots::{Busy, Slot, Slots};
 
 /// Why a fill ended without content.
 #[derive(Debug, Clone)]
@@ -172,7 +175,8 @@ where
     }
 }
 
-/// The producer's end of a fill. Only `complete()` reports success; dropping it fails the fill.
+/// The producer's end of a fill: `start` → `append`… → `verified()` → `commit()`, in that
+/// order by construction. Dropping it (or a [`VerifiedFill`]) before the end fails the fill.
 pub struct FillWriter<K: Hash + Eq + Clone, E: Clone> {
     key: K,
     inflight: Arc<Mutex<HashMap<K, Arc<Fill<E>>>>>,
@@ -213,35 +217,14 @@ impl<K: Hash + Eq + Clone, E: Clone> FillWriter<K, E> {
     }
 
     /// The content matched its digest: readers may deliver their last byte now, before the
-    /// (slower) sync and commit. Sets the total for upstreams that sent no length.
-    pub fn mark_verified(&self) {
+    /// (slower) sync and commit. Sets the total for upstreams that sent no length. The only
+    /// way on from here is [`VerifiedFill::commit`].
+    pub fn verified(self) -> VerifiedFill<K, E> {
         self.state.send_modify(|s| {
             s.total = Some(s.written);
             s.verified = true;
         });
-    }
-
-    /// Flushes the spool to disk; call before handing the file to the store.
-    pub async fn sync(&self) -> std::io::Result<()> {
-        let file = self.spool.clone();
-        tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .map_err(std::io::Error::other)?
-    }
-
-    /// The spool file's path, for the store to adopt after verification.
-    pub fn spool_path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The store now owns the spool file (it was moved or uploaded); don't delete it on drop.
-    pub fn mark_committed(&mut self) {
-        self.committed = true;
-    }
-
-    /// Success: the content is verified and stored. Readers may now deliver the last byte.
-    pub fn complete(mut self) {
-        self.finish(Ok(()));
+        VerifiedFill { writer: self }
     }
 
     /// Failure: readers abort their responses; the next request starts a fresh fill.
@@ -264,6 +247,37 @@ impl<K: Hash + Eq + Clone, E: Clone> FillWriter<K, E> {
         if !self.committed {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// A fill whose content matched its digest; readers already deliver every byte.
+pub struct VerifiedFill<K: Hash + Eq + Clone, E: Clone> {
+    writer: FillWriter<K, E>,
+}
+
+impl<K: Hash + Eq + Clone, E: Clone> VerifiedFill<K, E> {
+    /// Syncs the spool file and hands it to `store` (which moves or uploads it), then
+    /// completes the fill. If the sync or the store fails, the verified bytes are still
+    /// served to the readers already following, uncached; the error is returned for the log.
+    pub async fn commit<F, Fut>(mut self, store: F) -> Result<(), String>
+    where
+        F: FnOnce(PathBuf) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let file = self.writer.spool.clone();
+        let synced = tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        let result = match synced {
+            Err(e) => Err(format!("cannot sync the spool file: {e}")),
+            Ok(()) => store(self.writer.path.clone()).await,
+        };
+        if result.is_ok() {
+            self.writer.committed = true;
+        }
+        self.writer.finish(Ok(()));
+        result
     }
 }
 
@@ -293,7 +307,11 @@ mod tests {
         let fills = TestFills::new(dir.path()).unwrap();
         let (_fill, writer) = leader(&fills);
         assert!(matches!(fills.join("k").unwrap(), Joined::Follower(_)));
-        writer.complete();
+        writer
+            .verified()
+            .commit(|_| async { Ok(()) })
+            .await
+            .unwrap();
         assert_eq!(fills.in_flight(), 0);
         assert!(
             matches!(fills.join("k").unwrap(), Joined::Leader(..)),
@@ -357,7 +375,7 @@ mod tests {
             .append(bytes::Bytes::from_static(b"hello"))
             .await
             .unwrap();
-        writer.mark_verified();
+        let verified = writer.verified();
         let body: Vec<u8> = tokio::time::timeout(
             std::time::Duration::from_secs(5),
             fill.reader(0, None)
@@ -370,7 +388,10 @@ mod tests {
         assert_eq!(body, b"hello");
         // A reader that joined before a failed commit still gets the verified bytes.
         let late = fill.reader(1, None).into_stream();
-        writer.fail("disk full while committing".into());
+        let committed = verified
+            .commit(|_| async { Err("disk full while committing".to_string()) })
+            .await;
+        assert!(committed.is_err());
         let rest: Vec<u8> = late.map(|c| c.unwrap().to_vec()).concat().await;
         assert_eq!(rest, b"ello");
     }
@@ -387,7 +408,14 @@ mod tests {
                 .await
                 .unwrap();
         }
-        writer.complete();
+        writer
+            .verified()
+            .commit(|path| async move {
+                assert!(path.exists(), "the store gets the synced spool file");
+                Ok(())
+            })
+            .await
+            .unwrap();
         let body: Vec<u8> = fill
             .reader(2, None)
             .into_stream()

@@ -36,6 +36,8 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     /// Bytes of manifests kept in memory in front of the store.
     pub manifest_memory_cache: u64,
+    /// Blob fills running at once across all upstreams; more wait in a bounded queue.
+    pub max_fills: u32,
     /// Bearer token for `/_berth/` admin endpoints; without one they answer 404.
     pub admin_token: Option<AdminToken>,
     /// The nodes' platforms: what `berth prewarm` fetches by default.
@@ -166,6 +168,13 @@ pub struct Upstream {
     pub credentials: Option<Credentials>,
     /// Extra CA (PEM) trusted for this upstream's TLS, on top of the public roots.
     pub ca_file: Option<PathBuf>,
+    /// Hosts besides the upstream's own that may receive its credentials as a token realm
+    /// and may resolve to non-public addresses (lower-case, no port).
+    pub trusted_hosts: Vec<String>,
+    /// Blobs larger than this are refused (with or without a Content-Length). `None` = no cap.
+    pub max_blob_size: Option<u64>,
+    /// Blob fills from this upstream running at once; more wait in a bounded queue.
+    pub max_fills: u32,
     /// How long a tag → digest answer is trusted without asking the upstream.
     pub tag_ttl: Duration,
     /// One-component names get `library/` (Docker Hub's official images).
@@ -247,6 +256,8 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_S3_REGION: &str = "us-east-1";
+pub const DEFAULT_MAX_FILLS: u32 = 32;
+pub const DEFAULT_MAX_FILLS_TOTAL: u32 = 128;
 /// The hot tier in front of S3 unless `local_max_size` says otherwise.
 pub const DEFAULT_LOCAL_MAX_SIZE: u64 = 10 * 1024 * 1024 * 1024;
 

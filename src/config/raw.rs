@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub mirror_url: Option<String>,
     pub advertise_url: Option<String>,
     pub manifest_memory_cache_mb: Option<u64>,
+    pub max_fills: Option<u32>,
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
     pub platforms: Option<Vec<String>>,
@@ -93,6 +94,9 @@ pub struct RawUpstream {
     #[serde(default, with = "humantime_serde")]
     pub breaker_cooldown: Option<Duration>,
     pub retry_budget: Option<u32>,
+    pub trusted_hosts: Option<Vec<String>>,
+    pub max_blob_size: Option<RawSize>,
+    pub max_fills: Option<u32>,
 }
 
 impl RawConfig {

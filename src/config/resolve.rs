@@ -10,7 +10,7 @@ use url::Url;
 use super::raw::{RawConfig, RawUpstream};
 use super::{
     AdminToken, BUILTIN_UPSTREAMS, Config, ConfigError, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
-    DEFAULT_PLATFORMS, Overrides,
+    DEFAULT_MAX_FILLS_TOTAL, DEFAULT_PLATFORMS, Overrides,
 };
 use crate::oci::Platform;
 
@@ -107,6 +107,10 @@ impl RawConfig {
             advertise_url,
             upstreams,
             manifest_memory_cache: self.manifest_memory_cache_mb.unwrap_or(64) * 1024 * 1024,
+            max_fills: match self.max_fills {
+                Some(0) => return Err(ConfigError::new("max_fills", "must be at least 1")),
+                n => n.unwrap_or(DEFAULT_MAX_FILLS_TOTAL),
+            },
             store,
             admin_token,
             platforms,

@@ -5,7 +5,7 @@ use super::raw::RawUpstream;
 use super::resolve::{
     check_pem_certificates, parse_http_url, read_secret_file, valid_registry_name,
 };
-use super::{ConfigError, Credentials, DEFAULT_TAG_TTL, Transport, Upstream};
+use super::{ConfigError, Credentials, DEFAULT_MAX_FILLS, DEFAULT_TAG_TTL, Transport, Upstream};
 
 /// Keys that name one registry's account or address: never inherited from the defaults.
 pub(super) const NOT_IN_DEFAULTS: [&str; 5] = [
@@ -45,7 +45,10 @@ impl RawUpstream {
             min_speed_window,
             breaker_threshold,
             breaker_cooldown,
-            retry_budget
+            retry_budget,
+            trusted_hosts,
+            max_blob_size,
+            max_fills
         )
     }
 
@@ -171,12 +174,35 @@ impl RawUpstream {
             }
         }
 
+        let trusted_hosts = raw.trusted_hosts.unwrap_or_default();
+        if let Some(bad) = trusted_hosts
+            .iter()
+            .find(|h| h.is_empty() || h.contains(['/', ':', ' ', '@']))
+        {
+            return Err(ConfigError::new(
+                key("trusted_hosts"),
+                format!("`{bad}` is not a bare host name like \"auth.example.com\""),
+            ));
+        }
+        let max_blob_size = raw
+            .max_blob_size
+            .map(|size| size.bytes())
+            .transpose()
+            .map_err(|e| ConfigError::new(key("max_blob_size"), e))?;
+        let max_fills = raw.max_fills.unwrap_or(DEFAULT_MAX_FILLS);
+        if max_fills == 0 {
+            return Err(ConfigError::new(key("max_fills"), "must be at least 1"));
+        }
+
         let is_docker_hub = name == "docker.io" || url.host_str() == Some("registry-1.docker.io");
         Ok(Upstream {
             name: name.to_string(),
             url,
             credentials,
             ca_file,
+            trusted_hosts,
+            max_blob_size,
+            max_fills,
             tag_ttl: raw.tag_ttl.unwrap_or(DEFAULT_TAG_TTL),
             official_images_prefix: raw.official_images_prefix.unwrap_or(is_docker_hub),
             transport,

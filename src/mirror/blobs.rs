@@ -2,13 +2,10 @@
 
 use std::sync::Arc;
 
-use http::Method;
-use http::header::{CONTENT_LENGTH, CONTENT_RANGE};
-
-use crate::coalesce::{FillFailure, FillWriter, Joined};
+use crate::coalesce::{FillFailure, FillWriter, Joined, Slot, Slots};
 use crate::oci::{Digest, Hasher};
 use crate::store::{ByteStream, keys};
-use crate::upstream::{Kind, Request, UpstreamError};
+use crate::upstream::UpstreamError;
 
 use super::error::Reference as What;
 use super::{Lookup, Mirror, MirrorError, Target};
@@ -64,6 +61,28 @@ pub struct BlobBody {
     pub body: Option<ByteStream>,
 }
 
+/// Why a blob fill ended without content, as its followers see it.
+#[derive(Debug, Clone)]
+pub(super) enum FillError {
+    /// Another fill committed the blob while this one was starting: read the store instead.
+    Raced,
+    Failed(MirrorError),
+}
+
+impl std::fmt::Display for FillError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FillError::Raced => f.write_str("the blob appeared in the store while filling"),
+            FillError::Failed(e) => e.fmt(f),
+        }
+    }
+}
+
+/// How long a blob fill may wait for a slot under the `max_fills` caps before the client
+/// is told to come back, and how long it should wait then.
+pub(super) const FILL_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const BUSY_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Mirror {
     pub async fn blob(
         self: &Arc<Self>,
@@ -78,17 +97,25 @@ impl Mirror {
             self.metrics.cache_lookup("blob", size.is_some());
             let size = size
                 .ok_or_else(|| MirrorError::NotCached(format!("blob {}@{digest}", target.repo)))?;
-            return self.blob_from_store(digest, size, range, want_body).await;
+            return match self.blob_from_store(digest, size, range, want_body).await {
+                Err(FillError::Raced) => Err(MirrorError::NotCached(format!(
+                    "blob {}@{digest} (evicted just now)",
+                    target.repo
+                ))),
+                Err(FillError::Failed(e)) => Err(e),
+                Ok(body) => Ok(body),
+            };
         }
         // Two rounds at most: a fill that finds the blob committed meanwhile sends us to the store.
         for _ in 0..2 {
             match self.store.size(&keys::blob(digest)).await {
                 Ok(Some(size)) => {
                     match self.blob_from_store(digest, size, range, want_body).await {
-                        Err(MirrorError::Raced) => continue,
-                        other => {
+                        Err(FillError::Raced) => continue,
+                        Err(FillError::Failed(e)) => return Err(e),
+                        Ok(body) => {
                             self.metrics.cache_lookup("blob", true);
-                            return other;
+                            return Ok(body);
                         }
                     }
                 }
@@ -97,17 +124,80 @@ impl Mirror {
                 Err(e) => tracing::warn!(%digest, error = %e,
                     "cannot ask the store for the blob; filling from the upstream"),
             }
-            match self.blob_from_fill(target, digest, range, want_body).await {
-                Err(MirrorError::Raced) => continue,
-                other => {
-                    self.metrics.cache_lookup("blob", false);
-                    return other;
+            self.metrics.cache_lookup("blob", false);
+            let missing_key = (
+                target.upstream_name().to_string(),
+                target.repo.clone(),
+                digest.to_string(),
+            );
+            if self.missing.contains_key(&missing_key) {
+                return Err(MirrorError::from_upstream(
+                    target.upstream_name(),
+                    &target.repo,
+                    What::Blob(&digest.to_string()),
+                    UpstreamError::NotFound,
+                ));
+            }
+            if !want_body {
+                // A HEAD asks the upstream with a HEAD; it does not start a download.
+                return self.blob_head_upstream(target, digest, range).await;
+            }
+            match self.blob_from_fill(target, digest, range).await {
+                Err(FillError::Raced) => continue,
+                Err(FillError::Failed(e)) => {
+                    if matches!(e, MirrorError::BlobUnknown { .. }) {
+                        self.missing.insert(missing_key, ());
+                    }
+                    return Err(e);
                 }
+                Ok(body) => return Ok(body),
             }
         }
         Err(MirrorError::Store(
             "blob vanished from the store right after it was committed".into(),
         ))
+    }
+
+    async fn blob_head_upstream(
+        self: &Arc<Self>,
+        target: &Target,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<BlobBody, MirrorError> {
+        let total = target
+            .upstream
+            .head_blob(&target.repo, digest)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, UpstreamError::NotFound) {
+                    let key = (
+                        target.upstream_name().to_string(),
+                        target.repo.clone(),
+                        digest.to_string(),
+                    );
+                    self.missing.insert(key, ());
+                }
+            })
+            .map_err(|e| {
+                MirrorError::from_upstream(
+                    target.upstream_name(),
+                    &target.repo,
+                    What::Blob(&digest.to_string()),
+                    e,
+                )
+            })?;
+        let span = match (range, total) {
+            (Some(r), Some(size)) => Some(
+                r.resolve(size)
+                    .ok_or(MirrorError::RangeNotSatisfiable { size })?,
+            ),
+            _ => None,
+        };
+        Ok(BlobBody {
+            total,
+            range: span,
+            body: None,
+        })
     }
 
     async fn blob_from_store(
@@ -116,11 +206,11 @@ impl Mirror {
         size: u64,
         range: Option<ByteRange>,
         want_body: bool,
-    ) -> Result<BlobBody, MirrorError> {
+    ) -> Result<BlobBody, FillError> {
         let span = match range {
             Some(r) => Some(
                 r.resolve(size)
-                    .ok_or(MirrorError::RangeNotSatisfiable { size })?,
+                    .ok_or(FillError::Failed(MirrorError::RangeNotSatisfiable { size }))?,
             ),
             None => None,
         };
@@ -134,8 +224,8 @@ impl Mirror {
             {
                 Ok(stream) => Some(stream),
                 // Evicted between the size check and the open: fill it again.
-                Err(e) if e.is_not_found() => return Err(MirrorError::Raced),
-                Err(e) => return Err(e.into()),
+                Err(e) if e.is_not_found() => return Err(FillError::Raced),
+                Err(e) => return Err(FillError::Failed(e.into())),
             }
         } else {
             None
@@ -152,12 +242,10 @@ impl Mirror {
         target: &Target,
         digest: &Digest,
         range: Option<ByteRange>,
-        want_body: bool,
-    ) -> Result<BlobBody, MirrorError> {
-        let joined = self
-            .blob_fills
-            .join(digest.clone())
-            .map_err(|e| MirrorError::Store(format!("cannot create spool file: {e}")))?;
+    ) -> Result<BlobBody, FillError> {
+        let joined = self.blob_fills.join(digest.clone()).map_err(|e| {
+            FillError::Failed(MirrorError::Store(format!("cannot create spool file: {e}")))
+        })?;
         let fill = match joined {
             Joined::Follower(fill) => fill,
             Joined::Leader(fill, writer) => {
@@ -170,252 +258,163 @@ impl Mirror {
         };
         let total = fill.started().await.map_err(|e| match e {
             FillFailure::Failed(e) => e,
-            FillFailure::Abandoned => MirrorError::Store("the fill was abandoned".into()),
+            FillFailure::Abandoned => {
+                FillError::Failed(MirrorError::Store("the fill was abandoned".into()))
+            }
         })?;
         // A range needs the size; a chunked upstream that did not send one gets the whole blob.
         let span = match (range, total) {
             (Some(r), Some(size)) => Some(
                 r.resolve(size)
-                    .ok_or(MirrorError::RangeNotSatisfiable { size })?,
+                    .ok_or(FillError::Failed(MirrorError::RangeNotSatisfiable { size }))?,
             ),
             _ => None,
         };
-        let body = want_body.then(|| {
-            let (start, end) = match span {
-                Some((s, e)) => (s, Some(e + 1)),
-                None => (0, None),
-            };
-            fill.reader(start, end).into_stream()
-        });
+        let (start, end) = match span {
+            Some((s, e)) => (s, Some(e + 1)),
+            None => (0, None),
+        };
         Ok(BlobBody {
             total,
             range: span,
-            body,
+            body: Some(fill.reader(start, end).into_stream()),
         })
     }
 
-    /// The leader's work: download, hash, spool, verify, commit. Resumes a broken transfer
-    /// with `Range: bytes=<received>-`, keeping the running hash.
+    /// Slots under the upstream's and the global `max_fills` caps.
+    async fn fill_slots(&self, target: &Target) -> Result<(Slot, Slot), MirrorError> {
+        let busy = |_| MirrorError::Busy {
+            upstream: target.upstream_name().into(),
+            retry_after: BUSY_RETRY_AFTER,
+        };
+        let per_upstream = {
+            let mut slots = self.upstream_fill_slots.lock().unwrap();
+            slots
+                .entry(target.upstream_name().to_string())
+                .or_insert_with(|| {
+                    let cap = target.upstream.config().max_fills as usize;
+                    Arc::new(Slots::new(cap, cap * 4, FILL_QUEUE_WAIT))
+                })
+                .clone()
+        };
+        let upstream_slot = per_upstream.acquire().await.map_err(busy)?;
+        let global_slot = self.fill_slots.acquire().await.map_err(busy)?;
+        Ok((upstream_slot, global_slot))
+    }
+
+    /// The leader's work: wait for a slot, download (the upstream resumes broken transfers),
+    /// hash, spool, verify, commit.
     async fn fill_blob(
         &self,
         target: &Target,
         digest: &Digest,
-        mut writer: FillWriter<Digest, MirrorError>,
+        writer: FillWriter<Digest, FillError>,
     ) {
         if let Ok(Some(_)) = self.store.size(&keys::blob(digest)).await {
-            writer.fail(MirrorError::Raced);
+            writer.fail(FillError::Raced);
             return;
         }
         let upstream = target.upstream_name();
+        let _slots = match self.fill_slots(target).await {
+            Ok(slots) => slots,
+            Err(e) => {
+                tracing::warn!(%upstream, repo = %target.repo, %digest,
+                    "too many blob fills running and queued; the client is asked to retry");
+                writer.fail(FillError::Failed(e));
+                return;
+            }
+        };
+        let failed = |e: UpstreamError| {
+            FillError::Failed(MirrorError::from_upstream(
+                upstream,
+                &target.repo,
+                What::Blob(&digest.to_string()),
+                e,
+            ))
+        };
+        let max_size = target.upstream.config().max_blob_size;
+        let mut stream = match target
+            .upstream
+            .fetch_blob(&target.repo, digest, max_size)
+            .await
+        {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(%upstream, repo = %target.repo, %digest, error = %e, "blob fill failed");
+                writer.fail(failed(e));
+                return;
+            }
+        };
+        writer.start(stream.total());
         let mut hasher = Hasher::new(digest.algorithm());
-        let mut total: Option<u64> = None;
-        let mut failures_without_progress = 0;
-        let max_failures = target.upstream.config().transport.max_attempts;
+        let bytes_metric = self
+            .metrics
+            .upstream_blob_bytes
+            .get_or_create(&crate::metrics::UpstreamLabels {
+                upstream: upstream.into(),
+                kind: "blob",
+            })
+            .clone();
         loop {
-            let written_before = writer.written();
-            match self
-                .transfer(target, digest, &mut writer, &mut hasher, &mut total)
-                .await
-            {
-                Ok(()) => break,
-                // A local disk problem (e.g. ENOSPC): retrying the upstream cannot help. The
-                // failed writer deletes the spool file, so nothing partial stays behind.
-                Err(TransferError::Spool(e)) => {
-                    tracing::error!(%upstream, repo = %target.repo, %digest, received = writer.written(),
-                        error = %e, "cannot write the spool file; blob fill failed");
-                    writer.fail(MirrorError::Store(format!(
-                        "cannot write the spool file: {e}"
-                    )));
-                    return;
-                }
-                Err(TransferError::Upstream(e)) if e.is_retryable() => {
-                    if writer.written() > written_before {
-                        failures_without_progress = 0;
-                    }
-                    failures_without_progress += 1;
-                    if failures_without_progress >= max_failures {
+            match stream.next().await {
+                Ok(Some(chunk)) => {
+                    bytes_metric.inc_by(chunk.len() as u64);
+                    hasher.update(&chunk);
+                    // A local disk problem (e.g. ENOSPC): retrying the upstream cannot help.
+                    // The failed writer deletes the spool file, so nothing partial stays behind.
+                    if let Err(e) = writer.append(chunk).await {
                         tracing::error!(%upstream, repo = %target.repo, %digest, received = writer.written(),
-                            error = %e, "blob fill failed after {failures_without_progress} attempts without progress; giving up");
-                        writer.fail(MirrorError::from_upstream(
-                            upstream,
-                            &target.repo,
-                            What::Blob(&digest.to_string()),
-                            e,
-                        ));
+                            error = %e, "cannot write the spool file; blob fill failed");
+                        writer.fail(FillError::Failed(MirrorError::Store(format!(
+                            "cannot write the spool file: {e}"
+                        ))));
                         return;
                     }
-                    tracing::warn!(%upstream, repo = %target.repo, %digest, received = writer.written(), error = %e,
-                        "blob transfer broke; resuming");
                 }
-                Err(TransferError::Upstream(e)) => {
-                    tracing::warn!(%upstream, repo = %target.repo, %digest, error = %e, "blob fill failed");
-                    writer.fail(MirrorError::from_upstream(
-                        upstream,
-                        &target.repo,
-                        What::Blob(&digest.to_string()),
-                        e,
-                    ));
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(%upstream, repo = %target.repo, %digest, received = writer.written(),
+                        error = %e, "blob fill failed");
+                    writer.fail(failed(e));
                     return;
                 }
             }
         }
 
         let received = writer.written();
-        let verdict = if total.is_some_and(|t| t != received) {
-            Err(format!(
-                "received {received} bytes, upstream announced {}",
-                total.unwrap_or(0)
-            ))
-        } else {
-            let actual = hasher.finish();
-            if &actual == digest {
-                Ok(())
-            } else {
-                Err(format!("blob hashes to {actual}, expected {digest}"))
-            }
-        };
-        if let Err(cause) = verdict {
+        let actual = hasher.finish();
+        if &actual != digest {
             self.metrics.verify_failures.inc();
+            let cause = format!("blob hashes to {actual}, expected {digest}");
             tracing::error!(%upstream, repo = %target.repo, %digest, %cause, "blob failed verification; discarded");
-            writer.fail(MirrorError::Verification {
+            writer.fail(FillError::Failed(MirrorError::Verification {
                 upstream: upstream.into(),
                 cause,
-            });
+            }));
             return;
         }
         // Clients get their last byte now, not after the sync and the store commit (an fsync
         // or an S3 upload takes a while); requests arriving meanwhile join this fill.
-        writer.mark_verified();
-        if let Err(e) = writer.sync().await {
-            writer.fail(MirrorError::Store(format!("cannot sync spool file: {e}")));
-            return;
-        }
-        match self
-            .store
-            .commit_file(&keys::blob(digest), writer.spool_path())
-            .await
-        {
+        let committed = writer
+            .verified()
+            .commit(|spool| async move {
+                self.store
+                    .commit_file(&keys::blob(digest), &spool)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        match committed {
             Ok(()) => {
-                writer.mark_committed();
-                tracing::info!(%upstream, repo = %target.repo, %digest, bytes = received, "blob cached");
-                writer.complete();
+                tracing::info!(%upstream, repo = %target.repo, %digest, bytes = received, "blob cached")
             }
+            // The bytes are verified: the clients reading the spool still get them.
             Err(e) => {
-                // The bytes are verified: the clients reading the spool still get them.
                 tracing::error!(%upstream, repo = %target.repo, %digest, bytes = received, error = %e,
-                    "blob verified but could not be stored; served uncached");
-                writer.complete();
+                "blob verified but could not be stored; served uncached")
             }
         }
     }
-
-    /// One upstream request: from 0, or resuming at what the writer already has.
-    async fn transfer(
-        &self,
-        target: &Target,
-        digest: &Digest,
-        writer: &mut FillWriter<Digest, MirrorError>,
-        hasher: &mut Hasher,
-        total: &mut Option<u64>,
-    ) -> Result<(), TransferError> {
-        let have = writer.written();
-        let request = Request {
-            kind: Kind::Blob,
-            method: Method::GET,
-            repo: target.repo.clone(),
-            endpoint: format!("blobs/{digest}"),
-            query: None,
-            accept: None,
-            range_from: (have > 0).then_some(have),
-        };
-        let response = target.upstream.send(&request).await?;
-        let status = response.status();
-        let headers = response.headers();
-        let length: Option<u64> = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        // Bytes at the start of this response that we already have.
-        let mut skip = 0;
-        if have == 0 {
-            *total = length;
-            writer.start(*total);
-        } else if status == http::StatusCode::PARTIAL_CONTENT {
-            let start = headers
-                .get(CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(content_range_start);
-            if start != Some(have) {
-                return Err(UpstreamError::Protocol(format!(
-                    "asked for bytes from {have}, got Content-Range {start:?}"
-                ))
-                .into());
-            }
-        } else {
-            // The upstream ignored Range: read from 0 again and drop what we have.
-            tracing::info!(upstream = %target.upstream_name(), %digest, "upstream ignored Range; re-reading from 0");
-            skip = have;
-        }
-        let mut body = target.upstream.body(response.into_body());
-        while let Some(mut chunk) = body.next().await? {
-            self.metrics
-                .upstream_blob_bytes
-                .get_or_create(&crate::metrics::UpstreamLabels {
-                    upstream: target.upstream_name().into(),
-                    kind: "blob",
-                })
-                .inc_by(chunk.len() as u64);
-            if skip > 0 {
-                let n = skip.min(chunk.len() as u64);
-                skip -= n;
-                chunk = chunk.slice(n as usize..);
-                if chunk.is_empty() {
-                    continue;
-                }
-            }
-            if total.is_some_and(|t| writer.written() + chunk.len() as u64 > t) {
-                return Err(UpstreamError::Protocol(
-                    "upstream sent more bytes than it announced".into(),
-                )
-                .into());
-            }
-            hasher.update(&chunk);
-            writer.append(chunk).await.map_err(TransferError::Spool)?;
-        }
-        if total.is_some_and(|t| writer.written() < t) {
-            return Err(UpstreamError::Transport(format!(
-                "connection ended at {} of {} bytes",
-                writer.written(),
-                total.unwrap_or(0)
-            ))
-            .into());
-        }
-        Ok(())
-    }
-}
-
-/// Why one transfer stopped: the upstream, or our own disk (full, read-only, I/O error).
-enum TransferError {
-    Upstream(UpstreamError),
-    Spool(std::io::Error),
-}
-
-impl From<UpstreamError> for TransferError {
-    fn from(e: UpstreamError) -> Self {
-        TransferError::Upstream(e)
-    }
-}
-
-/// `bytes <start>-<end>/<total>` → start.
-fn content_range_start(value: &str) -> Option<u64> {
-    value
-        .trim()
-        .strip_prefix("bytes ")?
-        .split('-')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]
@@ -446,6 +445,5 @@ mod tests {
         ] {
             assert_eq!(ByteRange::parse(ignored), None, "{ignored}");
         }
-        assert_eq!(content_range_start("bytes 100-199/200"), Some(100));
     }
 }

@@ -53,9 +53,20 @@ pub enum MirrorError {
     NotCached(String),
     #[error("local storage failed: {0}")]
     Store(String),
-    /// Another fill committed the object while this one was starting; read the store instead.
-    #[error("object appeared in the store while filling")]
-    Raced,
+    /// Too many blob fills are running and queued; the client should come back.
+    #[error("{upstream}: too many blob downloads in progress; try again shortly")]
+    Busy {
+        upstream: String,
+        retry_after: Duration,
+    },
+    #[error("{upstream} serves something larger than berth's limit ({cause})")]
+    TooLarge { upstream: String, cause: String },
+    /// berth's upstream rules refused to go where the upstream pointed.
+    #[error("{upstream}: {cause}")]
+    Refused { upstream: String, cause: String },
+    /// A bug contained (a panic in shared work); the request fails, nothing stays poisoned.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl MirrorError {
@@ -108,6 +119,14 @@ impl MirrorError {
                 upstream,
                 cause: e.to_string(),
             },
+            UpstreamError::TooLarge { .. } => match reference {
+                Reference::Manifest(_) => MirrorError::ManifestTooLarge,
+                _ => MirrorError::TooLarge {
+                    upstream,
+                    cause: e.to_string(),
+                },
+            },
+            UpstreamError::Refused(cause) => MirrorError::Refused { upstream, cause },
         }
     }
 }
@@ -118,6 +137,12 @@ pub(crate) enum Reference<'a> {
     Manifest(&'a str),
     Blob(&'a str),
     Other,
+}
+
+impl From<crate::coalesce::FlightAbandoned> for MirrorError {
+    fn from(e: crate::coalesce::FlightAbandoned) -> Self {
+        MirrorError::Internal(e.to_string())
+    }
 }
 
 impl From<crate::store::StoreError> for MirrorError {

@@ -4,13 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderValue, Method};
 use tokio::time::Instant;
 
-use crate::oci::{Digest, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, Reference, Tag, accepts};
+use crate::oci::{Digest, MANIFEST_MEDIA_TYPES, Reference, Tag, accepts};
 use crate::store::{keys, manifest_form};
-use crate::upstream::{Kind, Request, UpstreamError};
+use crate::upstream::UpstreamError;
 
 use super::error::Reference as What;
 use super::tags::TagRecord;
@@ -59,16 +57,44 @@ impl Mirror {
             Reference::Tag(tag) => {
                 let record = self.resolve_tag(target, tag, accept).await?;
                 if !accepts(accept, &record.media_type) {
-                    // The client cannot take what the tag points to for everyone else; ask the
-                    // upstream for what it can take, without touching the shared tag record.
-                    return self
-                        .fetch_manifest(target, tag.as_str(), None, Some(accept))
-                        .await;
+                    return self.narrow_manifest(target, tag, accept).await;
                 }
                 self.manifest_by_digest(target, &record.digest, accept)
                     .await
             }
         }
+    }
+
+    /// The client cannot take what the tag points to for everyone else: ask the upstream for
+    /// what it can take, without touching the shared tag record. The answer is remembered per
+    /// Accept class for `tag_ttl`, so clients that differ only in Accept cost one GET, not one each.
+    async fn narrow_manifest(
+        self: &Arc<Self>,
+        target: &Target,
+        tag: &Tag,
+        accept: &[String],
+    ) -> Result<Arc<Manifest>, MirrorError> {
+        let mut class: Vec<&str> = accept.iter().map(String::as_str).collect();
+        class.sort_unstable();
+        let key = (
+            target.upstream_name().to_string(),
+            target.repo.clone(),
+            tag.clone(),
+            class.join(","),
+        );
+        if let Some((digest, at)) = self.narrow_tags.get(&key) {
+            if at.elapsed() < target.upstream.config().tag_ttl {
+                if let Some(m) = self.cached_manifest(&digest).await {
+                    return Ok(m);
+                }
+            }
+        }
+        let manifest = self
+            .fetch_manifest(target, &Reference::Tag(tag.clone()), None, Some(accept))
+            .await?;
+        self.narrow_tags
+            .insert(key, (manifest.digest.clone(), Instant::now()));
+        Ok(manifest)
     }
 
     /// Only what is stored: a tag answers from its last known record whatever its age.
@@ -130,13 +156,13 @@ impl Mirror {
             .run(key, async move {
                 this.fetch_manifest(
                     &target2,
-                    &digest2.to_string(),
+                    &Reference::Digest(digest2.clone()),
                     Some(&digest2),
                     Some(&accept),
                 )
                 .await
             })
-            .await
+            .await?
     }
 
     /// Tag → digest, honouring `tag_ttl`, revalidating with a HEAD, serving the last known
@@ -186,7 +212,7 @@ impl Mirror {
                     (Err(e), None) => Err(e),
                 }
             })
-            .await
+            .await?
     }
 
     async fn revalidate_tag(
@@ -199,19 +225,33 @@ impl Mirror {
         let upstream = target.upstream_name();
         if let Some(known) = known {
             // HEAD is free on Docker Hub's pull limit; only a changed digest costs a GET.
-            let request = Request {
-                kind: Kind::Manifest,
-                method: Method::HEAD,
-                repo: target.repo.clone(),
-                endpoint: format!("manifests/{tag}"),
-                query: None,
-                accept: Some(upstream_accept(accept)),
-                range_from: None,
-            };
-            let response = target.upstream.send(&request).await.map_err(|e| {
-                MirrorError::from_upstream(upstream, &target.repo, What::Manifest(tag.as_str()), e)
-            })?;
-            let digest = header_digest(response.headers());
+            let reference = Reference::Tag(tag.clone());
+            let missing_key = (upstream.to_string(), target.repo.clone(), tag.to_string());
+            if self.missing.contains_key(&missing_key) {
+                return Err(MirrorError::from_upstream(
+                    upstream,
+                    &target.repo,
+                    What::Manifest(tag.as_str()),
+                    UpstreamError::NotFound,
+                ));
+            }
+            let digest = target
+                .upstream
+                .head_manifest(&target.repo, &reference, &upstream_accept(accept))
+                .await
+                .inspect_err(|e| {
+                    if matches!(e, UpstreamError::NotFound) {
+                        self.missing.insert(missing_key.clone(), ());
+                    }
+                })
+                .map_err(|e| {
+                    MirrorError::from_upstream(
+                        upstream,
+                        &target.repo,
+                        What::Manifest(tag.as_str()),
+                        e,
+                    )
+                })?;
             if digest.as_ref() == Some(&known.digest)
                 && self.cached_manifest(&known.digest).await.is_some()
             {
@@ -225,7 +265,7 @@ impl Mirror {
             }
         }
         let manifest = self
-            .fetch_manifest(target, tag.as_str(), None, Some(accept))
+            .fetch_manifest(target, &Reference::Tag(tag.clone()), None, Some(accept))
             .await?;
         let record = TagRecord {
             digest: manifest.digest.clone(),
@@ -241,47 +281,41 @@ impl Mirror {
     async fn fetch_manifest(
         &self,
         target: &Target,
-        reference: &str,
+        reference: &Reference,
         expected: Option<&Digest>,
         accept: Option<&[String]>,
     ) -> Result<Arc<Manifest>, MirrorError> {
         let upstream = target.upstream_name();
         let failed = |e: UpstreamError| {
-            MirrorError::from_upstream(upstream, &target.repo, What::Manifest(reference), e)
+            MirrorError::from_upstream(
+                upstream,
+                &target.repo,
+                What::Manifest(&reference.to_string()),
+                e,
+            )
         };
-        let request = Request {
-            kind: Kind::Manifest,
-            method: Method::GET,
-            repo: target.repo.clone(),
-            endpoint: format!("manifests/{reference}"),
-            query: None,
-            accept: Some(upstream_accept(accept.unwrap_or_default())),
-            range_from: None,
-        };
-        let response = target.upstream.send(&request).await.map_err(failed)?;
-        let declared_len = response
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared_len.is_some_and(|len| len > MAX_MANIFEST_SIZE) {
-            return Err(MirrorError::ManifestTooLarge);
+        let missing_key = (
+            upstream.to_string(),
+            target.repo.clone(),
+            reference.to_string(),
+        );
+        if self.missing.contains_key(&missing_key) {
+            return Err(failed(UpstreamError::NotFound));
         }
-        let header_digest = header_digest(response.headers());
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
-            .filter(|v| !v.is_empty());
-        let bytes = target
+        let fetched = target
             .upstream
-            .read_to_bytes(response.into_body(), MAX_MANIFEST_SIZE)
-            .await
-            .map_err(|e| match e {
-                UpstreamError::Protocol(_) => MirrorError::ManifestTooLarge,
-                e => failed(e),
-            })?;
+            .fetch_manifest(
+                &target.repo,
+                reference,
+                &upstream_accept(accept.unwrap_or_default()),
+            )
+            .await;
+        if matches!(fetched, Err(UpstreamError::NotFound)) {
+            self.missing.insert(missing_key, ());
+        }
+        let fetched = fetched.map_err(failed)?;
+        let (bytes, header_digest) = (fetched.bytes, fetched.digest);
+        let content_type = fetched.media_type;
         let media_type = content_type.unwrap_or_else(|| sniff_media_type(&bytes));
 
         // By digest: the bytes must hash to it. By tag: to the upstream's Docker-Content-Digest.
@@ -322,25 +356,16 @@ impl Mirror {
 
 /// The full list of manifest types plus anything else the client named: a tag record is
 /// shared by every client, so it is made from the richest answer (an index, not one platform).
-fn upstream_accept(client: &[String]) -> HeaderValue {
+/// Linear in the client's list, which the API has already capped.
+fn upstream_accept(client: &[String]) -> Vec<&str> {
+    let mut seen: std::collections::HashSet<&str> = MANIFEST_MEDIA_TYPES.iter().copied().collect();
     let mut types: Vec<&str> = MANIFEST_MEDIA_TYPES.to_vec();
     for t in client {
-        if !types.contains(&t.as_str()) {
+        if seen.insert(t.as_str()) {
             types.push(t);
         }
     }
-    HeaderValue::from_str(&types.join(", "))
-        .unwrap_or_else(|_| HeaderValue::from_static(crate::oci::MANIFEST_MEDIA_TYPES[0]))
-}
-
-fn header_digest(headers: &http::HeaderMap) -> Option<Digest> {
-    headers
-        .get("docker-content-digest")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    types
 }
 
 /// For upstreams that send no Content-Type: the manifest's own `mediaType`, else OCI manifest.
@@ -366,11 +391,15 @@ mod tests {
 
     #[test]
     fn upstream_accept_keeps_client_extras() {
-        let value = upstream_accept(&[
+        let client: Vec<String> = vec![
             "application/vnd.docker.distribution.manifest.v1+prettyjws".into(),
             "*/*".into(),
-        ]);
-        let text = value.to_str().unwrap();
+            "application/vnd.oci.image.index.v1+json".into(),
+            "*/*".into(),
+        ];
+        let value = upstream_accept(&client);
+        assert_eq!(value.len(), 6, "known types and duplicates appear once");
+        let text = value.join(", ");
         assert!(text.starts_with("application/vnd.oci.image.index.v1+json"));
         assert!(text.contains("prettyjws"));
         assert!(text.ends_with("*/*"));

@@ -15,15 +15,19 @@ pub use crate::store::pins::{PinName, PinNameError, PinSet};
 pub use blobs::{BlobBody, ByteRange};
 pub use error::MirrorError;
 pub use manifests::Manifest;
+pub use passthrough::ListingBody;
 pub use routing::Target;
 
-use crate::coalesce::{Fills, Singleflight};
+use crate::coalesce::{Fills, Singleflight, Slots};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Repository, Tag};
 use crate::store::BlobStore;
 use crate::upstream::UpstreamClient;
 use tags::TagRecord;
+
+/// How long an upstream 404 for a tag, manifest or blob is believed without asking again.
+const MISSING_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where a lookup may look: a normal pull fills the cache from the upstream; `CacheOnly`
 /// (`Cache-Control: only-if-cached`) answers from what is stored and never asks an upstream.
@@ -38,7 +42,10 @@ pub struct Mirror {
     upstreams: BTreeMap<String, Arc<UpstreamClient>>,
     store: Arc<dyn BlobStore>,
     metrics: Arc<Metrics>,
-    blob_fills: Fills<Digest, MirrorError>,
+    blob_fills: Fills<Digest, blobs::FillError>,
+    /// The global `max_fills` cap, and one per upstream (made on first use).
+    fill_slots: Slots,
+    upstream_fill_slots: std::sync::Mutex<std::collections::HashMap<String, Arc<Slots>>>,
     /// Running fill tasks, so a graceful shutdown lets them verify and commit.
     fill_tasks: tokio_util::task::TaskTracker,
     /// Manifests by digest, in memory in front of the store.
@@ -47,6 +54,12 @@ pub struct Mirror {
     /// Last known tag → digest answers (also persisted in the store).
     tags: moka::sync::Cache<(String, Repository, Tag), TagRecord>,
     tag_flights: Singleflight<(String, Repository, Tag), Result<TagRecord, MirrorError>>,
+    /// What a tag gave clients whose Accept excludes the shared record's type, per Accept class.
+    narrow_tags:
+        moka::sync::Cache<(String, Repository, Tag, String), (Digest, tokio::time::Instant)>,
+    /// Recent upstream 404s (upstream, repo, tag or digest): a loop of bad references costs
+    /// one upstream request per [`MISSING_TTL`], not one each.
+    missing: moka::sync::Cache<(String, Repository, String), ()>,
 }
 
 impl Mirror {
@@ -67,7 +80,16 @@ impl Mirror {
             .max_capacity(config.manifest_memory_cache)
             .build();
         let tags = moka::sync::Cache::builder().max_capacity(100_000).build();
+        let narrow_tags = moka::sync::Cache::builder().max_capacity(10_000).build();
+        let missing = moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(MISSING_TTL)
+            .build();
+        let cap = config.max_fills as usize;
+        let fill_slots = Slots::new(cap, cap * 4, blobs::FILL_QUEUE_WAIT);
         Ok(Mirror {
+            fill_slots,
+            upstream_fill_slots: Default::default(),
             config,
             upstreams,
             store,
@@ -78,6 +100,8 @@ impl Mirror {
             manifest_flights: Singleflight::default(),
             tags,
             tag_flights: Singleflight::default(),
+            narrow_tags,
+            missing,
         })
     }
 

@@ -8,16 +8,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Method};
-
 use super::failure::FailureClass;
 use super::report::{BulkReport, BulkRun};
 use super::timing::Deadlines;
 use crate::config::Upstream;
 use crate::metrics::Metrics;
-use crate::oci::{MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, ManifestDoc, Platform};
+use crate::oci::{Digest, MANIFEST_MEDIA_TYPES, ManifestDoc, Platform, Reference};
 use crate::prewarm::references::ImageRef;
-use crate::upstream::{Kind, Request, ResponseUrl, UpstreamClient, UpstreamError};
+use crate::upstream::{UpstreamClient, UpstreamError};
 
 /// No transfer runs longer than this, however slowly it moves.
 const MAX_TRANSFER_TIME: Duration = Duration::from_secs(120);
@@ -70,7 +68,10 @@ fn class_of(e: &UpstreamError) -> FailureClass {
             FailureClass::Http(*status)
         }
         UpstreamError::TooManyRequests { .. } => FailureClass::Http(429),
-        UpstreamError::Protocol(_) | UpstreamError::Down { .. } => FailureClass::Reset,
+        UpstreamError::Protocol(_)
+        | UpstreamError::Down { .. }
+        | UpstreamError::TooLarge { .. }
+        | UpstreamError::Refused(_) => FailureClass::Protocol,
     }
 }
 
@@ -95,7 +96,7 @@ pub async fn probe_image(
         probe_upstream(upstream, upstream.transport.tcp_mss, &plan.deadlines),
         Arc::new(Metrics::default()),
     ) {
-        Ok(c) => c,
+        Ok(c) => Arc::new(c),
         Err(e) => {
             report.error = Some(format!("cannot set up a client: {e}"));
             return report;
@@ -108,7 +109,7 @@ pub async fn probe_image(
             return report;
         }
     };
-    report.layer = Some(digest.clone());
+    report.layer = Some(digest.to_string());
     report.layer_size = Some(size);
     for mss in &plan.msses {
         let (run, host) = transfer(image, upstream, &digest, size, *mss, plan).await;
@@ -123,38 +124,25 @@ pub async fn probe_image(
 }
 
 async fn fetch_manifest(
-    client: &UpstreamClient,
+    client: &Arc<UpstreamClient>,
     image: &ImageRef,
-    reference: &str,
+    reference: &Reference,
 ) -> Result<ManifestDoc, String> {
-    let accept = HeaderValue::from_str(&MANIFEST_MEDIA_TYPES.join(", ")).ok();
-    let req = Request {
-        kind: Kind::Manifest,
-        method: Method::GET,
-        repo: image.repository.clone(),
-        endpoint: format!("manifests/{reference}"),
-        query: None,
-        accept,
-        range_from: None,
-    };
-    let response = client
-        .send(&req)
+    let fetched = client
+        .fetch_manifest(&image.repository, reference, &MANIFEST_MEDIA_TYPES)
         .await
         .map_err(|e| format!("manifest {reference}: {e}"))?;
-    let body = client
-        .read_to_bytes(response.into_body(), MAX_MANIFEST_SIZE)
-        .await
-        .map_err(|e| format!("manifest {reference}: {e}"))?;
-    ManifestDoc::parse(&body).map_err(|e| format!("manifest {reference} is not a manifest: {e}"))
+    ManifestDoc::parse(&fetched.bytes)
+        .map_err(|e| format!("manifest {reference} is not a manifest: {e}"))
 }
 
 /// (digest, size) of the largest layer of the image for `platform` (or the index's first entry).
 async fn largest_layer(
-    client: &UpstreamClient,
+    client: &Arc<UpstreamClient>,
     image: &ImageRef,
     platform: &Platform,
-) -> Result<(String, u64), String> {
-    let mut manifest = fetch_manifest(client, image, &image.reference().to_string()).await?;
+) -> Result<(Digest, u64), String> {
+    let mut manifest = fetch_manifest(client, image, &image.reference()).await?;
     for _ in 0..MAX_INDEX_DEPTH {
         if !manifest.is_index() {
             break;
@@ -167,21 +155,22 @@ async fn largest_layer(
             .or_else(|| manifest.entries().first())
             .ok_or("the image index lists no manifest")?
             .digest
-            .to_string();
-        manifest = fetch_manifest(client, image, &chosen).await?;
+            .clone();
+        manifest = fetch_manifest(client, image, &Reference::Digest(chosen)).await?;
     }
     manifest
         .pullable_layers()
         .max_by_key(|l| l.size)
-        .map(|l| (l.digest.to_string(), l.size))
+        .map(|l| (l.digest.clone(), l.size))
         .ok_or_else(|| "the manifest lists no layers".to_string())
 }
 
-/// One transfer on a fresh client; returns the run and the host the bytes came from.
+/// One transfer on a fresh client; returns the run and the URL the bytes came from. A break
+/// that the stream resumed still counts: the run is then not `complete`.
 async fn transfer(
     image: &ImageRef,
     upstream: &Upstream,
-    digest: &str,
+    digest: &Digest,
     size: u64,
     mss: Option<u32>,
     plan: &BulkPlan,
@@ -196,30 +185,24 @@ async fn transfer(
         mib_per_s: 0.0,
         error: None,
     };
-    let mut host = None;
+    let mut source = None;
+    let mut interrupted: Option<(u32, UpstreamError)> = None;
     let result = tokio::time::timeout(MAX_TRANSFER_TIME, async {
-        let client = UpstreamClient::new(
-            probe_upstream(upstream, mss, &plan.deadlines),
-            Arc::new(Metrics::default()),
-        )
-        .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-        let req = Request {
-            kind: Kind::Blob,
-            method: Method::GET,
-            repo: image.repository.clone(),
-            endpoint: format!("blobs/{digest}"),
-            query: None,
-            accept: None,
-            range_from: None,
-        };
-        let response = client.send(&req).await?;
-        host = response
-            .extensions()
-            .get::<ResponseUrl>()
-            .map(|u| u.0.clone());
-        let mut body = client.body(response.into_body());
+        let client = Arc::new(
+            UpstreamClient::new(
+                probe_upstream(upstream, mss, &plan.deadlines),
+                Arc::new(Metrics::default()),
+            )
+            .map_err(|e| UpstreamError::Protocol(e.to_string()))?,
+        );
+        let mut stream = client.fetch_blob(&image.repository, digest, None).await?;
+        source = stream.source().cloned();
         while run.bytes < want {
-            match body.next().await? {
+            let next = stream.next().await;
+            if let (n, Some(e)) = stream.interruptions() {
+                interrupted = Some((n, e.clone()));
+            }
+            match next? {
                 Some(chunk) => run.bytes += chunk.len() as u64,
                 None => break,
             }
@@ -247,9 +230,14 @@ async fn transfer(
             run.outcome = FailureClass::Reset.name();
             run.error = Some(format!("body ended after {} of {want} bytes", run.bytes));
         }
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => {
+            if let Some((n, e)) = interrupted {
+                run.outcome = class_of(&e).name();
+                run.error = Some(format!("broke {n} times and was resumed; last: {e}"));
+            }
+        }
     }
-    (run, host)
+    (run, source)
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ pub enum FailureClass {
     Stall,
     /// An HTTP status that says the far end is unhappy (5xx, 429, 404 …).
     Http(u16),
+    /// An answer berth cannot use (bad redirect, a downgrade it refuses, over a size limit).
+    Protocol,
 }
 
 impl FailureClass {
@@ -37,6 +39,7 @@ impl FailureClass {
             FailureClass::Reset => "reset".into(),
             FailureClass::Stall => "stall".into(),
             FailureClass::Http(status) => format!("http_{status}"),
+            FailureClass::Protocol => "protocol_error".into(),
         }
     }
 

@@ -1,225 +1,359 @@
-//! Registry authentication: `WWW-Authenticate` challenges and cached bearer tokens.
+//! Who gets which credentials: Basic only to the upstream's own authority; a token realm gets
+//! the upstream's credentials only over https (unless the upstream itself is plain http) and
+//! only on the upstream's host or a host listed in `trusted_hosts`. Anyone else who challenges
+//! (a redirect target, a foreign or plain-http realm) gets an anonymous token request or nothing.
+//!
+//! This file decides; `mod.rs` does the HTTP.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use base64::Engine as _;
+use http::HeaderValue;
+use url::Url;
 
-/// One challenge from a `WWW-Authenticate` header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Challenge {
-    Bearer {
-        realm: String,
-        service: Option<String>,
-        scope: Option<String>,
-    },
-    Basic,
+use super::UpstreamError;
+use super::challenge::Challenge;
+use super::tokens::{TokenCache, TokenKey};
+use crate::config::{Credentials, Upstream};
+use crate::oci::Repository;
+
+/// Token realms on another host than the registry, known to belong to it.
+const KNOWN_REALM_HOSTS: [(&str, &str); 1] = [("registry-1.docker.io", "auth.docker.io")];
+
+pub struct Auth {
+    home_host: String,
+    home_authority: String,
+    home_https: bool,
+    credentials: Option<Credentials>,
+    trusted_hosts: Vec<String>,
+    tokens: TokenCache,
+    /// The last challenge each authority (`host:port`) answered with; lets later requests
+    /// carry credentials up front instead of collecting a 401 first.
+    challenges: Mutex<HashMap<String, Challenge>>,
 }
 
-/// Parses every challenge in a header value (`Basic realm="x", Bearer realm="y",service="z"`).
-/// Unknown schemes are skipped.
-pub fn parse_challenges(header: &str) -> Vec<Challenge> {
-    let mut out = Vec::new();
-    let mut current: Option<(String, HashMap<String, String>)> = None;
-    let mut rest = header.trim();
-    while !rest.is_empty() {
-        rest = rest.trim_start_matches([',', ' ', '\t']);
-        let token_end = rest
-            .find(|c: char| c == '=' || c == ',' || c.is_whitespace())
-            .unwrap_or(rest.len());
-        let token = &rest[..token_end];
-        let after = rest[token_end..].trim_start_matches([' ', '\t']);
-        if token.is_empty() {
-            break;
-        }
-        if let Some(value_start) = after.strip_prefix('=') {
-            // An auth-param of the current challenge.
-            let (value, remaining) = parse_param_value(value_start.trim_start());
-            if let Some((_, params)) = current.as_mut() {
-                params.insert(token.to_ascii_lowercase(), value);
-            }
-            rest = remaining;
-        } else {
-            // A new scheme.
-            if let Some(done) = current.take() {
-                out.extend(to_challenge(done));
-            }
-            current = Some((token.to_ascii_lowercase(), HashMap::new()));
-            rest = after;
-        }
-    }
-    if let Some(done) = current.take() {
-        out.extend(to_challenge(done));
-    }
-    out
+/// What to send to an authority.
+pub enum Step {
+    /// Nothing (it never challenged us).
+    Anonymous,
+    Header(HeaderValue),
+    /// A token must be fetched first.
+    FetchToken(TokenRequest),
 }
 
-fn parse_param_value(text: &str) -> (String, &str) {
-    if let Some(quoted) = text.strip_prefix('"') {
-        let mut value = String::new();
-        let mut chars = quoted.char_indices();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, escaped)) = chars.next() {
-                        value.push(escaped);
+pub struct TokenRequest {
+    pub url: Url,
+    /// `Authorization: Basic` for the realm, when the rules allow it.
+    pub basic: Option<HeaderValue>,
+    pub key: TokenKey,
+}
+
+impl Auth {
+    pub fn new(config: &Upstream) -> Auth {
+        let home = &config.url;
+        let home_host = home.host_str().unwrap_or("").to_ascii_lowercase();
+        Auth {
+            home_authority: authority(home),
+            home_https: home.scheme() == "https",
+            credentials: config.credentials.clone(),
+            trusted_hosts: config
+                .trusted_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .chain(
+                    KNOWN_REALM_HOSTS
+                        .iter()
+                        .filter(|(registry, _)| *registry == home_host)
+                        .map(|(_, realm)| realm.to_string()),
+                )
+                .collect(),
+            home_host,
+            tokens: TokenCache::default(),
+            challenges: Mutex::default(),
+        }
+    }
+
+    pub fn is_home(&self, url: &Url) -> bool {
+        authority(url) == self.home_authority
+    }
+
+    /// May berth follow a redirect to `url`? An https upstream is never followed onto http.
+    pub fn check_redirect(&self, url: &Url) -> Result<(), UpstreamError> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(UpstreamError::Protocol(format!(
+                "redirect to an unsupported scheme at {}",
+                redacted(url)
+            )));
+        }
+        if self.home_https && url.scheme() == "http" {
+            tracing::warn!(target = %redacted(url), "refused a redirect from https to plain http");
+            return Err(UpstreamError::Refused(format!(
+                "redirect from https to plain http ({}) refused",
+                redacted(url)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records the challenges of a 401 from `authority`. A cached token for the same realm is
+    /// forgotten: a 401 despite it means it went bad.
+    pub fn challenged(
+        &self,
+        authority: String,
+        repo: &Repository,
+        challenges: Vec<Challenge>,
+    ) -> Result<(), UpstreamError> {
+        let chosen = challenges
+            .iter()
+            .find(|c| matches!(c, Challenge::Bearer { .. }))
+            .or_else(|| challenges.first())
+            .cloned()
+            .ok_or(UpstreamError::Denied { status: 401 })?;
+        if let Challenge::Bearer { realm, service, .. } = &chosen {
+            for with_credentials in [false, true] {
+                self.tokens.forget(&TokenKey {
+                    realm: realm.clone(),
+                    service: service.clone().unwrap_or_default(),
+                    scope: scope(repo),
+                    with_credentials,
+                });
+            }
+        }
+        if chosen == Challenge::Basic && authority != self.home_authority {
+            // A redirect target asking for a password gets none: it is not the registry.
+            tracing::warn!(%authority, "a host other than the upstream asked for Basic credentials; refused");
+            return Err(UpstreamError::Denied { status: 401 });
+        }
+        self.challenges.lock().unwrap().insert(authority, chosen);
+        Ok(())
+    }
+
+    /// What to send to `authority` for `repo`.
+    pub fn step(&self, authority: &str, repo: &Repository) -> Result<Step, UpstreamError> {
+        let challenge = self.challenges.lock().unwrap().get(authority).cloned();
+        let home = authority == self.home_authority;
+        match challenge {
+            None => Ok(Step::Anonymous),
+            Some(Challenge::Basic) if home => {
+                Ok(self.basic().map_or(Step::Anonymous, Step::Header))
+            }
+            Some(Challenge::Basic) => Ok(Step::Anonymous),
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                let mut url = Url::parse(&realm).map_err(|e| {
+                    UpstreamError::Protocol(format!("token realm is not a URL: {e}"))
+                })?;
+                // A plain-http realm of an https upstream still gets an anonymous request (an
+                // anonymous pull token is no secret), never the upstream's credentials.
+                match url.scheme() {
+                    "https" | "http" => {}
+                    _ => {
+                        return Err(UpstreamError::Protocol(format!(
+                            "token realm {} is not http(s)",
+                            redacted(&url)
+                        )));
                     }
                 }
-                '"' => return (value, &quoted[i + 1..]),
-                c => value.push(c),
+                // Credentials: only for a challenge from the registry itself, to a realm the
+                // registry owns. A foreign challenger could name our realm to harvest a token.
+                let with_credentials =
+                    home && self.credentials.is_some() && self.realm_may_get_credentials(&url);
+                let key = TokenKey {
+                    realm,
+                    service: service.unwrap_or_default(),
+                    scope: scope(repo),
+                    with_credentials,
+                };
+                if let Some(token) = self.tokens.get(&key) {
+                    return Ok(HeaderValue::from_str(&format!("Bearer {token}"))
+                        .map_or(Step::Anonymous, Step::Header));
+                }
+                {
+                    let mut query = url.query_pairs_mut();
+                    if !key.service.is_empty() {
+                        query.append_pair("service", &key.service);
+                    }
+                    query.append_pair("scope", &key.scope);
+                }
+                Ok(Step::FetchToken(TokenRequest {
+                    url,
+                    basic: if with_credentials { self.basic() } else { None },
+                    key,
+                }))
             }
         }
-        (value, "")
-    } else {
-        let end = text.find(',').unwrap_or(text.len());
-        (text[..end].trim().to_string(), &text[end..])
+    }
+
+    pub fn store_token(&self, key: TokenKey, token: String, lifetime: Duration) {
+        self.tokens.put(key, token, lifetime);
+    }
+
+    fn realm_may_get_credentials(&self, realm: &Url) -> bool {
+        let host = realm.host_str().unwrap_or("").to_ascii_lowercase();
+        (host == self.home_host || self.trusted_hosts.contains(&host))
+            && (realm.scheme() == "https" || !self.home_https)
+    }
+
+    fn basic(&self) -> Option<HeaderValue> {
+        let creds = self.credentials.as_ref()?;
+        let encoded = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", creds.username, creds.password));
+        let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+        value.set_sensitive(true);
+        Some(value)
     }
 }
 
-fn to_challenge((scheme, mut params): (String, HashMap<String, String>)) -> Option<Challenge> {
-    match scheme.as_str() {
-        "bearer" => Some(Challenge::Bearer {
-            realm: params.remove("realm")?,
-            service: params.remove("service"),
-            scope: params.remove("scope"),
-        }),
-        "basic" => Some(Challenge::Basic),
-        _ => None,
-    }
+pub fn scope(repo: &Repository) -> String {
+    format!("repository:{repo}:pull")
 }
 
-/// The token endpoint's answer (`token` or `access_token`; Docker's spec allows both).
-#[derive(Debug, serde::Deserialize)]
-pub struct TokenResponse {
-    pub token: Option<String>,
-    pub access_token: Option<String>,
-    pub expires_in: Option<u64>,
+pub fn authority(url: &Url) -> String {
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or("").to_ascii_lowercase(),
+        url.port_or_known_default().unwrap_or(0)
+    )
 }
 
-impl TokenResponse {
-    pub fn into_token(self) -> Option<(String, Duration)> {
-        let token = self.token.or(self.access_token).filter(|t| !t.is_empty())?;
-        // 60 s when absent, per the token spec.
-        Some((
-            token,
-            Duration::from_secs(self.expires_in.unwrap_or(60).max(1)),
-        ))
-    }
-}
-
-/// (realm, service, scope)
-type TokenKey = (String, String, String);
-
-/// Bearer tokens per (realm, service, scope), kept until shortly before they expire.
-#[derive(Default)]
-pub struct TokenCache {
-    tokens: std::sync::Mutex<HashMap<TokenKey, (String, Instant)>>,
-}
-
-impl TokenCache {
-    pub fn get(&self, realm: &str, service: &str, scope: &str) -> Option<String> {
-        let tokens = self.tokens.lock().unwrap();
-        let (token, expires) = tokens.get(&(realm.into(), service.into(), scope.into()))?;
-        (Instant::now() < *expires).then(|| token.clone())
-    }
-
-    pub fn put(&self, realm: &str, service: &str, scope: &str, token: String, lifetime: Duration) {
-        // Renew a little early so a token never expires in flight.
-        let margin = (lifetime / 10).min(Duration::from_secs(10));
-        let expires = Instant::now() + lifetime - margin;
-        let mut tokens = self.tokens.lock().unwrap();
-        tokens.retain(|_, (_, exp)| *exp > Instant::now());
-        tokens.insert(
-            (realm.into(), service.into(), scope.into()),
-            (token, expires),
-        );
-    }
-
-    pub fn forget(&self, realm: &str, service: &str, scope: &str) {
-        self.tokens
-            .lock()
-            .unwrap()
-            .remove(&(realm.into(), service.into(), scope.into()));
-    }
+/// A URL fit for logs and error bodies: no query (signatures), no user info.
+pub fn redacted(url: &Url) -> String {
+    format!(
+        "{}://{}{}",
+        url.scheme(),
+        authority(url),
+        url.path().chars().take(200).collect::<String>()
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
-    fn bearer(realm: &str, service: Option<&str>, scope: Option<&str>) -> Challenge {
-        Challenge::Bearer {
+    fn auth(url: &str, trusted: &str) -> Auth {
+        let text = format!(
+            "[upstreams.\"r.example\"]\nurl = {url:?}\nusername = \"u\"\npassword = \"p\"\n{trusted}\n"
+        );
+        let config = Config::from_toml(&text).unwrap();
+        Auth::new(&config.upstreams["r.example"])
+    }
+
+    fn repo() -> Repository {
+        "team/app".parse().unwrap()
+    }
+
+    fn bearer(realm: &str) -> Vec<Challenge> {
+        vec![Challenge::Bearer {
             realm: realm.into(),
-            service: service.map(Into::into),
-            scope: scope.map(Into::into),
+            service: Some("svc".into()),
+            scope: None,
+        }]
+    }
+
+    fn token_request(auth: &Auth, authority: &str) -> Result<TokenRequest, String> {
+        match auth.step(authority, &repo()) {
+            Ok(Step::FetchToken(t)) => Ok(t),
+            Ok(_) => Err("no token fetch".into()),
+            Err(e) => Err(e.to_string()),
         }
     }
 
     #[test]
-    fn parses_real_world_challenges() {
-        let cases: Vec<(&str, Vec<Challenge>)> = vec![
+    fn basic_goes_only_to_the_upstream_itself() {
+        let a = auth("https://r.example", "");
+        a.challenged("r.example:443".into(), &repo(), vec![Challenge::Basic])
+            .unwrap();
+        assert!(matches!(
+            a.step("r.example:443", &repo()),
+            Ok(Step::Header(_))
+        ));
+        let refused = a.challenged("cdn.example:443".into(), &repo(), vec![Challenge::Basic]);
+        assert!(refused.is_err(), "a redirect target asking for Basic");
+        assert!(matches!(
+            a.step("cdn.example:443", &repo()),
+            Ok(Step::Anonymous)
+        ));
+    }
+
+    #[test]
+    fn realm_credentials_follow_the_rules() {
+        let a = auth("https://r.example", "trusted_hosts = [\"auth.example\"]");
+        let cases = [
+            // (challenger, realm, credentials sent?)
+            ("r.example:443", "https://r.example/token", Ok(true)),
+            ("r.example:443", "https://auth.example/token", Ok(true)),
             (
-                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#,
-                vec![bearer(
-                    "https://auth.docker.io/token",
-                    Some("registry.docker.io"),
-                    Some("repository:library/busybox:pull"),
-                )],
+                "r.example:443",
+                "https://elsewhere.example/token",
+                Ok(false),
             ),
-            (
-                r#"Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:fluxcd/flux:pull""#,
-                vec![bearer(
-                    "https://ghcr.io/token",
-                    Some("ghcr.io"),
-                    Some("repository:fluxcd/flux:pull"),
-                )],
-            ),
-            (r#"Basic realm="Registry Realm""#, vec![Challenge::Basic]),
-            (
-                r#"Basic realm="quay", Bearer realm="https://quay.io/v2/auth",service="quay.io""#,
-                vec![
-                    Challenge::Basic,
-                    bearer("https://quay.io/v2/auth", Some("quay.io"), None),
-                ],
-            ),
-            (
-                r#"bearer REALM=https://r.example/token , service=svc"#,
-                vec![bearer("https://r.example/token", Some("svc"), None)],
-            ),
-            (r#"Bearer realm="a\"b""#, vec![bearer("a\"b", None, None)]),
-            (
-                r#"Negotiate abc, Bearer realm="x""#,
-                vec![bearer("x", None, None)],
-            ),
-            (r#"Bearer service="no realm""#, vec![]),
-            ("", vec![]),
+            ("cdn.example:443", "https://r.example/token", Ok(false)),
+            ("r.example:443", "http://r.example/token", Ok(false)),
         ];
-        for (header, want) in cases {
-            assert_eq!(parse_challenges(header), want, "{header}");
+        for (challenger, realm, want) in cases {
+            a.challenged(challenger.into(), &repo(), bearer(realm))
+                .unwrap();
+            let got = token_request(&a, challenger)
+                .map(|t| t.basic.is_some())
+                .map_err(|_| ());
+            assert_eq!(got, want, "{challenger} → {realm}");
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn tokens_expire() {
-        let cache = TokenCache::default();
-        cache.put("r", "s", "scope", "t".into(), Duration::from_secs(60));
-        assert_eq!(cache.get("r", "s", "scope").as_deref(), Some("t"));
-        assert_eq!(cache.get("r", "s", "other"), None);
-        tokio::time::advance(Duration::from_secs(55)).await;
-        assert_eq!(
-            cache.get("r", "s", "scope"),
-            None,
-            "renewed before the real expiry"
+    #[test]
+    fn a_plain_http_upstream_may_use_a_plain_http_realm() {
+        let a = auth("http://127.0.0.1:5000", "");
+        a.challenged(
+            "127.0.0.1:5000".into(),
+            &repo(),
+            bearer("http://127.0.0.1:5001/token"),
+        )
+        .unwrap();
+        let t = token_request(&a, "127.0.0.1:5000").unwrap();
+        assert!(t.basic.is_some(), "same host, plain upstream");
+        assert!(
+            t.url
+                .as_str()
+                .contains("scope=repository%3Ateam%2Fapp%3Apull")
         );
     }
 
     #[test]
-    fn token_response_defaults() {
-        let t: TokenResponse = serde_json::from_str(r#"{"access_token":"a"}"#).unwrap();
-        assert_eq!(t.into_token(), Some(("a".into(), Duration::from_secs(60))));
-        let t: TokenResponse = serde_json::from_str(r#"{"token":"b","expires_in":300}"#).unwrap();
-        assert_eq!(t.into_token(), Some(("b".into(), Duration::from_secs(300))));
-        let t: TokenResponse = serde_json::from_str(r#"{}"#).unwrap();
-        assert_eq!(t.into_token(), None);
+    fn docker_hub_realm_is_known() {
+        let a = auth("https://registry-1.docker.io", "");
+        a.challenged(
+            "registry-1.docker.io:443".into(),
+            &repo(),
+            bearer("https://auth.docker.io/token"),
+        )
+        .unwrap();
+        assert!(
+            token_request(&a, "registry-1.docker.io:443")
+                .unwrap()
+                .basic
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn redirects_never_downgrade() {
+        let a = auth("https://r.example", "");
+        assert!(
+            a.check_redirect(&"https://cdn.example/x?sig=1".parse().unwrap())
+                .is_ok()
+        );
+        let e = a
+            .check_redirect(&"http://cdn.example/x?sig=secret".parse().unwrap())
+            .unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        assert!(a.check_redirect(&"ftp://x/".parse().unwrap()).is_err());
+        let plain = auth("http://r.example", "");
+        assert!(
+            plain
+                .check_redirect(&"http://cdn.example/x".parse().unwrap())
+                .is_ok()
+        );
     }
 }

@@ -3,12 +3,18 @@
 //! Built by hand (socket2 → tokio → rustls) because no HTTP client exposes `TCP_MAXSEG`:
 //! clamping the MSS before `connect()` makes the upstream send segments small enough to
 //! cross a path MTU black hole. Connect and TLS handshake get separate deadlines.
+//!
+//! It is also where the address rule holds, after DNS resolution (so a rebinding name cannot
+//! slip past): a host other than the upstream's own — a redirect target, a token realm — may
+//! not lead into loopback, private, link-local, multicast or other non-public addresses,
+//! unless the upstream itself lives in such a range or lists the host in `trusted_hosts`.
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::{IpPreference, Transport};
+use crate::config::{IpPreference, Transport, Upstream};
 
 /// How long sent data may stay unacknowledged before the kernel gives up on the socket.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,11 +37,101 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 pub struct Connector {
     transport: Transport,
     tls: Arc<rustls::ClientConfig>,
+    addresses: Arc<AddressRule>,
 }
 
 impl Connector {
-    pub fn new(transport: Transport, tls: Arc<rustls::ClientConfig>) -> Connector {
-        Connector { transport, tls }
+    pub fn new(upstream: &Upstream, tls: Arc<rustls::ClientConfig>) -> Connector {
+        Connector {
+            transport: upstream.transport.clone(),
+            tls,
+            addresses: Arc::new(AddressRule::new(upstream)),
+        }
+    }
+}
+
+/// Which addresses a host may be dialled at.
+pub struct AddressRule {
+    home_host: String,
+    trusted_hosts: Vec<String>,
+    /// The upstream itself lives at a non-public address (set once its name resolves so):
+    /// then its redirects may too.
+    home_private: AtomicBool,
+}
+
+impl AddressRule {
+    pub fn new(upstream: &Upstream) -> AddressRule {
+        let home_host = bare_host(upstream.url.host_str().unwrap_or(""));
+        let literal_private = home_host.parse::<IpAddr>().is_ok_and(|ip| !is_public(ip));
+        AddressRule {
+            home_private: AtomicBool::new(literal_private || home_host == "localhost"),
+            trusted_hosts: upstream
+                .trusted_hosts
+                .iter()
+                .map(|h| bare_host(h))
+                .collect(),
+            home_host,
+        }
+    }
+
+    /// The addresses of `host` that may be dialled; an error naming the fix if none may.
+    pub fn filter(&self, host: &str, addrs: Vec<SocketAddr>) -> io::Result<Vec<SocketAddr>> {
+        let host = bare_host(host);
+        if host == self.home_host {
+            if addrs.iter().any(|a| !is_public(a.ip())) {
+                self.home_private.store(true, Ordering::Relaxed);
+            }
+            return Ok(addrs);
+        }
+        if self.trusted_hosts.contains(&host) || self.home_private.load(Ordering::Relaxed) {
+            return Ok(addrs);
+        }
+        let public: Vec<SocketAddr> = addrs.into_iter().filter(|a| is_public(a.ip())).collect();
+        if public.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{host} resolves only to non-public addresses; berth does not follow an upstream there \
+                     unless the upstream lists it in trusted_hosts"
+                ),
+            ));
+        }
+        Ok(public)
+    }
+}
+
+fn bare_host(host: &str) -> String {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+/// Globally routable, as far as berth is concerned.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_unspecified()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
     }
 }
 
@@ -134,7 +230,8 @@ impl Connector {
 
     /// Resolves and tries each address in turn.
     async fn dial(&self, host: &str, port: u16) -> io::Result<TcpStream> {
-        let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+        let mut addrs = self.addresses.filter(host, addrs)?;
         match self.transport.ip_preference {
             IpPreference::Auto => {}
             IpPreference::Ipv4 => addrs.sort_by_key(|a| !a.is_ipv4()),
@@ -278,5 +375,83 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(url: &str, trusted: &str) -> AddressRule {
+        let text = format!("[upstreams.\"r\"]\nurl = {url:?}\n{trusted}\n");
+        let config = crate::config::Config::from_toml(&text).unwrap();
+        AddressRule::new(&config.upstreams["r"])
+    }
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn non_public_ranges() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["1.1.1.1", "140.82.112.34", "2606:4700::1111"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn a_foreign_host_may_not_lead_into_the_private_network() {
+        let r = rule(
+            "https://registry.example",
+            "trusted_hosts = [\"minio.lan\"]",
+        );
+        let metadata = addrs(&["169.254.169.254:80"]);
+        let e = r.filter("cdn.example", metadata.clone()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("trusted_hosts"), "{e}");
+        // Rebinding: public and private answers mixed; only the public ones are dialled.
+        let mixed = addrs(&["127.0.0.1:443", "1.2.3.4:443"]);
+        assert_eq!(
+            r.filter("cdn.example", mixed).unwrap(),
+            addrs(&["1.2.3.4:443"])
+        );
+        assert!(r.filter("minio.lan", metadata.clone()).is_ok(), "trusted");
+        assert!(
+            r.filter("REGISTRY.example", metadata).is_ok(),
+            "the upstream itself"
+        );
+    }
+
+    #[test]
+    fn an_upstream_in_a_private_range_may_redirect_within_it() {
+        let r = rule("http://127.0.0.1:5000", "");
+        assert!(r.filter("127.0.0.1", addrs(&["127.0.0.1:5001"])).is_ok());
+        assert!(r.filter("other.lan", addrs(&["10.0.0.5:80"])).is_ok());
+        let named = rule("http://registry.lan:5000", "");
+        assert!(named.filter("cdn.lan", addrs(&["10.0.0.5:80"])).is_err());
+        named
+            .filter("registry.lan", addrs(&["10.0.0.4:5000"]))
+            .unwrap();
+        assert!(
+            named.filter("cdn.lan", addrs(&["10.0.0.5:80"])).is_ok(),
+            "once the upstream's own name resolved into a private range"
+        );
     }
 }

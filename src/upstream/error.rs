@@ -25,6 +25,12 @@ pub enum UpstreamError {
     Protocol(String),
     #[error("upstream is marked down after repeated failures; next probe in {retry_after:?}")]
     Down { retry_after: Duration },
+    /// Bigger than a limit berth sets (manifest size, `max_blob_size`).
+    #[error("larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// berth's own rules forbid following the upstream here (downgrade, private address).
+    #[error("refused by berth's upstream rules: {0}")]
+    Refused(String),
 }
 
 impl UpstreamError {
@@ -36,20 +42,24 @@ impl UpstreamError {
             }
             UpstreamError::TooManyRequests { .. } => true,
             UpstreamError::Status { status, .. } => *status >= 500,
-            UpstreamError::NotFound | UpstreamError::Denied { .. } | UpstreamError::Protocol(_) => {
-                false
-            }
+            UpstreamError::NotFound
+            | UpstreamError::Denied { .. }
+            | UpstreamError::Protocol(_)
+            | UpstreamError::TooLarge { .. }
+            | UpstreamError::Refused(_) => false,
             // Failing fast is the point of an open breaker.
             UpstreamError::Down { .. } => false,
         }
     }
 
-    /// Does this say the upstream is unhealthy (as opposed to answering "no")?
+    /// Does this say the path to the upstream is unhealthy (DNS, connect, TLS, timeouts,
+    /// resets, 5xx, 429), as opposed to an answer about the content (404, 401/403, too big)?
     pub fn counts_against_health(&self) -> bool {
         match self {
             UpstreamError::Transport(_) | UpstreamError::Timeout(_) | UpstreamError::Stalled(_) => {
                 true
             }
+            UpstreamError::TooManyRequests { .. } => true,
             UpstreamError::Status { status, .. } => *status >= 500,
             _ => false,
         }
@@ -70,6 +80,10 @@ impl UpstreamError {
             if let Some(io) = s.downcast_ref::<std::io::Error>() {
                 if io.kind() == std::io::ErrorKind::TimedOut {
                     return UpstreamError::Timeout(io.to_string());
+                }
+                // The connector's address rule (see connector.rs), not a network failure.
+                if io.kind() == std::io::ErrorKind::PermissionDenied {
+                    return UpstreamError::Refused(io.to_string());
                 }
                 return UpstreamError::Transport(io.to_string());
             }

@@ -1,76 +1,121 @@
-//! The only HTTP client of upstream registries: token auth, redirects, retries, stall-aware reads.
+//! The only HTTP client of upstream registries. It owns the protocol: typed calls
+//! (`fetch_manifest`, `head_manifest`, `fetch_blob`, `head_blob`, `fetch_listing`), token
+//! auth, redirects, retries, Range resume and stall-aware reads. Callers name no HTTP header.
+//!
+//! Every call goes through [`UpstreamClient::send`], the one retry owner: up to `max_attempts`
+//! header-stage attempts, each admitted by the circuit breaker. The breaker's probe runs in its
+//! own task, so a client that hangs up (or a deadline around the call) cannot cancel it.
 
 mod auth;
+mod blob;
+mod body;
+mod challenge;
 mod connector;
 mod error;
 mod health;
+mod retry;
+mod tokens;
 
-use std::collections::{HashMap, HashSet};
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{
-    ACCEPT, AUTHORIZATION, LOCATION, RANGE, RETRY_AFTER, USER_AGENT, WWW_AUTHENTICATE,
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE, RETRY_AFTER, USER_AGENT,
+    WWW_AUTHENTICATE,
 };
 use http::{HeaderValue, Method, Response, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use url::Url;
 
-pub use auth::{Challenge, parse_challenges};
+pub use blob::BlobStream;
+pub use body::BodyReader;
+pub use challenge::{Challenge, parse_challenges};
 pub use connector::tls_config;
 pub use error::UpstreamError;
 
 use crate::config::Upstream;
 use crate::metrics::Metrics;
-use crate::oci::Repository;
-use auth::{TokenCache, TokenResponse};
+use crate::oci::{Digest, Endpoint, MAX_MANIFEST_SIZE, Reference, Repository};
+use auth::{Auth, Step, authority, redacted};
 use connector::Connector;
-use health::Health;
+use health::{Health, Outcome};
+use retry::backoff;
 
 const MAX_HOPS: usize = 12;
 const MAX_TOKEN_BODY: u64 = 1024 * 1024;
-/// A `Retry-After` longer than this is passed to the client instead of waited out.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// At most this many bytes of media types go into one upstream `Accept` header.
+const MAX_ACCEPT_BYTES: usize = 4096;
 const USER_AGENT_VALUE: &str = concat!("berth/", env!("CARGO_PKG_VERSION"));
-
-/// Which API a request belongs to (metrics, scopes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Manifest,
-    Blob,
-    Tags,
-    Referrers,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Manifest => "manifest",
-            Kind::Blob => "blob",
-            Kind::Tags => "tags",
-            Kind::Referrers => "referrers",
-        }
-    }
-}
 
 /// One request to an upstream's `/v2/<repo>/<endpoint>`.
 #[derive(Debug, Clone)]
-pub struct Request {
-    pub kind: Kind,
-    pub method: Method,
-    pub repo: Repository,
-    /// Path below the repository: `manifests/<ref>`, `blobs/<digest>`, `tags/list`, ...
-    pub endpoint: String,
-    pub query: Option<String>,
-    pub accept: Option<HeaderValue>,
+struct Request {
+    method: Method,
+    repo: Repository,
+    endpoint: Endpoint,
+    query: Option<String>,
+    accept: Option<HeaderValue>,
     /// Ask for the bytes from this offset on (`Range: bytes=<n>-`).
-    pub range_from: Option<u64>,
+    range_from: Option<u64>,
+}
+
+impl Request {
+    fn new(method: Method, repo: &Repository, endpoint: Endpoint) -> Request {
+        Request {
+            method,
+            repo: repo.clone(),
+            endpoint,
+            query: None,
+            accept: None,
+            range_from: None,
+        }
+    }
+
+    /// Metrics label.
+    fn kind(&self) -> &'static str {
+        match self.endpoint {
+            Endpoint::Manifest(_) => "manifest",
+            Endpoint::Blob(_) => "blob",
+            Endpoint::Tags => "tags",
+            Endpoint::Referrers(_) => "referrers",
+        }
+    }
+
+    fn path(&self) -> String {
+        let endpoint = match &self.endpoint {
+            Endpoint::Manifest(r) => format!("manifests/{r}"),
+            Endpoint::Blob(d) => format!("blobs/{d}"),
+            Endpoint::Tags => "tags/list".into(),
+            Endpoint::Referrers(d) => format!("referrers/{d}"),
+        };
+        format!("/v2/{}/{endpoint}", self.repo)
+    }
+}
+
+/// A manifest as the upstream sent it; verification is the caller's business.
+pub struct FetchedManifest {
+    pub bytes: Bytes,
+    /// `Content-Type` without parameters, when the upstream sent one.
+    pub media_type: Option<String>,
+    /// `Docker-Content-Digest`, when the upstream sent one.
+    pub digest: Option<Digest>,
+}
+
+/// A tag list or referrers index, streamed through.
+pub struct Listing {
+    pub content_type: Option<String>,
+    pub body: BodyReader,
+}
+
+/// Which listing to fetch.
+pub enum ListingKind {
+    Tags,
+    Referrers(Digest),
 }
 
 /// Where a response really came from after redirects (a CDN host for most blobs); a
@@ -83,10 +128,7 @@ type HttpClient = Client<Connector, Empty<Bytes>>;
 pub struct UpstreamClient {
     config: Upstream,
     http: HttpClient,
-    tokens: TokenCache,
-    /// The last challenge each host (`host:port`) answered with; lets later requests
-    /// carry credentials up front instead of collecting a 401 first.
-    challenges: Mutex<HashMap<String, Challenge>>,
+    auth: Auth,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
 }
@@ -94,22 +136,24 @@ pub struct UpstreamClient {
 impl UpstreamClient {
     pub fn new(config: Upstream, metrics: Arc<Metrics>) -> io::Result<UpstreamClient> {
         let tls = connector::tls_config(config.ca_file.as_deref(), config.transport.http1_only)?;
-        let connector = Connector::new(config.transport.clone(), Arc::new(tls));
+        let connector = Connector::new(&config, Arc::new(tls));
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(16)
             .build(connector);
         let t = &config.transport;
+        // A probe is one attempt; past this it cannot still be honestly in flight.
+        let probe_deadline = t.connect_timeout + t.tls_timeout + t.header_timeout;
         let health = Arc::new(Health::new(
             t.breaker_threshold,
             t.breaker_cooldown,
+            probe_deadline,
             t.retry_budget,
         ));
         Ok(UpstreamClient {
+            auth: Auth::new(&config),
             config,
             http,
-            tokens: TokenCache::default(),
-            challenges: Mutex::default(),
             health,
             metrics,
         })
@@ -128,28 +172,102 @@ impl UpstreamClient {
         self.health.is_down()
     }
 
+    /// GETs a manifest (at most [`MAX_MANIFEST_SIZE`] bytes).
+    pub async fn fetch_manifest(
+        self: &Arc<Self>,
+        repo: &Repository,
+        reference: &Reference,
+        accept: &[&str],
+    ) -> Result<FetchedManifest, UpstreamError> {
+        let mut req = Request::new(Method::GET, repo, Endpoint::Manifest(reference.clone()));
+        req.accept = Some(accept_header(accept));
+        let response = self.send(&req).await?;
+        if content_length(&response).is_some_and(|len| len > MAX_MANIFEST_SIZE) {
+            return Err(UpstreamError::TooLarge {
+                limit: MAX_MANIFEST_SIZE,
+            });
+        }
+        let digest = header_digest(&response);
+        let media_type = content_type(&response);
+        let bytes = self
+            .body(response.into_body())
+            .read_to_end(MAX_MANIFEST_SIZE)
+            .await?;
+        Ok(FetchedManifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// HEADs a manifest: the digest the upstream names for it, if it says.
+    pub async fn head_manifest(
+        self: &Arc<Self>,
+        repo: &Repository,
+        reference: &Reference,
+        accept: &[&str],
+    ) -> Result<Option<Digest>, UpstreamError> {
+        let mut req = Request::new(Method::HEAD, repo, Endpoint::Manifest(reference.clone()));
+        req.accept = Some(accept_header(accept));
+        let response = self.send(&req).await?;
+        Ok(header_digest(&response))
+    }
+
+    /// HEADs a blob: its size, if the upstream says. Nothing is downloaded.
+    pub async fn head_blob(
+        self: &Arc<Self>,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<Option<u64>, UpstreamError> {
+        let req = Request::new(Method::HEAD, repo, Endpoint::Blob(digest.clone()));
+        let response = self.send(&req).await?;
+        Ok(content_length(&response))
+    }
+
+    /// A tag list or referrers index, streamed; `query` is passed through as it is.
+    pub async fn fetch_listing(
+        self: &Arc<Self>,
+        repo: &Repository,
+        kind: ListingKind,
+        query: Option<String>,
+    ) -> Result<Listing, UpstreamError> {
+        let endpoint = match kind {
+            ListingKind::Tags => Endpoint::Tags,
+            ListingKind::Referrers(d) => Endpoint::Referrers(d),
+        };
+        let mut req = Request::new(Method::GET, repo, endpoint);
+        req.query = query;
+        let response = self.send(&req).await?;
+        Ok(Listing {
+            content_type: content_type(&response),
+            body: self.body(response.into_body()),
+        })
+    }
+
+    /// A reader for a response body that detects stalls and (if configured) crawling transfers.
+    fn body(&self, body: Incoming) -> BodyReader {
+        BodyReader::new(body, &self.config.transport, self.health.clone())
+    }
+
     /// Sends the request, retrying transient failures with backoff, and returns a 2xx response
     /// (206 when a range was asked and honoured). Error statuses become [`UpstreamError`]s.
-    pub async fn send(&self, req: &Request) -> Result<Response<Incoming>, UpstreamError> {
+    async fn send(self: &Arc<Self>, req: &Request) -> Result<Response<Incoming>, UpstreamError> {
         let max = self.config.transport.max_attempts.max(1);
         let mut attempt = 1;
         loop {
-            if let Err(wait) = self.health.admit() {
-                return Err(UpstreamError::Down { retry_after: wait });
-            }
-            let result = self.attempt(req).await;
-            match &result {
-                Err(e) if e.counts_against_health() => self.health.record_failure(),
-                _ => self.health.record_success(),
-            }
+            let result = self.admitted_attempt(req).await;
             match result {
-                Err(e) if e.is_retryable() && attempt < max && self.health.take_retry() => {
+                Err(e) if e.is_retryable() && attempt < max => {
+                    let Some(token) = self.health.take_retry() else {
+                        return Err(e);
+                    };
                     let Some(delay) = backoff(attempt, e.retry_after()) else {
                         return Err(e);
                     };
-                    tracing::warn!(upstream = %self.config.name, repo = %req.repo, endpoint = %req.endpoint,
+                    tracing::warn!(upstream = %self.config.name, repo = %req.repo, endpoint = req.kind(),
                         attempt, error = %e, "upstream request failed; retrying in {delay:?}");
                     tokio::time::sleep(delay).await;
+                    token.spend();
                     attempt += 1;
                 }
                 other => return other,
@@ -157,40 +275,56 @@ impl UpstreamClient {
         }
     }
 
-    /// One attempt: follows redirects and answers auth challenges along the way.
+    /// One attempt, if the breaker lets it out; its outcome is reported to the breaker.
+    async fn admitted_attempt(
+        self: &Arc<Self>,
+        req: &Request,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let permit = self
+            .health
+            .admit()
+            .map_err(|wait| UpstreamError::Down { retry_after: wait })?;
+        if !permit.is_probe() {
+            let result = self.attempt(req).await;
+            permit.record(outcome(&result));
+            return result;
+        }
+        // The probe decides for every client: it runs to its end in its own task even if
+        // this caller goes away. If it panics, the dropped permit reopens the breaker.
+        let (this, req) = (self.clone(), req.clone());
+        let probe = tokio::spawn(async move {
+            let result = this.attempt(&req).await;
+            permit.record(outcome(&result));
+            result
+        });
+        probe
+            .await
+            .unwrap_or_else(|e| Err(UpstreamError::Transport(format!("probe task failed: {e}"))))
+    }
+
+    /// One attempt: follows redirects and answers auth challenges along the way. A 403/404
+    /// from a redirect target is asked of the registry once more (signed URLs expire); a
+    /// second one means the content is not there.
     async fn attempt(&self, req: &Request) -> Result<Response<Incoming>, UpstreamError> {
-        let mut url = self.url_for(req)?;
-        let registry_authority = authority(&url);
-        let mut answered_challenge = HashSet::new();
+        let home = self.url_for(req)?;
+        let mut url = home.clone();
+        let mut challenged = std::collections::HashSet::new();
+        let mut target_refusals = 0;
         for _ in 0..MAX_HOPS {
             let authority = authority(&url);
             let authorization = self.authorization(&authority, &req.repo).await?;
-            let response = self
-                .send_once(&req.method, &url, req, authorization, req.kind.as_str())
-                .await?;
+            let response = self.send_once(&url, req, authorization).await?;
             let status = response.status();
-            if status == StatusCode::UNAUTHORIZED && answered_challenge.insert(authority.clone()) {
-                let challenges: Vec<Challenge> = response
+            if status == StatusCode::UNAUTHORIZED && challenged.insert(authority.clone()) {
+                let challenges = response
                     .headers()
                     .get_all(WWW_AUTHENTICATE)
                     .iter()
                     .filter_map(|v| v.to_str().ok())
                     .flat_map(parse_challenges)
+                    .take(16)
                     .collect();
-                let chosen = challenges
-                    .iter()
-                    .find(|c| matches!(c, Challenge::Bearer { .. }))
-                    .or_else(|| challenges.first())
-                    .cloned();
-                let Some(challenge) = chosen else {
-                    return Err(UpstreamError::Denied { status: 401 });
-                };
-                if let Challenge::Bearer { realm, service, .. } = &challenge {
-                    // A 401 despite a cached token means the token went bad: fetch a new one.
-                    self.tokens
-                        .forget(realm, service.as_deref().unwrap_or(""), &scope(&req.repo));
-                }
-                self.challenges.lock().unwrap().insert(authority, challenge);
+                self.auth.challenged(authority, &req.repo, challenges)?;
                 continue;
             }
             if status.is_redirection() {
@@ -202,21 +336,22 @@ impl UpstreamClient {
                         UpstreamError::Protocol(format!("redirect {status} without Location"))
                     })?;
                 url = url.join(location).map_err(|e| {
-                    UpstreamError::Protocol(format!("bad redirect Location {location:?}: {e}"))
+                    UpstreamError::Protocol(format!("bad redirect Location from {authority}: {e}"))
                 })?;
-                if !matches!(url.scheme(), "http" | "https") {
-                    return Err(UpstreamError::Protocol(format!(
-                        "redirect to unsupported URL {url}"
-                    )));
-                }
+                self.auth.check_redirect(&url)?;
                 continue;
             }
-            let redirected = authority != registry_authority;
-            if redirected && matches!(status.as_u16(), 403 | 404 | 410) {
-                // Signed CDN URLs expire; the retry asks the registry for a fresh redirect.
-                return Err(UpstreamError::Transport(format!(
-                    "redirect target {authority} answered {status} (expired URL?)"
-                )));
+            if !self.auth.is_home(&url) && matches!(status.as_u16(), 403 | 404 | 410) {
+                target_refusals += 1;
+                if target_refusals >= 2 {
+                    tracing::info!(upstream = %self.config.name, repo = %req.repo, target = %redacted(&url),
+                        %status, "redirect target refused twice; the content is not there");
+                    return Err(UpstreamError::NotFound);
+                }
+                tracing::info!(upstream = %self.config.name, repo = %req.repo, target = %redacted(&url),
+                    %status, "redirect target refused (expired URL?); asking the registry again");
+                url = home.clone();
+                continue;
             }
             let mut response = check_status(response)?;
             response.extensions_mut().insert(ResponseUrl(url));
@@ -229,14 +364,12 @@ impl UpstreamClient {
 
     async fn send_once(
         &self,
-        method: &Method,
         url: &Url,
         req: &Request,
         authorization: Option<HeaderValue>,
-        kind: &'static str,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut builder = http::Request::builder()
-            .method(method)
+            .method(&req.method)
             .uri(url.as_str())
             .header(USER_AGENT, USER_AGENT_VALUE);
         if let Some(accept) = &req.accept {
@@ -252,220 +385,132 @@ impl UpstreamClient {
         let request = builder
             .body(Empty::new())
             .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-        self.metrics.upstream_request(&self.config.name, kind);
-        tracing::debug!(upstream = %self.config.name, %method, %url, "upstream request");
-        match tokio::time::timeout(
-            self.config.transport.header_timeout,
-            self.http.request(request),
-        )
-        .await
-        {
+        self.metrics.upstream_request(&self.config.name, req.kind());
+        tracing::debug!(upstream = %self.config.name, method = %req.method, url = %redacted(url), "upstream request");
+        self.roundtrip(request, url).await
+    }
+
+    async fn roundtrip(
+        &self,
+        request: http::Request<Empty<Bytes>>,
+        url: &Url,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let timeout = self.config.transport.header_timeout;
+        match tokio::time::timeout(timeout, self.http.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(UpstreamError::from_hyper(e)),
             Err(_) => Err(UpstreamError::Timeout(format!(
-                "no response headers from {} within {:?}",
-                url.host_str().unwrap_or("?"),
-                self.config.transport.header_timeout
+                "no response headers from {} within {timeout:?}",
+                authority(url)
             ))),
         }
     }
 
     fn url_for(&self, req: &Request) -> Result<Url, UpstreamError> {
         let base = self.config.url.as_str().trim_end_matches('/');
-        let mut text = format!("{base}/v2/{}/{}", req.repo, req.endpoint);
+        let mut text = format!("{base}{}", req.path());
         if let Some(q) = &req.query {
             text.push('?');
             text.push_str(q);
         }
-        Url::parse(&text).map_err(|e| UpstreamError::Protocol(format!("{text}: {e}")))
+        Url::parse(&text).map_err(|e| UpstreamError::Protocol(format!("bad upstream URL: {e}")))
     }
 
-    /// The `Authorization` value for a host, if that host has challenged us before.
+    /// The `Authorization` value for a host, fetching a token first if needed.
     async fn authorization(
         &self,
         authority: &str,
         repo: &Repository,
     ) -> Result<Option<HeaderValue>, UpstreamError> {
-        let challenge = self.challenges.lock().unwrap().get(authority).cloned();
-        match challenge {
-            None => Ok(None),
-            Some(Challenge::Basic) => Ok(self.basic_credentials()),
-            Some(Challenge::Bearer { realm, service, .. }) => {
-                let service = service.unwrap_or_default();
-                let scope = scope(repo);
-                let token = match self.tokens.get(&realm, &service, &scope) {
-                    Some(token) => token,
-                    None => self.fetch_token(&realm, &service, &scope).await?,
-                };
-                Ok(HeaderValue::from_str(&format!("Bearer {token}")).ok())
-            }
-        }
-    }
-
-    fn basic_credentials(&self) -> Option<HeaderValue> {
-        let creds = self.config.credentials.as_ref()?;
-        let encoded = base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", creds.username, creds.password));
-        HeaderValue::from_str(&format!("Basic {encoded}")).ok()
-    }
-
-    async fn fetch_token(
-        &self,
-        realm: &str,
-        service: &str,
-        scope: &str,
-    ) -> Result<String, UpstreamError> {
-        let mut url = Url::parse(realm)
-            .map_err(|e| UpstreamError::Protocol(format!("token realm {realm:?}: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(UpstreamError::Protocol(format!(
-                "token realm {realm:?} is not http(s)"
-            )));
-        }
-        {
-            let mut query = url.query_pairs_mut();
-            if !service.is_empty() {
-                query.append_pair("service", service);
-            }
-            query.append_pair("scope", scope);
-        }
+        let request = match self.auth.step(authority, repo)? {
+            Step::Anonymous => return Ok(None),
+            Step::Header(value) => return Ok(Some(value)),
+            Step::FetchToken(request) => request,
+        };
         let mut builder = http::Request::builder()
             .method(Method::GET)
-            .uri(url.as_str())
+            .uri(request.url.as_str())
             .header(USER_AGENT, USER_AGENT_VALUE);
-        if let Some(basic) = self.basic_credentials() {
+        if let Some(basic) = request.basic {
             builder = builder.header(AUTHORIZATION, basic);
         }
-        let request = builder
+        let http_request = builder
             .body(Empty::new())
             .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
         self.metrics.upstream_request(&self.config.name, "token");
-        let response = tokio::time::timeout(
-            self.config.transport.header_timeout,
-            self.http.request(request),
-        )
-        .await
-        .map_err(|_| UpstreamError::Timeout(format!("token endpoint {realm} did not answer")))?
-        .map_err(UpstreamError::from_hyper)?;
-        let response = check_status(response)?;
+        let realm = redacted(&request.url);
+        let response = check_status(self.roundtrip(http_request, &request.url).await?)?;
         let body = self
-            .read_to_bytes(response.into_body(), MAX_TOKEN_BODY)
+            .body(response.into_body())
+            .read_to_end(MAX_TOKEN_BODY)
             .await?;
-        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+        let parsed: tokens::TokenResponse = serde_json::from_slice(&body).map_err(|e| {
             UpstreamError::Protocol(format!("token endpoint {realm} sent bad JSON: {e}"))
         })?;
         let (token, lifetime) = parsed.into_token().ok_or_else(|| {
             UpstreamError::Protocol(format!("token endpoint {realm} sent no token"))
         })?;
-        self.tokens
-            .put(realm, service, scope, token.clone(), lifetime);
-        Ok(token)
-    }
-
-    /// A reader for a response body that detects stalls and (if configured) crawling transfers.
-    pub fn body(&self, body: Incoming) -> BodyReader {
-        let t = &self.config.transport;
-        BodyReader {
-            body,
-            stall: t.stall_timeout,
-            min_speed: t.min_speed,
-            window: t.min_speed_window,
-            window_start: tokio::time::Instant::now(),
-            window_bytes: 0,
-            health: self.health.clone(),
-        }
-    }
-
-    /// Reads a small body (manifest, token, tag list) whole, refusing more than `limit` bytes.
-    pub async fn read_to_bytes(&self, body: Incoming, limit: u64) -> Result<Bytes, UpstreamError> {
-        let mut body = self.body(body);
-        let mut buf = BytesMut::new();
-        while let Some(chunk) = body.next().await? {
-            if (buf.len() + chunk.len()) as u64 > limit {
-                return Err(UpstreamError::Protocol(format!(
-                    "body larger than {limit} bytes"
-                )));
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        Ok(buf.freeze())
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            UpstreamError::Protocol(format!("token endpoint {realm} sent an unusable token"))
+        })?;
+        value.set_sensitive(true);
+        self.auth.store_token(request.key, token, lifetime);
+        Ok(Some(value))
     }
 }
 
-/// A response body read with stall detection: no bytes for `stall` is a stall, and so is a
-/// transfer averaging less than `min_speed` bytes/s over a `window`. No total deadline.
-pub struct BodyReader {
-    body: Incoming,
-    stall: Duration,
-    min_speed: u64,
-    window: Duration,
-    window_start: tokio::time::Instant,
-    window_bytes: u64,
-    health: Arc<Health>,
-}
-
-impl BodyReader {
-    /// Next chunk, or `None` at the end of the body.
-    pub async fn next(&mut self) -> Result<Option<Bytes>, UpstreamError> {
-        let result = self.next_inner().await;
-        if result
-            .as_ref()
-            .is_err_and(UpstreamError::counts_against_health)
-        {
-            self.health.record_failure();
-        }
-        result
-    }
-
-    async fn next_inner(&mut self) -> Result<Option<Bytes>, UpstreamError> {
-        loop {
-            let frame = tokio::time::timeout(self.stall, self.body.frame())
-                .await
-                .map_err(|_| UpstreamError::Stalled(self.stall))?;
-            let data = match frame {
-                None => return Ok(None),
-                Some(Err(e)) => {
-                    return Err(UpstreamError::Transport(format!("body read failed: {e}")));
-                }
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if !data.is_empty() => data,
-                    _ => continue,
-                },
-            };
-            self.check_speed(data.len() as u64)?;
-            return Ok(Some(data));
-        }
-    }
-
-    /// The throughput floor: a trickle that never quite stops is a stall too.
-    fn check_speed(&mut self, bytes: u64) -> Result<(), UpstreamError> {
-        if self.min_speed == 0 {
-            return Ok(());
-        }
-        self.window_bytes += bytes;
-        let elapsed = self.window_start.elapsed();
-        if elapsed >= self.window {
-            let speed = self.window_bytes as f64 / elapsed.as_secs_f64();
-            if speed < self.min_speed as f64 {
-                return Err(UpstreamError::Stalled(elapsed));
-            }
-            self.window_start = tokio::time::Instant::now();
-            self.window_bytes = 0;
-        }
-        Ok(())
+fn outcome<T>(result: &Result<T, UpstreamError>) -> Outcome {
+    match result {
+        Err(e) if e.counts_against_health() => Outcome::PathFailed,
+        _ => Outcome::Answered,
     }
 }
 
-fn scope(repo: &Repository) -> String {
-    format!("repository:{repo}:pull")
+/// The upstream `Accept` header from a list of media types, bounded in size.
+fn accept_header(types: &[&str]) -> HeaderValue {
+    let mut text = String::new();
+    for t in types {
+        if text.len() + t.len() + 2 > MAX_ACCEPT_BYTES {
+            break;
+        }
+        if !text.is_empty() {
+            text.push_str(", ");
+        }
+        text.push_str(t);
+    }
+    HeaderValue::from_str(&text)
+        .unwrap_or_else(|_| HeaderValue::from_static(crate::oci::MANIFEST_MEDIA_TYPES[0]))
 }
 
-fn authority(url: &Url) -> String {
-    format!(
-        "{}:{}",
-        url.host_str().unwrap_or(""),
-        url.port_or_known_default().unwrap_or(0)
-    )
+fn content_length(response: &Response<Incoming>) -> Option<u64> {
+    response
+        .headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn content_type(response: &Response<Incoming>) -> Option<String> {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn header_digest(response: &Response<Incoming>) -> Option<Digest> {
+    response
+        .headers()
+        .get("docker-content-digest")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn check_status(response: Response<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
@@ -478,7 +523,7 @@ fn check_status(response: Response<Incoming>) -> Result<Response<Incoming>, Upst
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .map(|secs| Duration::from_secs(secs.min(86_400)));
     Err(match status.as_u16() {
         404 => UpstreamError::NotFound,
         401 | 403 => UpstreamError::Denied {
@@ -490,32 +535,4 @@ fn check_status(response: Response<Incoming>) -> Result<Response<Incoming>, Upst
             retry_after,
         },
     })
-}
-
-/// Exponential backoff with jitter; `None` when the upstream asks us to wait longer than we will.
-fn backoff(attempt: u32, retry_after: Option<Duration>) -> Option<Duration> {
-    if let Some(wait) = retry_after {
-        return (wait <= MAX_RETRY_AFTER).then_some(wait);
-    }
-    let base = Duration::from_millis(250)
-        .saturating_mul(1 << attempt.min(6))
-        .min(Duration::from_secs(8));
-    let jitter = rand::random_range(0.5..=1.0);
-    Some(base.mul_f64(jitter))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_honours_retry_after() {
-        assert!(backoff(1, None).unwrap() <= Duration::from_millis(500));
-        assert!(backoff(10, None).unwrap() <= Duration::from_secs(8));
-        assert_eq!(
-            backoff(1, Some(Duration::from_secs(3))),
-            Some(Duration::from_secs(3))
-        );
-        assert_eq!(backoff(1, Some(Duration::from_secs(3600))), None);
-    }
 }

@@ -27,3 +27,4 @@ mod probe;
 mod pull_through;
 mod s3_replicas;
 mod store_conformance;
+mod upstream_trust;

@@ -105,25 +105,37 @@ fn failures(report: &Value, class: &str) -> u64 {
         .sum()
 }
 
-/// Starts the fake registry (token auth, CDN redirect) on the upstream namespace's address with
-/// a TLS front on :8443, and pushes an image with one 16 MiB layer. Returns the servers and the
-/// CA certificate (PEM) the front's certificate chains to.
+/// Ports of the TLS fronts in the upstream namespace (its own, so fixed ports cannot clash).
+const TOKEN_TLS_PORT: u16 = 7443;
+const CDN_TLS_PORT: u16 = 9443;
+
+/// Starts the fake registry (token auth, CDN redirect) on the upstream namespace's address,
+/// registry, token endpoint and CDN each behind TLS, and pushes an image with one 16 MiB layer.
+/// Returns the servers and the CA certificate (PEM) the fronts' certificate chains to.
 fn start_upstream(lab: &Lab) -> (InNetns, Vec<u8>) {
     InNetns::start(&lab.up, move || async move {
         let ip = UP_IP.parse().unwrap();
-        let fake = FakeUpstream::start_on(Options::default(), ip).await;
+        let opts = Options {
+            public_token_url: Some(format!("https://{UP_IP}:{TOKEN_TLS_PORT}")),
+            public_cdn_url: Some(format!("https://{UP_IP}:{CDN_TLS_PORT}")),
+            ..Options::default()
+        };
+        let fake = FakeUpstream::start_on(opts, ip).await;
         let layer = images::big_blob(16, 111);
         let image = images::image_with_layers(&ImageSpec::new(111, Format::Oci), vec![layer]);
         fake.push("big", "1", &image);
         let ca = TestCa::for_names(&[UP_IP]);
-        let front = TlsFront::start_on(
-            &ca,
-            format!("{UP_IP}:{TLS_PORT}").parse().unwrap(),
-            fake.registry_addr,
-        )
-        .await;
+        let mut fronts = Vec::new();
+        for (port, backend) in [
+            (TLS_PORT, fake.registry_addr),
+            (TOKEN_TLS_PORT, fake.token_addr),
+            (CDN_TLS_PORT, fake.cdn_addr),
+        ] {
+            let bind = format!("{UP_IP}:{port}").parse().unwrap();
+            fronts.push(TlsFront::start_on(&ca, bind, backend).await);
+        }
         let pem = std::fs::read(&ca.ca_pem).unwrap();
-        (pem, (fake, front, ca))
+        (pem, (fake, fronts, ca))
     })
 }
 

@@ -18,4 +18,5 @@ pub mod inprocess;
 pub mod netns;
 pub mod prereq;
 pub mod real;
+pub mod syn_gate;
 pub mod util;

@@ -40,6 +40,14 @@ async fn serve(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
+    if shared.opts.cdn_basic_challenge && !headers.contains_key(header::AUTHORIZATION) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"cdn\"")],
+            "credentials, please",
+        )
+            .into_response();
+    }
     if headers.contains_key(header::AUTHORIZATION) {
         return s3_error(
             StatusCode::BAD_REQUEST,

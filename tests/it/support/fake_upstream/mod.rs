@@ -52,6 +52,19 @@ pub struct Options {
     pub cdn_redirect: bool,
     /// How long a signed CDN URL stays valid.
     pub cdn_url_ttl: Duration,
+    /// Redirect every blob GET/HEAD to the CDN, known or not (registry.k8s.io does): the CDN
+    /// then answers 404 for a blob that does not exist.
+    pub redirect_unknown_blobs: bool,
+    /// The host written into the token realm (default 127.0.0.1); e.g. `localhost` makes the
+    /// realm a different host from the registry's `127.0.0.1`.
+    pub token_realm_host: Option<String>,
+    /// The CDN answers a request without `Authorization` with `401` + `WWW-Authenticate: Basic`
+    /// (a redirect target fishing for the registry's password).
+    pub cdn_basic_challenge: bool,
+    /// Token realm and CDN base URL as written into challenges and redirects, when they are
+    /// served through something in front (e.g. `TlsFront`s on known ports): `https://ip:port`.
+    pub public_token_url: Option<String>,
+    pub public_cdn_url: Option<String>,
 }
 
 impl Default for Options {
@@ -63,6 +76,11 @@ impl Default for Options {
             service: "fake".into(),
             cdn_redirect: true,
             cdn_url_ttl: Duration::from_secs(600),
+            redirect_unknown_blobs: false,
+            token_realm_host: None,
+            cdn_basic_challenge: false,
+            public_token_url: None,
+            public_cdn_url: None,
         }
     }
 }
@@ -143,10 +161,19 @@ impl FakeUpstream {
             token.local_addr().unwrap(),
             cdn.local_addr().unwrap(),
         );
+        let token_url = match (&opts.public_token_url, &opts.token_realm_host) {
+            (Some(base), _) => format!("{base}/token"),
+            (None, Some(host)) => format!("http://{host}:{}/token", token_addr.port()),
+            (None, None) => format!("http://{token_addr}/token"),
+        };
+        let cdn_url = opts
+            .public_cdn_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{cdn_addr}"));
         let shared = Arc::new(Shared {
             opts,
-            token_url: format!("http://{token_addr}/token"),
-            cdn_url: format!("http://{cdn_addr}"),
+            token_url,
+            cdn_url,
             repos: Mutex::default(),
             stats: Mutex::default(),
             faults: Mutex::default(),

@@ -217,24 +217,32 @@ fn blob(
             .or_else(|| repo.manifests.get(digest))
             .cloned()
     };
-    let Some(blob) = found else {
+    let redirect_anyway = shared.opts.cdn_redirect && shared.opts.redirect_unknown_blobs;
+    if found.is_none() && !redirect_anyway {
         return oci_error(
             StatusCode::NOT_FOUND,
             "BLOB_UNKNOWN",
             "blob unknown to registry",
         );
-    };
+    }
     if shared.opts.cdn_redirect {
         let signature = format!("{:032x}", rand::random::<u128>());
         let expires = tokio::time::Instant::now() + shared.opts.cdn_url_ttl;
-        lock(&shared.cdn_signatures).insert(signature.clone(), (blob.digest.clone(), expires));
-        let location = format!("{}/blobs/{}?sig={signature}", shared.cdn_url, blob.digest);
+        lock(&shared.cdn_signatures).insert(signature.clone(), (digest.to_string(), expires));
+        let location = format!("{}/blobs/{digest}?sig={signature}", shared.cdn_url);
         let mut r = empty(StatusCode::TEMPORARY_REDIRECT);
         r.headers_mut()
             .insert(header::LOCATION, location.parse().unwrap());
         return r;
     }
-    serve_bytes(shared, target, &blob, headers, conn)
+    match found {
+        Some(blob) => serve_bytes(shared, target, &blob, headers, conn),
+        None => oci_error(
+            StatusCode::NOT_FOUND,
+            "BLOB_UNKNOWN",
+            "blob unknown to registry",
+        ),
+    }
 }
 
 fn query_param(uri: &Uri, key: &str) -> Option<String> {

@@ -1,0 +1,548 @@
+//! The upstream side under adversity: a breaker that recovers from a black hole even when its
+//! probe is cancelled, content answers (404 from a CDN) that never count against health,
+//! credentials that stay with their authority, and bounded work per request.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::fake_upstream::{FakeUpstream, Fault, Kind, Options, Role, TlsFront};
+use crate::support::images::{self, Format};
+use crate::support::inprocess::{Berth, client, upstream_table};
+use crate::support::real::TestCa;
+use crate::support::syn_gate::SynGate;
+use http::Method;
+
+/// Log lines at info level and above written while `f` runs on this (current-thread) runtime.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+async fn status_of(url: &str) -> u16 {
+    client().get(url).send().await.unwrap().status().as_u16()
+}
+
+/// The issue's reproduction, end to end: SYNs to the upstream are dropped, two cold requests
+/// open the breaker, after the cooldown a tag revalidation becomes the probe and its 5 s
+/// deadline drops the request future while the connect (6 s) is still pending. The black
+/// hole is lifted; uncached content must be served again within cooldown + one probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_upstream_recovers_within_cooldown_and_one_probe() {
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let image = images::multi_arch(61, Format::Oci);
+    fake.push("library/app", "1", &image);
+    let mut gate = SynGate::start(fake.registry_addr).await;
+    let settings = "breaker_threshold = 2\nbreaker_cooldown = \"3s\"\ntag_ttl = \"1s\"\n\
+                    connect_timeout = \"6s\"\nmax_attempts = 1";
+
+    // The tag is known from an earlier run that could reach the upstream directly.
+    let first = Berth::start(&upstream_table("docker.io", &fake.url(), settings)).await;
+    assert_eq!(
+        status_of(&first.url("/v2/library/app/manifests/1")).await,
+        200
+    );
+    let data = first.shutdown().await;
+    let berth = Berth::start_in(&upstream_table("docker.io", &gate.url(), settings), data).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the tag record is past tag_ttl
+
+    let uncached = |arch: &str| {
+        berth.url(&format!(
+            "/v2/library/app/manifests/{}",
+            image.image_for(arch).manifest.digest
+        ))
+    };
+    let (amd64, arm64) = (uncached("amd64"), uncached("arm64"));
+    // Two cold requests time out connecting: the breaker opens.
+    let (a, b) = tokio::join!(status_of(&amd64), status_of(&arm64));
+    assert_eq!((a, b), (503, 503));
+    let started = Instant::now();
+    assert_eq!(status_of(&amd64).await, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "open: fails fast"
+    );
+
+    // After the cooldown, a tag request carries the probe; its revalidation deadline (5 s)
+    // fires before the connect timeout (6 s) and the last known digest is served.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
+    assert_eq!(
+        status_of(&berth.url("/v2/library/app/manifests/1")).await,
+        200
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "the tag request waited for the probe's deadline, took {:?}",
+        started.elapsed()
+    );
+
+    gate.lift();
+    let lifted = Instant::now();
+    // Bound: the cancelled probe's connect runs out (≤ 2 s left), the cooldown (3 s), one
+    // successful probe; polled twice a second for at most 30 s.
+    let mut served = false;
+    for _ in 0..60 {
+        if status_of(&amd64).await == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        served,
+        "uncached content still refused {:?} after the black hole was lifted",
+        lifted.elapsed()
+    );
+    assert!(
+        lifted.elapsed() < Duration::from_secs(12),
+        "recovered only after {:?}",
+        lifted.elapsed()
+    );
+}
+
+/// registry.k8s.io redirects every blob GET to its CDN, which answers 404 for a blob that
+/// does not exist. That is an answer about content: 404 BLOB_UNKNOWN quickly, and the
+/// upstream stays up for the next pull.
+#[tokio::test]
+async fn an_unknown_blob_behind_a_redirecting_registry_is_404_and_the_upstream_stays_up() {
+    let fake = FakeUpstream::start(Options {
+        token_auth: false,
+        redirect_unknown_blobs: true,
+        ..Options::default()
+    })
+    .await;
+    let image = images::multi_arch(62, Format::Oci);
+    fake.push("pause", "3.10", &image);
+    let berth = Berth::start(&upstream_table(
+        "registry.k8s.io",
+        &fake.url(),
+        "breaker_threshold = 1\nmax_attempts = 4",
+    ))
+    .await;
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let started = Instant::now();
+    let response = client()
+        .get(berth.url(&format!("/v2/registry.k8s.io/pause/blobs/{unknown}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("BLOB_UNKNOWN"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no retries with backoff for a missing blob, took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        fake.count(Role::Cdn, Kind::Blob, Method::GET),
+        2,
+        "the CDN's 404 was re-asked once through a fresh redirect, then believed"
+    );
+    // breaker_threshold = 1: had the 404 counted, the next pull would get 503.
+    let layer = &image.image_for("amd64").layers[0];
+    let response = client()
+        .get(berth.url(&format!("/v2/registry.k8s.io/pause/blobs/{}", layer.digest)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap(), layer.bytes);
+}
+
+#[tokio::test]
+async fn a_redirect_target_asking_for_basic_gets_no_credentials() {
+    let logs = LogBuffer::default();
+    let _guard = logs.install();
+    let fake = FakeUpstream::start(Options {
+        token_credentials: Some(("alice".into(), "s3cret-pass".into())),
+        cdn_basic_challenge: true,
+        ..Options::default()
+    })
+    .await;
+    let image = images::multi_arch(63, Format::Oci);
+    fake.push("library/app", "1", &image);
+    let berth = Berth::start(&upstream_table(
+        "docker.io",
+        &fake.url(),
+        "username = \"alice\"\npassword = \"s3cret-pass\"",
+    ))
+    .await;
+    let layer = &image.image_for("amd64").layers[0];
+    let response = client()
+        .get(berth.url(&format!("/v2/library/app/blobs/{}", layer.digest)))
+        .send()
+        .await
+        .unwrap();
+    assert!(!response.status().is_success(), "{}", response.status());
+    let body = response.text().await.unwrap();
+    let cdn_requests: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.role == Role::Cdn)
+        .collect();
+    assert!(!cdn_requests.is_empty());
+    assert!(
+        cdn_requests
+            .iter()
+            .all(|r| r.header("authorization").is_none()),
+        "a redirect target got credentials"
+    );
+    // The token endpoint did get them (it is the registry's own host here).
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|r| r.role == Role::Token && r.header("authorization").is_some())
+    );
+    let logged = logs.text();
+    for secret in ["s3cret-pass", "sig=", "fake-"] {
+        assert!(!logged.contains(secret), "{secret} in the logs:\n{logged}");
+        assert!(!body.contains(secret), "{secret} in the error body: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_realm_on_a_foreign_host_gets_no_credentials() {
+    let fake = FakeUpstream::start(Options {
+        token_credentials: Some(("alice".into(), "s3cret-pass".into())),
+        // The registry is 127.0.0.1; its challenge names a realm on another host.
+        token_realm_host: Some("localhost".into()),
+        ..Options::default()
+    })
+    .await;
+    let image = images::multi_arch(64, Format::Oci);
+    fake.push("library/app", "1", &image);
+    let berth = Berth::start(&upstream_table(
+        "docker.io",
+        &fake.url(),
+        "username = \"alice\"\npassword = \"s3cret-pass\"",
+    ))
+    .await;
+    let response = client()
+        .get(berth.url("/v2/library/app/manifests/1"))
+        .send()
+        .await
+        .unwrap();
+    assert!(!response.status().is_success());
+    let token_requests: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.role == Role::Token)
+        .collect();
+    assert!(
+        !token_requests.is_empty(),
+        "an anonymous token was asked for"
+    );
+    assert!(
+        token_requests
+            .iter()
+            .all(|r| r.header("authorization").is_none()),
+        "a foreign realm got the upstream's credentials"
+    );
+
+    // Listed in trusted_hosts, the same realm gets them and the pull works.
+    let trusted = Berth::start(&upstream_table(
+        "docker.io",
+        &fake.url(),
+        "username = \"alice\"\npassword = \"s3cret-pass\"\ntrusted_hosts = [\"localhost\"]",
+    ))
+    .await;
+    assert_eq!(
+        status_of(&trusted.url("/v2/library/app/manifests/1")).await,
+        200
+    );
+}
+
+#[tokio::test]
+async fn an_https_upstream_is_never_followed_onto_plain_http() {
+    let ca = TestCa::new();
+    let fake = FakeUpstream::start(Options {
+        token_auth: false,
+        ..Options::default()
+    })
+    .await;
+    let image = images::multi_arch(65, Format::Oci);
+    fake.push("library/app", "1", &image);
+    let front = TlsFront::start(&ca, fake.registry_addr).await;
+    let berth = Berth::start(&upstream_table(
+        "docker.io",
+        &front.url(),
+        &format!(
+            "ca_file = {:?}\nbreaker_threshold = 1",
+            ca.ca_pem.display().to_string()
+        ),
+    ))
+    .await;
+    let layer = &image.image_for("amd64").layers[0];
+    let response = client()
+        .get(berth.url(&format!("/v2/library/app/blobs/{}", layer.digest)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("plain http"), "{body}");
+    assert!(
+        !body.contains("sig="),
+        "a signed URL in the error body: {body}"
+    );
+    assert_eq!(
+        fake.count(Role::Cdn, Kind::Blob, Method::GET),
+        0,
+        "the plain-http redirect target was never contacted"
+    );
+    assert_eq!(
+        status_of(&berth.url("/v2/library/app/manifests/1")).await,
+        200,
+        "a refused redirect is not a failure of the path"
+    );
+}
+
+#[tokio::test]
+async fn a_head_of_an_uncached_blob_asks_the_upstream_with_a_head() {
+    let fake = FakeUpstream::start(Options::default()).await;
+    let blob = images::big_blob(4, 66);
+    fake.put_blob("library/big", &blob);
+    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let response = client()
+        .head(berth.url(&format!("/v2/library/big/blobs/{}", blob.digest)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-length"],
+        blob.size().to_string()
+    );
+    assert_eq!(fake.bytes_sent(&blob.digest), 0, "nothing was downloaded");
+    assert_eq!(fake.count(Role::Registry, Kind::Blob, Method::GET), 0);
+    assert!(fake.count(Role::Registry, Kind::Blob, Method::HEAD) >= 1);
+}
+
+#[tokio::test]
+async fn blobs_over_max_blob_size_are_refused_before_download() {
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let blob = images::big_blob(3, 67);
+    fake.put_blob("library/big", &blob);
+    let berth = Berth::start(&upstream_table(
+        "docker.io",
+        &fake.url(),
+        "max_blob_size = \"1MiB\"",
+    ))
+    .await;
+    let response = client()
+        .get(berth.url(&format!("/v2/library/big/blobs/{}", blob.digest)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("limit"), "{body}");
+    let again = client()
+        .get(berth.url(&format!("/v2/library/big/blobs/{}", blob.digest)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 502, "nothing of it was cached");
+}
+
+/// max_fills = 1 with its queue of 4: a sixth concurrent cold blob is told to come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_fills_past_the_cap_and_its_queue_get_503_with_retry_after() {
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let blobs: Vec<_> = (0..6).map(|i| images::big_blob(1, 70 + i)).collect();
+    for b in &blobs {
+        fake.put_blob("library/big", b);
+    }
+    // The first fill holds its slot for a while.
+    fake.inject(
+        Fault::delay_headers(Duration::from_secs(2))
+            .kind(Kind::Blob)
+            .reference(&blobs[0].digest),
+    );
+    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "max_fills = 1")).await;
+    let first = tokio::spawn(status_of_owned(
+        berth.url(&format!("/v2/library/big/blobs/{}", blobs[0].digest)),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rest: Vec<_> = blobs[1..]
+        .iter()
+        .map(|b| {
+            let url = berth.url(&format!("/v2/library/big/blobs/{}", b.digest));
+            tokio::spawn(async move {
+                let response = client().get(&url).send().await.unwrap();
+                (
+                    response.status().as_u16(),
+                    response.headers().contains_key("retry-after"),
+                )
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for r in rest {
+        outcomes.push(r.await.unwrap());
+    }
+    assert_eq!(first.await.unwrap(), 200);
+    let refused = outcomes.iter().filter(|(s, _)| *s == 503).count();
+    let served = outcomes.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!((refused, served), (1, 4), "{outcomes:?}");
+    assert!(outcomes.iter().all(|(s, retry)| *s != 503 || *retry));
+}
+
+async fn status_of_owned(url: String) -> u16 {
+    status_of(&url).await
+}
+
+#[tokio::test]
+async fn a_huge_tag_page_size_is_clamped() {
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let image = images::multi_arch(68, Format::Oci);
+    fake.push("library/app", "1", &image);
+    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let response = client()
+        .get(berth.url("/v2/library/app/tags/list?n=99999999999999999999"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let tags = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.uri.contains("tags/list"))
+        .unwrap();
+    assert!(!tags.uri.contains("n=9"), "{}", tags.uri);
+    let response = client()
+        .get(berth.url("/v2/library/app/tags/list?n=50000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|r| r.uri.ends_with("tags/list?n=10000")),
+        "{:?}",
+        fake.requests().iter().map(|r| &r.uri).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_loop_of_bad_references_costs_one_upstream_request_each_briefly() {
+    let fake = FakeUpstream::start(Options::default()).await;
+    let image = images::multi_arch(69, Format::Oci);
+    fake.push("library/app", "1", &image);
+    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let missing_blob = format!("sha256:{}", "1".repeat(64));
+    for _ in 0..5 {
+        assert_eq!(
+            status_of(&berth.url("/v2/library/app/manifests/no-such-tag")).await,
+            404
+        );
+        assert_eq!(
+            status_of(&berth.url(&format!("/v2/library/app/blobs/{missing_blob}"))).await,
+            404
+        );
+    }
+    let asked = |kind: Kind| {
+        fake.requests()
+            .iter()
+            .filter(|r| r.role == Role::Registry && r.kind == kind && r.status == 404)
+            .count()
+    };
+    assert_eq!(asked(Kind::Manifest), 1, "the tag's 404 is remembered");
+    assert_eq!(asked(Kind::Blob), 1, "the blob's 404 is remembered");
+}
+
+#[tokio::test]
+async fn clients_differing_only_in_accept_share_one_upstream_get() {
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let image = images::multi_arch(71, Format::Oci);
+    fake.push("library/app", "1", &image);
+    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let url = berth.url("/v2/library/app/manifests/1");
+    // The tag is an index; these clients say they take only single manifests.
+    for accept in [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json,application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+    ] {
+        let response = client()
+            .get(&url)
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let gets = fake.count(Role::Registry, Kind::Manifest, Method::GET);
+    assert!(
+        gets <= 3,
+        "one GET for the shared record and one per Accept class (2 classes), got {gets}"
+    );
+}
+
+/// The same wedge through the other door: the probe is a tag-list request (passed through,
+/// never cached) whose client hangs up while the connect is still pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_whose_client_hangs_up_still_settles_the_breaker() {
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let image = images::multi_arch(72, Format::Oci);
+    fake.push("library/app", "1", &image);
+    let mut gate = SynGate::start(fake.registry_addr).await;
+    let berth = Berth::start(&upstream_table(
+        "docker.io",
+        &gate.url(),
+        "breaker_threshold = 1\nbreaker_cooldown = \"2s\"\nconnect_timeout = \"3s\"\nmax_attempts = 1",
+    ))
+    .await;
+    let tags = berth.url("/v2/library/app/tags/list");
+    assert_eq!(status_of(&tags).await, 503, "the connect times out: open");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The probe's client gives up after 300 ms, long before the connect timeout.
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert!(impatient.get(&tags).send().await.is_err(), "client hung up");
+    gate.lift();
+    let lifted = Instant::now();
+    let mut served = false;
+    for _ in 0..40 {
+        if status_of(&tags).await == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        served && lifted.elapsed() < Duration::from_secs(8),
+        "tag lists refused {:?} after the black hole was lifted",
+        lifted.elapsed()
+    );
+}
