@@ -21,72 +21,9 @@ for tool in docker-registry s3s-fs curl python3 sha256sum; do
 done
 [[ -x $BERTH_BIN ]] || cargo build --release --bin berth
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # any HTTP answer on $1 within 20 s
-  for _ in $(seq 200); do curl -s -o /dev/null "http://$1/" && return 0; sleep 0.1; done
-  echo "s3-warm: nothing listening on $1" >&2; exit 1
-}
-median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
-
-# The blob, and the upstream registry holding it (monolithic blob upload).
-head -c "$((MIB * 1024 * 1024))" /dev/urandom >"$work/blob"
-digest="sha256:$(sha256sum "$work/blob" | cut -d' ' -f1)"
-reg=127.0.0.1:$(free_port)
-cat >"$work/registry.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $work/registry
-http:
-  addr: $reg
-  secret: berth-bench-secret
-EOF
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-pids+=($!)
-wait_http "$reg"
-location=$(curl -sS -D - -o /dev/null -X POST "http://$reg/v2/$REPO/blobs/uploads/" |
-  awk 'tolower($1)=="location:" {print $2}' | tr -d '\r')
-[[ $location == http* ]] || location="http://$reg$location"
-curl -sS -f -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
-  --data-binary @"$work/blob" "$location&digest=$digest"
-
-# The S3 server.
-s3=127.0.0.1:$(free_port)
-mkdir -p "$work/s3/berth-bench"
-s3s-fs --host 127.0.0.1 --port "${s3#*:}" --access-key bench --secret-key bench-secret \
-  "$work/s3" >"$work/s3.log" 2>&1 &
-pids+=($!)
-wait_http "$s3"
-
-start_berth() { # name, extra config → prints host:port
-  local name=$1 extra=$2 addr
-  addr=127.0.0.1:$(free_port)
-  mkdir -p "$work/$name"
-  printf 'default_upstream = "docker.io"\n\n[upstreams."docker.io"]\nurl = "http://%s"\n\n%s\n' \
-    "$reg" "$extra" >"$work/$name/berth.toml"
-  BERTH_LOG=warn "$BERTH_BIN" serve --config "$work/$name/berth.toml" --listen "$addr" \
-    --data-dir "$work/$name/data" >"$work/$name/log" 2>&1 &
-  pids+=($!)
-  wait_http "$addr"
-  echo "$addr"
-}
+# shellcheck source=benches/common.sh
+source "$(dirname "$0")/common.sh"
 disk=$(start_berth berth-disk "")
-s3_table() { # prefix, extra keys
-  printf '[store]\nkind = "s3"\nbucket = "berth-bench"\nendpoint = "http://%s"\nallow_http = true\naccess_key_id = "bench"\nsecret_access_key = "bench-secret"\nprefix = "%s"\n%s\n' "$s3" "$1" "$2"
-}
 s3berth=$(start_berth berth-s3 "$(s3_table plain 'local_max_size = "0"')")
 s3hot=$(start_berth berth-s3hot "$(s3_table hot '')")
 

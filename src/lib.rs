@@ -6,7 +6,8 @@
 //!            ▼
 //!   api        the only module that names axum: routing, handlers, OCI error JSON
 //!            │
-//!   mirror     the use case: tag freshness, manifest and blob flows, stale serving
+//!   mirror     the use case: tag freshness, manifest and blob flows, stale serving;
+//!              routing to an [upstreams] entry or an `upstream_patterns` host, else 404
 //!      │    \
 //!      │     coalesce   one upstream fill, spooled to disk, streamed to every waiter;
 //!      │      │         singleflight, fill caps (bounded queue) — all drop/panic safe

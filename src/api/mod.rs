@@ -2,6 +2,7 @@
 
 mod admin;
 mod error;
+mod fleet;
 mod handlers;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub fn router(mirror: Arc<Mirror>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/_berth/pins", get(admin::list_pins))
         .route("/_berth/pins/{name}", put(admin::put_pins))
+        .route("/_berth/fills/{digest}", get(fleet::peer_fill))
         .fallback(handlers::not_found)
         .with_state(mirror)
         .layer(SetResponseHeaderLayer::overriding(

@@ -28,6 +28,7 @@ const HOSTS_HELP: &str = "\
 Examples:
   berth containerd-hosts --mirror-url http://10.27.27.10:5000 --output /etc/containerd/certs.d
   berth containerd-hosts --mirror-url http://10.27.27.10:5000 --output /etc/containerd/certs.d --dry-run
+  berth containerd-hosts --mirror-url http://10.27.27.10:5000 --output /etc/containerd/certs.d --json
 
 containerd reads the tree only when its CRI registry `config_path` names the directory:
   containerd 2.x: [plugins.\"io.containerd.cri.v1.images\".registry] config_path = \"/etc/containerd/certs.d\"
@@ -62,6 +63,10 @@ pub struct HostsArgs {
     /// Print each file under its path instead of writing.
     #[arg(long)]
     dry_run: bool,
+    /// Print the files as one JSON array of `{"path", "content"}` instead of writing (for
+    /// automation, e.g. the Ansible node role, which copies them to the nodes).
+    #[arg(long, conflicts_with = "dry_run")]
+    json: bool,
 }
 
 // Flags both generators share: where the mirror is, which registries, how to reach it.
@@ -173,6 +178,19 @@ pub fn containerd_hosts(args: HostsArgs) -> anyhow::Result<()> {
     };
     let files = containerd::files(&targets, &options, &command_line())?;
     let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let listed: Vec<serde_json::Value> = files
+            .iter()
+            .map(|file| {
+                serde_json::json!({
+                    "path": args.output.join(&file.path),
+                    "content": file.content,
+                })
+            })
+            .collect();
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&listed)?)?;
+        return Ok(());
+    }
     for file in files {
         let path = args.output.join(&file.path);
         if args.dry_run {
@@ -304,6 +322,10 @@ fn write_new(path: &Path, text: &str, mode: FileMode) -> std::io::Result<()> {
 /// Flags whose values never appear in the recorded command line.
 const SECRET_FLAGS: [&str; 3] = ["--password", "--auth", "--identity-token"];
 
+/// Flags that change how the output is delivered, not what it says: left out of the recorded
+/// command line, so a preview (`--dry-run`, `--json`) holds exactly the bytes a write would.
+const DELIVERY_FLAGS: [&str; 2] = ["--dry-run", "--json"];
+
 /// This process's command line, shell-quoted and with secrets redacted, for the header of
 /// the generated files: it says how to regenerate them and, unlike a timestamp, stays the
 /// same from run to run.
@@ -317,6 +339,9 @@ fn command_line() -> String {
             continue;
         }
         let flag = arg.split_once('=').map_or(arg.as_str(), |(flag, _)| flag);
+        if DELIVERY_FLAGS.contains(&arg.as_str()) {
+            continue;
+        }
         if SECRET_FLAGS.contains(&flag) {
             if flag == arg {
                 redact_next = true;

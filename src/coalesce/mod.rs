@@ -170,6 +170,11 @@ where
         Ok(Joined::Leader(fill, writer))
     }
 
+    /// The running fill for `key`, if any; never starts one (a peer replica reading ours).
+    pub fn running(&self, key: &K) -> Option<Arc<Fill<E>>> {
+        self.inflight.lock().unwrap().get(key).cloned()
+    }
+
     pub fn in_flight(&self) -> usize {
         self.inflight.lock().unwrap().len()
     }

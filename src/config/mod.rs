@@ -3,6 +3,7 @@
 //! The file is parsed into `raw` types (every key optional, unknown keys refused), then
 //! validated once into [`Config`]. Nothing downstream re-checks strings.
 
+mod patterns;
 mod probe;
 mod raw;
 mod resolve;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use url::Url;
 
+pub use patterns::{HostPattern, UpstreamPatterns};
 pub use raw::RawConfig;
 pub use size::parse_size;
 
@@ -34,6 +36,8 @@ pub struct Config {
     /// How the other replicas on a shared bucket reach this one (cross-replica fills).
     pub advertise_url: Option<Url>,
     pub upstreams: BTreeMap<String, Upstream>,
+    /// Registries without an `[upstreams]` table that are served from `https://<registry>`.
+    pub upstream_patterns: UpstreamPatterns,
     /// Bytes of manifests kept in memory in front of the store.
     pub manifest_memory_cache: u64,
     /// Blob fills running at once across all upstreams; more wait in a bounded queue.
@@ -261,12 +265,14 @@ pub const DEFAULT_MAX_FILLS_TOTAL: u32 = 128;
 /// The hot tier in front of S3 unless `local_max_size` says otherwise.
 pub const DEFAULT_LOCAL_MAX_SIZE: u64 = 10 * 1024 * 1024 * 1024;
 
-/// The upstreams used when the config file names none.
-pub const BUILTIN_UPSTREAMS: [(&str, &str); 4] = [
+/// The upstreams used when the config file names none: every registry of the shipped image
+/// groups. oci.external-secrets.io is a vanity name that redirects to ghcr.io.
+pub const BUILTIN_UPSTREAMS: [(&str, &str); 5] = [
     ("docker.io", "https://registry-1.docker.io"),
     ("ghcr.io", "https://ghcr.io"),
     ("quay.io", "https://quay.io"),
     ("registry.k8s.io", "https://registry.k8s.io"),
+    ("oci.external-secrets.io", "https://oci.external-secrets.io"),
 ];
 
 /// A configuration problem, reported as one line naming the key.

@@ -27,6 +27,7 @@ pub struct RawConfig {
     #[serde(default, with = "humantime_serde")]
     pub probe_interval: Option<Duration>,
     pub probe_images: Option<Vec<String>>,
+    pub upstream_patterns: Option<Vec<String>>,
     #[serde(default)]
     pub upstream_defaults: RawUpstream,
     pub upstreams: Option<BTreeMap<String, RawUpstream>>,

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use url::Url;
 
+use super::patterns::UpstreamPatterns;
 use super::raw::{RawConfig, RawUpstream};
 use super::{
     AdminToken, BUILTIN_UPSTREAMS, Config, ConfigError, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
@@ -67,6 +68,17 @@ impl RawConfig {
             upstreams.insert(name, upstream);
         }
 
+        // What a pattern match gets: the defaults as an upstream (name and URL set per match).
+        let template = RawUpstream {
+            url: Some("https://upstream-patterns.invalid".into()),
+            ..RawUpstream::default()
+        }
+        .resolve("upstream-patterns.invalid", &defaults)?;
+        let upstream_patterns = UpstreamPatterns::new(
+            self.upstream_patterns.as_deref().unwrap_or_default(),
+            template,
+        )?;
+
         let default_upstream = overrides
             .default_upstream
             .clone()
@@ -106,6 +118,7 @@ impl RawConfig {
             mirror_url,
             advertise_url,
             upstreams,
+            upstream_patterns,
             manifest_memory_cache: self.manifest_memory_cache_mb.unwrap_or(64) * 1024 * 1024,
             max_fills: match self.max_fills {
                 Some(0) => return Err(ConfigError::new("max_fills", "must be at least 1")),
@@ -246,7 +259,13 @@ pub(super) mod tests {
         let names: Vec<_> = config.upstreams.keys().cloned().collect();
         assert_eq!(
             names,
-            ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]
+            [
+                "docker.io",
+                "ghcr.io",
+                "oci.external-secrets.io",
+                "quay.io",
+                "registry.k8s.io"
+            ]
         );
         assert_eq!(config.default_upstream, "docker.io");
         assert_eq!(config.listen.to_string(), "0.0.0.0:5000");

@@ -61,11 +61,20 @@ impl Fleet {
                 renewed_unix_ms: now_ms(),
             };
             let json = Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
-            match self.store.create(&key(digest), json).await {
+            // Admitted before the lease is visible: a follower may ask the moment it reads it.
+            self.admit(digest, &lease.token);
+            let created = self.store.create(&key(digest), json).await;
+            if !matches!(created, Ok(true)) {
+                self.forget(digest, &lease.token);
+            }
+            match created {
                 Ok(true) => {
                     tokio::time::sleep(SETTLE).await;
                     return match read(self.store.as_ref(), digest).await {
-                        Some(found) if found.token != lease.token => Role::Follower(found),
+                        Some(found) if found.token != lease.token => {
+                            self.forget(digest, &lease.token);
+                            Role::Follower(found)
+                        }
                         _ => Role::Leader(self.lead(digest, lease)),
                     };
                 }
@@ -91,11 +100,21 @@ impl Fleet {
         Role::Alone
     }
 
-    fn lead(&self, digest: &Digest, lease: Lease) -> LeaseGuard {
+    fn admit(&self, digest: &Digest, token: &str) {
         self.leading
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(digest.clone(), lease.token.clone());
+            .insert(digest.clone(), token.to_string());
+    }
+
+    fn forget(&self, digest: &Digest, token: &str) {
+        let mut leading = self.leading.lock().unwrap_or_else(|e| e.into_inner());
+        if leading.get(digest).is_some_and(|t| t == token) {
+            leading.remove(digest);
+        }
+    }
+
+    fn lead(&self, digest: &Digest, lease: Lease) -> LeaseGuard {
         let (store, digest_owned) = (self.store.clone(), digest.clone());
         let mut renewed = lease.clone();
         let renew = tokio::spawn(async move {
@@ -121,7 +140,11 @@ impl Fleet {
     /// After a follower finished a fill on its own (the leader failed): removes the leader's
     /// lease if it is still that one, so no stale lease outlives the fill.
     pub async fn release_abandoned(&self, digest: &Digest, followed: &Lease) {
-        if read(self.store.as_ref(), digest).await.as_ref() == Some(followed) {
+        // The same fill's lease (renewals change only its time).
+        if read(self.store.as_ref(), digest)
+            .await
+            .is_some_and(|l| l.token == followed.token)
+        {
             let _ = self.store.delete(&key(digest)).await;
         }
     }

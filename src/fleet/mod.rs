@@ -25,7 +25,7 @@ use std::time::Duration;
 use url::Url;
 
 pub use lease::{Lease, LeaseGuard};
-pub use peer::{PeerError, PeerStream};
+pub use peer::{BLOB_SIZE_HEADER, PeerError, PeerStream};
 
 use crate::oci::Digest;
 use crate::store::BlobStore;

@@ -19,11 +19,20 @@ pub enum PeerError {
 /// The leader's bytes from the requested offset on; ends when the leader's fill is verified.
 pub struct PeerStream {
     inner: BoxStream<'static, reqwest::Result<Bytes>>,
+    total: Option<u64>,
     leader: String,
     stall_timeout: Duration,
 }
 
+/// The whole blob's size, sent by the leader beside the (possibly partial) body.
+pub const BLOB_SIZE_HEADER: &str = "x-berth-blob-size";
+
 impl PeerStream {
+    /// The blob's size, if the leader knows it.
+    pub fn total(&self) -> Option<u64> {
+        self.total
+    }
+
     /// The next chunk; `Ok(None)` at the end. No bytes within the stall timeout is an error.
     pub async fn next(&mut self) -> Result<Option<Bytes>, PeerError> {
         match tokio::time::timeout(self.stall_timeout, self.inner.next()).await {
@@ -71,7 +80,12 @@ pub(super) async fn open(
     if !response.status().is_success() {
         return Err(failed(format!("answered {}", response.status())));
     }
+    let total = response
+        .headers()
+        .get(BLOB_SIZE_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
     Ok(PeerStream {
+        total,
         inner: response.bytes_stream().boxed(),
         leader: lease.leader.clone(),
         stall_timeout,

@@ -278,7 +278,16 @@ mod tests {
         let config = Config::from_toml("").unwrap();
         let all = select(&config.upstreams, &Selection::default()).unwrap();
         let keys: Vec<_> = all.iter().map(Target::key).collect();
-        assert_eq!(keys, ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]);
+        assert_eq!(
+            keys,
+            [
+                "docker.io",
+                "ghcr.io",
+                "oci.external-secrets.io",
+                "quay.io",
+                "registry.k8s.io"
+            ]
+        );
         assert_eq!(
             all[0],
             Target::Registry {
@@ -308,7 +317,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "`gcr.io` is not a configured upstream; configured: docker.io, ghcr.io, quay.io, registry.k8s.io"
+            "`gcr.io` is not a configured upstream; configured: docker.io, ghcr.io, oci.external-secrets.io, quay.io, registry.k8s.io"
         );
         let selection = Selection {
             registries: vec!["*".into()],

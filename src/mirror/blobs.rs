@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::coalesce::{FillFailure, FillWriter, Joined, Slot, Slots};
+use crate::fleet::{Fleet, Lease, Role};
 use crate::oci::{Digest, Hasher};
 use crate::store::{ByteStream, keys};
 use crate::upstream::UpstreamError;
@@ -332,20 +333,6 @@ impl Mirror {
                 e,
             ))
         };
-        let max_size = target.upstream.config().max_blob_size;
-        let mut stream = match target
-            .upstream
-            .fetch_blob(&target.repo, digest, max_size)
-            .await
-        {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!(%upstream, repo = %target.repo, %digest, error = %e, "blob fill failed");
-                writer.fail(failed(e));
-                return;
-            }
-        };
-        writer.start(stream.total());
         let mut hasher = Hasher::new(digest.algorithm());
         let bytes_metric = self
             .metrics
@@ -355,28 +342,75 @@ impl Mirror {
                 kind: "blob",
             })
             .clone();
-        loop {
-            match stream.next().await {
-                Ok(Some(chunk)) => {
-                    bytes_metric.inc_by(chunk.len() as u64);
-                    hasher.update(&chunk);
-                    // A local disk problem (e.g. ENOSPC): retrying the upstream cannot help.
-                    // The failed writer deletes the spool file, so nothing partial stays behind.
-                    if let Err(e) = writer.append(chunk).await {
-                        tracing::error!(%upstream, repo = %target.repo, %digest, received = writer.written(),
-                            error = %e, "cannot write the spool file; blob fill failed");
-                        writer.fail(FillError::Failed(MirrorError::Store(format!(
-                            "cannot write the spool file: {e}"
-                        ))));
-                        return;
-                    }
+        // On a shared bucket: lead the fill for every replica, or stream the leader's.
+        let role = match &self.fleet {
+            Some(fleet) => fleet.claim(digest).await,
+            None => Role::Alone,
+        };
+        let mut started: Option<Option<u64>> = None;
+        if let (Role::Follower(lease), Some(fleet)) = (&role, &self.fleet) {
+            match self
+                .follow_leader(fleet, lease, digest, &writer, &mut hasher)
+                .await
+            {
+                Ok(total) => started = Some(total),
+                Err(Followed::Store(e)) => {
+                    writer.fail(FillError::Failed(e));
+                    return;
                 }
-                Ok(None) => break,
+                Err(Followed::Leader(total, e)) => {
+                    started = total;
+                    tracing::warn!(%upstream, repo = %target.repo, %digest, leader = %lease.leader,
+                        received = writer.written(), error = %e,
+                        "leader replica failed; fetching the rest from the upstream");
+                }
+            }
+        }
+        let complete = started.flatten().is_some_and(|t| writer.written() == t);
+        if !complete {
+            let max_size = target.upstream.config().max_blob_size;
+            let mut stream = match target
+                .upstream
+                .fetch_blob(&target.repo, digest, max_size, writer.written())
+                .await
+            {
+                Ok(stream) => stream,
                 Err(e) => {
-                    tracing::warn!(%upstream, repo = %target.repo, %digest, received = writer.written(),
-                        error = %e, "blob fill failed");
+                    tracing::warn!(%upstream, repo = %target.repo, %digest, error = %e, "blob fill failed");
                     writer.fail(failed(e));
                     return;
+                }
+            };
+            // No announced size: never more than the whole cache may hold.
+            if let Some(cap) = self.config.store.max_size {
+                stream.cap_unannounced(cap);
+            }
+            if started.is_none() {
+                writer.start(stream.total());
+            }
+            loop {
+                match stream.next().await {
+                    Ok(Some(chunk)) => {
+                        bytes_metric.inc_by(chunk.len() as u64);
+                        hasher.update(&chunk);
+                        // A local disk problem (e.g. ENOSPC): retrying the upstream cannot
+                        // help. The failed writer deletes the spool file: nothing partial stays.
+                        if let Err(e) = writer.append(chunk).await {
+                            tracing::error!(%upstream, repo = %target.repo, %digest, received = writer.written(),
+                                error = %e, "cannot write the spool file; blob fill failed");
+                            writer.fail(FillError::Failed(MirrorError::Store(format!(
+                                "cannot write the spool file: {e}"
+                            ))));
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(%upstream, repo = %target.repo, %digest, received = writer.written(),
+                            error = %e, "blob fill failed");
+                        writer.fail(failed(e));
+                        return;
+                    }
                 }
             }
         }
@@ -395,15 +429,31 @@ impl Mirror {
         }
         // Clients get their last byte now, not after the sync and the store commit (an fsync
         // or an S3 upload takes a while); requests arriving meanwhile join this fill.
+        let following = matches!(role, Role::Follower(_));
         let committed = writer
             .verified()
             .commit(|spool| async move {
+                let key = keys::blob(digest);
+                // A follower's bytes are usually in the bucket already (the leader uploaded).
+                if following && self.store.size(&key).await.ok().flatten() == Some(received) {
+                    let _ = tokio::fs::remove_file(&spool).await;
+                    return Ok(());
+                }
                 self.store
-                    .commit_file(&keys::blob(digest), &spool)
+                    .commit_file(&key, &spool)
                     .await
                     .map_err(|e| e.to_string())
             })
             .await;
+        if let (Role::Follower(lease), Some(fleet)) = (&role, &self.fleet) {
+            // When the leader finished, its own guard removes the lease; when we finished
+            // without it, its lease is left over.
+            if !complete {
+                fleet.release_abandoned(digest, lease).await;
+            }
+        }
+        // A leader's lease is deleted when `role` drops, after the commit.
+        drop(role);
         match committed {
             Ok(()) => {
                 tracing::info!(%upstream, repo = %target.repo, %digest, bytes = received, "blob cached")
@@ -414,6 +464,66 @@ impl Mirror {
                 "blob verified but could not be stored; served uncached")
             }
         }
+    }
+}
+
+/// How following a leader replica ended without the whole blob.
+enum Followed {
+    /// The leader failed or stalled after announcing `total` (if it did): go on upstream.
+    Leader(Option<Option<u64>>, crate::fleet::PeerError),
+    /// Our own spool failed: the fill fails.
+    Store(MirrorError),
+}
+
+impl Mirror {
+    /// Streams a leader replica's fill into ours, hashing as it goes. `Ok(total)` once the
+    /// leader's stream ended (it ends only after the leader verified the blob).
+    async fn follow_leader(
+        &self,
+        fleet: &Fleet,
+        lease: &Lease,
+        digest: &Digest,
+        writer: &FillWriter<Digest, FillError>,
+        hasher: &mut Hasher,
+    ) -> Result<Option<u64>, Followed> {
+        let mut peer = fleet
+            .stream_from(lease, digest, 0)
+            .await
+            .map_err(|e| Followed::Leader(None, e))?;
+        let total = peer.total();
+        writer.start(total);
+        loop {
+            match peer.next().await {
+                Ok(Some(chunk)) => {
+                    hasher.update(&chunk);
+                    if let Err(e) = writer.append(chunk).await {
+                        return Err(Followed::Store(MirrorError::Store(format!(
+                            "cannot write the spool file: {e}"
+                        ))));
+                    }
+                }
+                Ok(None) => return Ok(total),
+                Err(e) => return Err(Followed::Leader(Some(total), e)),
+            }
+        }
+    }
+
+    /// A peer replica reading the fill this replica leads (`GET /_berth/fills/<digest>`):
+    /// the blob's size if known, and its bytes from `from` on as they arrive. `None` when the
+    /// token does not open a running fill of ours.
+    pub async fn peer_fill(
+        &self,
+        digest: &Digest,
+        token: &str,
+        from: u64,
+    ) -> Option<(Option<u64>, ByteStream)> {
+        let fleet = self.fleet.as_ref()?;
+        if !fleet.admits(digest, token) {
+            return None;
+        }
+        let fill = self.blob_fills.running(digest)?;
+        let total = fill.started().await.ok()?;
+        Some((total, fill.reader(from, None).into_stream()))
     }
 }
 

@@ -26,6 +26,9 @@ use crate::store::BlobStore;
 use crate::upstream::UpstreamClient;
 use tags::TagRecord;
 
+/// A leader replica that sends no bytes for this long is given up for the upstream.
+const FLEET_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long an upstream 404 for a tag, manifest or blob is believed without asking again.
 const MISSING_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -40,6 +43,8 @@ pub enum Lookup {
 pub struct Mirror {
     config: Arc<Config>,
     upstreams: BTreeMap<String, Arc<UpstreamClient>>,
+    /// Clients of registries allowed by `upstream_patterns`, made on first use.
+    pattern_upstreams: routing::PatternClients,
     store: Arc<dyn BlobStore>,
     metrics: Arc<Metrics>,
     blob_fills: Fills<Digest, blobs::FillError>,
@@ -60,6 +65,8 @@ pub struct Mirror {
     /// Recent upstream 404s (upstream, repo, tag or digest): a loop of bad references costs
     /// one upstream request per [`MISSING_TTL`], not one each.
     missing: moka::sync::Cache<(String, Repository, String), ()>,
+    /// Cross-replica fills on a shared bucket (`advertise_url` with an S3 store).
+    fleet: Option<crate::fleet::Fleet>,
 }
 
 impl Mirror {
@@ -85,13 +92,23 @@ impl Mirror {
             .max_capacity(10_000)
             .time_to_live(MISSING_TTL)
             .build();
+        let fleet = match (&config.advertise_url, &config.store.kind) {
+            (Some(url), crate::config::StoreKind::S3(_)) => Some(crate::fleet::Fleet::new(
+                url.clone(),
+                store.clone(),
+                FLEET_STALL_TIMEOUT,
+            )),
+            _ => None,
+        };
         let cap = config.max_fills as usize;
         let fill_slots = Slots::new(cap, cap * 4, blobs::FILL_QUEUE_WAIT);
         Ok(Mirror {
+            fleet,
             fill_slots,
             upstream_fill_slots: Default::default(),
             config,
             upstreams,
+            pattern_upstreams: routing::PatternClients::default(),
             store,
             metrics,
             blob_fills,

@@ -1,4 +1,5 @@
-//! Which upstream a request is for: `?ns=`, a path prefix, or the default.
+//! Which upstream a request is for: `?ns=`, a path prefix, or the default; configured
+//! `[upstreams]` first, then the hosts `upstream_patterns` allow.
 
 use std::sync::Arc;
 
@@ -20,17 +21,37 @@ impl Target {
     }
 }
 
+/// How many pattern-matched registries keep a client (connection pool, tokens, breaker) at
+/// once. A pattern like `*.pkg.dev` allows many names; the least recently used client goes.
+const PATTERN_CLIENTS: u64 = 64;
+
+/// Clients of registries allowed by `upstream_patterns`, one per registry name.
+pub(super) struct PatternClients {
+    clients: moka::sync::Cache<String, Arc<UpstreamClient>>,
+}
+
+impl Default for PatternClients {
+    fn default() -> Self {
+        PatternClients {
+            clients: moka::sync::Cache::new(PATTERN_CLIENTS),
+        }
+    }
+}
+
 impl Mirror {
     /// Routes an unrouted `name` from the request path.
     ///
-    /// 1. A first component naming a configured upstream is a path prefix (podman, skopeo,
+    /// 1. A first component naming a known registry is a path prefix (podman, skopeo,
     ///    containerd `override_path`): `/v2/ghcr.io/fluxcd/flux/...`.
     /// 2. Otherwise `?ns=<registry>` (containerd's mirror requests).
     /// 3. Otherwise the default upstream. A first component that looks like a registry host
-    ///    but is not configured is refused: berth never becomes an open proxy.
+    ///    but is not known is refused: berth never becomes an open proxy.
+    ///
+    /// Known = an `[upstreams]` table, or a host `upstream_patterns` allows. Any other
+    /// registry gets `UnknownRegistry` before anything connects anywhere.
     pub fn route(&self, name: &str, ns: Option<&str>) -> Result<Target, MirrorError> {
         let (first, rest) = name.split_once('/').unwrap_or((name, ""));
-        let (upstream_name, repo) = if !rest.is_empty() && self.upstreams.contains_key(first) {
+        let (upstream_name, repo) = if !rest.is_empty() && self.is_known_registry(first) {
             (first, rest)
         } else if let Some(ns) = ns {
             (ns, name)
@@ -41,15 +62,43 @@ impl Mirror {
         } else {
             (self.config.default_upstream.as_str(), name)
         };
-        let upstream = self
-            .upstreams
-            .get(upstream_name)
-            .ok_or_else(|| MirrorError::UnknownRegistry(upstream_name.to_string()))?
-            .clone();
+        let upstream = self.upstream(upstream_name)?;
         let mut repo: Repository = repo.parse()?;
         if upstream.config().official_images_prefix {
             repo = repo.with_library_prefix();
         }
         Ok(Target { upstream, repo })
+    }
+
+    fn is_known_registry(&self, registry: &str) -> bool {
+        self.upstreams.contains_key(registry)
+            || self
+                .config
+                .upstream_patterns
+                .upstream_for(registry)
+                .is_some()
+    }
+
+    /// The client of a configured upstream, else of a pattern-allowed registry (made once and
+    /// shared, so its tokens, connections and breaker persist between requests).
+    fn upstream(&self, registry: &str) -> Result<Arc<UpstreamClient>, MirrorError> {
+        if let Some(client) = self.upstreams.get(registry) {
+            return Ok(client.clone());
+        }
+        let unknown = || MirrorError::UnknownRegistry(registry.to_string());
+        let config = self
+            .config
+            .upstream_patterns
+            .upstream_for(registry)
+            .ok_or_else(unknown)?;
+        self.pattern_upstreams
+            .clients
+            .try_get_with(registry.to_string(), || {
+                UpstreamClient::new(config, self.metrics.clone()).map(Arc::new)
+            })
+            .map_err(|e| MirrorError::BadUpstream {
+                upstream: registry.to_string(),
+                cause: format!("cannot set up a client: {e}"),
+            })
     }
 }

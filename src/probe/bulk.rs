@@ -195,7 +195,9 @@ async fn transfer(
             )
             .map_err(|e| UpstreamError::Protocol(e.to_string()))?,
         );
-        let mut stream = client.fetch_blob(&image.repository, digest, None).await?;
+        let mut stream = client
+            .fetch_blob(&image.repository, digest, None, 0)
+            .await?;
         source = stream.source().cloned();
         while run.bytes < want {
             let next = stream.next().await;

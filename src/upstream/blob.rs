@@ -36,13 +36,15 @@ pub struct BlobStream {
 }
 
 impl UpstreamClient {
-    /// Starts downloading a blob; returns once response headers are in (so the size is known
-    /// if the upstream sends it). `max_size` refuses bigger blobs before or while reading.
+    /// Starts downloading a blob from byte `from` on (0: all of it; more: the caller has the
+    /// prefix, e.g. from a peer replica); returns once response headers are in (so the size is
+    /// known if the upstream sends it). `max_size` refuses bigger blobs before or while reading.
     pub async fn fetch_blob(
         self: &Arc<Self>,
         repo: &Repository,
         digest: &Digest,
         max_size: Option<u64>,
+        from: u64,
     ) -> Result<BlobStream, UpstreamError> {
         let mut stream = BlobStream {
             client: self.clone(),
@@ -50,11 +52,11 @@ impl UpstreamClient {
             digest: digest.clone(),
             total: None,
             max_size,
-            received: 0,
+            received: from,
             body: None,
             skip: 0,
             failures: 0,
-            received_at_last_failure: 0,
+            received_at_last_failure: from,
             source: None,
             interruptions: 0,
             last_interruption: None,
@@ -68,6 +70,14 @@ impl BlobStream {
     /// The blob's size, if the upstream announced it.
     pub fn total(&self) -> Option<u64> {
         self.total
+    }
+
+    /// Caps a blob whose size the upstream did not announce (no `Content-Length`) at `cap`
+    /// bytes, unless a tighter `max_size` is already set.
+    pub fn cap_unannounced(&mut self, cap: u64) {
+        if self.total.is_none() {
+            self.max_size = Some(self.max_size.map_or(cap, |m| m.min(cap)));
+        }
     }
 
     /// Bytes delivered so far.
@@ -161,22 +171,30 @@ impl BlobStream {
             }
             self.total = length;
         } else if status == StatusCode::PARTIAL_CONTENT {
-            let start = response
+            let range = response
                 .headers()
                 .get(http::header::CONTENT_RANGE)
                 .and_then(|v| v.to_str().ok())
-                .and_then(content_range_start);
+                .and_then(content_range);
+            let start = range.map(|(start, _)| start);
             if start != Some(self.received) {
                 return Err(UpstreamError::Protocol(format!(
                     "asked for bytes from {}, got Content-Range starting at {start:?}",
                     self.received
                 )));
             }
+            // A download that started past 0 learns the size here.
+            if self.total.is_none() {
+                self.total = range.and_then(|(_, total)| total);
+            }
         } else {
             // The upstream ignored Range: read from 0 again and drop what we have.
             tracing::info!(upstream = %self.client.name(), digest = %self.digest,
                 "upstream ignored Range; re-reading from 0");
             self.skip = self.received;
+            if self.total.is_none() {
+                self.total = length;
+            }
         }
         self.body = Some(self.client.body(response.into_body()));
         Ok(())
@@ -214,16 +232,12 @@ impl BlobStream {
     }
 }
 
-/// `bytes <start>-<end>/<total>` → start.
-fn content_range_start(value: &str) -> Option<u64> {
-    value
-        .trim()
-        .strip_prefix("bytes ")?
-        .split('-')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
+/// `bytes <start>-<end>/<total>` → (start, total; `*` → `None`).
+fn content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let spec = value.trim().strip_prefix("bytes ")?;
+    let (span, total) = spec.split_once('/')?;
+    let start = span.split('-').next()?.trim().parse().ok()?;
+    Some((start, total.trim().parse().ok()))
 }
 
 #[cfg(test)]
@@ -232,8 +246,9 @@ mod tests {
 
     #[test]
     fn content_range_start_parses() {
-        assert_eq!(content_range_start("bytes 100-199/200"), Some(100));
-        assert_eq!(content_range_start("bytes */200"), None);
-        assert_eq!(content_range_start("items 1-2/3"), None);
+        assert_eq!(content_range("bytes 100-199/200"), Some((100, Some(200))));
+        assert_eq!(content_range("bytes 100-199/*"), Some((100, None)));
+        assert_eq!(content_range("bytes */200"), None);
+        assert_eq!(content_range("items 1-2/3"), None);
     }
 }

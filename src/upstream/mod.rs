@@ -5,10 +5,17 @@
 //! Every call goes through [`UpstreamClient::send`], the one retry owner: up to `max_attempts`
 //! header-stage attempts, each admitted by the circuit breaker. The breaker's probe runs in its
 //! own task, so a client that hangs up (or a deadline around the call) cannot cancel it.
+//!
+//! Files: `calls` (typed calls), `blob` (blob download with resume), `retry` (the retry loop,
+//! backoff), `health` (breaker, retry budget), `auth` (who gets which credentials),
+//! `challenge` (WWW-Authenticate), `tokens` (token cache), `body` (stall-aware body reads),
+//! `connector` (TCP/TLS, MSS clamp, address rule), `error`; this file: one attempt (redirects,
+//! challenges) and the HTTP plumbing.
 
 mod auth;
 mod blob;
 mod body;
+mod calls;
 mod challenge;
 mod connector;
 mod error;
@@ -34,17 +41,17 @@ use url::Url;
 
 pub use blob::BlobStream;
 pub use body::BodyReader;
+pub use calls::{FetchedManifest, Listing, ListingKind};
 pub use challenge::{Challenge, parse_challenges};
 pub use connector::tls_config;
 pub use error::UpstreamError;
 
 use crate::config::Upstream;
 use crate::metrics::Metrics;
-use crate::oci::{Digest, Endpoint, MAX_MANIFEST_SIZE, Reference, Repository};
+use crate::oci::{Digest, Endpoint, Repository};
 use auth::{Auth, Step, authority, redacted};
 use connector::Connector;
-use health::{Health, Outcome};
-use retry::backoff;
+use health::Health;
 
 const MAX_HOPS: usize = 12;
 const MAX_TOKEN_BODY: u64 = 1024 * 1024;
@@ -95,27 +102,6 @@ impl Request {
         };
         format!("/v2/{}/{endpoint}", self.repo)
     }
-}
-
-/// A manifest as the upstream sent it; verification is the caller's business.
-pub struct FetchedManifest {
-    pub bytes: Bytes,
-    /// `Content-Type` without parameters, when the upstream sent one.
-    pub media_type: Option<String>,
-    /// `Docker-Content-Digest`, when the upstream sent one.
-    pub digest: Option<Digest>,
-}
-
-/// A tag list or referrers index, streamed through.
-pub struct Listing {
-    pub content_type: Option<String>,
-    pub body: BodyReader,
-}
-
-/// Which listing to fetch.
-pub enum ListingKind {
-    Tags,
-    Referrers(Digest),
 }
 
 /// Where a response really came from after redirects (a CDN host for most blobs); a
@@ -172,134 +158,9 @@ impl UpstreamClient {
         self.health.is_down()
     }
 
-    /// GETs a manifest (at most [`MAX_MANIFEST_SIZE`] bytes).
-    pub async fn fetch_manifest(
-        self: &Arc<Self>,
-        repo: &Repository,
-        reference: &Reference,
-        accept: &[&str],
-    ) -> Result<FetchedManifest, UpstreamError> {
-        let mut req = Request::new(Method::GET, repo, Endpoint::Manifest(reference.clone()));
-        req.accept = Some(accept_header(accept));
-        let response = self.send(&req).await?;
-        if content_length(&response).is_some_and(|len| len > MAX_MANIFEST_SIZE) {
-            return Err(UpstreamError::TooLarge {
-                limit: MAX_MANIFEST_SIZE,
-            });
-        }
-        let digest = header_digest(&response);
-        let media_type = content_type(&response);
-        let bytes = self
-            .body(response.into_body())
-            .read_to_end(MAX_MANIFEST_SIZE)
-            .await?;
-        Ok(FetchedManifest {
-            bytes,
-            media_type,
-            digest,
-        })
-    }
-
-    /// HEADs a manifest: the digest the upstream names for it, if it says.
-    pub async fn head_manifest(
-        self: &Arc<Self>,
-        repo: &Repository,
-        reference: &Reference,
-        accept: &[&str],
-    ) -> Result<Option<Digest>, UpstreamError> {
-        let mut req = Request::new(Method::HEAD, repo, Endpoint::Manifest(reference.clone()));
-        req.accept = Some(accept_header(accept));
-        let response = self.send(&req).await?;
-        Ok(header_digest(&response))
-    }
-
-    /// HEADs a blob: its size, if the upstream says. Nothing is downloaded.
-    pub async fn head_blob(
-        self: &Arc<Self>,
-        repo: &Repository,
-        digest: &Digest,
-    ) -> Result<Option<u64>, UpstreamError> {
-        let req = Request::new(Method::HEAD, repo, Endpoint::Blob(digest.clone()));
-        let response = self.send(&req).await?;
-        Ok(content_length(&response))
-    }
-
-    /// A tag list or referrers index, streamed; `query` is passed through as it is.
-    pub async fn fetch_listing(
-        self: &Arc<Self>,
-        repo: &Repository,
-        kind: ListingKind,
-        query: Option<String>,
-    ) -> Result<Listing, UpstreamError> {
-        let endpoint = match kind {
-            ListingKind::Tags => Endpoint::Tags,
-            ListingKind::Referrers(d) => Endpoint::Referrers(d),
-        };
-        let mut req = Request::new(Method::GET, repo, endpoint);
-        req.query = query;
-        let response = self.send(&req).await?;
-        Ok(Listing {
-            content_type: content_type(&response),
-            body: self.body(response.into_body()),
-        })
-    }
-
     /// A reader for a response body that detects stalls and (if configured) crawling transfers.
     fn body(&self, body: Incoming) -> BodyReader {
         BodyReader::new(body, &self.config.transport, self.health.clone())
-    }
-
-    /// Sends the request, retrying transient failures with backoff, and returns a 2xx response
-    /// (206 when a range was asked and honoured). Error statuses become [`UpstreamError`]s.
-    async fn send(self: &Arc<Self>, req: &Request) -> Result<Response<Incoming>, UpstreamError> {
-        let max = self.config.transport.max_attempts.max(1);
-        let mut attempt = 1;
-        loop {
-            let result = self.admitted_attempt(req).await;
-            match result {
-                Err(e) if e.is_retryable() && attempt < max => {
-                    let Some(token) = self.health.take_retry() else {
-                        return Err(e);
-                    };
-                    let Some(delay) = backoff(attempt, e.retry_after()) else {
-                        return Err(e);
-                    };
-                    tracing::warn!(upstream = %self.config.name, repo = %req.repo, endpoint = req.kind(),
-                        attempt, error = %e, "upstream request failed; retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                    token.spend();
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// One attempt, if the breaker lets it out; its outcome is reported to the breaker.
-    async fn admitted_attempt(
-        self: &Arc<Self>,
-        req: &Request,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let permit = self
-            .health
-            .admit()
-            .map_err(|wait| UpstreamError::Down { retry_after: wait })?;
-        if !permit.is_probe() {
-            let result = self.attempt(req).await;
-            permit.record(outcome(&result));
-            return result;
-        }
-        // The probe decides for every client: it runs to its end in its own task even if
-        // this caller goes away. If it panics, the dropped permit reopens the breaker.
-        let (this, req) = (self.clone(), req.clone());
-        let probe = tokio::spawn(async move {
-            let result = this.attempt(&req).await;
-            permit.record(outcome(&result));
-            result
-        });
-        probe
-            .await
-            .unwrap_or_else(|e| Err(UpstreamError::Transport(format!("probe task failed: {e}"))))
     }
 
     /// One attempt: follows redirects and answers auth challenges along the way. A 403/404
@@ -456,13 +317,6 @@ impl UpstreamClient {
         value.set_sensitive(true);
         self.auth.store_token(request.key, token, lifetime);
         Ok(Some(value))
-    }
-}
-
-fn outcome<T>(result: &Result<T, UpstreamError>) -> Outcome {
-    match result {
-        Err(e) if e.counts_against_health() => Outcome::PathFailed,
-        _ => Outcome::Answered,
     }
 }
 

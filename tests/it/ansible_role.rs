@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -113,7 +114,7 @@ fn assert_file(path: &Path, mode: u32, owner: &Owner) {
 #[test]
 #[ignore = "needs root, ansible: run by scripts/test"]
 fn role_installs_a_servable_berth_and_reruns_unchanged() {
-    if !require_tools(&["ansible-playbook", "runuser"]) || !require_root() {
+    if !require_tools(&["ansible-playbook"]) || !require_root() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -148,6 +149,7 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
         "berth_binary_src": env!("CARGO_BIN_EXE_berth"),
         "berth_mirror_url": "http://10.27.27.10:5000",
         "berth_upstream_defaults": { "stall_timeout": "15s", "tag_ttl": "2m", "tcp_mss": 1360 },
+        "berth_upstream_patterns": ["*.pkg.dev", "public.ecr.aws"],
         "berth_upstreams": {
             "docker.io": {
                 "url": "https://registry-1.docker.io",
@@ -242,6 +244,15 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
         loaded.upstreams.keys().collect::<Vec<_>>(),
         ["docker.io", "registry.example:5000"]
     );
+    assert_eq!(
+        loaded
+            .upstream_patterns
+            .patterns()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["*.pkg.dev", "public.ecr.aws"]
+    );
     let hub = &loaded.upstreams["docker.io"];
     let creds = hub.credentials.as_ref().expect("docker.io credentials");
     assert_eq!(
@@ -313,9 +324,11 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
     // The installed binary serves with the rendered config, started as the service user would.
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let stderr_path = tmp.path().join("berth.stderr");
-    let mut child = Command::new("runuser")
-        .args(["-u", user, "--"])
-        .arg(&bin)
+    // As the service account, with berth itself as our child (not under `runuser`), so
+    // killing the child stops berth and nothing is left running after the test.
+    let mut child = Command::new(&bin)
+        .uid(account.uid)
+        .gid(account.gid)
         .arg("serve")
         .arg("--config")
         .arg(&config)

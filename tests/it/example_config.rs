@@ -17,6 +17,10 @@ fn shipped_example_equals_builtin_defaults() {
     assert_eq!(example.platforms, builtin.platforms);
     assert_eq!(example.admin_token, builtin.admin_token);
     assert_eq!(example.probe, builtin.probe);
+    assert_eq!(
+        example.upstream_patterns.patterns(),
+        builtin.upstream_patterns.patterns()
+    );
     let names = |c: &Config| c.upstreams.keys().cloned().collect::<Vec<_>>();
     assert_eq!(names(&example), names(&builtin));
     for (name, upstream) in &builtin.upstreams {
@@ -63,6 +67,7 @@ fn every_documented_key_is_a_real_key() {
     assert!(config.upstreams["docker.io"].credentials.is_some());
     assert!(config.mirror_url.is_some());
     assert_eq!(config.store.max_size, Some(50 << 30));
+    assert_eq!(config.upstream_patterns.patterns().len(), 2);
     assert!(
         config
             .admin_token

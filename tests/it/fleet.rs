@@ -105,9 +105,20 @@ async fn three_replicas_fetch_a_cold_blob_from_the_upstream_once() {
         );
     }
     let sent = fake.bytes_sent(&layer.digest);
+    let logs: String = replicas
+        .iter()
+        .map(|r| {
+            r.stderr()
+                .lines()
+                .filter(|l| l.contains("lease") || l.contains("leader") || l.contains("blob fill"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n");
     assert!(
         sent <= layer.size() + layer.size() / 20,
-        "the upstream sent {sent} bytes for a {} byte blob: one fetch for the fleet",
+        "the upstream sent {sent} bytes for a {} byte blob: one fetch for the fleet\n{logs}",
         layer.size()
     );
     // One object, and the lease is gone once the leader finished.

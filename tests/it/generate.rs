@@ -321,7 +321,13 @@ fn k3s_default_output_is_the_documented_example() {
     let names: Vec<_> = model.mirrors.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]
+        [
+            "docker.io",
+            "ghcr.io",
+            "oci.external-secrets.io",
+            "quay.io",
+            "registry.k8s.io"
+        ]
     );
     assert!(model.mirrors.values().all(|m| m.endpoints == [MIRROR]));
     assert!(
@@ -445,6 +451,7 @@ fn containerd_hosts_default_tree_points_each_registry_at_the_mirror() {
         [
             "docker.io/hosts.toml",
             "ghcr.io/hosts.toml",
+            "oci.external-secrets.io/hosts.toml",
             "quay.io/hosts.toml",
             "registry.k8s.io/hosts.toml"
         ]
@@ -617,7 +624,7 @@ fn cli_containerd_hosts_second_run_writes_nothing() {
     let first = stdout(&berth(&args));
     assert_eq!(
         first.lines().filter(|l| l.starts_with("wrote")).count(),
-        4,
+        5,
         "{first}"
     );
     let docker = out.join("docker.io/hosts.toml");
@@ -687,6 +694,37 @@ fn cli_containerd_hosts_dry_run_writes_nothing() {
     }
 }
 
+/// `--json` (what the Ansible node role copies to the nodes) lists exactly the files a write
+/// produces, byte for byte: `--json` and `--dry-run` are left out of the recorded command line.
+#[test]
+fn cli_containerd_hosts_json_holds_the_bytes_a_write_produces() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs.d");
+    let args = [
+        "containerd-hosts",
+        "--mirror-url",
+        MIRROR,
+        "--output",
+        out.to_str().unwrap(),
+        "--catch-all",
+    ];
+    let listed: serde_json::Value =
+        serde_json::from_str(&stdout(&berth(&[&args[..], &["--json"]].concat()))).unwrap();
+    assert!(!out.exists(), "--json wrote files");
+    let dry_run = stdout(&berth(&[&args[..], &["--dry-run"]].concat()));
+    stdout(&berth(&args));
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 6, "five built-in registries and _default");
+    for file in listed {
+        let path = Path::new(file["path"].as_str().unwrap());
+        let content = file["content"].as_str().unwrap();
+        assert!(path.starts_with(&out), "{}", path.display());
+        assert_eq!(fs::read_to_string(path).unwrap(), content);
+        assert!(dry_run.contains(content), "--dry-run shows other bytes");
+        assert!(!content.contains("--json") && !content.contains("--dry-run"));
+    }
+}
+
 #[test]
 fn cli_refuses_a_mirror_url_without_scheme() {
     for command in ["k3s-registries", "containerd-hosts"] {
@@ -722,7 +760,7 @@ fn cli_refuses_an_unknown_registry_listing_the_configured_ones() {
             "{err}"
         );
         assert!(
-            err.contains("docker.io, ghcr.io, quay.io, registry.k8s.io"),
+            err.contains("docker.io, ghcr.io, oci.external-secrets.io, quay.io, registry.k8s.io"),
             "{err}"
         );
     }

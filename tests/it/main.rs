@@ -10,6 +10,7 @@
 
 mod support;
 
+mod ansible_node;
 mod ansible_role;
 mod cache_cli;
 mod containerd_hosts;
@@ -22,9 +23,11 @@ mod faults;
 mod fleet;
 mod generate;
 mod mss_blackhole;
+mod podman;
 mod prewarm;
 mod probe;
 mod pull_through;
+mod registries;
 mod s3_replicas;
 mod store_conformance;
 mod upstream_trust;

@@ -546,3 +546,60 @@ async fn a_probe_whose_client_hangs_up_still_settles_the_breaker() {
         lifted.elapsed()
     );
 }
+
+/// One retry owner: a blob that keeps failing at the header stage costs `max_attempts`
+/// upstream requests, not `max_attempts²` (two nested retry loops).
+#[tokio::test]
+async fn a_failing_blob_costs_max_attempts_requests_not_their_square() {
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let blob = images::big_blob(1, 73);
+    fake.put_blob("library/big", &blob);
+    fake.inject(
+        Fault::status(503, Some(0))
+            .kind(Kind::Blob)
+            .reference(&blob.digest)
+            .times(50),
+    );
+    let berth = Berth::start(&upstream_table(
+        "docker.io",
+        &fake.url(),
+        "max_attempts = 3\nbreaker_threshold = 100",
+    ))
+    .await;
+    let status = status_of(&berth.url(&format!("/v2/library/big/blobs/{}", blob.digest))).await;
+    assert_eq!(status, 502, "the upstream's 503s, passed on");
+    assert_eq!(fake.count(Role::Registry, Kind::Blob, Method::GET), 3);
+}
+
+/// Without a Content-Length the size is only known at the end: the caps apply while reading.
+#[tokio::test]
+async fn a_blob_without_content_length_is_cut_off_at_the_caps() {
+    let fake = FakeUpstream::start(Options {
+        chunked_blobs: true,
+        ..Options::plain()
+    })
+    .await;
+    let (small, big) = (images::big_blob(1, 74), images::big_blob(3, 75));
+    fake.put_blob("library/big", &small);
+    fake.put_blob("library/big", &big);
+    for extra in ["max_blob_size = \"2MiB\"", "[store]\nmax_size = \"2MiB\""] {
+        let berth = Berth::start(&upstream_table("docker.io", &fake.url(), extra)).await;
+        let url = |b: &images::Blob| berth.url(&format!("/v2/library/big/blobs/{}", b.digest));
+        let response = client().get(url(&small)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{extra}");
+        assert!(
+            response.headers().get("content-length").is_none(),
+            "chunked through"
+        );
+        assert_eq!(response.bytes().await.unwrap(), small.bytes);
+        let response = client().get(url(&big)).send().await.unwrap();
+        // Headers may have gone out before the cap was hit: then the body breaks instead.
+        let status = response.status().as_u16();
+        assert!(status == 200 || status == 502, "{extra}: {status}");
+        let delivered_whole = status == 200 && response.bytes().await.is_ok();
+        assert!(
+            !delivered_whole,
+            "{extra}: a too-large blob was delivered whole"
+        );
+    }
+}

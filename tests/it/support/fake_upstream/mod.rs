@@ -65,6 +65,8 @@ pub struct Options {
     /// served through something in front (e.g. `TlsFront`s on known ports): `https://ip:port`.
     pub public_token_url: Option<String>,
     pub public_cdn_url: Option<String>,
+    /// Blob bodies go out chunked, without `Content-Length`.
+    pub chunked_blobs: bool,
 }
 
 impl Default for Options {
@@ -81,6 +83,7 @@ impl Default for Options {
             cdn_basic_challenge: false,
             public_token_url: None,
             public_cdn_url: None,
+            chunked_blobs: false,
         }
     }
 }

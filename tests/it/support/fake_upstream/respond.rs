@@ -144,7 +144,9 @@ pub fn serve_bytes(
         "application/octet-stream"
     };
     headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
-    headers.insert(header::CONTENT_LENGTH, data.len().into());
+    if !(shared.opts.chunked_blobs && target.kind == Kind::Blob) {
+        headers.insert(header::CONTENT_LENGTH, data.len().into());
+    }
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     headers.insert("docker-content-digest", blob.digest.parse().unwrap());
     headers.insert(
