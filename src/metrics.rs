@@ -42,6 +42,8 @@ pub struct Metrics {
     pub cache_evictions: Counter,
     /// Bytes of blobs and manifests in the cache.
     pub cache_bytes: Gauge,
+    /// The light probe of `berth serve` (`probe_interval`).
+    pub probe: ProbeMetrics,
 }
 
 impl Default for Metrics {
@@ -55,6 +57,7 @@ impl Default for Metrics {
         let verify_failures = Counter::default();
         let cache_evictions = Counter::default();
         let cache_bytes = Gauge::default();
+        let probe = ProbeMetrics::register(&mut registry);
         registry.register(
             "upstream_requests",
             "Requests sent to upstream registries",
@@ -105,6 +108,7 @@ impl Default for Metrics {
             verify_failures,
             cache_evictions,
             cache_bytes,
+            probe,
         }
     }
 }
@@ -139,5 +143,60 @@ impl Metrics {
         self.cache_lookups
             .get_or_create(&CacheLabels { kind, result })
             .inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeStageLabels {
+    pub upstream: String,
+    /// dns, connect, tls, ttfb, total
+    pub stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeFailureLabels {
+    pub upstream: String,
+    /// The failure class `berth probe` names (`tls_handshake_timeout`, `reset`, `http_503`, …).
+    pub class: String,
+}
+
+/// Results of the light probe: the last answer per upstream and failure counts by class.
+pub struct ProbeMetrics {
+    pub up: Family<ProbeLabels, Gauge>,
+    pub stage_seconds: Family<ProbeStageLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub runs: Family<ProbeLabels, Counter>,
+    pub failures: Family<ProbeFailureLabels, Counter>,
+}
+
+impl ProbeMetrics {
+    fn register(registry: &mut Registry) -> ProbeMetrics {
+        let m = ProbeMetrics {
+            up: Family::default(),
+            stage_seconds: Family::default(),
+            runs: Family::default(),
+            failures: Family::default(),
+        };
+        registry.register(
+            "probe_up",
+            "1 if the last light probe of the upstream's /v2/ succeeded, else 0",
+            m.up.clone(),
+        );
+        registry.register(
+            "probe_stage_seconds",
+            "Seconds each stage (dns, connect, tls, ttfb, total) of the last light probe took",
+            m.stage_seconds.clone(),
+        );
+        registry.register("probe_runs", "Light probes run", m.runs.clone());
+        registry.register(
+            "probe_failures",
+            "Light probes that failed, by failure class",
+            m.failures.clone(),
+        );
+        m
     }
 }
