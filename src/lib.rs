@@ -29,16 +29,22 @@
 //!              them (/_berth/pins), checks offline readiness (Cache-Control: only-if-cached)
 //!   server     the front door: accept loop, connection cap, header/idle deadlines, TLS (ALPN,
 //!              cert reload, client CAs), htpasswd users; serves any tower service
+//!   probe      `berth probe`: timed requests per address (DNS/connect/TLS/TTFB), bulk transfers
+//!              at several MSS through `upstream`, path facts and DF path-MTU probes, verdicts
+//!              (a pure function) with evidence and fix, text/JSON report, `compare`
 //!   serve      wiring: store (+ evictor task on disk) + mirror + api + server; drains fills
 //!              on shutdown
-//!   cli        one file per subcommand (serve, cache, prewarm, status, generators); glue only
+//!   cli        one file per subcommand (serve, cache, prewarm, probe, status, generators);
+//!              glue only
 //! ```
 //!
-//! Dependency rule: `cli → api/generate/prewarm → mirror → upstream/store/coalesce → oci`, plus
-//! `cli → store` for the offline cache commands (`berth cache stats|verify|gc`); `api` also
-//! uses `server`'s policy types (peer address, users), and `server` knows no axum. Every layer
-//! reads `config` and `metrics`; `pulls`, `status` and `metrics` name `upstream::ErrorClass`
-//! (the failure classes are the upstream client's). `oci` imports nothing of ours.
+//! Dependency rule: `cli → api/generate/prewarm/probe → mirror → upstream/store/coalesce → oci`,
+//! plus `cli → store` for the offline cache commands (`berth cache stats|verify|gc`); `api` also
+//! uses `server`'s policy types (peer address, users), and `server` knows no axum. `probe` uses
+//! `upstream` directly (its connector, token auth, redirects) and `prewarm` only for image
+//! references. Every layer reads `config` and `metrics`; `pulls`, `status` and `metrics` name
+//! `upstream::ErrorClass` (the failure classes are the upstream client's). `oci` imports
+//! nothing of ours.
 //!
 //! Two HTTP clients, on purpose: `upstream` is hyper on berth's own socket2/rustls connector
 //! (it needs TCP_MAXSEG before connect, the address checks after DNS, its own timeouts);
@@ -55,6 +61,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod oci;
 pub mod prewarm;
+pub mod probe;
 pub mod pulls;
 pub mod serve;
 pub mod server;

@@ -105,6 +105,8 @@ pub struct Metrics {
     /// Client requests by endpoint kind and HTTP status, and their latency to the last byte.
     pub client_requests: Family<ClientLabels, Counter>,
     pub client_request_seconds: Histograms<EndpointLabels>,
+    /// The light probe of `berth serve` (`probe_interval`).
+    pub probe: ProbeMetrics,
 }
 
 impl Default for Metrics {
@@ -138,6 +140,7 @@ impl Default for Metrics {
         let client_requests = Family::default();
         let client_request_seconds: Histograms<_> =
             Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let probe = ProbeMetrics::register(&mut registry);
         registry.register(
             "upstream_requests",
             "Requests sent to upstream registries",
@@ -278,6 +281,7 @@ impl Default for Metrics {
             verify_failures,
             cache_evictions,
             cache_bytes,
+            probe,
         }
     }
 }
@@ -394,5 +398,60 @@ impl Drop for FillTimer {
                 outcome: self.outcome,
             })
             .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeStageLabels {
+    pub upstream: String,
+    /// dns, connect, tls, ttfb, total
+    pub stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeFailureLabels {
+    pub upstream: String,
+    /// The failure class `berth probe` names (`tls_handshake_timeout`, `reset`, `http_503`, …).
+    pub class: String,
+}
+
+/// Results of the light probe: the last answer per upstream and failure counts by class.
+pub struct ProbeMetrics {
+    pub up: Family<ProbeLabels, Gauge>,
+    pub stage_seconds: Family<ProbeStageLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub runs: Family<ProbeLabels, Counter>,
+    pub failures: Family<ProbeFailureLabels, Counter>,
+}
+
+impl ProbeMetrics {
+    fn register(registry: &mut Registry) -> ProbeMetrics {
+        let m = ProbeMetrics {
+            up: Family::default(),
+            stage_seconds: Family::default(),
+            runs: Family::default(),
+            failures: Family::default(),
+        };
+        registry.register(
+            "probe_up",
+            "1 if the last light probe of the upstream's /v2/ succeeded, else 0",
+            m.up.clone(),
+        );
+        registry.register(
+            "probe_stage_seconds",
+            "Seconds each stage (dns, connect, tls, ttfb, total) of the last light probe took",
+            m.stage_seconds.clone(),
+        );
+        registry.register("probe_runs", "Light probes run", m.runs.clone());
+        registry.register(
+            "probe_failures",
+            "Light probes that failed, by failure class",
+            m.failures.clone(),
+        );
+        m
     }
 }

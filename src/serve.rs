@@ -79,6 +79,8 @@ pub async fn run(
                 }
             }
         };
+    // Off unless `probe_interval` is set; stops when this function returns.
+    let _light_probe = crate::probe::light::spawn(&config, metrics.clone());
     let mirror = Arc::new(Mirror::new(config.clone(), store, metrics)?);
     if let Some(path) = &config.access_log {
         let log = crate::pulls::AccessLog::open(path).with_context(|| {

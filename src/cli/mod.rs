@@ -3,6 +3,7 @@
 mod cache;
 mod generate;
 mod prewarm;
+mod probe;
 mod serve;
 mod status;
 
@@ -38,6 +39,9 @@ enum Command {
     /// Pull image groups through a running berth so a rebuild needs no internet; `--check`
     /// says whether the cache alone can serve them.
     Prewarm(prewarm::PrewarmArgs),
+    /// Measure the egress path to the registries (DNS, connect, TLS, first byte, bulk transfers
+    /// at several MSS, path MTU) and name what breaks it; `probe compare` sets reports side by side.
+    Probe(probe::ProbeArgs),
     /// Show a running berth's status: upstream health, failed pulls by image and by node,
     /// fills in progress, cache and pins.
     Status(status::StatusArgs),
@@ -52,6 +56,7 @@ pub fn main() -> ExitCode {
         Command::ContainerdHosts(args) => generate::containerd_hosts(args),
         Command::Cache(command) => cache::run(command),
         Command::Prewarm(args) => return prewarm::main(args),
+        Command::Probe(args) => return probe::main(args),
         Command::Status(args) => status::run(args),
     };
     match result {

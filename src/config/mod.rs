@@ -4,6 +4,7 @@
 //! validated once into [`Config`]. Nothing downstream re-checks strings.
 
 mod patterns;
+mod probe;
 mod raw;
 mod resolve;
 mod server;
@@ -53,7 +54,26 @@ pub struct Config {
     pub access_log: Option<PathBuf>,
     /// Who may reach berth and how (`[server]`).
     pub server: ServerConfig,
+    /// `berth probe` defaults and the light probe of `berth serve`.
+    pub probe: ProbeConfig,
 }
+
+/// `probe_interval` and `probe_images`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeConfig {
+    /// How often `berth serve` probes each upstream's `/v2/` (exported as metrics); off when `None`.
+    pub interval: Option<Duration>,
+    /// Images whose largest layer `berth probe` downloads by default (references as written).
+    pub images: Vec<String>,
+}
+
+/// Images users name as flaky: what `berth probe` transfers when neither the config nor
+/// `--image` names any.
+pub const DEFAULT_PROBE_IMAGES: [&str; 3] = [
+    "ghcr.io/fluxcd/helm-controller:v1.5.1",
+    "quay.io/prometheus/node-exporter:v1.8.2",
+    "docker.io/library/nginx:1.27",
+];
 
 /// The `[store]` table: which backend keeps blobs, manifests and tag records, and how big the
 /// disk cache may grow.

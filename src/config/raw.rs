@@ -24,6 +24,9 @@ pub struct RawConfig {
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
     pub platforms: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub probe_interval: Option<Duration>,
+    pub probe_images: Option<Vec<String>>,
     pub upstream_patterns: Option<Vec<String>>,
     pub access_log: Option<PathBuf>,
     #[serde(default)]

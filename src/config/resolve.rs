@@ -110,6 +110,7 @@ impl RawConfig {
         let server = self.server.resolve()?;
         let admin_token = admin_token(self.admin_token, self.admin_token_file)?;
         let platforms = platforms(self.platforms.as_deref())?;
+        let probe = super::probe::resolve(self.probe_interval, self.probe_images)?;
 
         Ok(Config {
             listen,
@@ -128,6 +129,7 @@ impl RawConfig {
             server,
             admin_token,
             platforms,
+            probe,
             access_log: self.access_log,
         })
     }

@@ -28,6 +28,11 @@ pub struct BlobStream {
     skip: u64,
     failures: u32,
     received_at_last_failure: u64,
+    /// Where the last response came from (after redirects).
+    source: Option<url::Url>,
+    /// Breaks resumed so far, and the last one's cause (`berth probe` reports them).
+    interruptions: u32,
+    last_interruption: Option<UpstreamError>,
 }
 
 impl UpstreamClient {
@@ -52,6 +57,9 @@ impl UpstreamClient {
             skip: 0,
             failures: 0,
             received_at_last_failure: from,
+            source: None,
+            interruptions: 0,
+            last_interruption: None,
         };
         stream.open().await?;
         Ok(stream)
@@ -75,6 +83,16 @@ impl BlobStream {
     /// Bytes delivered so far.
     pub fn received(&self) -> u64 {
         self.received
+    }
+
+    /// The URL the bytes come from after redirects (a CDN for most registries).
+    pub fn source(&self) -> Option<&url::Url> {
+        self.source.as_ref()
+    }
+
+    /// How often the transfer broke and was resumed, and the last break's cause.
+    pub fn interruptions(&self) -> (u32, Option<&UpstreamError>) {
+        (self.interruptions, self.last_interruption.as_ref())
     }
 
     /// The next chunk of the blob, resuming transparently; `None` once all of it arrived.
@@ -151,6 +169,9 @@ impl BlobStream {
 
     async fn open_once(&mut self) -> Result<(), UpstreamError> {
         let response = self.client.admitted_attempt(&self.request).await?;
+        if let Some(super::ResponseUrl(url)) = response.extensions().get() {
+            self.source = Some(url.clone());
+        }
         let length = content_length(&response);
         let status = response.status();
         self.skip = 0;
@@ -210,6 +231,8 @@ impl BlobStream {
         }
         tracing::warn!(upstream = %self.client.name(), digest = %self.digest, received = self.received,
             error = %e, "blob transfer broke; resuming");
+        self.interruptions += 1;
+        self.last_interruption = Some(e.clone());
         if progressed {
             return Ok(());
         }

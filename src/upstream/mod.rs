@@ -45,6 +45,7 @@ pub use body::BodyReader;
 pub use calls::{FetchedManifest, Listing, ListingKind};
 pub use challenge::{Challenge, parse_challenges};
 pub use class::ErrorClass;
+pub use connector::tls_config;
 pub use error::UpstreamError;
 pub use health::BreakerState;
 
@@ -105,6 +106,11 @@ impl Request {
         format!("/v2/{}/{endpoint}", self.repo)
     }
 }
+
+/// Where a response really came from after redirects (a CDN host for most blobs); a
+/// response extension, read by `berth probe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseUrl(pub Url);
 
 type HttpClient = Client<Connector, Empty<Bytes>>;
 
@@ -239,7 +245,9 @@ impl UpstreamClient {
                 url = home.clone();
                 continue;
             }
-            return check_status(response);
+            let mut response = check_status(response)?;
+            response.extensions_mut().insert(ResponseUrl(url));
+            return Ok(response);
         }
         Err(UpstreamError::Protocol(format!(
             "more than {MAX_HOPS} redirects or auth rounds"

@@ -17,6 +17,7 @@ fn shipped_example_equals_builtin_defaults() {
     assert_eq!(example.platforms, builtin.platforms);
     assert_eq!(example.admin_token, builtin.admin_token);
     assert_eq!(example.server, builtin.server);
+    assert_eq!(example.probe, builtin.probe);
     assert_eq!(
         example.upstream_patterns.patterns(),
         builtin.upstream_patterns.patterns()

@@ -29,6 +29,7 @@ mod oci_model;
 mod parsers;
 mod podman;
 mod prewarm;
+mod probe;
 mod pull_through;
 mod registries;
 mod s3_replicas;

@@ -1,4 +1,5 @@
-//! A real path-MTU black hole, built from network namespaces, and berth's `tcp_mss` clamp.
+//! A real path-MTU black hole, built from network namespaces (`support::netns::Lab`), and
+//! berth's `tcp_mss` clamp.
 //!
 //! Topology (names suffixed with the test's pid; everything is torn down on drop, even on
 //! panic):
@@ -19,18 +20,14 @@
 //! Needs root, `ip`, `iptables`, `curl`, `python3`: skipped locally without them, fails under
 //! `CI=true`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::netns::{Lab, Proc, UP_IP, in_ns, unique_id};
 use crate::support::prereq::{require_root, require_tools, which};
-use crate::support::util::{CmdOutput, kill_child, run, wait_until};
+use crate::support::util::wait_until;
 use sha2::{Digest, Sha256};
 
-const BERTH_IP: &str = "10.99.1.2";
-const ROUTER_BERTH_IP: &str = "10.99.1.1";
-const ROUTER_UP_IP: &str = "10.99.2.1";
-const UP_IP: &str = "10.99.2.2";
 const UP_PORT: u16 = 8080;
 /// berth's listen port inside its own namespace (private, so a fixed port cannot clash).
 const BERTH_PORT: u16 = 5000;
@@ -38,182 +35,6 @@ const NARROW_MTU: u32 = 1400;
 const CLAMP_MSS: u32 = 1360;
 const BLOB_SIZE: usize = 16 << 20;
 const REPO_BLOB_DIR: &str = "v2/library/big/blobs";
-
-/// Runs `ip <args>` (≤ 10 s) and panics on failure.
-fn ip(args: &[&str]) {
-    run(Command::new("ip").args(args), Duration::from_secs(10)).expect_success();
-}
-
-/// Runs `args` inside namespace `ns` with a timeout; returns the output (caller checks).
-fn in_ns(ns: &str, args: &[&str], timeout: Duration) -> CmdOutput {
-    run(
-        Command::new("ip").args(["netns", "exec", ns]).args(args),
-        timeout,
-    )
-}
-
-/// The three namespaces and their wiring. Dropping it deletes the namespaces, which also
-/// destroys the veth pairs and the router's iptables rules.
-struct Netns {
-    berth: String,
-    router: String,
-    up: String,
-}
-
-impl Netns {
-    fn build(id: &str) -> Netns {
-        let net = Netns {
-            berth: format!("berth-{id}"),
-            router: format!("router-{id}"),
-            up: format!("up-{id}"),
-        };
-        for ns in net.all() {
-            // A leftover from a crashed run with the same pid would make `add` fail.
-            let _ = run(
-                Command::new("ip").args(["netns", "del", ns]),
-                Duration::from_secs(10),
-            );
-            ip(&["netns", "add", ns]);
-        }
-        // From here on, a panic drops `net` and removes whatever was built.
-        let (vb, vrb, vu, vru) = (
-            format!("vb{id}"),
-            format!("vrb{id}"),
-            format!("vu{id}"),
-            format!("vru{id}"),
-        );
-        let narrow = NARROW_MTU.to_string();
-        for (a, a_ns, b, b_ns) in [
-            (&vb, &net.berth, &vrb, &net.router),
-            (&vu, &net.up, &vru, &net.router),
-        ] {
-            ip(&[
-                "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
-            ]);
-        }
-        let addr = |ns: &str, dev: &str, cidr: &str, mtu: Option<&str>| {
-            ip(&["-n", ns, "addr", "add", cidr, "dev", dev]);
-            let mut link = vec!["-n", ns, "link", "set", dev];
-            if let Some(mtu) = mtu {
-                link.extend(["mtu", mtu]);
-            }
-            link.push("up");
-            ip(&link);
-        };
-        addr(&net.berth, &vb, &format!("{BERTH_IP}/24"), None);
-        addr(
-            &net.router,
-            &vrb,
-            &format!("{ROUTER_BERTH_IP}/24"),
-            Some(&narrow),
-        );
-        addr(&net.router, &vru, &format!("{ROUTER_UP_IP}/24"), None);
-        addr(&net.up, &vu, &format!("{UP_IP}/24"), None);
-        for ns in net.all() {
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        ip(&[
-            "-n",
-            &net.berth,
-            "route",
-            "add",
-            "default",
-            "via",
-            ROUTER_BERTH_IP,
-        ]);
-        ip(&[
-            "-n",
-            &net.up,
-            "route",
-            "add",
-            "default",
-            "via",
-            ROUTER_UP_IP,
-        ]);
-
-        let t = Duration::from_secs(10);
-        in_ns(
-            &net.router,
-            &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
-            t,
-        )
-        .expect_success();
-        for chain in ["OUTPUT", "FORWARD"] {
-            in_ns(
-                &net.router,
-                &[
-                    "iptables",
-                    "-A",
-                    chain,
-                    "-p",
-                    "icmp",
-                    "--icmp-type",
-                    "fragmentation-needed",
-                    "-j",
-                    "DROP",
-                ],
-                t,
-            )
-            .expect_success();
-        }
-        net
-    }
-
-    fn all(&self) -> [&String; 3] {
-        [&self.berth, &self.router, &self.up]
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for ns in self.all() {
-            let out = run(
-                Command::new("ip").args(["netns", "del", ns]),
-                Duration::from_secs(10),
-            );
-            if !out.success {
-                eprintln!("warning: could not delete netns {ns}: {}", out.stderr);
-            }
-        }
-    }
-}
-
-/// A long-running child (inside a namespace) killed by its own handle on drop.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(ns: &str, args: &[&str], envs: &[(&str, &str)], log: PathBuf) -> Proc {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(log.with_extension("stderr")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {args:?} in {ns}: {e}"));
-        Proc { child, log }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.log.with_extension("stderr")).unwrap_or_default()
-    }
-
-    fn assert_running(&mut self, what: &str) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("{what} exited early ({status}); stderr:\n{}", self.stderr());
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        kill_child(&mut self.child);
-    }
-}
 
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -338,7 +159,7 @@ fn large_blob_through_pmtu_black_hole_needs_the_mss_clamp() {
         return;
     }
     let t0 = Instant::now();
-    let id = std::process::id().to_string();
+    let id = unique_id();
     let tmp = tempfile::tempdir().unwrap();
 
     // Upstream content: a big random blob at its registry path, and a small file.
@@ -352,7 +173,7 @@ fn large_blob_through_pmtu_black_hole_needs_the_mss_clamp() {
     drop(blob);
 
     // Declared before the processes, so it is dropped (namespaces deleted) after them.
-    let net = Netns::build(&id);
+    let net = Lab::build(&id, NARROW_MTU);
     eprintln!("[{:?}] namespaces built: {:?}", t0.elapsed(), net.all());
 
     let python = which("python3").unwrap();

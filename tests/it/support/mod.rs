@@ -6,6 +6,7 @@
 //! - [`berth`]: the berth binary as a child process, with readiness and /metrics helpers.
 //! - [`util`]: bounded polls, commands with timeouts, free ports, a tiny blocking HTTP GET.
 //! - [`prereq`]: fail naming the tool when an external tool is missing.
+//! - [`netns`]: the path MTU black-hole lab in network namespaces; servers inside a namespace.
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code, unused_imports)]
@@ -14,6 +15,7 @@ pub mod berth;
 pub mod fake_upstream;
 pub mod images;
 pub mod inprocess;
+pub mod netns;
 pub mod prereq;
 pub mod real;
 pub mod syn_gate;

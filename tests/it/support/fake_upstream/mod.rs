@@ -61,6 +61,10 @@ pub struct Options {
     /// The CDN answers a request without `Authorization` with `401` + `WWW-Authenticate: Basic`
     /// (a redirect target fishing for the registry's password).
     pub cdn_basic_challenge: bool,
+    /// Token realm and CDN base URL as written into challenges and redirects, when they are
+    /// served through something in front (e.g. `TlsFront`s on known ports): `https://ip:port`.
+    pub public_token_url: Option<String>,
+    pub public_cdn_url: Option<String>,
     /// Blob bodies go out chunked, without `Content-Length`.
     pub chunked_blobs: bool,
     /// Docker Hub's `ratelimit-remaining: <n>;w=21600` on manifest answers, when set.
@@ -79,6 +83,8 @@ impl Default for Options {
             redirect_unknown_blobs: false,
             token_realm_host: None,
             cdn_basic_challenge: false,
+            public_token_url: None,
+            public_cdn_url: None,
             chunked_blobs: false,
             ratelimit_remaining: None,
         }
@@ -144,10 +150,16 @@ impl Drop for FakeUpstream {
 
 impl FakeUpstream {
     pub async fn start(opts: Options) -> FakeUpstream {
-        let bind = || async {
-            TcpListener::bind("127.0.0.1:0")
+        FakeUpstream::start_on(opts, std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// Like [`FakeUpstream::start`], on `ip` (e.g. an address inside a test network namespace,
+    /// with the runtime's threads in that namespace: see `support::netns::InNetns`).
+    pub async fn start_on(opts: Options, ip: std::net::IpAddr) -> FakeUpstream {
+        let bind = || async move {
+            TcpListener::bind((ip, 0))
                 .await
-                .expect("bind 127.0.0.1:0")
+                .unwrap_or_else(|e| panic!("bind {ip}:0: {e}"))
         };
         let (registry, token, cdn) = (bind().await, bind().await, bind().await);
         let (registry_addr, token_addr, cdn_addr) = (
@@ -155,14 +167,19 @@ impl FakeUpstream {
             token.local_addr().unwrap(),
             cdn.local_addr().unwrap(),
         );
-        let token_url = match &opts.token_realm_host {
-            Some(host) => format!("http://{host}:{}/token", token_addr.port()),
-            None => format!("http://{token_addr}/token"),
+        let token_url = match (&opts.public_token_url, &opts.token_realm_host) {
+            (Some(base), _) => format!("{base}/token"),
+            (None, Some(host)) => format!("http://{host}:{}/token", token_addr.port()),
+            (None, None) => format!("http://{token_addr}/token"),
         };
+        let cdn_url = opts
+            .public_cdn_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{cdn_addr}"));
         let shared = Arc::new(Shared {
             opts,
             token_url,
-            cdn_url: format!("http://{cdn_addr}"),
+            cdn_url,
             repos: Mutex::default(),
             stats: Mutex::default(),
             faults: Mutex::default(),

@@ -24,8 +24,15 @@ pub struct TlsFront {
 
 impl TlsFront {
     pub async fn start(ca: &TestCa, backend: SocketAddr) -> TlsFront {
+        TlsFront::start_on(ca, "127.0.0.1:0".parse().unwrap(), backend).await
+    }
+
+    /// Like [`TlsFront::start`], listening on `bind` (the CA's certificate must name its IP).
+    pub async fn start_on(ca: &TestCa, bind: SocketAddr, backend: SocketAddr) -> TlsFront {
         let acceptor = TlsAcceptor::from(Arc::new(server_config(ca)));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind(bind)
+            .await
+            .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
         let addr = listener.local_addr().unwrap();
         let delays: Arc<Mutex<VecDeque<Duration>>> = Arc::default();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -59,7 +66,8 @@ impl TlsFront {
         }
     }
 
-    /// `https://127.0.0.1:<port>`; the certificate is valid for 127.0.0.1 under the test CA.
+    /// `https://<ip>:<port>`; the certificate is valid for 127.0.0.1 (or the names the CA was
+    /// made for) under the test CA.
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
     }

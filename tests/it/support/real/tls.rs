@@ -22,6 +22,11 @@ pub struct TestCa {
 
 impl TestCa {
     pub fn new() -> TestCa {
+        TestCa::for_names(&["127.0.0.1", "localhost"])
+    }
+
+    /// A CA whose server certificate names `names` (IP addresses become IP SANs).
+    pub fn for_names(names: &[&str]) -> TestCa {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params
@@ -33,10 +38,9 @@ impl TestCa {
 
         let key = KeyPair::generate().unwrap();
         let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "127.0.0.1");
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
         let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
 
         let dir = tempfile::tempdir().unwrap();
