@@ -9,6 +9,7 @@ BEFORE=$(realpath "$1"); AFTER=$(realpath "$2")
 HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=$(mktemp -d); cd "$WORK"
 python3 "$HERE/record-overhead-upstream.py" 5190 & UP=$!
+B1=""; B2=""
 trap 'kill $UP 2>/dev/null; kill $B1 $B2 2>/dev/null || true' EXIT
 start() { # bin port dir
   rm -rf $3; mkdir -p $3
