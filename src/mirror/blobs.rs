@@ -346,6 +346,11 @@ impl Mirror {
             ))
         };
         let mut hasher = Hasher::new(digest.algorithm());
+        // The spool counts against the store's size limit until the commit (or the failure).
+        let mut spool = SpoolAccount {
+            store: self.store.as_ref(),
+            bytes: 0,
+        };
         let bytes_metric = self
             .metrics
             .upstream_blob_bytes
@@ -362,7 +367,7 @@ impl Mirror {
         let mut started: Option<Option<u64>> = None;
         if let (Role::Follower(lease), Some(fleet)) = (&role, &self.blobs.fleet) {
             match self
-                .follow_leader(fleet, lease, digest, &writer, &mut hasher)
+                .follow_leader(fleet, lease, digest, &writer, &mut hasher, &mut spool)
                 .await
             {
                 Ok(total) => started = Some(total),
@@ -405,6 +410,7 @@ impl Mirror {
                     Ok(Some(chunk)) => {
                         bytes_metric.inc_by(chunk.len() as u64);
                         hasher.update(&chunk);
+                        spool.add(chunk.len());
                         // A local disk problem (e.g. ENOSPC): retrying the upstream cannot
                         // help. The failed writer deletes the spool file: nothing partial stays.
                         if let Err(e) = writer.append(chunk).await {
@@ -483,6 +489,26 @@ impl Mirror {
     }
 }
 
+/// A fill's spool bytes, reported to the store while the fill runs and given back on drop.
+struct SpoolAccount<'a> {
+    store: &'a dyn crate::store::BlobStore,
+    bytes: u64,
+}
+
+impl SpoolAccount<'_> {
+    fn add(&mut self, n: usize) {
+        self.bytes += n as u64;
+        self.store.spooling(n as i64);
+    }
+}
+
+impl Drop for SpoolAccount<'_> {
+    fn drop(&mut self) {
+        self.store
+            .spooling(-(i64::try_from(self.bytes).unwrap_or(i64::MAX)));
+    }
+}
+
 /// How following a leader replica ended without the whole blob.
 enum Followed {
     /// The leader failed or stalled after announcing `total` (if it did): go on upstream.
@@ -501,6 +527,7 @@ impl Mirror {
         digest: &Digest,
         writer: &FillWriter<Digest, FillError>,
         hasher: &mut Hasher,
+        spool: &mut SpoolAccount<'_>,
     ) -> Result<Option<u64>, Followed> {
         let mut peer = fleet
             .stream_from(lease, digest, 0)
@@ -512,6 +539,7 @@ impl Mirror {
             match peer.next().await {
                 Ok(Some(chunk)) => {
                     hasher.update(&chunk);
+                    spool.add(chunk.len());
                     if let Err(e) = writer.append(chunk).await {
                         return Err(Followed::Store(MirrorError::Store(format!(
                             "cannot write the spool file: {e}"

@@ -32,6 +32,8 @@ pub const DIR_MODE: u32 = 0o750;
 const TEMP_PREFIX: &str = "put-";
 
 pub struct DiskStore {
+    /// Bytes of fills in progress (spool files), counted against `max_size` with `usage`.
+    spooled: AtomicU64,
     root: PathBuf,
     tmp: PathBuf,
     /// Bytes of blobs and manifests.
@@ -58,6 +60,7 @@ impl DiskStore {
             root: root.to_owned(),
             tmp: root.join("tmp"),
             usage: AtomicU64::new(usage),
+            spooled: AtomicU64::new(0),
             grew: tokio::sync::Notify::new(),
             access: AccessLog::default(),
             readers: OpenReaders::default(),
@@ -71,6 +74,11 @@ impl DiskStore {
     /// Bytes of blobs and manifests, as counted since open.
     pub fn usage(&self) -> u64 {
         self.usage.load(Ordering::Relaxed)
+    }
+
+    /// Bytes in spool files of fills in progress (see [`BlobStore::spooling`]).
+    pub fn spooled(&self) -> u64 {
+        self.spooled.load(Ordering::Relaxed)
     }
 
     /// Replaces the running count with a fresh scan's (the evictor rescans on every run, which
@@ -317,6 +325,24 @@ impl BlobStore for DiskStore {
 
     async fn commit_file(&self, key: &str, file: &Path) -> Result<(), StoreError> {
         self.place(key, file).await
+    }
+
+    fn spooling(&self, delta: i64) {
+        if delta >= 0 {
+            // Wake the evictor every 16 MiB of spool growth, not on every chunk.
+            const STEP: u64 = 16 << 20;
+            let old = self.spooled.fetch_add(delta as u64, Ordering::Relaxed);
+            if old / STEP != (old + delta as u64) / STEP {
+                self.grew.notify_one();
+            }
+        } else {
+            let d = delta.unsigned_abs();
+            let _ = self
+                .spooled
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(d))
+                });
+        }
     }
 
     fn touch(&self, key: &str) {

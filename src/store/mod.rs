@@ -78,6 +78,9 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Notes a use served from memory in front of the store, for LRU eviction. No I/O.
     fn touch(&self, _key: &str) {}
+    /// Bytes of fills in progress on local disk (spool files) grew (`+`) or went (`-`): a
+    /// size-bounded store counts them against its limit, so fills cannot overrun it.
+    fn spooling(&self, _delta: i64) {}
     /// Every object under the key path `prefix` (e.g. `blobs/sha256`), sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError>;
 }

@@ -258,6 +258,10 @@ impl BlobStore for TieredStore {
         self.local.touch(key);
     }
 
+    fn spooling(&self, delta: i64) {
+        self.local.spooling(delta);
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
         self.remote.list(prefix).await
     }

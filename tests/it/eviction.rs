@@ -175,3 +175,46 @@ async fn reads_touch_memory_only_and_access_times_reach_the_files_at_shutdown() 
     );
     drop(data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_in_progress_counts_against_max_size() {
+    use crate::support::fake_upstream::{AfterStall, Fault, Kind};
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let [old, newer] = [91, 92].map(|seed| images::big_blob(1, seed));
+    let big = images::big_blob(2, 93);
+    for blob in [&old, &newer, &big] {
+        fake.put_blob("library/lru", blob);
+    }
+    // 3.5 MiB: the two cached blobs fit; the big one's spool file does not fit beside them.
+    let config = format!(
+        "{}\n[store]\nmax_size = \"{}KiB\"\nevict_interval = \"200ms\"\n",
+        upstream_table("docker.io", &fake.url(), ""),
+        MAX_SIZE / KIB
+    );
+    let berth = Berth::start(&config).await;
+    pull_blob(&berth, &old).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    pull_blob(&berth, &newer).await;
+
+    // The big fill pauses after 1.9 MiB: committed 2 MiB + spool 1.9 MiB is over the limit.
+    fake.inject(
+        Fault::stall(1900 * KIB, Duration::from_secs(4), AfterStall::Continue)
+            .kind(Kind::Blob)
+            .times(1),
+    );
+    let url = berth.url(&format!("/v2/library/lru/blobs/{}", big.digest));
+    let pull = tokio::spawn(async move { client().get(url).send().await?.bytes().await });
+    tokio::task::block_in_place(|| {
+        wait_until(
+            "the least recently used blob to make room for the running fill",
+            Duration::from_secs(3),
+            || (!cached(&berth, &old)).then_some(()),
+        )
+    });
+    assert!(
+        !pull.is_finished(),
+        "evicted while the fill was still running"
+    );
+    assert!(cached(&berth, &newer), "only as much as needed went");
+    assert_eq!(sha256(&pull.await.unwrap().unwrap()), big.digest);
+}

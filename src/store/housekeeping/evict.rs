@@ -152,7 +152,7 @@ impl Evictor {
         let plan = plan(
             objects,
             &pinned,
-            self.max_size,
+            self.limit(),
             |key| self.store.access_log().last(key),
             |key| self.store.readers().is_read(key),
         );
@@ -177,8 +177,15 @@ impl Evictor {
             .map_err(|e| EvictError::Task(e.to_string()))?
     }
 
+    /// What committed content may use: `max_size` less the spool files of running fills,
+    /// so a fill that lands is already paid for.
+    fn limit(&self) -> Option<u64> {
+        self.max_size
+            .map(|max| max.saturating_sub(self.store.spooled()).max(1))
+    }
+
     fn over_limit(&self) -> bool {
-        self.max_size.is_some_and(|max| self.store.usage() > max)
+        self.limit().is_some_and(|max| self.store.usage() > max)
     }
 }
 
