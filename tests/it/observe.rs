@@ -384,7 +384,14 @@ async fn the_status_page_renders_in_headless_chromium() {
     let (berth, _fake) = faulty_mirror().await;
     let url = berth.url("/_berth/status");
     let profile = tempfile::tempdir().unwrap();
-    let screenshot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/status-page.png");
+    // The README's picture is refreshed on request only, so a test run leaves the tree clean:
+    // BERTH_UPDATE_SCREENSHOT=1 writes docs/status-page.png, otherwise target/.
+    let target = if std::env::var_os("BERTH_UPDATE_SCREENSHOT").is_some() {
+        "docs/status-page.png"
+    } else {
+        "target/status-page.png"
+    };
+    let screenshot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(target);
     std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
     let _ = std::fs::remove_file(&screenshot);
     let (dom, shot) = tokio::task::spawn_blocking({
