@@ -61,6 +61,8 @@ pub struct Mirror {
     blobs: BlobFlow,
     /// Manifests and tags: `manifests.rs`, `tags.rs`.
     refs: RefFlow,
+    /// Tag lists and referrers in flight: `passthrough.rs`.
+    listings: passthrough::ListingFlow,
 }
 
 /// What the blob flow owns.
@@ -102,6 +104,7 @@ impl Mirror {
             upstreams.insert(name.clone(), Arc::new(client));
         }
         let blob_fills = Fills::new(&config.data_dir.join("spool"))?;
+        let listings = passthrough::ListingFlow::new(&config.data_dir.join("spool"))?;
         let manifests = moka::future::Cache::builder()
             .weigher(|_, m: &Arc<Manifest>| m.bytes.len().try_into().unwrap_or(u32::MAX))
             .max_capacity(config.manifest_memory_cache)
@@ -138,6 +141,7 @@ impl Mirror {
                 tasks: tokio_util::task::TaskTracker::new(),
                 fleet,
             },
+            listings,
             refs: RefFlow {
                 manifests,
                 manifest_flights: Singleflight::default(),

@@ -1,10 +1,10 @@
 //! Tag lists and referrers: asked of the upstream each time (they change), never cached,
-//! streamed through (never held whole), and cut off past [`MAX_LISTING`] bytes.
+//! streamed through (never held whole), one upstream request for identical concurrent ones,
+//! and cut off past [`MAX_LISTING`] bytes.
 
 use std::sync::Arc;
 
-use futures::StreamExt;
-
+use crate::coalesce::{FillFailure, FillWriter, Fills, Joined};
 use crate::oci::Digest;
 use crate::store::ByteStream;
 use crate::upstream::{ListingKind, UpstreamError};
@@ -40,45 +40,135 @@ impl Mirror {
             .await
     }
 
+    /// Identical concurrent listings share one upstream request: the first request leads a
+    /// fill (spooled like a blob, never held whole) that every other one reads as it grows.
     async fn passthrough(
-        &self,
+        self: &Arc<Self>,
         target: &Target,
         kind: ListingKind,
         query: Option<&str>,
     ) -> Result<ListingBody, MirrorError> {
-        let listing = target
-            .upstream
-            .fetch_listing(&target.repo, kind, query.map(str::to_string))
-            .await
-            .map_err(|e| {
-                MirrorError::from_upstream(target.upstream_name(), &target.repo, What::Other, e)
-            })?;
-        let body = futures::stream::unfold((listing.body, 0u64), |(mut reader, sent)| async move {
-            match reader.next().await {
-                Ok(Some(chunk)) => {
-                    let sent = sent.saturating_add(chunk.len() as u64);
-                    if sent > MAX_LISTING {
-                        let e = UpstreamError::TooLarge { limit: MAX_LISTING };
-                        return Some((Err(std::io::Error::other(e)), (reader, u64::MAX)));
-                    }
-                    Some((Ok(chunk), (reader, sent)))
-                }
-                Ok(None) => None,
-                Err(e) => Some((Err(std::io::Error::other(e)), (reader, u64::MAX))),
+        let what = match &kind {
+            ListingKind::Tags => "tags/list".to_string(),
+            ListingKind::Referrers(d) => format!("referrers/{d}"),
+        };
+        let key = (
+            target.upstream_name().to_string(),
+            target.repo.to_string(),
+            what,
+            query.map(str::to_string),
+        );
+        let joined = self
+            .listings
+            .fills
+            .join(key.clone())
+            .map_err(|e| MirrorError::Store(format!("cannot create spool file: {e}")))?;
+        let fill = match joined {
+            Joined::Follower(fill) => fill,
+            Joined::Leader(fill, writer) => {
+                let (this, target, query) =
+                    (self.clone(), target.clone(), query.map(str::to_string));
+                let key = key.clone();
+                // Its own task: the listing finishes for the others if this client leaves.
+                self.blobs.tasks.spawn(async move {
+                    this.fill_listing(&target, kind, query, key, writer).await
+                });
+                fill
             }
-        })
-        // After an error the stream ends (the client sees a broken response, not a short one).
-        .scan(false, |failed, item| {
-            if *failed {
-                return futures::future::ready(None);
-            }
-            *failed = item.is_err();
-            futures::future::ready(Some(item))
-        })
-        .boxed();
+        };
+        fill.started().await.map_err(|e| match e {
+            FillFailure::Failed(e) => e,
+            FillFailure::Abandoned => MirrorError::Store("the listing was abandoned".into()),
+        })?;
+        let content_type = self.listings.content_types.get(&key).flatten();
         Ok(ListingBody {
-            content_type: listing.content_type,
-            body,
+            content_type,
+            body: fill.reader(0, None).into_stream(),
+        })
+    }
+
+    async fn fill_listing(
+        &self,
+        target: &Target,
+        kind: ListingKind,
+        query: Option<String>,
+        key: ListingKey,
+        writer: FillWriter<ListingKey, MirrorError>,
+    ) {
+        let mut listing = match target
+            .upstream
+            .fetch_listing(&target.repo, kind, query)
+            .await
+        {
+            Ok(listing) => listing,
+            Err(e) => {
+                writer.fail(MirrorError::from_upstream(
+                    target.upstream_name(),
+                    &target.repo,
+                    What::Other,
+                    e,
+                ));
+                return;
+            }
+        };
+        self.listings
+            .content_types
+            .insert(key, listing.content_type.clone());
+        writer.start(None);
+        loop {
+            let failure = match listing.body.next().await {
+                Ok(Some(chunk)) if writer.written() + chunk.len() as u64 > MAX_LISTING => {
+                    UpstreamError::TooLarge { limit: MAX_LISTING }
+                }
+                Ok(Some(chunk)) => match writer.append(chunk).await {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        writer.fail(MirrorError::Store(format!(
+                            "cannot write the spool file: {e}"
+                        )));
+                        return;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => e,
+            };
+            // The readers' responses break rather than end short.
+            writer.fail(MirrorError::from_upstream(
+                target.upstream_name(),
+                &target.repo,
+                What::Other,
+                failure,
+            ));
+            return;
+        }
+        // Nothing to verify or keep: the readers got every byte; the spool goes.
+        let _ = writer
+            .verified()
+            .commit(|spool| async move {
+                let _ = tokio::fs::remove_file(&spool).await;
+                Ok(())
+            })
+            .await;
+    }
+}
+
+/// (upstream, repository, endpoint, query): what makes two listing requests the same.
+pub(super) type ListingKey = (String, String, String, Option<String>);
+
+/// What the listing flow owns: listings in flight, and each one's upstream content type.
+pub(super) struct ListingFlow {
+    pub(super) fills: Fills<ListingKey, MirrorError>,
+    pub(super) content_types: moka::sync::Cache<ListingKey, Option<String>>,
+}
+
+impl ListingFlow {
+    pub(super) fn new(spool_dir: &std::path::Path) -> std::io::Result<ListingFlow> {
+        Ok(ListingFlow {
+            fills: Fills::new(spool_dir)?,
+            content_types: moka::sync::Cache::builder()
+                .max_capacity(1_000)
+                .time_to_live(std::time::Duration::from_secs(60))
+                .build(),
         })
     }
 }

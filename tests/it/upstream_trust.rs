@@ -603,3 +603,60 @@ async fn a_blob_without_content_length_is_cut_off_at_the_caps() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_concurrent_tag_lists_share_one_upstream_request() {
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let image = images::multi_arch(69, Format::Oci);
+    for tag in ["1", "2", "3"] {
+        fake.push("library/app", tag, &image);
+    }
+    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    // The upstream answers slowly, so all ten requests arrive while the first is in flight.
+    fake.inject(
+        Fault::delay_headers(Duration::from_millis(800))
+            .kind(Kind::Tags)
+            .times(1),
+    );
+    let url = berth.url("/v2/library/app/tags/list");
+    let requests: Vec<_> = (0..10)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let response = client().get(url).send().await.unwrap();
+                (response.status().as_u16(), response.text().await.unwrap())
+            })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for r in requests {
+        let (status, body) = r.await.unwrap();
+        assert_eq!(status, 200);
+        bodies.push(body);
+    }
+    assert!(
+        bodies
+            .iter()
+            .all(|b| b == &bodies[0] && b.contains("\"3\"")),
+        "{bodies:?}"
+    );
+    let upstream = fake
+        .requests()
+        .iter()
+        .filter(|r| r.uri.contains("tags/list"))
+        .count();
+    assert_eq!(
+        upstream, 1,
+        "one upstream request for ten identical listings"
+    );
+    // A later request asks again: listings change, nothing is cached.
+    let (status, _) = (client().get(&url).send().await.unwrap().status(), ());
+    assert_eq!(status, 200);
+    assert_eq!(
+        fake.requests()
+            .iter()
+            .filter(|r| r.uri.contains("tags/list"))
+            .count(),
+        2
+    );
+}
