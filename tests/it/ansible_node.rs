@@ -10,12 +10,12 @@
 //!
 //! Needs root (the role chowns to root) and ansible, like the berth role's test.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::ansible::recap;
 use crate::support::berth::{BerthProcess, UpstreamSpec, config_toml};
 use crate::support::fake_upstream::{FakeUpstream, Options};
 use crate::support::images::{self, Content, Format};
@@ -44,23 +44,6 @@ fn ansible_playbook(dir: &Path, args: &[&str]) -> CmdOutput {
             .env_remove("BERTH_MIRROR_PASSWORD"),
         ANSIBLE_TIMEOUT,
     )
-}
-
-/// The `localhost : ok=.. changed=..` counters of the PLAY RECAP.
-fn recap(out: &CmdOutput) -> BTreeMap<String, u32> {
-    let after = out
-        .stdout
-        .split_once("PLAY RECAP")
-        .unwrap_or_else(|| panic!("no PLAY RECAP in:\n{}\n{}", out.stdout, out.stderr))
-        .1;
-    let line = after
-        .lines()
-        .find(|l| l.trim_start().starts_with("localhost"))
-        .expect("no localhost line in PLAY RECAP");
-    line.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
-        .collect()
 }
 
 /// `berth <args>` as a user would run it by hand; its stdout.

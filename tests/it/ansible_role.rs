@@ -6,7 +6,6 @@
 //! Needs root (CI runs as root): the role creates the real `berth` system user, and berth is
 //! started as that user, so the modes are proven sufficient, not just equal to a list.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -14,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::ansible::recap;
 use crate::support::prereq::require_tools;
 use crate::support::util::{CmdOutput, free_port, http_get, kill_child, run, wait_until};
 use berth::config::{Config, Overrides};
@@ -70,23 +70,6 @@ fn ansible_playbook(dir: &Path, playbook: &Path) -> CmdOutput {
             .env("ANSIBLE_RETRY_FILES_ENABLED", "false"),
         ANSIBLE_TIMEOUT,
     )
-}
-
-/// The `localhost : ok=.. changed=..` counters of the PLAY RECAP.
-fn recap(out: &CmdOutput) -> BTreeMap<String, u32> {
-    let after = out
-        .stdout
-        .split_once("PLAY RECAP")
-        .unwrap_or_else(|| panic!("no PLAY RECAP in:\n{}\n{}", out.stdout, out.stderr))
-        .1;
-    let line = after
-        .lines()
-        .find(|l| l.trim_start().starts_with("localhost"))
-        .expect("no localhost line in PLAY RECAP");
-    line.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
-        .collect()
 }
 
 struct Owner {

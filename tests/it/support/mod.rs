@@ -11,6 +11,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code, unused_imports)]
 
+pub mod ansible;
 pub mod berth;
 pub mod fake_upstream;
 pub mod images;
