@@ -1,6 +1,7 @@
 //! Fill leases in the shared store: `fills/<alg>/<hex>`, JSON naming the leader.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -108,10 +109,7 @@ impl Fleet {
     }
 
     fn forget(&self, digest: &Digest, token: &str) {
-        let mut leading = self.leading.lock().unwrap_or_else(|e| e.into_inner());
-        if leading.get(digest).is_some_and(|t| t == token) {
-            leading.remove(digest);
-        }
+        forget(&self.leading, digest, token);
     }
 
     fn lead(&self, digest: &Digest, lease: Lease) -> LeaseGuard {
@@ -156,22 +154,27 @@ pub struct LeaseGuard {
     digest: Digest,
     token: String,
     store: Arc<dyn BlobStore>,
-    leading: Arc<std::sync::Mutex<std::collections::HashMap<Digest, String>>>,
+    leading: Arc<Mutex<HashMap<Digest, String>>>,
     renew: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
         self.renew.abort();
-        let mut leading = self.leading.lock().unwrap_or_else(|e| e.into_inner());
-        if leading.get(&self.digest) == Some(&self.token) {
-            leading.remove(&self.digest);
-        }
+        forget(&self.leading, &self.digest, &self.token);
         let (store, key) = (self.store.clone(), key(&self.digest));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 let _ = store.delete(&key).await;
             });
         }
+    }
+}
+
+/// Stops admitting peers to `digest`'s fill, unless a newer fill of ours took the entry.
+fn forget(leading: &Mutex<HashMap<Digest, String>>, digest: &Digest, token: &str) {
+    let mut leading = leading.lock().unwrap_or_else(|e| e.into_inner());
+    if leading.get(digest).is_some_and(|t| t == token) {
+        leading.remove(digest);
     }
 }

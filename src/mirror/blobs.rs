@@ -448,18 +448,12 @@ impl Mirror {
         }
         // Clients get their last byte now, not after the sync and the store commit (an fsync
         // or an S3 upload takes a while); requests arriving meanwhile join this fill.
-        let following = matches!(role, Role::Follower(_));
+        // (A follower's bytes are usually in the bucket already: the S3 store skips them.)
         let committed = writer
             .verified()
             .commit(|spool| async move {
-                let key = keys::blob(digest);
-                // A follower's bytes are usually in the bucket already (the leader uploaded).
-                if following && self.store.size(&key).await.ok().flatten() == Some(received) {
-                    let _ = tokio::fs::remove_file(&spool).await;
-                    return Ok(());
-                }
                 self.store
-                    .commit_file(&key, &spool)
+                    .commit_file(&keys::blob(digest), &spool)
                     .await
                     .map_err(|e| e.to_string())
             })

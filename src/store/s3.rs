@@ -21,6 +21,7 @@ use object_store::{
 };
 use tokio::io::AsyncReadExt;
 
+use super::housekeeping::scan::ObjectKind;
 use super::{BlobStore, ByteStream, Listed, StoreError};
 use crate::config::S3Config;
 
@@ -293,6 +294,13 @@ impl BlobStore for S3Store {
             .await
             .map_err(|e| StoreError::io(key, e))?
             .len();
+        // Content-addressed objects of the same size are the same verified bytes: another
+        // replica (a fleet leader, a racing fill) uploaded them already.
+        if ObjectKind::of_key(key).is_some() && self.size(key).await.ok().flatten() == Some(size) {
+            drop(opened);
+            let _ = tokio::fs::remove_file(file).await;
+            return Ok(());
+        }
         if size <= SINGLE_PUT_LIMIT {
             let bytes = tokio::fs::read(file)
                 .await

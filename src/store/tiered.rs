@@ -218,21 +218,9 @@ impl BlobStore for TieredStore {
     }
 
     async fn commit_file(&self, key: &str, file: &Path) -> Result<(), StoreError> {
-        let size = tokio::fs::metadata(file)
-            .await
-            .map_err(|e| StoreError::io(key, e))?
-            .len();
-        // Content-addressed: the same key and size in the bucket (another replica's upload of
-        // the same verified bytes) needs no second upload.
-        if is_content(key) && self.remote.size(key).await.ok().flatten() == Some(size) {
-            if let Err(e) = self.local.commit_file(key, file).await {
-                tracing::debug!(%key, error = %e, "hot tier: local copy not committed");
-                let _ = tokio::fs::remove_file(file).await;
-            }
-            return Ok(());
-        }
-        // The remote upload reads the file and leaves it; the local commit then takes it.
-        let upload = copy_for_remote(file)
+        // The remote upload takes a link to the file (the S3 store skips an upload the bucket
+        // already holds); the local commit then takes the file itself.
+        let upload = link_for_upload(file)
             .await
             .map_err(|e| StoreError::io(key, e))?;
         let uploaded = self.remote.commit_file(key, &upload).await;
@@ -269,7 +257,7 @@ impl BlobStore for TieredStore {
 
 /// A hard link beside `file` for the remote upload, which deletes what it uploaded: the
 /// original stays for the local commit. (Same directory, so the link cannot cross devices.)
-async fn copy_for_remote(file: &Path) -> std::io::Result<PathBuf> {
+async fn link_for_upload(file: &Path) -> std::io::Result<PathBuf> {
     let link = file.with_extension("upload");
     let _ = tokio::fs::remove_file(&link).await;
     tokio::fs::hard_link(file, &link).await?;
