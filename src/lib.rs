@@ -67,4 +67,5 @@ pub mod serve;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod units;
 pub mod upstream;

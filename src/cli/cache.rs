@@ -12,10 +12,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::config::{Config, Overrides, parse_size};
-use crate::prewarm::report::human_bytes as human;
 use crate::store::DiskStore;
 use crate::store::evict::{Evictor, Plan};
 use crate::store::{scan, stats, verify};
+use crate::units::human_bytes as human;
 
 /// Spool and temp files unchanged this long belong to no live fill.
 const ORPHAN_AGE: Duration = Duration::from_secs(3600);

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::admin::PinOutcome;
 use super::walk::{ImageOutcome, Mode};
+use crate::units::human_bytes;
 
 pub struct Report {
     pub mode: Mode,
@@ -248,21 +249,4 @@ pub fn line(i: &ImageOutcome, mode: Mode) -> String {
         i.platforms.join(","),
         i.elapsed.as_secs_f64()
     )
-}
-
-/// Sizes as people read them (`1.50 KiB`), the one formatter of prewarm and `berth cache`.
-pub fn human_bytes(n: u64) -> String {
-    indicatif::HumanBytes(n).to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bytes_are_human() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1536), "1.50 KiB");
-        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.00 GiB");
-    }
 }

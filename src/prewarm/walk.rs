@@ -139,33 +139,30 @@ impl Walk<'_> {
             return Ok(());
         };
         let mut blobs: Vec<BlobRef> = Vec::new();
-        match doc.is_index() {
-            true => {
-                for (platform, entry) in doc.choose(platforms) {
-                    let Some(entry) = entry else {
-                        out.not_offered.push(platform.to_string());
-                        continue;
-                    };
-                    let name = platform.to_string();
-                    out.platforms.push(name.clone());
-                    if let Some(image) = self.manifest(&entry.digest, Some(&name), out).await? {
-                        image_blobs(&image, Some(&name), &entry.digest, &mut blobs)?;
-                    }
-                }
-                if out.platforms.is_empty() && out.missing.is_empty() {
-                    return Err(PullError::Invalid {
-                        what: self.image.to_string(),
-                        message: format!(
-                            "offers none of the platforms {}",
-                            out.not_offered.join(", ")
-                        ),
-                    });
+        if doc.is_index() {
+            for (platform, entry) in doc.choose(platforms) {
+                let Some(entry) = entry else {
+                    out.not_offered.push(platform.to_string());
+                    continue;
+                };
+                let name = platform.to_string();
+                out.platforms.push(name.clone());
+                if let Some(image) = self.manifest(&entry.digest, Some(&name), out).await? {
+                    image_blobs(&image, Some(&name), &entry.digest, &mut blobs)?;
                 }
             }
-            false => {
-                out.platforms.push("single".into());
-                image_blobs(&doc, None, &root, &mut blobs)?;
+            if out.platforms.is_empty() && out.missing.is_empty() {
+                return Err(PullError::Invalid {
+                    what: self.image.to_string(),
+                    message: format!(
+                        "offers none of the platforms {}",
+                        out.not_offered.join(", ")
+                    ),
+                });
             }
+        } else {
+            out.platforms.push("single".into());
+            image_blobs(&doc, None, &root, &mut blobs)?;
         }
         // One HEAD/GET per distinct blob (platforms often share a config or base layer).
         let mut seen = BTreeMap::new();

@@ -139,15 +139,6 @@ pub fn token_endpoint(challenge: &str) -> Option<Url> {
         })
 }
 
-/// A blob host seen after a redirect, as a target (`https://host/`).
-pub fn cdn_target(scheme: &str, host: &str, port: Option<u16>) -> Option<Url> {
-    let text = match port {
-        Some(p) => format!("{scheme}://{host}:{p}/"),
-        None => format!("{scheme}://{host}/"),
-    };
-    Url::parse(&text).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,6 +90,4 @@ pub fn ago(now: u64, at: u64) -> String {
     }
 }
 
-pub fn human_bytes(bytes: u64) -> String {
-    indicatif::HumanBytes(bytes).to_string()
-}
+pub use crate::units::human_bytes;

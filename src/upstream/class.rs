@@ -50,29 +50,6 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
-    pub const ALL: [ErrorClass; 20] = [
-        ErrorClass::Dns,
-        ErrorClass::Connect,
-        ErrorClass::TlsHandshake,
-        ErrorClass::HeaderTimeout,
-        ErrorClass::Stall,
-        ErrorClass::Reset,
-        ErrorClass::Status5xx,
-        ErrorClass::Status429,
-        ErrorClass::Verify,
-        ErrorClass::Denied,
-        ErrorClass::NotFound,
-        ErrorClass::Protocol,
-        ErrorClass::TooLarge,
-        ErrorClass::BreakerOpen,
-        ErrorClass::Refused,
-        ErrorClass::Store,
-        ErrorClass::Busy,
-        ErrorClass::NotCached,
-        ErrorClass::Client,
-        ErrorClass::Other,
-    ];
-
     /// The label value (`berth_upstream_errors_total{class=...}`) and JSON string.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -123,22 +100,6 @@ impl ErrorClass {
             ErrorClass::Client => "bad request from the client",
             ErrorClass::Other => "other failure",
         }
-    }
-
-    /// Does a failure of this class say the path to the upstream is bad (alert-worthy), rather
-    /// than an answer about the content or the request?
-    pub fn is_path_failure(self) -> bool {
-        matches!(
-            self,
-            ErrorClass::Dns
-                | ErrorClass::Connect
-                | ErrorClass::TlsHandshake
-                | ErrorClass::HeaderTimeout
-                | ErrorClass::Stall
-                | ErrorClass::Reset
-                | ErrorClass::Status5xx
-                | ErrorClass::Status429
-        )
     }
 }
 
