@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::ConfigError;
+use super::resolve::check_pem_certificates;
 
 /// Client networks allowed when `allow` is not set: loopback and the private ranges.
 pub const DEFAULT_ALLOW: [&str; 6] = [
@@ -127,10 +128,10 @@ impl RawServer {
         }
         let tls = match (self.tls_cert_file, self.tls_key_file) {
             (Some(cert_file), Some(key_file)) => {
-                check_pem(&key("tls_cert_file"), &cert_file, PemKind::Certificate)?;
-                check_pem(&key("tls_key_file"), &key_file, PemKind::PrivateKey)?;
+                check_pem_certificates(&key("tls_cert_file"), &cert_file)?;
+                check_pem_private_key(&key("tls_key_file"), &key_file)?;
                 if let Some(ca) = &self.client_ca_file {
-                    check_pem(&key("client_ca_file"), ca, PemKind::Certificate)?;
+                    check_pem_certificates(&key("client_ca_file"), ca)?;
                 }
                 Some(TlsFiles {
                     cert_file,
@@ -211,31 +212,18 @@ fn parse_admin_listen(text: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
 }
 
-enum PemKind {
-    Certificate,
-    PrivateKey,
-}
-
-/// The file must exist and hold what its key promises (so a typo fails at start, not at the
-/// first TLS handshake).
-fn check_pem(key: &str, path: &Path, kind: PemKind) -> Result<(), ConfigError> {
+/// The key file must exist and hold a PEM private key (so a typo fails at start, not at the
+/// first TLS handshake; certificates are checked by `check_pem_certificates`).
+fn check_pem_private_key(key: &str, path: &Path) -> Result<(), ConfigError> {
     let pem = std::fs::read(path)
         .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))?;
-    let found = match kind {
-        PemKind::Certificate => rustls_pemfile::certs(&mut pem.as_slice()).any(|c| c.is_ok()),
-        PemKind::PrivateKey => matches!(
-            rustls_pemfile::private_key(&mut pem.as_slice()),
-            Ok(Some(_))
-        ),
-    };
-    if !found {
-        let what = match kind {
-            PemKind::Certificate => "PEM certificate",
-            PemKind::PrivateKey => "PEM private key",
-        };
+    if !matches!(
+        rustls_pemfile::private_key(&mut pem.as_slice()),
+        Ok(Some(_))
+    ) {
         return Err(ConfigError::new(
             key,
-            format!("{} holds no {what}", path.display()),
+            format!("{} holds no PEM private key", path.display()),
         ));
     }
     Ok(())

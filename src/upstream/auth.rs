@@ -166,8 +166,7 @@ impl Auth {
                     with_credentials,
                 };
                 if let Some(token) = self.tokens.get(&key) {
-                    return Ok(HeaderValue::from_str(&format!("Bearer {token}"))
-                        .map_or(Step::Anonymous, Step::Header));
+                    return Ok(bearer(&token).map_or(Step::Anonymous, Step::Header));
                 }
                 {
                     let mut query = url.query_pairs_mut();
@@ -225,6 +224,14 @@ pub fn redacted(url: &Url) -> String {
         authority(url),
         url.path().chars().take(200).collect::<String>()
     )
+}
+
+/// `Authorization: Bearer <token>`, marked sensitive so no debug output shows it; `None`
+/// for a token that cannot be a header value.
+pub(super) fn bearer(token: &str) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 #[cfg(test)]

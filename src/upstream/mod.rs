@@ -351,10 +351,9 @@ impl UpstreamClient {
         let (token, lifetime) = parsed.into_token().ok_or_else(|| {
             UpstreamError::Protocol(format!("token endpoint {realm} sent no token"))
         })?;
-        let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        let value = auth::bearer(&token).ok_or_else(|| {
             UpstreamError::Protocol(format!("token endpoint {realm} sent an unusable token"))
         })?;
-        value.set_sensitive(true);
         self.auth.store_token(request.key, token, lifetime);
         Ok(Some(value))
     }
