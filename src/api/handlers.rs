@@ -57,11 +57,11 @@ async fn handle(
         OciPath::Endpoint { name, endpoint } => (name, endpoint),
     };
     let query = Query::parse(uri.query());
-    let (kind, reference) = match &endpoint {
-        Endpoint::Manifest(r) => ("manifest", r.to_string()),
-        Endpoint::Blob(d) => ("blob", d.to_string()),
-        Endpoint::Tags => ("tags", String::new()),
-        Endpoint::Referrers(d) => ("referrers", d.to_string()),
+    let kind = endpoint.kind();
+    let reference = match &endpoint {
+        Endpoint::Manifest(r) => r.to_string(),
+        Endpoint::Blob(d) | Endpoint::Referrers(d) => d.to_string(),
+        Endpoint::Tags => String::new(),
     };
     // Until routing succeeds, the registry is what the client named.
     *pulled = Some(PullTarget {

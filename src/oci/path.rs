@@ -25,6 +25,18 @@ pub enum Endpoint {
     Referrers(Digest),
 }
 
+impl Endpoint {
+    /// What kind of request this is, as a metric label and a log field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Endpoint::Manifest(_) => "manifest",
+            Endpoint::Blob(_) => "blob",
+            Endpoint::Tags => "tags",
+            Endpoint::Referrers(_) => "referrers",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
     #[error("no such endpoint: {0}")]

@@ -88,12 +88,7 @@ impl Request {
 
     /// Metrics label.
     fn kind(&self) -> &'static str {
-        match self.endpoint {
-            Endpoint::Manifest(_) => "manifest",
-            Endpoint::Blob(_) => "blob",
-            Endpoint::Tags => "tags",
-            Endpoint::Referrers(_) => "referrers",
-        }
+        self.endpoint.kind()
     }
 
     fn path(&self) -> String {
