@@ -6,6 +6,8 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # start_berth runs in $(…), a subshell: its berth's pid is in a file, not in pids.
+  for f in "$work"/*/pid; do [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -60,9 +62,13 @@ start_berth() { # name, extra tables[, top-level keys] → prints host:port; @SE
     "${top//@SELF@/http://$addr}" "$reg" "$extra" >"$work/$name/berth.toml"
   BERTH_LOG=warn "$BERTH_BIN" serve --config "$work/$name/berth.toml" --listen "$addr" \
     --data-dir "$work/$name/data" >"$work/$name/log" 2>&1 &
-  pids+=($!)
+  echo $! >"$work/$name/pid"
   wait_http "$addr"
   echo "$addr"
+}
+stop_berth() { # name
+  kill "$(cat "$work/$1/pid")" 2>/dev/null || true
+  rm -f "$work/$1/pid"
 }
 s3_table() { # prefix, extra keys
   printf '[store]\nkind = "s3"\nbucket = "berth-bench"\nendpoint = "http://%s"\nallow_http = true\naccess_key_id = "bench"\nsecret_access_key = "bench-secret"\nprefix = "%s"\n%s\n' "$s3" "$1" "$2"

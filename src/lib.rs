@@ -22,6 +22,8 @@
 //!
 //!   pulls      the bounded record of client requests (ring of 10,000, failures by image
 //!              and by node); owned by the mirror, fed by api
+//!   trace      one request's cache result and upstream attempts, written by mirror,
+//!              coalesce and upstream into the task-local trace api opens per request
 //!   status     the status report's types and renderings (HTML page, `berth status` text)
 //!   config     file → env → flags, validated once into typed config
 //!   generate   K3s registries.yaml and containerd hosts.toml writers
@@ -42,7 +44,7 @@
 //! plus `cli → store` for the offline cache commands (`berth cache stats|verify|gc`); `api` also
 //! uses `server`'s policy types (peer address, users), and `server` knows no axum. `probe` uses
 //! `upstream` directly (its connector, token auth, redirects) and `prewarm` only for image
-//! references. Every layer reads `config` and `metrics`; `pulls`, `status` and `metrics` name
+//! references. Every layer reads `config` and `metrics` and may write to `trace`; `pulls`, `status` and `metrics` name
 //! `upstream::ErrorClass` (the failure classes are the upstream client's). `oci` imports
 //! nothing of ours.
 //!
@@ -67,5 +69,6 @@ pub mod serve;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod trace;
 pub mod units;
 pub mod upstream;

@@ -1,8 +1,9 @@
 //! Every request, counted and timed to its last byte: `berth_client_requests_total`, the
 //! latency histogram, and (for pulls) an entry in the pull record and the access log. The
 //! handler says what was pulled ([`PullTarget`]) and `ApiError` why it failed
-//! ([`FailureFact`]), both as response extensions; the body wrapper records once, when the
-//! body ends, fails or is dropped.
+//! ([`FailureFact`]), both as response extensions; the mirror notes the cache result and
+//! counts upstream attempts in the request's [`Trace`]; the body wrapper records once, when
+//! the body ends, fails or is dropped.
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -22,6 +23,7 @@ use crate::coalesce::ReaderError;
 use crate::mirror::Mirror;
 use crate::pulls::Pull;
 use crate::server::PeerAddr;
+use crate::trace::{self, Trace};
 use crate::upstream::ErrorClass;
 
 /// What a `/v2/` request asked for, set by the handler once the path is parsed.
@@ -38,7 +40,8 @@ pub async fn record(State(mirror): State<Arc<Mirror>>, request: Request, next: N
     let at = SystemTime::now();
     let client = client_address(&request);
     let route_kind = route_kind(request.uri().path());
-    let mut response = next.run(request).await;
+    let trace = Arc::new(Trace::default());
+    let mut response = trace::scope(trace.clone(), next.run(request)).await;
     let target = response.extensions_mut().remove::<PullTarget>();
     let failure = response.extensions_mut().remove::<FailureFact>();
     let pending = Pending {
@@ -46,6 +49,7 @@ pub async fn record(State(mirror): State<Arc<Mirror>>, request: Request, next: N
         started,
         endpoint: target.as_ref().map_or(route_kind, |t| t.kind),
         status: response.status().as_u16(),
+        trace,
         pull: target.map(|t| Pull {
             at,
             client,
@@ -58,6 +62,8 @@ pub async fn record(State(mirror): State<Arc<Mirror>>, request: Request, next: N
             error: failure.map(|f| f.message),
             bytes: 0,
             duration: Default::default(),
+            cache: None,
+            upstream_attempts: 0,
         }),
     };
     let (parts, body) = response.into_parts();
@@ -95,6 +101,8 @@ struct Pending {
     started: Instant,
     endpoint: &'static str,
     status: u16,
+    /// Written by the mirror while it serves (also from the fill it started).
+    trace: Arc<Trace>,
     pull: Option<Pull>,
 }
 
@@ -108,6 +116,8 @@ impl Pending {
         };
         pull.bytes = bytes;
         pull.duration = duration;
+        pull.cache = self.trace.cache_result();
+        pull.upstream_attempts = self.trace.upstream_attempts();
         if let Some((class, cause)) = body_error {
             // The headers said 200 but the body broke (a fill that failed mid-transfer).
             pull.status = 502;

@@ -10,9 +10,11 @@
 //! blob must not delay every client's last byte). A writer dropped before its commit wakes
 //! its readers with [`FillFailure::Abandoned`].
 
+mod hashing;
 mod reader;
 mod singleflight;
 mod slots;
+mod spooler;
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -22,10 +24,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+pub use hashing::HashingThread;
 pub use reader::{FillReader, ReaderError};
 pub use singleflight::FlightAbandoned;
 pub use singleflight::Singleflight;
 pub use slots::{Busy, Slot, Slots};
+use spooler::Spooler;
 
 /// Why a fill ended without content.
 #[derive(Debug, Clone)]
@@ -42,7 +46,7 @@ pub struct FillState<E> {
     pub total: Option<u64>,
     /// The producer has started receiving content (headers are in).
     pub started: bool,
-    /// Bytes written to the spool and readable.
+    /// Bytes in the spool file and readable (may trail what the producer has received).
     pub written: u64,
     /// The content matched its digest: readers may deliver all of it, whatever happens next.
     pub verified: bool,
@@ -184,7 +188,9 @@ where
             inflight: self.inflight.clone(),
             spool,
             path,
-            state: tx,
+            state: Arc::new(tx),
+            received: 0,
+            spooler: None,
             done: false,
             committed: false,
         };
@@ -226,12 +232,15 @@ pub struct FillWriter<K: Hash + Eq + Clone, E: Clone> {
     inflight: Arc<Mutex<HashMap<K, Arc<Fill<E>>>>>,
     spool: Arc<std::fs::File>,
     path: PathBuf,
-    state: watch::Sender<FillState<E>>,
+    state: Arc<watch::Sender<FillState<E>>>,
+    /// Bytes handed to [`FillWriter::append`]; the spooler thread writes them behind.
+    received: u64,
+    spooler: Option<Spooler>,
     done: bool,
     committed: bool,
 }
 
-impl<K: Hash + Eq + Clone, E: Clone> FillWriter<K, E> {
+impl<K: Hash + Eq + Clone, E: Clone + Send + Sync + 'static> FillWriter<K, E> {
     /// Response headers are in; `total` is the size if the upstream said.
     pub fn start(&self, total: Option<u64>) {
         self.state.send_modify(|s| {
@@ -240,32 +249,30 @@ impl<K: Hash + Eq + Clone, E: Clone> FillWriter<K, E> {
         });
     }
 
-    /// Bytes written so far (where a resumed transfer continues).
+    /// Bytes received so far (where a resumed transfer continues).
     pub fn written(&self) -> u64 {
-        self.state.borrow().written
+        self.received
     }
 
-    /// Appends a chunk to the spool and lets readers see it.
-    pub async fn append(&self, chunk: bytes::Bytes) -> std::io::Result<()> {
-        let file = self.spool.clone();
-        let offset = self.written();
-        let len = chunk.len() as u64;
-        tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            file.write_all_at(&chunk, offset)
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        self.state.send_modify(|s| s.written = offset + len);
+    /// Appends a chunk to the spool; readers see it once the spooler thread has written it.
+    /// Waits only when the thread is far behind (a slow disk).
+    pub async fn append(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
+        let (offset, len) = (self.received, chunk.len() as u64);
+        let spooler = self
+            .spooler
+            .get_or_insert_with(|| Spooler::start(self.spool.clone(), offset, self.state.clone()));
+        spooler.write(chunk).await?;
+        self.received = offset + len;
         Ok(())
     }
 
-    /// The content matched its digest: readers may deliver their last byte now, before the
-    /// (slower) sync and commit. Sets the total for upstreams that sent no length. The only
-    /// way on from here is [`VerifiedFill::commit`].
+    /// The content matched its digest: readers may deliver their last byte once the spooler
+    /// has written it, before the (slower) sync and commit. Sets the total for upstreams that
+    /// sent no length. The only way on from here is [`VerifiedFill::commit`].
     pub fn verified(self) -> VerifiedFill<K, E> {
+        let total = self.received;
         self.state.send_modify(|s| {
-            s.total = Some(s.written);
+            s.total = Some(total);
             s.verified = true;
         });
         VerifiedFill { writer: self }
@@ -275,7 +282,9 @@ impl<K: Hash + Eq + Clone, E: Clone> FillWriter<K, E> {
     pub fn fail(mut self, error: E) {
         self.finish(Err(FillFailure::Failed(error)));
     }
+}
 
+impl<K: Hash + Eq + Clone, E: Clone> FillWriter<K, E> {
     fn finish(&mut self, outcome: Result<(), FillFailure<E>>) {
         if self.done {
             return;
@@ -299,15 +308,23 @@ pub struct VerifiedFill<K: Hash + Eq + Clone, E: Clone> {
     writer: FillWriter<K, E>,
 }
 
-impl<K: Hash + Eq + Clone, E: Clone> VerifiedFill<K, E> {
-    /// Syncs the spool file and hands it to `store` (which moves or uploads it), then
-    /// completes the fill. If the sync or the store fails, the verified bytes are still
-    /// served to the readers already following, uncached; the error is returned for the log.
+impl<K: Hash + Eq + Clone, E: Clone + Send + Sync + 'static> VerifiedFill<K, E> {
+    /// Waits for the spooler, syncs the spool file and hands it to `store` (which moves or
+    /// uploads it), then completes the fill. If the sync or the store fails, the verified
+    /// bytes are still served to the readers already following, uncached; the error is
+    /// returned for the log. If the spooler failed, the readers cannot get every byte: the
+    /// fill fails.
     pub async fn commit<F, Fut>(mut self, store: F) -> Result<(), String>
     where
         F: FnOnce(PathBuf) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
+        if let Some(mut spooler) = self.writer.spooler.take() {
+            if let Err(e) = spooler.finish().await {
+                self.writer.finish(Err(FillFailure::Abandoned));
+                return Err(format!("cannot write the spool file: {e}"));
+            }
+        }
         let file = self.writer.spool.clone();
         let synced = tokio::task::spawn_blocking(move || file.sync_data())
             .await
@@ -367,7 +384,7 @@ mod tests {
     async fn a_dropped_leader_wakes_its_readers_with_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let fills = TestFills::new(dir.path()).unwrap();
-        let (fill, writer) = leader(&fills);
+        let (fill, mut writer) = leader(&fills);
         writer.start(Some(10));
         writer
             .append(bytes::Bytes::from_static(b"hello"))
@@ -388,10 +405,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_leader_dropped_with_chunks_queued_stops_its_spooler_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fills = TestFills::new(dir.path()).unwrap();
+        let (fill, mut writer) = leader(&fills);
+        writer.start(None);
+        let chunk = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+        for _ in 0..256 {
+            writer.append(chunk.clone()).await.unwrap();
+        }
+        assert_eq!(
+            writer.written(),
+            256 * 64 * 1024,
+            "received, maybe not yet on file"
+        );
+        // Cancelled at the worst moment: chunks still queued for the spooler thread.
+        drop(writer);
+        assert!(matches!(fill.finished().await, Err(FillFailure::Abandoned)));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "spool file removed"
+        );
+        // The thread holds the spool file while it runs: it has let go once only the fill does.
+        for _ in 0..500 {
+            if Arc::strong_count(&fill.spool) == 1 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the spooler thread still runs after its writer was dropped");
+    }
+
+    #[tokio::test]
+    async fn readers_get_every_byte_the_spooler_writes_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let fills = TestFills::new(dir.path()).unwrap();
+        let (fill, mut writer) = leader(&fills);
+        writer.start(None);
+        let reader = tokio::spawn(
+            fill.reader(0, None)
+                .into_stream()
+                .map(|c| c.unwrap().to_vec())
+                .concat(),
+        );
+        let mut expected = Vec::new();
+        for i in 0..300u32 {
+            let part: Vec<u8> = (0..(i % 97 + 1) * 331).map(|j| (i + j) as u8).collect();
+            expected.extend_from_slice(&part);
+            writer.append(part.into()).await.unwrap();
+        }
+        writer
+            .verified()
+            .commit(|_| async { Ok(()) })
+            .await
+            .unwrap();
+        let body = tokio::time::timeout(std::time::Duration::from_secs(10), reader)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(body.len(), expected.len());
+        assert!(body == expected, "bytes out of order or lost");
+    }
+
+    #[tokio::test]
     async fn the_last_byte_waits_for_verification() {
         let dir = tempfile::tempdir().unwrap();
         let fills = TestFills::new(dir.path()).unwrap();
-        let (fill, writer) = leader(&fills);
+        let (fill, mut writer) = leader(&fills);
         writer.start(Some(5));
         writer
             .append(bytes::Bytes::from_static(b"hello"))
@@ -413,7 +494,7 @@ mod tests {
     async fn verified_content_is_delivered_before_the_commit_and_despite_its_failure() {
         let dir = tempfile::tempdir().unwrap();
         let fills = TestFills::new(dir.path()).unwrap();
-        let (fill, writer) = leader(&fills);
+        let (fill, mut writer) = leader(&fills);
         writer.start(None);
         writer
             .append(bytes::Bytes::from_static(b"hello"))
@@ -444,7 +525,7 @@ mod tests {
     async fn a_verified_fill_delivers_everything_to_late_readers() {
         let dir = tempfile::tempdir().unwrap();
         let fills = TestFills::new(dir.path()).unwrap();
-        let (fill, writer) = leader(&fills);
+        let (fill, mut writer) = leader(&fills);
         writer.start(None);
         for part in [&b"abc"[..], b"def"] {
             writer

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
+use crate::trace::CacheResult;
+
 /// The shared result of one running call.
 type Flight<V> = Shared<BoxFuture<'static, Result<V, FlightAbandoned>>>;
 
@@ -61,16 +63,17 @@ where
         let shared = {
             let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(existing) = calls.get(&key) {
+                crate::trace::note(CacheResult::Joined);
                 existing.clone()
             } else {
                 let leave = Leave {
                     calls: self.calls.clone(),
                     key: Some(key.clone()),
                 };
-                let task = tokio::spawn(async move {
+                let task = tokio::spawn(crate::trace::carry(async move {
                     let _leave = leave;
                     work.await
-                });
+                }));
                 let flight: Flight<V> = async move {
                     task.await.map_err(|e| {
                         if e.is_panic() {

@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use crate::coalesce::{FillFailure, FillWriter, Joined, Slot, Slots};
+use crate::coalesce::{FillFailure, FillWriter, HashingThread, Joined, Slot, Slots};
 use crate::fleet::{Fleet, Lease, Role};
-use crate::oci::{Digest, Hasher};
+use crate::oci::Digest;
 use crate::store::{ByteStream, keys};
+use crate::trace::{self, CacheResult};
 use crate::upstream::ErrorClass;
 use crate::upstream::UpstreamError;
 
@@ -105,6 +106,11 @@ impl Mirror {
         if lookup == Lookup::CacheOnly {
             let size = self.store.size(&keys::blob(digest)).await?;
             self.metrics.cache_lookup("blob", size.is_some());
+            trace::note(if size.is_some() {
+                CacheResult::Hit
+            } else {
+                CacheResult::Miss
+            });
             let size = size
                 .ok_or_else(|| MirrorError::NotCached(format!("blob {}@{digest}", target.repo)))?;
             return match self.blob_from_store(digest, size, range, want_body).await {
@@ -125,6 +131,7 @@ impl Mirror {
                         Err(FillError::Failed(e)) => return Err(e),
                         Ok(body) => {
                             self.metrics.cache_lookup("blob", true);
+                            trace::note(CacheResult::Hit);
                             return Ok(body);
                         }
                     }
@@ -150,6 +157,7 @@ impl Mirror {
             }
             if !want_body {
                 // A HEAD asks the upstream with a HEAD; it does not start a download.
+                trace::note(CacheResult::Miss);
                 return self.blob_head_upstream(target, digest, range).await;
             }
             match self.blob_from_fill(target, digest, range).await {
@@ -257,13 +265,17 @@ impl Mirror {
             FillError::Failed(MirrorError::Store(format!("cannot create spool file: {e}")))
         })?;
         let fill = match joined {
-            Joined::Follower(fill) => fill,
+            Joined::Follower(fill) => {
+                trace::note(CacheResult::Joined);
+                fill
+            }
             Joined::Leader(fill, writer) => {
-                // Its own task: the fill outlives any one client.
+                trace::note(CacheResult::Miss);
+                // Its own task: the fill outlives any one client (its attempts are this one's).
                 let (this, target, digest) = (self.clone(), target.clone(), digest.clone());
-                self.blobs
-                    .tasks
-                    .spawn(async move { this.fill_blob(&target, &digest, writer).await });
+                self.blobs.tasks.spawn(trace::carry(async move {
+                    this.fill_blob(&target, &digest, writer).await
+                }));
                 fill
             }
         };
@@ -319,7 +331,7 @@ impl Mirror {
         &self,
         target: &Target,
         digest: &Digest,
-        writer: FillWriter<Digest, FillError>,
+        mut writer: FillWriter<Digest, FillError>,
     ) {
         if let Ok(Some(_)) = self.store.size(&keys::blob(digest)).await {
             writer.fail(FillError::Raced);
@@ -345,7 +357,7 @@ impl Mirror {
                 e,
             ))
         };
-        let mut hasher = Hasher::new(digest.algorithm());
+        let mut hasher = HashingThread::start(digest.algorithm());
         // The spool counts against the store's size limit until the commit (or the failure).
         let mut spool = SpoolAccount {
             store: self.store.as_ref(),
@@ -367,7 +379,7 @@ impl Mirror {
         let mut started: Option<Option<u64>> = None;
         if let (Role::Follower(lease), Some(fleet)) = (&role, &self.blobs.fleet) {
             match self
-                .follow_leader(fleet, lease, digest, &writer, &mut hasher, &mut spool)
+                .follow_leader(fleet, lease, digest, &mut writer, &mut hasher, &mut spool)
                 .await
             {
                 Ok(total) => started = Some(total),
@@ -409,7 +421,7 @@ impl Mirror {
                 match stream.next().await {
                     Ok(Some(chunk)) => {
                         bytes_metric.inc_by(chunk.len() as u64);
-                        hasher.update(&chunk);
+                        hasher.update(chunk.clone()).await;
                         spool.add(chunk.len());
                         // A local disk problem (e.g. ENOSPC): retrying the upstream cannot
                         // help. The failed writer deletes the spool file: nothing partial stays.
@@ -434,7 +446,16 @@ impl Mirror {
         }
 
         let received = writer.written();
-        let actual = hasher.finish();
+        let actual = match hasher.finish().await {
+            Ok(actual) => actual,
+            Err(e) => {
+                tracing::error!(%upstream, repo = %target.repo, %digest, error = %e, "hashing the blob failed");
+                writer.fail(FillError::Failed(MirrorError::Store(format!(
+                    "hashing failed: {e}"
+                ))));
+                return;
+            }
+        };
         if &actual != digest {
             self.metrics.verify_failures.inc();
             self.metrics.upstream_error(upstream, ErrorClass::Verify);
@@ -519,8 +540,8 @@ impl Mirror {
         fleet: &Fleet,
         lease: &Lease,
         digest: &Digest,
-        writer: &FillWriter<Digest, FillError>,
-        hasher: &mut Hasher,
+        writer: &mut FillWriter<Digest, FillError>,
+        hasher: &mut HashingThread,
         spool: &mut SpoolAccount<'_>,
     ) -> Result<Option<u64>, Followed> {
         let mut peer = fleet
@@ -532,7 +553,7 @@ impl Mirror {
         loop {
             match peer.next().await {
                 Ok(Some(chunk)) => {
-                    hasher.update(&chunk);
+                    hasher.update(chunk.clone()).await;
                     spool.add(chunk.len());
                     if let Err(e) = writer.append(chunk).await {
                         return Err(Followed::Store(MirrorError::Store(format!(

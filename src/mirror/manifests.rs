@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use crate::oci::{Digest, MANIFEST_MEDIA_TYPES, Reference, Tag, accepts};
 use crate::store::{keys, manifest_form};
+use crate::trace::{self, CacheResult};
 use crate::upstream::UpstreamError;
 
 use super::error::Reference as What;
@@ -85,6 +86,7 @@ impl Mirror {
         if let Some((digest, at)) = self.refs.narrow_tags.get(&key) {
             if at.elapsed() < target.upstream.config().tag_ttl {
                 if let Some(m) = self.cached_manifest(&digest).await {
+                    trace::note(CacheResult::Hit);
                     return Ok(m);
                 }
             }
@@ -118,6 +120,11 @@ impl Mirror {
         };
         let manifest = self.cached_manifest(&digest).await;
         self.metrics.cache_lookup("manifest", manifest.is_some());
+        trace::note(if manifest.is_some() {
+            CacheResult::Hit
+        } else {
+            CacheResult::Miss
+        });
         manifest.ok_or_else(not_cached)
     }
 
@@ -144,6 +151,7 @@ impl Mirror {
     ) -> Result<Arc<Manifest>, MirrorError> {
         if let Some(m) = self.cached_manifest(digest).await {
             self.metrics.cache_lookup("manifest", true);
+            trace::note(CacheResult::Hit);
             return Ok(m);
         }
         self.metrics.cache_lookup("manifest", false);
@@ -211,6 +219,7 @@ impl Mirror {
                         tracing::warn!(upstream = %target2.upstream_name(), repo = %target2.repo, tag = %tag2,
                             digest = %stale.digest, error = %e, "upstream failed; serving the last known digest");
                         this.metrics.tag_lookup(target2.upstream_name(), "stale");
+                        trace::note(CacheResult::Stale);
                         Ok(stale)
                     }
                     (Err(e), None) => Err(e),
@@ -265,6 +274,7 @@ impl Mirror {
                 };
                 self.remember_tag(target, tag, &record).await?;
                 self.metrics.tag_lookup(upstream, "revalidated");
+                trace::note(CacheResult::Revalidated);
                 return Ok(record);
             }
         }
@@ -303,6 +313,7 @@ impl Mirror {
             target.repo.clone(),
             reference.to_string(),
         );
+        trace::note(CacheResult::Miss);
         if self.missing.contains_key(&missing_key) {
             return Err(failed(UpstreamError::NotFound));
         }

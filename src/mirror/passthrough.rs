@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::coalesce::{FillFailure, FillWriter, Fills, Joined};
 use crate::oci::Digest;
 use crate::store::ByteStream;
+use crate::trace::{self, CacheResult};
 use crate::upstream::{ListingKind, UpstreamError};
 
 use super::error::Reference as What;
@@ -64,15 +65,19 @@ impl Mirror {
             .join(key.clone())
             .map_err(|e| MirrorError::Store(format!("cannot create spool file: {e}")))?;
         let fill = match joined {
-            Joined::Follower(fill) => fill,
+            Joined::Follower(fill) => {
+                trace::note(CacheResult::Joined);
+                fill
+            }
             Joined::Leader(fill, writer) => {
+                trace::note(CacheResult::Bypass);
                 let (this, target, query) =
                     (self.clone(), target.clone(), query.map(str::to_string));
                 let key = key.clone();
                 // Its own task: the listing finishes for the others if this client leaves.
-                self.blobs.tasks.spawn(async move {
+                self.blobs.tasks.spawn(trace::carry(async move {
                     this.fill_listing(&target, kind, query, key, writer).await
-                });
+                }));
                 fill
             }
         };
@@ -93,7 +98,7 @@ impl Mirror {
         kind: ListingKind,
         query: Option<String>,
         key: ListingKey,
-        writer: FillWriter<ListingKey, MirrorError>,
+        mut writer: FillWriter<ListingKey, MirrorError>,
     ) {
         let mut listing = match target
             .upstream

@@ -81,6 +81,8 @@ fn line(pull: &Pull) -> String {
         "status": pull.status,
         "bytes": pull.bytes,
         "duration_ms": pull.duration.as_secs_f64() * 1000.0,
+        "cache": pull.cache,
+        "upstream_attempts": pull.upstream_attempts,
         "error_class": pull.error_class,
         "error": pull.error,
     })
@@ -110,6 +112,8 @@ mod tests {
                 error: None,
                 bytes: 1234,
                 duration: Duration::from_millis(12),
+                cache: Some(crate::trace::CacheResult::Miss),
+                upstream_attempts: 3,
             });
         }
         let mut text = String::new();
@@ -130,5 +134,7 @@ mod tests {
         assert_eq!(lines[0]["error_class"], serde_json::Value::Null);
         assert_eq!(lines[1]["status"], 502);
         assert_eq!(lines[1]["error_class"], "stall");
+        assert_eq!(lines[1]["cache"], "miss");
+        assert_eq!(lines[1]["upstream_attempts"], 3);
     }
 }

@@ -215,6 +215,8 @@ mod tests {
                 error: None,
                 bytes: 0,
                 duration: Duration::ZERO,
+                cache: None,
+                upstream_attempts: 0,
             };
             table.add(&pull);
         }

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 pub use access_log::AccessLog;
 pub use failures::{Failures, ImageFailures, NodeFailures, unix_seconds};
 
+use crate::trace::CacheResult;
 use crate::upstream::ErrorClass;
 use failures::FailureTable;
 
@@ -36,6 +37,11 @@ pub struct Pull {
     pub error: Option<String>,
     pub bytes: u64,
     pub duration: Duration,
+    /// Where the answer came from; `None` when it never got that far (a refused request).
+    pub cache: Option<CacheResult>,
+    /// Upstream requests sent for this request (retries and resumes included; 0 for a hit or
+    /// for a request that joined another's fetch).
+    pub upstream_attempts: u32,
 }
 
 impl Pull {
@@ -216,6 +222,8 @@ mod tests {
             error: class.map(|c| c.in_words().to_string()),
             bytes: 10,
             duration: Duration::from_millis(5),
+            cache: None,
+            upstream_attempts: 0,
         }
     }
 

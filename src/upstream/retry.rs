@@ -57,6 +57,7 @@ impl UpstreamClient {
             .health
             .admit()
             .map_err(|wait| UpstreamError::Down { retry_after: wait })?;
+        crate::trace::attempt();
         if !permit.is_probe() {
             let result = self.attempt(req).await;
             permit.record(outcome(&result));
