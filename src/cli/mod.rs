@@ -44,6 +44,10 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// Show a running berth's status: upstream health, failed pulls by image and by node,
     /// fills in progress, cache and pins.
+    ///
+    /// Exit status: 0 no failed pulls in the window (`--since`, else since berth started) and
+    /// no upstream down; 1 the report lists failed pulls or an upstream is down (the report is
+    /// printed in full all the same); 2 no report (bad flags, mirror unreachable, 401/403).
     Status(status::StatusArgs),
 }
 
@@ -57,7 +61,7 @@ pub fn main() -> ExitCode {
         Command::Cache(command) => cache::run(command),
         Command::Prewarm(args) => return prewarm::main(args),
         Command::Probe(args) => return probe::main(args),
-        Command::Status(args) => status::run(args),
+        Command::Status(args) => return status::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

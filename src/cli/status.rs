@@ -2,6 +2,7 @@
 //! rebuild workflow prints when a rollout fails.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -28,7 +29,30 @@ pub struct StatusArgs {
     admin_token_file: Option<PathBuf>,
 }
 
-pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+/// Exit 0: no failures in the window and no upstream down; 1: the report lists failures or an
+/// upstream is down (printed in full all the same); 2: no report (bad flags, mirror
+/// unreachable, 401/403, not a status report).
+pub fn main(args: StatusArgs) -> ExitCode {
+    match run(args) {
+        Ok(report) if needs_attention(&report) => ExitCode::from(1),
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            super::print_error(&e);
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// What a rebuild workflow branches on: failed pulls in the report's window, or an upstream
+/// whose breaker is open.
+fn needs_attention(report: &StatusReport) -> bool {
+    !report.failures.by_image.is_empty()
+        || !report.failures.by_node.is_empty()
+        || report.upstreams.iter().any(|u| u.state == "down")
+}
+
+/// Fetches and prints the report; returns it for the exit status.
+fn run(args: StatusArgs) -> anyhow::Result<StatusReport> {
     let mut url = url::Url::parse(&args.mirror)
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
@@ -68,7 +92,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", render_text(&report));
     }
-    Ok(())
+    Ok(report)
 }
 
 async fn fetch(url: url::Url, token: Option<String>) -> anyhow::Result<Vec<u8>> {
@@ -109,4 +133,62 @@ async fn fetch(url: url::Url, token: Option<String>) -> anyhow::Result<Vec<u8>> 
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{CacheStatus, Failures, NodeFailures, UpstreamStatus};
+
+    fn report(states: &[&str], failures: Failures) -> StatusReport {
+        StatusReport {
+            version: "0".into(),
+            generated_at: 100,
+            started_at: 0,
+            since_seconds: None,
+            requests: 1,
+            upstreams: states
+                .iter()
+                .map(|state| UpstreamStatus {
+                    name: format!("{state}.example"),
+                    url: format!("https://{state}.example/"),
+                    state: state.to_string(),
+                    requests: 0,
+                    failures: 0,
+                    last_success: None,
+                    last_error_at: None,
+                    last_error_class: None,
+                    last_error: None,
+                    p50_ms: None,
+                    ratelimit_remaining: None,
+                })
+                .collect(),
+            failures,
+            fills: vec![],
+            cache: CacheStatus::default(),
+            pins: vec![],
+        }
+    }
+
+    #[test]
+    fn a_down_upstream_or_a_failed_pull_needs_attention() {
+        assert!(!needs_attention(&report(
+            &["up", "probing"],
+            Failures::default()
+        )));
+        assert!(needs_attention(&report(
+            &["up", "down"],
+            Failures::default()
+        )));
+        let failed = Failures {
+            by_image: vec![],
+            by_node: vec![NodeFailures {
+                node: "10.0.0.1".into(),
+                count: 1,
+                images: vec!["docker.io/library/app".into()],
+                last_at: 90,
+            }],
+        };
+        assert!(needs_attention(&report(&["up"], failed)));
+    }
 }

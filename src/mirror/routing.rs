@@ -30,6 +30,15 @@ pub(super) struct PatternClients {
     clients: moka::sync::Cache<String, Arc<UpstreamClient>>,
 }
 
+impl PatternClients {
+    /// The clients that exist now (made on first use, not yet evicted), by registry name.
+    pub(super) fn all(&self) -> Vec<Arc<UpstreamClient>> {
+        let mut clients: Vec<_> = self.clients.iter().map(|(_, client)| client).collect();
+        clients.sort_by(|a, b| a.name().cmp(b.name()));
+        clients
+    }
+}
+
 impl Default for PatternClients {
     fn default() -> Self {
         PatternClients {

@@ -27,13 +27,18 @@ impl Mirror {
     }
 
     /// `since`: failures of the recent past only (from the ring of recent requests).
+    ///
+    /// Upstreams: the configured ones, then the registries `upstream_patterns` allowed that
+    /// have a client now (by name).
     pub async fn status(&self, since: Option<Duration>) -> StatusReport {
         self.refresh_gauges();
         let pulls = &self.pulls;
         let facts = pulls.registries();
+        let patterns = self.pattern_upstreams.all();
         let upstreams = self
             .upstreams
             .values()
+            .chain(&patterns)
             .map(|client| {
                 let name = client.name();
                 let fact = facts.get(name).cloned().unwrap_or_default();

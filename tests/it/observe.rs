@@ -1,7 +1,8 @@
 //! Seeing every pull: injected upstream faults show up under their class in
 //! `berth_upstream_errors_total` and in `/_berth/status` under the right image and node; the
-//! breaker gauge; `berth status`; the page in a real browser; alert rules and the dashboard
-//! against a real Prometheus.
+//! breaker gauge; `berth status` and its exit codes; `upstream_patterns` registries under
+//! `upstreams[]`; the loopback-only rule from a client in another network namespace; the page
+//! in a real browser; alert rules and the dashboard against a real Prometheus.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -682,22 +683,28 @@ fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
     }
 }
 
+/// Runs `berth status --mirror <mirror> <args>` (≤ 30 s) off the async runtime, so an
+/// in-process berth keeps answering.
+async fn berth_status(mirror: &str, args: &[&str]) -> crate::support::util::CmdOutput {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.arg("status").arg("--mirror").arg(mirror).args(args);
+    tokio::task::spawn_blocking(move || {
+        crate::support::util::run(&mut cmd, Duration::from_secs(30))
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn berth_status_prints_failures_by_image_and_node_in_words() {
     let (berth, _fake) = faulty_mirror().await;
     let mirror = berth.url("");
-    let (text, json) = tokio::task::spawn_blocking(move || {
-        let run = |args: &[&str]| {
-            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
-            cmd.arg("status").arg("--mirror").arg(&mirror).args(args);
-            let out = crate::support::util::run(&mut cmd, Duration::from_secs(30));
-            out.expect_success();
-            out.stdout
-        };
-        (run(&[]), run(&["--json", "--since", "30m"]))
-    })
-    .await
-    .unwrap();
+    // Failures listed: exit 1, the report printed in full all the same.
+    let text = berth_status(&mirror, &[]).await;
+    assert_eq!(text.code, Some(1), "{}", text.stderr);
+    let json = berth_status(&mirror, &["--json", "--since", "30m"]).await;
+    assert_eq!(json.code, Some(1), "{}", json.stderr);
+    let text = text.stdout;
     assert!(text.contains("Failed pulls by image"), "{text}");
     assert!(
         text.contains("docker.io/library/stall") && text.contains("transfer stalled mid-body"),
@@ -711,19 +718,118 @@ async fn berth_status_prints_failures_by_image_and_node_in_words() {
         text.contains("127.0.0.2") && text.contains("127.0.0.3"),
         "{text}"
     );
-    let report: Value = serde_json::from_str(&json).unwrap();
+    assert!(text.contains("Cache "), "printed to the end: {text}");
+    let report: Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(report["since_seconds"], 1800);
     assert_eq!(report["failures"]["by_node"].as_array().unwrap().len(), 2);
 
-    let mut bad = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
-    bad.args(["status", "--mirror", "ftp://x", "--since", "30m"]);
-    let out = tokio::task::spawn_blocking(move || {
-        crate::support::util::run(&mut bad, Duration::from_secs(30))
-    })
-    .await
-    .unwrap();
-    assert!(!out.success);
-    assert!(out.stderr.contains("not an http(s) URL"), "{}", out.stderr);
+    // Bad flags: no report, exit 2, one line saying why.
+    let bad = berth_status("ftp://x", &["--since", "30m"]).await;
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+    assert!(bad.stderr.contains("not an http(s) URL"), "{}", bad.stderr);
+    assert_eq!(bad.stderr.trim().lines().count(), 1, "{}", bad.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berth_status_exits_0_clean_1_after_a_failed_pull_2_without_a_report() {
+    let fake = FakeUpstream::start(Options::plain()).await;
+    fake.push(
+        "library/app",
+        "1",
+        &images::image(&ImageSpec::new(12, Format::Oci)),
+    );
+    fake.push(
+        "library/broken",
+        "2",
+        &images::image(&ImageSpec::new(13, Format::Oci)),
+    );
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config("max_attempts = 1\nbreaker_threshold = 100")
+        .start()
+        .await;
+    let mirror = berth.url("");
+    let url = berth.url("/v2/library/app/manifests/1");
+
+    // A clean mirror, after a good pull: 0, in text and JSON.
+    assert_eq!(pull(&node(NODE_A), &url).await, 200);
+    for args in [&[][..], &["--json"][..]] {
+        let out = berth_status(&mirror, args).await;
+        assert_eq!(
+            out.code,
+            Some(0),
+            "{args:?}: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(out.stdout.contains("docker.io"), "{}", out.stdout);
+    }
+
+    // A failed pull (not cached, so no stale answer): 1, and the report says which.
+    fake.inject(Fault::status(503, None).reference("2"));
+    assert_eq!(
+        pull(&node(NODE_B), &berth.url("/v2/library/broken/manifests/2")).await,
+        502
+    );
+    let out = berth_status(&mirror, &[]).await;
+    assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("docker.io/library/broken") && out.stdout.contains(NODE_B),
+        "{}",
+        out.stdout
+    );
+    let out = berth_status(&mirror, &["--json", "--since", "10m"]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        report["failures"]["by_image"][0]["image"],
+        "docker.io/library/broken"
+    );
+
+    // No report: 2 with one line naming why. Nothing listens on an unused port.
+    let port = crate::support::util::free_port();
+    let out = berth_status(&format!("http://127.0.0.1:{port}"), &[]).await;
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    assert!(out.stderr.contains("cannot reach"), "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+
+    // The token missing: 401 is no report either.
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-admin-token\n").unwrap();
+    let guarded = Berth::builder()
+        .top_level(&format!(
+            "admin_token_file = {:?}",
+            token_file.to_str().unwrap()
+        ))
+        .upstream(&fake)
+        .start()
+        .await;
+    let out = berth_status(&guarded.url(""), &[]).await;
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("admin token"), "{}", out.stderr);
+    let out = berth_status(
+        &guarded.url(""),
+        &["--admin-token-file", token_file.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+
+    // Clap's own usage errors are 2 as well; --help names the exit codes.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(["status", "--no-such-flag"]);
+    let out = crate::support::util::run(&mut cmd, Duration::from_secs(30));
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(["status", "--help"]);
+    let out = crate::support::util::run(&mut cmd, Duration::from_secs(30));
+    out.expect_success();
+    assert!(
+        out.stdout.contains("Exit status: 0") && out.stdout.contains("upstream down"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -910,4 +1016,228 @@ async fn the_access_log_says_where_each_answer_came_from_and_what_it_cost_upstre
         assert_eq!(line["registry"], "docker.io");
         assert_eq!(line["repository"], "library/app");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registries_let_in_by_upstream_patterns_are_listed_under_upstreams() {
+    let ca = TestCa::new();
+    let hub = FakeUpstream::start(Options::plain()).await;
+    let (good, bad) = (
+        FakeUpstream::start(Options::plain()).await,
+        FakeUpstream::start(Options::plain()).await,
+    );
+    good.push(
+        "team/app",
+        "v1",
+        &images::image(&ImageSpec::new(82, Format::Oci)),
+    );
+    bad.push(
+        "team/app",
+        "v1",
+        &images::image(&ImageSpec::new(83, Format::Oci)),
+    );
+    let good_front = TlsFront::start(&ca, good.registry_addr).await;
+    let bad_front = TlsFront::start(&ca, bad.registry_addr).await;
+    let host = |front: &TlsFront| front.url().trim_start_matches("https://").to_string();
+    let (good_host, bad_host) = (host(&good_front), host(&bad_front));
+    let berth = Berth::builder()
+        .top_level(&format!(
+            "upstream_patterns = [{good_host:?}, {bad_host:?}]\n[upstream_defaults]\n\
+             ca_file = {:?}\nmax_attempts = 1",
+            ca.ca_pem.to_str().unwrap()
+        ))
+        .upstream(&hub)
+        .start()
+        .await;
+    let names = |status: &Value| -> Vec<String> {
+        status["upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let configured = names(&status_json(&berth, "").await);
+    assert!(configured.contains(&"docker.io".to_string()));
+    assert!(
+        !configured.contains(&good_host),
+        "no client before the first pull"
+    );
+
+    // By path prefix and by ?ns=, one answering and one failing.
+    bad.inject(Fault::status(503, None));
+    assert_eq!(
+        pull(
+            &node(NODE_A),
+            &berth.url(&format!("/v2/{good_host}/team/app/manifests/v1"))
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        pull(
+            &node(NODE_B),
+            &berth.url(&format!("/v2/team/app/manifests/v1?ns={bad_host}"))
+        )
+        .await,
+        502
+    );
+
+    let status = status_json(&berth, "").await;
+    // The configured upstreams as before, then the pattern registries by name.
+    let mut patterns = vec![good_host.clone(), bad_host.clone()];
+    patterns.sort();
+    let mut expected = configured.clone();
+    expected.extend(patterns);
+    assert_eq!(names(&status), expected, "{status:#}");
+    let upstream = |name: &str| {
+        status["upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let ok = upstream(&good_host);
+    assert_eq!(ok["url"], format!("https://{good_host}/"), "{ok:#}");
+    assert_eq!(ok["state"], "up", "{ok:#}");
+    assert_eq!(ok["requests"], 1, "{ok:#}");
+    assert_eq!(ok["failures"], 0, "{ok:#}");
+    assert!(ok["last_success"].is_u64(), "{ok:#}");
+    let failed = upstream(&bad_host);
+    assert_eq!(failed["state"], "up", "{failed:#}");
+    assert_eq!(failed["requests"], 1, "{failed:#}");
+    assert_eq!(failed["failures"], 1, "{failed:#}");
+    assert_eq!(failed["last_error_class"], "status_5xx", "{failed:#}");
+    assert_eq!(
+        strings(&image_entry(&status, &format!("{bad_host}/team/app"))["nodes"]),
+        [NODE_B]
+    );
+
+    // The page and `berth status` show them with no change of their own.
+    let html = reqwest::get(berth.url("/_berth/status"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [&good_host, &bad_host] {
+        assert!(
+            html.contains(&format!("data-upstream=\"{name}\"")),
+            "{name} missing from the page"
+        );
+    }
+    let out = berth_status(&berth.url(""), &[]).await;
+    assert_eq!(out.code, Some(1), "a failed pull: {}", out.stderr);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with(&bad_host) && l.contains("1 failed")),
+        "{}",
+        out.stdout
+    );
+}
+
+/// With no admin configuration, `/_berth/status` is for loopback clients only: from a network
+/// namespace wired to ours by a veth pair, the same berth (listening on every address)
+/// answers 403 `DENIED` for the page while serving `/v2/` normally, and 200 to 127.0.0.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and ip: run by scripts/test"]
+async fn a_non_loopback_client_gets_403_for_the_status_page_but_the_registry_api() {
+    if !(crate::support::prereq::require_root()
+        && crate::support::prereq::require_tools(&["ip", "curl"]))
+    {
+        return;
+    }
+    use crate::support::netns::{Spoke, in_ns, unique_id};
+    let fake = FakeUpstream::start(Options::plain()).await;
+    fake.push(
+        "library/app",
+        "1",
+        &images::image(&ImageSpec::new(14, Format::Oci)),
+    );
+    let berth = Berth::builder()
+        .listen("0.0.0.0:0".parse().unwrap())
+        .upstream(&fake)
+        .start()
+        .await;
+    let port = berth.addr.port();
+    let spoke = Spoke::build(&unique_id());
+    // GET from inside the namespace: (status, body).
+    let from_ns = |path: &str, accept: &str| {
+        let url = format!("http://{}:{port}{path}", spoke.host_ip);
+        let (ns, accept) = (spoke.ns.name.clone(), format!("Accept: {accept}"));
+        async move {
+            let out = tokio::task::spawn_blocking(move || {
+                in_ns(
+                    &ns,
+                    &[
+                        "curl",
+                        "-sS",
+                        "--noproxy",
+                        "*",
+                        "--max-time",
+                        "10",
+                        "-H",
+                        &accept,
+                        "-w",
+                        "\n%{http_code}",
+                        &url,
+                    ],
+                    Duration::from_secs(20),
+                )
+            })
+            .await
+            .unwrap();
+            out.expect_success();
+            let (body, code) = out.stdout.rsplit_once('\n').unwrap();
+            (code.parse::<u16>().unwrap(), body.to_string())
+        }
+    };
+
+    for accept in ["application/json", "text/html"] {
+        let (code, body) = from_ns("/_berth/status", accept).await;
+        assert_eq!(code, 403, "{accept}: {body}");
+        let error: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(error["errors"][0]["code"], "DENIED", "{body}");
+        let message = error["errors"][0]["message"].as_str().unwrap();
+        assert!(
+            message.contains("loopback clients only") && message.contains("admin_token_file"),
+            "{message}"
+        );
+    }
+    // The rule is for the admin pages only: the registry API answers the same client.
+    let (code, body) = from_ns("/v2/", "application/json").await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = from_ns(
+        "/v2/library/app/manifests/1",
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = from_ns("/v2/library/missing/manifests/1", "application/json").await;
+    assert_eq!(code, 404, "{body}");
+    // The pin endpoints are off without an admin token, for every client alike.
+    let (code, body) = from_ns("/_berth/pins", "application/json").await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("admin endpoints are off"), "{body}");
+
+    // The same berth, from loopback: the page, which saw the namespace client as a node.
+    let local = format!("http://127.0.0.1:{port}");
+    let response = reqwest::Client::new()
+        .get(format!("{local}/_berth/status"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let status: Value = response.json().await.unwrap();
+    assert_eq!(
+        strings(&node_entry(&status, &spoke.ns_ip)["images"]),
+        ["docker.io/library/missing"]
+    );
+    let pins = reqwest::get(format!("{local}/_berth/pins")).await.unwrap();
+    assert_eq!(pins.status(), 404, "pins need the token, loopback or not");
+    drop(spoke);
 }

@@ -16,6 +16,7 @@ pub struct Berth {
 pub struct BerthBuilder {
     top: String,
     tables: Vec<(String, String, String)>,
+    listen: Option<SocketAddr>,
 }
 
 impl BerthBuilder {
@@ -49,6 +50,13 @@ impl BerthBuilder {
         self
     }
 
+    /// Listen on `addr` instead of `127.0.0.1:0` (e.g. `0.0.0.0:0` for clients on other
+    /// interfaces); `Berth::addr` is then the address bound, e.g. `0.0.0.0:<port>`.
+    pub fn listen(mut self, addr: SocketAddr) -> BerthBuilder {
+        self.listen = Some(addr);
+        self
+    }
+
     pub fn toml(&self) -> String {
         let tables: String = self
             .tables
@@ -59,7 +67,8 @@ impl BerthBuilder {
     }
 
     pub async fn start(self) -> Berth {
-        Berth::start(&self.toml()).await
+        let addr = self.listen.unwrap_or(([127, 0, 0, 1], 0).into());
+        Berth::start_at(&self.toml(), tempfile::tempdir().unwrap(), addr).await
     }
 }
 
@@ -75,13 +84,17 @@ impl Berth {
 
     /// Starts berth on an existing cache directory (a restart).
     pub async fn start_in(config_body: &str, data: tempfile::TempDir) -> Berth {
+        Berth::start_at(config_body, data, ([127, 0, 0, 1], 0).into()).await
+    }
+
+    async fn start_at(config_body: &str, data: tempfile::TempDir, listen: SocketAddr) -> Berth {
         let text = format!(
             "data_dir = {:?}\n{config_body}",
             data.path().to_str().unwrap()
         );
         let config =
             berth::config::Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {

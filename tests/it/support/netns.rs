@@ -99,6 +99,88 @@ impl Drop for Netns {
     }
 }
 
+/// One namespace wired to the root namespace (where the test process and an in-process
+/// berth live) by a veth pair on a /30 of 10.98.0.0/16 picked from `id`: `host_ip` on the root
+/// side, `ns_ip` inside. Dropping it deletes the pair, then the namespace.
+///
+/// ```text
+///   root namespace                         spoke-<id>
+///   vsh<id> 10.98.N.1/30 ──veth── vsc<id> 10.98.N.2/30
+/// ```
+pub struct Spoke {
+    pub ns: Netns,
+    pub host_ip: String,
+    pub ns_ip: String,
+    host_dev: String,
+}
+
+impl Spoke {
+    pub fn build(id: &str) -> Spoke {
+        let ns = Netns::create(&format!("spoke-{id}"));
+        let (host_dev, ns_dev) = (format!("vsh{id}"), format!("vsc{id}"));
+        // A leftover pair from a crashed run with the same id would make `add` fail.
+        let _ = run(
+            Command::new("ip").args(["link", "del", &host_dev]),
+            Duration::from_secs(10),
+        );
+        // Distinct subnets for distinct ids, so concurrent test processes do not collide.
+        let n: u32 = id
+            .bytes()
+            .fold(7, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+        let base = (n % 16_384) * 4;
+        let (host_ip, ns_ip) = (
+            format!("10.98.{}.{}", base / 256, base % 256 + 1),
+            format!("10.98.{}.{}", base / 256, base % 256 + 2),
+        );
+        ip(&[
+            "link", "add", &host_dev, "type", "veth", "peer", "name", &ns_dev, "netns", &ns.name,
+        ]);
+        // From here on, a panic drops the spoke and removes what was built.
+        let spoke = Spoke {
+            ns,
+            host_ip,
+            ns_ip,
+            host_dev,
+        };
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", spoke.host_ip),
+            "dev",
+            &spoke.host_dev,
+        ]);
+        ip(&["link", "set", &spoke.host_dev, "up"]);
+        let ns_name = spoke.ns.name.clone();
+        ip(&[
+            "-n",
+            &ns_name,
+            "addr",
+            "add",
+            &format!("{}/30", spoke.ns_ip),
+            "dev",
+            &ns_dev,
+        ]);
+        ip(&["-n", &ns_name, "link", "set", &ns_dev, "up"]);
+        spoke
+    }
+}
+
+impl Drop for Spoke {
+    fn drop(&mut self) {
+        // Deleting one end deletes the pair; the namespace goes when `ns` drops after this.
+        let out = run(
+            Command::new("ip").args(["link", "del", &self.host_dev]),
+            Duration::from_secs(10),
+        );
+        if !out.success {
+            eprintln!(
+                "warning: could not delete veth {}: {}",
+                self.host_dev, out.stderr
+            );
+        }
+    }
+}
+
 /// The three namespaces of the black-hole lab and their wiring. Dropping it deletes the
 /// namespaces, which also destroys the veth pairs and the router's iptables rules.
 pub struct Lab {

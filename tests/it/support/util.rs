@@ -32,6 +32,8 @@ pub fn free_port() -> u16 {
 pub struct CmdOutput {
     pub command: String,
     pub success: bool,
+    /// The exit code (`None`: killed, by a signal or at the deadline).
+    pub code: Option<i32>,
     pub timed_out: bool,
     pub stdout: String,
     pub stderr: String,
@@ -69,13 +71,14 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> CmdOutput {
             return CmdOutput {
                 command,
                 success: false,
+                code: None,
                 timed_out: false,
                 stdout: String::new(),
                 stderr: e.to_string(),
             };
         }
     };
-    let (success, timed_out) = wait_child(&mut child, timeout);
+    let (code, timed_out) = wait_child(&mut child, timeout);
     let read = |f: &mut std::fs::File| {
         let mut s = String::new();
         f.seek(SeekFrom::Start(0)).unwrap();
@@ -84,23 +87,25 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> CmdOutput {
     };
     CmdOutput {
         command,
-        success,
+        success: code == Some(0),
+        code,
         timed_out,
         stdout: read(&mut out),
         stderr: read(&mut err),
     }
 }
 
-fn wait_child(child: &mut Child, timeout: Duration) -> (bool, bool) {
+/// (exit code, timed out).
+fn wait_child(child: &mut Child, timeout: Duration) -> (Option<i32>, bool) {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            return (status.success(), false);
+            return (status.code(), false);
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return (false, true);
+            return (None, true);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
