@@ -86,7 +86,8 @@ impl Mirror {
 
     /// Gauges that are a view of live state, brought up to date for a scrape or a report.
     pub fn refresh_gauges(&self) {
-        for client in self.upstreams.values() {
+        let patterns = self.pattern_upstreams.all();
+        for client in self.upstreams.values().chain(&patterns) {
             self.metrics
                 .upstream_state
                 .get_or_create(&UpstreamNameLabels {

@@ -1114,6 +1114,17 @@ async fn registries_let_in_by_upstream_patterns_are_listed_under_upstreams() {
         strings(&image_entry(&status, &format!("{bad_host}/team/app"))["nodes"]),
         [NODE_B]
     );
+    // The breaker gauge covers them too (0 = up).
+    let metrics = reqwest::get(berth.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [&good_host, &bad_host] {
+        let series = format!("berth_upstream_state{{upstream=\"{name}\"}} 0");
+        assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
+    }
 
     // The page and `berth status` show them with no change of their own.
     let html = reqwest::get(berth.url("/_berth/status"))
