@@ -35,6 +35,23 @@ async fn pull(client: &reqwest::Client, url: &str) -> u16 {
     status
 }
 
+/// A berth whose admin pages need `Authorization: Bearer s3cret-admin-token` (and the
+/// directory holding its token file, to keep).
+async fn token_guarded(fake: &FakeUpstream) -> (Berth, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-admin-token\n").unwrap();
+    let berth = Berth::builder()
+        .top_level(&format!(
+            "admin_token_file = {:?}",
+            token_file.to_str().unwrap()
+        ))
+        .upstream(fake)
+        .start()
+        .await;
+    (berth, dir)
+}
+
 async fn status_json(berth: &Berth, query: &str) -> Value {
     let response = reqwest::Client::new()
         .get(berth.url(&format!("/_berth/status{query}")))
@@ -237,17 +254,7 @@ async fn the_status_page_is_for_loopback_clients_without_an_admin_token() {
         .unwrap();
     assert_eq!(ok.status(), 200);
 
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "s3cret-admin-token\n").unwrap();
-    let guarded = Berth::builder()
-        .top_level(&format!(
-            "admin_token_file = {:?}",
-            token_file.to_str().unwrap()
-        ))
-        .upstream(&fake)
-        .start()
-        .await;
+    let (guarded, _token_dir) = token_guarded(&fake).await;
     let denied = reqwest::get(guarded.url("/_berth/status")).await.unwrap();
     assert_eq!(denied.status(), 401);
     let allowed = reqwest::Client::new()
@@ -795,23 +802,16 @@ async fn berth_status_exits_0_clean_1_after_a_failed_pull_2_without_a_report() {
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
 
     // The token missing: 401 is no report either.
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "s3cret-admin-token\n").unwrap();
-    let guarded = Berth::builder()
-        .top_level(&format!(
-            "admin_token_file = {:?}",
-            token_file.to_str().unwrap()
-        ))
-        .upstream(&fake)
-        .start()
-        .await;
+    let (guarded, token_dir) = token_guarded(&fake).await;
     let out = berth_status(&guarded.url(""), &[]).await;
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("admin token"), "{}", out.stderr);
     let out = berth_status(
         &guarded.url(""),
-        &["--admin-token-file", token_file.to_str().unwrap()],
+        &[
+            "--admin-token-file",
+            token_dir.path().join("token").to_str().unwrap(),
+        ],
     )
     .await;
     assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
