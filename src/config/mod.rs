@@ -23,6 +23,7 @@ pub use patterns::{HostPattern, UpstreamPatterns};
 pub use raw::RawConfig;
 pub use server::{DEFAULT_ALLOW, RawServer, ServerConfig, TlsFiles};
 pub use size::parse_size;
+pub use upstream::host_key;
 
 use crate::oci::Platform;
 

@@ -177,13 +177,14 @@ impl RawUpstream {
         let trusted_hosts = raw.trusted_hosts.unwrap_or_default();
         if let Some(bad) = trusted_hosts
             .iter()
-            .find(|h| h.is_empty() || h.contains(['/', ':', ' ', '@']))
+            .find(|h| host_key(h).is_empty() || h.contains(['/', ':', ' ', '@']))
         {
             return Err(ConfigError::new(
                 key("trusted_hosts"),
                 format!("`{bad}` is not a bare host name like \"auth.example.com\""),
             ));
         }
+        let trusted_hosts = trusted_hosts.iter().map(|h| host_key(h)).collect();
         let max_blob_size = raw
             .max_blob_size
             .map(|size| size.bytes())
@@ -208,4 +209,14 @@ impl RawUpstream {
             transport,
         })
     }
+}
+
+/// A host name as berth compares hosts (trusted_hosts, realms, redirect targets, the address
+/// rule): lower case, without IPv6 brackets or the trailing dot of a fully qualified name, so
+/// `Auth.Example.` and `auth.example` are one host for every rule alike.
+pub fn host_key(host: &str) -> String {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
 }

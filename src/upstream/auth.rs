@@ -16,7 +16,7 @@ use url::Url;
 use super::UpstreamError;
 use super::challenge::Challenge;
 use super::tokens::{TokenCache, TokenKey};
-use crate::config::{Credentials, Upstream};
+use crate::config::{Credentials, Upstream, host_key};
 use crate::oci::Repository;
 
 /// Token realms on another host than the registry, known to belong to it.
@@ -53,7 +53,7 @@ pub struct TokenRequest {
 impl Auth {
     pub fn new(config: &Upstream) -> Auth {
         let home = &config.url;
-        let home_host = home.host_str().unwrap_or("").to_ascii_lowercase();
+        let home_host = host_key(home.host_str().unwrap_or(""));
         Auth {
             home_authority: authority(home),
             home_https: home.scheme() == "https",
@@ -61,7 +61,7 @@ impl Auth {
             trusted_hosts: config
                 .trusted_hosts
                 .iter()
-                .map(|h| h.to_ascii_lowercase())
+                .cloned()
                 .chain(
                     KNOWN_REALM_HOSTS
                         .iter()
@@ -189,7 +189,7 @@ impl Auth {
     }
 
     fn realm_may_get_credentials(&self, realm: &Url) -> bool {
-        let host = realm.host_str().unwrap_or("").to_ascii_lowercase();
+        let host = host_key(realm.host_str().unwrap_or(""));
         (host == self.home_host || self.trusted_hosts.contains(&host))
             && (realm.scheme() == "https" || !self.home_https)
     }
@@ -286,11 +286,14 @@ mod tests {
 
     #[test]
     fn realm_credentials_follow_the_rules() {
-        let a = auth("https://r.example", "trusted_hosts = [\"auth.example\"]");
+        // Written with capitals and the root dot: one host with `auth.example` for every rule.
+        let a = auth("https://r.example", "trusted_hosts = [\"Auth.Example.\"]");
         let cases = [
             // (challenger, realm, credentials sent?)
             ("r.example:443", "https://r.example/token", Ok(true)),
             ("r.example:443", "https://auth.example/token", Ok(true)),
+            ("r.example:443", "https://AUTH.example./token", Ok(true)),
+            ("r.example:443", "https://r.example./token", Ok(true)),
             (
                 "r.example:443",
                 "https://elsewhere.example/token",

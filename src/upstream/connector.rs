@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::class::{ErrorClass, PhaseError};
-use crate::config::{IpPreference, Transport, Upstream};
+use crate::config::{IpPreference, Transport, Upstream, host_key};
 use crate::metrics::{Histograms, Metrics, UpstreamNameLabels};
 
 /// How long sent data may stay unacknowledged before the kernel gives up on the socket.
@@ -79,22 +79,18 @@ pub struct AddressRule {
 
 impl AddressRule {
     pub fn new(upstream: &Upstream) -> AddressRule {
-        let home_host = bare_host(upstream.url.host_str().unwrap_or(""));
+        let home_host = host_key(upstream.url.host_str().unwrap_or(""));
         let literal_private = home_host.parse::<IpAddr>().is_ok_and(|ip| !is_public(ip));
         AddressRule {
             home_private: AtomicBool::new(literal_private || home_host == "localhost"),
-            trusted_hosts: upstream
-                .trusted_hosts
-                .iter()
-                .map(|h| bare_host(h))
-                .collect(),
+            trusted_hosts: upstream.trusted_hosts.clone(),
             home_host,
         }
     }
 
     /// The addresses of `host` that may be dialled; an error naming the fix if none may.
     pub fn filter(&self, host: &str, addrs: Vec<SocketAddr>) -> io::Result<Vec<SocketAddr>> {
-        let host = bare_host(host);
+        let host = host_key(host);
         if host == self.home_host {
             if addrs.iter().any(|a| !is_public(a.ip())) {
                 self.home_private.store(true, Ordering::Relaxed);
@@ -116,13 +112,6 @@ impl AddressRule {
         }
         Ok(public)
     }
-}
-
-fn bare_host(host: &str) -> String {
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .trim_end_matches('.')
-        .to_ascii_lowercase()
 }
 
 /// Globally routable, as far as berth is concerned.
