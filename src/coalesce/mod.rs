@@ -117,6 +117,13 @@ impl<E: Clone + std::fmt::Display + Send + Sync + 'static> Fill<E> {
         }
     }
 
+    /// The size, once the content has matched its digest (the fill may still be syncing and
+    /// committing it): such a fill is as good as stored, and all of it can be read now.
+    pub fn verified_size(&self) -> Option<u64> {
+        let state = self.state.borrow();
+        state.total.filter(|_| state.verified)
+    }
+
     /// Streams `[start, end)` of the content (end `None` = to the end) as it arrives.
     pub fn reader(&self, start: u64, end: Option<u64>) -> FillReader<E> {
         FillReader::new(

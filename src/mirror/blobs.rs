@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::coalesce::{FillFailure, FillWriter, HashingThread, Joined, Slot, Slots};
+use crate::coalesce::{Fill, FillFailure, FillWriter, HashingThread, Joined, Slot, Slots};
 use crate::fleet::{Fleet, Lease, Role};
 use crate::oci::Digest;
 use crate::store::{ByteStream, keys};
@@ -104,6 +104,11 @@ impl Mirror {
         lookup: Lookup,
     ) -> Result<BlobBody, MirrorError> {
         if lookup == Lookup::CacheOnly {
+            // First a fill that has verified the blob and is still committing it: it needs
+            // no store request (which could hang on an S3 bucket that stopped answering).
+            if let Some(body) = self.verified_fill(digest, range, want_body)? {
+                return Ok(body);
+            }
             let size = self.store.size(&keys::blob(digest)).await?;
             self.metrics.cache_lookup("blob", size.is_some());
             trace::note(if size.is_some() {
@@ -285,23 +290,34 @@ impl Mirror {
                 FillError::Failed(MirrorError::Store("the fill was abandoned".into()))
             }
         })?;
-        // A range needs the size; a chunked upstream that did not send one gets the whole blob.
-        let span = match (range, total) {
-            (Some(r), Some(size)) => Some(
-                r.resolve(size)
-                    .ok_or(FillError::Failed(MirrorError::RangeNotSatisfiable { size }))?,
-            ),
-            _ => None,
+        fill_body(&fill, total, range)
+    }
+
+    /// `only-if-cached` for a blob whose fill has verified it and is still syncing or
+    /// uploading it: as good as stored (right after a prewarm, its check must not call
+    /// a blob that is being committed missing).
+    fn verified_fill(
+        &self,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        want_body: bool,
+    ) -> Result<Option<BlobBody>, MirrorError> {
+        let Some(fill) = self.blobs.fills.running(digest) else {
+            return Ok(None);
         };
-        let (start, end) = match span {
-            Some((s, e)) => (s, Some(e + 1)),
-            None => (0, None),
+        let Some(size) = fill.verified_size() else {
+            return Ok(None);
         };
-        Ok(BlobBody {
-            total,
-            range: span,
-            body: Some(fill.reader(start, end).into_stream()),
-        })
+        self.metrics.cache_lookup("blob", true);
+        trace::note(CacheResult::Hit);
+        let mut body = fill_body(&fill, Some(size), range).map_err(|e| match e {
+            FillError::Failed(e) => e,
+            FillError::Raced => MirrorError::Store(e.to_string()),
+        })?;
+        if !want_body {
+            body.body = None;
+        }
+        Ok(Some(body))
     }
 
     /// Slots under the upstream's and the global `max_fills` caps.
@@ -584,6 +600,31 @@ impl Mirror {
         let total = fill.started().await.ok()?;
         Some((total, fill.reader(from, None).into_stream()))
     }
+}
+
+/// A response body following `fill` (which has started; `total` if known).
+fn fill_body(
+    fill: &Fill<FillError>,
+    total: Option<u64>,
+    range: Option<ByteRange>,
+) -> Result<BlobBody, FillError> {
+    // A range needs the size; a chunked upstream that did not send one gets the whole blob.
+    let span = match (range, total) {
+        (Some(r), Some(size)) => Some(
+            r.resolve(size)
+                .ok_or(FillError::Failed(MirrorError::RangeNotSatisfiable { size }))?,
+        ),
+        _ => None,
+    };
+    let (start, end) = match span {
+        Some((s, e)) => (s, Some(e + 1)),
+        None => (0, None),
+    };
+    Ok(BlobBody {
+        total,
+        range: span,
+        body: Some(fill.reader(start, end).into_stream()),
+    })
 }
 
 #[cfg(test)]

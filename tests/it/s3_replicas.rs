@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::berth::{BerthProcess, UpstreamSpec, config_toml};
-use crate::support::fake_upstream::{FakeUpstream, Kind, Options};
+use crate::support::fake_upstream::{AfterStall, FakeUpstream, Fault, Kind, Options};
 use crate::support::images::{self, Blob, Format};
 use crate::support::inprocess::{client, sha256};
 use crate::support::prereq::require_tools;
@@ -434,4 +434,71 @@ async fn the_hot_tier_stays_under_local_max_size_and_the_bucket_keeps_everything
     let (status, digest, _) = fetch(&berth, &blob_path(&layers[0]), None).await;
     assert_eq!((status, digest.as_str()), (200, layers[0].digest.as_str()));
     assert_eq!(upstream_requests(&berth, "blob"), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the s3s-fs S3 server: run by scripts/test"]
+async fn only_if_cached_serves_a_verified_blob_whose_upload_is_still_running() {
+    let Some((s3, fake, _image, layer)) = setup(4).await else {
+        return;
+    };
+    // No hot tier: the blob is stored only once the upload to the (frozen) bucket finishes.
+    let config = format!(
+        "{}local_max_size = \"0\"\n",
+        replica_config(&fake, &s3, "5m")
+    );
+    fake.inject(
+        Fault::stall(
+            1024 * 1024,
+            Duration::from_millis(1500),
+            AfterStall::Continue,
+        )
+        .kind(Kind::Blob)
+        .reference(&layer.digest),
+    );
+    let berth = BerthProcess::start(&config);
+    let url = format!("{}{}", berth.url(), blob_path(&layer));
+    let cold = tokio::spawn({
+        let url = url.clone();
+        async move {
+            let response = client().get(&url).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, sha256(&response.bytes().await.unwrap()))
+        }
+    });
+    // The fill is paused upstream; freeze the bucket so its upload hangs after verification.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s3.pause();
+    let (status, digest) = tokio::time::timeout(Duration::from_secs(30), cold)
+        .await
+        .expect("the cold pull ends at verification, not at the upload")
+        .unwrap();
+    assert_eq!((status, digest.as_str()), (200, layer.digest.as_str()));
+
+    // Verified, still uploading: as good as cached for a prewarm check.
+    let cached = |method: reqwest::Method| {
+        client()
+            .request(method, &url)
+            .header("cache-control", "only-if-cached")
+            .timeout(Duration::from_secs(10))
+            .send()
+    };
+    let response = cached(reqwest::Method::GET).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(sha256(&response.bytes().await.unwrap()), layer.digest);
+    let head = cached(reqwest::Method::HEAD).await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.headers()["content-length"].to_str().unwrap(),
+        layer.size().to_string()
+    );
+    assert_eq!(
+        stored_object_digest(&s3, &layer),
+        None,
+        "the upload had not finished: the answers came from the verified fill"
+    );
+
+    s3.resume();
+    assert_eq!(wait_for_object(&s3, &layer), layer.digest);
+    assert_eq!(fake.count_kind(Kind::Blob), 1, "one upstream transfer");
 }

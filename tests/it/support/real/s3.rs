@@ -93,6 +93,25 @@ impl S3Server {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections are accepted by the kernel and then hang,
+    /// like an S3 endpoint that stopped answering. [`S3Server::resume`] thaws it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("s3s-fs is running").id();
+        crate::support::util::run(
+            Command::new("kill").args([signal, &pid.to_string()]),
+            Duration::from_secs(5),
+        )
+        .expect_success();
+    }
+
     /// Starts it again on the same port and data.
     pub fn restart(&mut self) {
         self.stop();
