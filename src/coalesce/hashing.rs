@@ -3,42 +3,34 @@
 //! of a cold pull; on the fill task it would hold up the receive of every next chunk.
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
+use super::chunk_thread::ChunkThread;
 use crate::oci::{Algorithm, Digest, Hasher};
 
-/// Chunks queued for the thread; the fill task waits when hashing is this far behind.
-const QUEUE: usize = 64;
+const NAME: &str = "hasher";
 
-pub struct HashingThread {
-    chunks: mpsc::Sender<Bytes>,
-    thread: JoinHandle<Digest>,
-}
+pub struct HashingThread(ChunkThread<Digest>);
 
 impl HashingThread {
-    pub fn start(algorithm: Algorithm) -> HashingThread {
-        let (chunks, mut queue) = mpsc::channel::<Bytes>(QUEUE);
-        let thread = tokio::task::spawn_blocking(move || {
+    pub fn start(algorithm: Algorithm) -> std::io::Result<HashingThread> {
+        let thread = ChunkThread::start(NAME, move |mut queue| {
             let mut hasher = Hasher::new(algorithm);
-            while let Some(chunk) = queue.blocking_recv() {
+            while let Some((chunk, _share)) = queue.next() {
                 hasher.update(&chunk);
             }
             hasher.finish()
-        });
-        HashingThread { chunks, thread }
+        })?;
+        Ok(HashingThread(thread))
     }
 
-    /// Queues `chunk` (a cheap reference-counted clone of what the spool gets).
-    pub async fn update(&mut self, chunk: Bytes) {
-        // The thread only stops when the sender is dropped (or it panicked: then `finish`
-        // reports it), so a failed send needs no handling here.
-        let _ = self.chunks.send(chunk).await;
+    /// Queues `chunk` (a cheap reference-counted clone of what the spool gets). Fails only if
+    /// the thread died.
+    pub async fn update(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        self.0.send(chunk, NAME).await
     }
 
     /// The digest of everything queued.
-    pub async fn finish(self) -> std::io::Result<Digest> {
-        drop(self.chunks);
-        self.thread.await.map_err(std::io::Error::other)
+    pub async fn finish(mut self) -> std::io::Result<Digest> {
+        self.0.finish(NAME).await
     }
 }

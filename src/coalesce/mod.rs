@@ -10,6 +10,7 @@
 //! blob must not delay every client's last byte). A writer dropped before its commit wakes
 //! its readers with [`FillFailure::Abandoned`].
 
+mod chunk_thread;
 mod hashing;
 mod reader;
 mod singleflight;
@@ -265,24 +266,37 @@ impl<K: Hash + Eq + Clone, E: Clone + Send + Sync + 'static> FillWriter<K, E> {
     /// Waits only when the thread is far behind (a slow disk).
     pub async fn append(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
         let (offset, len) = (self.received, chunk.len() as u64);
-        let spooler = self
-            .spooler
-            .get_or_insert_with(|| Spooler::start(self.spool.clone(), offset, self.state.clone()));
+        let spooler = match &mut self.spooler {
+            Some(spooler) => spooler,
+            None => self.spooler.insert(Spooler::start(
+                self.spool.clone(),
+                offset,
+                self.state.clone(),
+            )?),
+        };
         spooler.write(chunk).await?;
         self.received = offset + len;
         Ok(())
     }
 
-    /// The content matched its digest: readers may deliver their last byte once the spooler
-    /// has written it, before the (slower) sync and commit. Sets the total for upstreams that
-    /// sent no length. The only way on from here is [`VerifiedFill::commit`].
-    pub fn verified(self) -> VerifiedFill<K, E> {
+    /// The content matched its digest: once the spooler has written every byte, readers may
+    /// deliver their last one, before the (slower) sync and commit. Sets the total for
+    /// upstreams that sent no length. The only way on from here is [`VerifiedFill::commit`].
+    /// If the spool cannot be completed (a failed write), the fill fails: verified always
+    /// means every byte can be read.
+    pub async fn verified(mut self) -> std::io::Result<VerifiedFill<K, E>> {
+        if let Some(mut spooler) = self.spooler.take() {
+            if let Err(e) = spooler.finish().await {
+                self.finish(Err(FillFailure::Abandoned));
+                return Err(e);
+            }
+        }
         let total = self.received;
         self.state.send_modify(|s| {
             s.total = Some(total);
             s.verified = true;
         });
-        VerifiedFill { writer: self }
+        Ok(VerifiedFill { writer: self })
     }
 
     /// Failure: readers abort their responses; the next request starts a fresh fill.
@@ -315,23 +329,15 @@ pub struct VerifiedFill<K: Hash + Eq + Clone, E: Clone> {
     writer: FillWriter<K, E>,
 }
 
-impl<K: Hash + Eq + Clone, E: Clone + Send + Sync + 'static> VerifiedFill<K, E> {
-    /// Waits for the spooler, syncs the spool file and hands it to `store` (which moves or
-    /// uploads it), then completes the fill. If the sync or the store fails, the verified
-    /// bytes are still served to the readers already following, uncached; the error is
-    /// returned for the log. If the spooler failed, the readers cannot get every byte: the
-    /// fill fails.
+impl<K: Hash + Eq + Clone, E: Clone> VerifiedFill<K, E> {
+    /// Syncs the spool file and hands it to `store` (which moves or uploads it), then
+    /// completes the fill. If the sync or the store fails, the verified bytes are still
+    /// served to the readers already following, uncached; the error is returned for the log.
     pub async fn commit<F, Fut>(mut self, store: F) -> Result<(), String>
     where
         F: FnOnce(PathBuf) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
-        if let Some(mut spooler) = self.writer.spooler.take() {
-            if let Err(e) = spooler.finish().await {
-                self.writer.finish(Err(FillFailure::Abandoned));
-                return Err(format!("cannot write the spool file: {e}"));
-            }
-        }
         let file = self.writer.spool.clone();
         let synced = tokio::task::spawn_blocking(move || file.sync_data())
             .await
@@ -377,6 +383,8 @@ mod tests {
         assert!(matches!(fills.join("k").unwrap(), Joined::Follower(_)));
         writer
             .verified()
+            .await
+            .unwrap()
             .commit(|_| async { Ok(()) })
             .await
             .unwrap();
@@ -464,6 +472,8 @@ mod tests {
         }
         writer
             .verified()
+            .await
+            .unwrap()
             .commit(|_| async { Ok(()) })
             .await
             .unwrap();
@@ -507,7 +517,7 @@ mod tests {
             .append(bytes::Bytes::from_static(b"hello"))
             .await
             .unwrap();
-        let verified = writer.verified();
+        let verified = writer.verified().await.unwrap();
         let body: Vec<u8> = tokio::time::timeout(
             std::time::Duration::from_secs(5),
             fill.reader(0, None)
@@ -542,6 +552,8 @@ mod tests {
         }
         writer
             .verified()
+            .await
+            .unwrap()
             .commit(|path| async move {
                 assert!(path.exists(), "the store gets the synced spool file");
                 Ok(())

@@ -170,13 +170,14 @@ impl<E: Clone + Display + Send + Sync + 'static> FillReader<E> {
     }
 
     async fn read_at(&self, offset: u64, len: u64) -> io::Result<Bytes> {
-        if let Some(bytes) = read_cached(&self.spool, offset, len as usize) {
-            return Ok(bytes);
-        }
+        let buf = match read_cached(&self.spool, offset, vec![0u8; len as usize]) {
+            Ok(bytes) => return Ok(bytes),
+            Err(buf) => buf,
+        };
         let file = self.spool.clone();
         tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
-            let mut buf = vec![0u8; len as usize];
+            let mut buf = buf;
             file.read_exact_at(&mut buf, offset)?;
             Ok(Bytes::from(buf))
         })
@@ -187,11 +188,10 @@ impl<E: Clone + Display + Send + Sync + 'static> FillReader<E> {
 
 /// Reads from the page cache without blocking (`preadv2` with `RWF_NOWAIT`), on the runtime
 /// thread: the spool was just written, so its pages are almost always there, and a read that
-/// needs no disk costs less than a hop to the blocking pool. `None` when the kernel would
-/// have to wait for the disk (or cannot say): then the caller reads on the blocking pool,
-/// which also reports any real error.
-fn read_cached(file: &std::fs::File, offset: u64, len: usize) -> Option<Bytes> {
-    let mut buf = vec![0u8; len];
+/// needs no disk costs less than a hop to the blocking pool. Gives the buffer back when the
+/// kernel would have to wait for the disk (or cannot say): then the caller reads on the
+/// blocking pool, which also reports any real error.
+fn read_cached(file: &std::fs::File, offset: u64, mut buf: Vec<u8>) -> Result<Bytes, Vec<u8>> {
     let read = rustix::io::preadv2(
         file,
         &mut [io::IoSliceMut::new(&mut buf)],
@@ -201,8 +201,8 @@ fn read_cached(file: &std::fs::File, offset: u64, len: usize) -> Option<Bytes> {
     match read {
         Ok(n) if n > 0 => {
             buf.truncate(n);
-            Some(Bytes::from(buf))
+            Ok(Bytes::from(buf))
         }
-        _ => None,
+        _ => Err(buf),
     }
 }

@@ -8,21 +8,16 @@ use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 
 use super::FillState;
+use super::chunk_thread::ChunkThread;
 
-/// Chunks queued for the thread; the fill task waits when the thread is this far behind, so a
-/// slow disk slows the download instead of filling memory.
-const QUEUE: usize = 64;
 /// Bytes written before the readers are told, at most: on a fast stream they start early.
 const MAX_BATCH: usize = 1024 * 1024;
+const NAME: &str = "spooler";
 
-pub(super) struct Spooler {
-    chunks: Option<mpsc::Sender<Bytes>>,
-    thread: Option<JoinHandle<io::Result<()>>>,
-}
+pub(super) struct Spooler(ChunkThread<io::Result<()>>);
 
 impl Spooler {
     /// Starts the thread writing at `offset`; it publishes `written` as batches land.
@@ -30,38 +25,30 @@ impl Spooler {
         file: Arc<std::fs::File>,
         offset: u64,
         state: Arc<watch::Sender<FillState<E>>>,
-    ) -> Spooler {
-        let (chunks, mut queue) = mpsc::channel::<Bytes>(QUEUE);
-        let thread = tokio::task::spawn_blocking(move || {
+    ) -> io::Result<Spooler> {
+        let thread = ChunkThread::start(NAME, move |mut queue| {
             let mut offset = offset;
-            while let Some(first) = queue.blocking_recv() {
+            while let Some(first) = queue.next() {
                 let mut batch = 0;
                 let mut next = Some(first);
-                while let Some(chunk) = next.take() {
+                while let Some((chunk, _share)) = next.take() {
                     file.write_all_at(&chunk, offset)?;
                     offset += chunk.len() as u64;
                     batch += chunk.len();
                     if batch < MAX_BATCH {
-                        next = queue.try_recv().ok();
+                        next = queue.try_next();
                     }
                 }
                 state.send_modify(|s| s.written = offset);
             }
             Ok(())
-        });
-        Spooler {
-            chunks: Some(chunks),
-            thread: Some(thread),
-        }
+        })?;
+        Ok(Spooler(thread))
     }
 
     /// Queues `chunk`. An error is the thread's (a write that failed, e.g. ENOSPC).
     pub(super) async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
-        let queued = match &self.chunks {
-            Some(chunks) => chunks.send(chunk).await.is_ok(),
-            None => false,
-        };
-        if queued {
+        if self.0.send(chunk, NAME).await.is_ok() {
             return Ok(());
         }
         Err(match self.finish().await {
@@ -72,10 +59,6 @@ impl Spooler {
 
     /// Waits until every queued chunk is in the file (or the thread's error).
     pub(super) async fn finish(&mut self) -> io::Result<()> {
-        self.chunks = None;
-        match self.thread.take() {
-            Some(thread) => thread.await.map_err(io::Error::other)?,
-            None => Ok(()),
-        }
+        self.0.finish(NAME).await?
     }
 }

@@ -275,7 +275,6 @@ impl Mirror {
                 fill
             }
             Joined::Leader(fill, writer) => {
-                trace::note(CacheResult::Miss);
                 // Its own task: the fill outlives any one client (its attempts are this one's).
                 let (this, target, digest) = (self.clone(), target.clone(), digest.clone());
                 self.blobs.tasks.spawn(trace::carry(async move {
@@ -353,6 +352,9 @@ impl Mirror {
             writer.fail(FillError::Raced);
             return;
         }
+        // Noted here, in the trace the leader's request carried in: a fill that finds the
+        // blob stored meanwhile sends that request to the store, a hit.
+        trace::note(CacheResult::Miss);
         let upstream = target.upstream_name();
         // Observed as `failed` unless marked ok: every early return below is a failure.
         let timer = self.metrics.blob_fill_timer(upstream);
@@ -373,7 +375,15 @@ impl Mirror {
                 e,
             ))
         };
-        let mut hasher = HashingThread::start(digest.algorithm());
+        let mut hasher = match HashingThread::start(digest.algorithm()) {
+            Ok(hasher) => hasher,
+            Err(e) => {
+                writer.fail(FillError::Failed(MirrorError::Store(format!(
+                    "cannot start the hashing thread: {e}"
+                ))));
+                return;
+            }
+        };
         // The spool counts against the store's size limit until the commit (or the failure).
         let mut spool = SpoolAccount {
             store: self.store.as_ref(),
@@ -437,11 +447,10 @@ impl Mirror {
                 match stream.next().await {
                     Ok(Some(chunk)) => {
                         bytes_metric.inc_by(chunk.len() as u64);
-                        hasher.update(chunk.clone()).await;
                         spool.add(chunk.len());
                         // A local disk problem (e.g. ENOSPC): retrying the upstream cannot
                         // help. The failed writer deletes the spool file: nothing partial stays.
-                        if let Err(e) = writer.append(chunk).await {
+                        if let Err(e) = keep(&mut hasher, &mut writer, chunk).await {
                             tracing::error!(%upstream, repo = %target.repo, %digest, received = writer.written(),
                                 error = %e, "cannot write the spool file; blob fill failed");
                             writer.fail(FillError::Failed(MirrorError::Store(format!(
@@ -486,8 +495,15 @@ impl Mirror {
         // Clients get their last byte now, not after the sync and the store commit (an fsync
         // or an S3 upload takes a while); requests arriving meanwhile join this fill.
         // (A follower's bytes are usually in the bucket already: the S3 store skips them.)
-        let committed = writer
-            .verified()
+        let verified = match writer.verified().await {
+            Ok(verified) => verified,
+            Err(e) => {
+                tracing::error!(%upstream, repo = %target.repo, %digest, error = %e,
+                    "cannot write the spool file; blob fill failed");
+                return;
+            }
+        };
+        let committed = verified
             .commit(|spool| async move {
                 self.store
                     .commit_file(&keys::blob(digest), &spool)
@@ -569,9 +585,8 @@ impl Mirror {
         loop {
             match peer.next().await {
                 Ok(Some(chunk)) => {
-                    hasher.update(chunk.clone()).await;
                     spool.add(chunk.len());
-                    if let Err(e) = writer.append(chunk).await {
+                    if let Err(e) = keep(hasher, writer, chunk).await {
                         return Err(Followed::Store(MirrorError::Store(format!(
                             "cannot write the spool file: {e}"
                         ))));
@@ -600,6 +615,17 @@ impl Mirror {
         let total = fill.started().await.ok()?;
         Some((total, fill.reader(from, None).into_stream()))
     }
+}
+
+/// Hands a received chunk to the hashing thread and the spool. An error is local (a write
+/// that failed, e.g. ENOSPC, or a thread that died): retrying the upstream cannot help.
+async fn keep(
+    hasher: &mut HashingThread,
+    writer: &mut FillWriter<Digest, FillError>,
+    chunk: bytes::Bytes,
+) -> std::io::Result<()> {
+    hasher.update(chunk.clone()).await?;
+    writer.append(chunk).await
 }
 
 /// A response body following `fill` (which has started; `total` if known).

@@ -313,10 +313,10 @@ impl Mirror {
             target.repo.clone(),
             reference.to_string(),
         );
-        trace::note(CacheResult::Miss);
         if self.missing.contains_key(&missing_key) {
             return Err(failed(UpstreamError::NotFound));
         }
+        trace::note(CacheResult::Miss);
         let fetched = target
             .upstream
             .fetch_manifest(

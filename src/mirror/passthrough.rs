@@ -147,13 +147,14 @@ impl Mirror {
             return;
         }
         // Nothing to verify or keep: the readers got every byte; the spool goes.
-        let _ = writer
-            .verified()
-            .commit(|spool| async move {
-                let _ = tokio::fs::remove_file(&spool).await;
-                Ok(())
-            })
-            .await;
+        if let Ok(verified) = writer.verified().await {
+            let _ = verified
+                .commit(|spool| async move {
+                    let _ = tokio::fs::remove_file(&spool).await;
+                    Ok(())
+                })
+                .await;
+        }
     }
 }
 

@@ -466,8 +466,15 @@ async fn only_if_cached_serves_a_verified_blob_whose_upload_is_still_running() {
             (status, sha256(&response.bytes().await.unwrap()))
         }
     });
-    // The fill is paused upstream; freeze the bucket so its upload hangs after verification.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the upstream sends the blob, the fill has made its store calls; its transfer
+    // pauses at 1 MiB. Freeze the bucket so the upload hangs after verification.
+    for _ in 0..300 {
+        if fake.bytes_sent(&layer.digest) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(fake.bytes_sent(&layer.digest) > 0, "the fill never started");
     s3.pause();
     let (status, digest) = tokio::time::timeout(Duration::from_secs(30), cold)
         .await
