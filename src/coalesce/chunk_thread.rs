@@ -114,7 +114,10 @@ mod tests {
             thread.send(chunk.clone(), "test"),
         )
         .await;
-        assert!(over.is_err(), "a fifth MiB waits while the thread is 4 MiB behind");
+        assert!(
+            over.is_err(),
+            "a fifth MiB waits while the thread is 4 MiB behind"
+        );
         gate.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(5), thread.send(chunk, "test"))
             .await
