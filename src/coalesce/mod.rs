@@ -375,12 +375,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn followers_join_the_running_fill() {
-        let dir = tempfile::tempdir().unwrap();
-        let fills = TestFills::new(dir.path()).unwrap();
-        let (_fill, writer) = leader(&fills);
-        assert!(matches!(fills.join("k").unwrap(), Joined::Follower(_)));
+    /// Verifies and commits `writer` with a store that accepts anything.
+    async fn complete(writer: FillWriter<&'static str, String>) {
         writer
             .verified()
             .await
@@ -388,6 +384,15 @@ mod tests {
             .commit(|_| async { Ok(()) })
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn followers_join_the_running_fill() {
+        let dir = tempfile::tempdir().unwrap();
+        let fills = TestFills::new(dir.path()).unwrap();
+        let (_fill, writer) = leader(&fills);
+        assert!(matches!(fills.join("k").unwrap(), Joined::Follower(_)));
+        complete(writer).await;
         assert_eq!(fills.in_flight(), 0);
         assert!(
             matches!(fills.join("k").unwrap(), Joined::Leader(..)),
@@ -470,13 +475,7 @@ mod tests {
             expected.extend_from_slice(&part);
             writer.append(part.into()).await.unwrap();
         }
-        writer
-            .verified()
-            .await
-            .unwrap()
-            .commit(|_| async { Ok(()) })
-            .await
-            .unwrap();
+        complete(writer).await;
         let body = tokio::time::timeout(std::time::Duration::from_secs(10), reader)
             .await
             .unwrap()
