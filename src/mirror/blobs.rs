@@ -289,7 +289,7 @@ impl Mirror {
                 FillError::Failed(MirrorError::Store("the fill was abandoned".into()))
             }
         })?;
-        fill_body(&fill, total, range)
+        fill_body(&fill, total, range, true)
     }
 
     /// `only-if-cached` for a blob whose fill has verified it and is still syncing or
@@ -309,13 +309,10 @@ impl Mirror {
         };
         self.metrics.cache_lookup("blob", true);
         trace::note(CacheResult::Hit);
-        let mut body = fill_body(&fill, Some(size), range).map_err(|e| match e {
+        let body = fill_body(&fill, Some(size), range, want_body).map_err(|e| match e {
             FillError::Failed(e) => e,
             FillError::Raced => MirrorError::Store(e.to_string()),
         })?;
-        if !want_body {
-            body.body = None;
-        }
         Ok(Some(body))
     }
 
@@ -628,11 +625,12 @@ async fn keep(
     writer.append(chunk).await
 }
 
-/// A response body following `fill` (which has started; `total` if known).
+/// A response following `fill` (which has started; `total` if known); no reader for a HEAD.
 fn fill_body(
     fill: &Fill<FillError>,
     total: Option<u64>,
     range: Option<ByteRange>,
+    want_body: bool,
 ) -> Result<BlobBody, FillError> {
     // A range needs the size; a chunked upstream that did not send one gets the whole blob.
     let span = match (range, total) {
@@ -649,7 +647,7 @@ fn fill_body(
     Ok(BlobBody {
         total,
         range: span,
-        body: Some(fill.reader(start, end).into_stream()),
+        body: want_body.then(|| fill.reader(start, end).into_stream()),
     })
 }
 

@@ -1115,12 +1115,7 @@ async fn registries_let_in_by_upstream_patterns_are_listed_under_upstreams() {
         [NODE_B]
     );
     // The breaker gauge covers them too (0 = up).
-    let metrics = reqwest::get(berth.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = berth.metrics_text().await;
     for name in [&good_host, &bad_host] {
         let series = format!("berth_upstream_state{{upstream=\"{name}\"}} 0");
         assert!(metrics.contains(&series), "{series} missing:\n{metrics}");

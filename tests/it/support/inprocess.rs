@@ -149,13 +149,17 @@ impl Berth {
 
     /// The value of a counter in berth's `/metrics` (summed over series matching `labels`).
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = reqwest::get(self.url("/metrics"))
+        super::berth::metric_sum(&self.metrics_text().await, name, labels)
+    }
+
+    /// `GET /metrics`, whole.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(self.url("/metrics"))
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        super::berth::metric_sum(&text, name, labels)
+            .unwrap()
     }
 }
 
