@@ -107,7 +107,7 @@ pub async fn run(
     let acceptor = front.tls.as_ref().map(|t| t.acceptor.clone());
     let admin_task = match (admin, config.server.admin_listen) {
         (Some(router), Some(addr)) => {
-            let admin_listener = TcpListener::bind(addr).await.with_context(|| {
+            let admin_listener = server::listen(addr).with_context(|| {
                 format!("cannot listen on {addr}; pick another server.admin_listen")
             })?;
             tracing::info!(admin_listen = %addr, "admin endpoints (/_berth/) are served here only");

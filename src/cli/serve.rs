@@ -33,14 +33,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), &overrides)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {}; pick another address with --listen",
-                    config.listen
-                )
-            })?;
+        let listener = crate::server::listen(config.listen).with_context(|| {
+            format!(
+                "cannot listen on {}; pick another address with --listen",
+                config.listen
+            )
+        })?;
         crate::serve::run(config, listener, shutdown_signal()).await
     })
 }

@@ -48,6 +48,22 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Streams an HTTP/2 client may run at once on one connection.
 const MAX_STREAMS: u32 = 256;
+/// Connections the kernel queues for `accept` (capped by `net.core.somaxconn`). The usual 128
+/// is too few for a cluster's nodes all pulling at once after a rebuild: past it the kernel
+/// drops the handshake's last ACK and the client, which believes it is connected, waits.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Listens on `addr` with [`ACCEPT_BACKLOG`] (and `SO_REUSEADDR`, so a restart does not wait
+/// for the old sockets' TIME_WAIT).
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
 
 /// The limits one listener holds its clients to.
 #[derive(Debug, Clone, Copy)]
@@ -318,5 +334,38 @@ impl RefusedLog {
             tracing::warn!(client = %peer, refused_so_far = count, max_connections = cap,
                 "connection refused: server.max_connections are busy and none freed up within header_timeout");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails with the usual backlog of 128: past it the kernel drops the handshakes' last ACKs
+    /// and those connections wait for a SYN-ACK retransmission (a second or more).
+    #[tokio::test]
+    async fn a_burst_of_connections_fits_the_accept_queue() {
+        const BURST: usize = 300;
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Nobody accepts while the burst connects: the kernel's queue holds it. (Past a full
+        // queue the kernel drops SYNs too: a connect then takes a second or more.)
+        let mut clients = Vec::with_capacity(BURST);
+        for _ in 0..BURST {
+            let connect = TcpStream::connect(addr);
+            match tokio::time::timeout(Duration::from_millis(500), connect).await {
+                Ok(Ok(client)) => clients.push(client),
+                _ => break,
+            }
+        }
+        assert_eq!(clients.len(), BURST, "connections the kernel kept waiting");
+        let mut accepted = 0;
+        while accepted < BURST {
+            match tokio::time::timeout(Duration::from_millis(300), listener.accept()).await {
+                Ok(Ok(_)) => accepted += 1,
+                _ => break,
+            }
+        }
+        assert_eq!(accepted, BURST, "connections the queue did not hold");
     }
 }

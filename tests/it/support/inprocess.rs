@@ -94,7 +94,7 @@ impl Berth {
         );
         let config =
             berth::config::Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+        let listener = berth::server::listen(listen).unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
