@@ -17,7 +17,7 @@ ROUNDS=${ROUNDS:-7}
 BERTH_BIN=${BERTH_BIN:-target/release/berth}
 REPO=library/bench
 
-for tool in docker-registry s3s-fs curl python3 sha256sum; do
+for tool in docker-registry s3s-fs curl python3 openssl; do
   command -v "$tool" >/dev/null || { echo "cold-pull: needs $tool (see scripts/test)" >&2; exit 1; }
 done
 [[ -x $BERTH_BIN ]] || cargo build --release --bin berth
@@ -30,7 +30,7 @@ committed() { # the digest of what berth stored under $1, once it is there (≤ 
   local file
   for _ in $(seq 100); do
     file=$(find "$1/blobs" -type f 2>/dev/null | head -1)
-    [[ -n $file ]] && { echo "sha256:$(sha256sum "$file" | cut -d' ' -f1)"; return; }
+    [[ -n $file ]] && { echo "sha256:$(sha256 <"$file")"; return; }
     sleep 0.1
   done
   echo none

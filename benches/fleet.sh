@@ -14,7 +14,7 @@ MIB=${MIB:-200}
 CLIENTS=${CLIENTS:-30}
 BERTH_BIN=${BERTH_BIN:-target/release/berth}
 REPO=library/bench
-for tool in docker-registry s3s-fs curl python3 sha256sum; do
+for tool in docker-registry s3s-fs curl python3 openssl; do
   command -v "$tool" >/dev/null || { echo "fleet: needs $tool (see scripts/test)" >&2; exit 1; }
 done
 [[ -x $BERTH_BIN ]] || cargo build --release --bin berth
@@ -35,7 +35,7 @@ run_clients() { # host:port... → wall seconds; every body must hash to the dig
   start=$(date +%s.%N)
   for ((i = 0; i < CLIENTS; i++)); do
     local t=${targets[$((i % ${#targets[@]}))]}
-    (curl -sS -f "http://$t/v2/$REPO/blobs/$digest" | sha256sum | cut -d' ' -f1 >"$work/body-$i") &
+    (curl -sS -f "http://$t/v2/$REPO/blobs/$digest" | sha256 >"$work/body-$i") &
   done
   wait
   end=$(date +%s.%N)

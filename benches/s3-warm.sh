@@ -16,7 +16,7 @@ GETS=${GETS:-9}
 BERTH_BIN=${BERTH_BIN:-target/release/berth}
 REPO=library/bench
 
-for tool in docker-registry s3s-fs curl python3 sha256sum; do
+for tool in docker-registry s3s-fs curl python3 openssl; do
   command -v "$tool" >/dev/null || { echo "s3-warm: needs $tool (see scripts/test)" >&2; exit 1; }
 done
 [[ -x $BERTH_BIN ]] || cargo build --release --bin berth
@@ -31,7 +31,7 @@ prime() { # label, host:port[, berth data dir] → the first (cold for berth) GE
   local label=$1 addr=$2 data=${3:-} url="http://$2/v2/$REPO/blobs/$digest" got cold
   # Cold for berth: the fill (upstream → spool → verify → commit; the last byte waits for it).
   cold=$(curl -sS -f -o "$work/cold" -w '%{time_total}' "$url")
-  got="sha256:$(sha256sum "$work/cold" | cut -d' ' -f1)"
+  got="sha256:$(sha256 <"$work/cold")"
   rm -f "$work/cold"
   [[ $got == "$digest" ]] || { echo "s3-warm: $label served wrong bytes" >&2; exit 1; }
   if [[ -n $data ]]; then # warm means committed: wait for the fill (an S3 upload) to finish
@@ -46,7 +46,7 @@ warm_get() { # host:port → MiB/s of one warm GET
 }
 check_warm() { # label, host:port: the warm bytes hash to the digest
   local got
-  got="sha256:$(curl -sS -f "http://$2/v2/$REPO/blobs/$digest" | sha256sum | cut -d' ' -f1)"
+  got="sha256:$(curl -sS -f "http://$2/v2/$REPO/blobs/$digest" | sha256)"
   [[ $got == "$digest" ]] || { echo "s3-warm: $1 served wrong warm bytes" >&2; exit 1; }
 }
 upstream_blob_requests() {
