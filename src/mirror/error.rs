@@ -8,7 +8,7 @@ use crate::upstream::{ErrorClass, UpstreamError};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MirrorError {
     #[error(
-        "registry `{0}` is not configured on this mirror; add it under [upstreams] in berth.toml"
+        "registry `{0}` is not configured on this mirror; add it under [upstreams] in berth.toml, or match it with upstream_patterns"
     )]
     UnknownRegistry(String),
     #[error(transparent)]
