@@ -127,6 +127,16 @@ impl Mirror {
                 Ok(body) => Ok(body),
             };
         }
+        // A running fill is joined before any store request: the blob is not stored yet, and
+        // a store that stopped answering (a frozen S3 bucket) must not hold up its followers.
+        if want_body && self.blobs.fills.running(digest).is_some() {
+            self.metrics.cache_lookup("blob", false);
+            match self.blob_from_fill(target, digest, range).await {
+                Err(FillError::Raced) => {}
+                Err(FillError::Failed(e)) => return Err(self.note_missing(target, digest, e)),
+                Ok(body) => return Ok(body),
+            }
+        }
         // Two rounds at most: a fill that finds the blob committed meanwhile sends us to the store.
         for _ in 0..2 {
             match self.store.size(&keys::blob(digest)).await {
@@ -167,18 +177,27 @@ impl Mirror {
             }
             match self.blob_from_fill(target, digest, range).await {
                 Err(FillError::Raced) => continue,
-                Err(FillError::Failed(e)) => {
-                    if matches!(e, MirrorError::BlobUnknown { .. }) {
-                        self.missing.insert(missing_key, ());
-                    }
-                    return Err(e);
-                }
+                Err(FillError::Failed(e)) => return Err(self.note_missing(target, digest, e)),
                 Ok(body) => return Ok(body),
             }
         }
         Err(MirrorError::Store(
             "blob vanished from the store right after it was committed".into(),
         ))
+    }
+
+    /// Remembers a blob the upstream does not have (briefly), so a loop of requests for it
+    /// costs one upstream request; passes `e` on.
+    fn note_missing(&self, target: &Target, digest: &Digest, e: MirrorError) -> MirrorError {
+        if matches!(e, MirrorError::BlobUnknown { .. }) {
+            let key = (
+                target.upstream_name().to_string(),
+                target.repo.clone(),
+                digest.to_string(),
+            );
+            self.missing.insert(key, ());
+        }
+        e
     }
 
     async fn blob_head_upstream(

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{
@@ -32,6 +32,13 @@ const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts in flight at once during an upload (memory per upload: about (this + 1) × PART_SIZE).
 const UPLOAD_CONCURRENCY: usize = 3;
 const READ_CHUNK: usize = 1024 * 1024;
+/// How long berth waits on S3 for a small answer (HEAD, a manifest or record, a lease, DELETE, a
+/// listing page) or for the next chunk of a blob body. A bucket that stopped answering (a
+/// frozen server, a black-holed path on a kept-alive connection) then fails like one that
+/// refuses, and the mirror falls back to the upstream instead of hanging: the client's
+/// request timeout is disabled, since a body streams at the client's pace. Uploads of
+/// verified fills are not bounded: they run in the fill's own task and finish when S3 is back.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct S3Store {
     s3: Arc<AmazonS3>,
@@ -151,6 +158,37 @@ impl S3Store {
         }
     }
 
+    fn timed_out(&self, key: &str) -> StoreError {
+        StoreError::Remote {
+            key: key.to_string(),
+            message: format!(
+                "no answer within {}s ({})",
+                REQUEST_DEADLINE.as_secs(),
+                self.location
+            ),
+        }
+    }
+
+    /// `request` within [`REQUEST_DEADLINE`].
+    async fn within<T>(
+        &self,
+        key: &str,
+        request: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(REQUEST_DEADLINE, request)
+            .await
+            .unwrap_or_else(|_| Err(self.timed_out(key)))
+    }
+
+    async fn put_unbounded(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        self.s3
+            .put(&path, PutPayload::from_bytes(bytes))
+            .await
+            .map_err(|e| self.remote(key, e))?;
+        Ok(())
+    }
+
     /// Uploads `file` to `path` in parts; aborts the upload on any error.
     async fn upload_multipart(
         &self,
@@ -204,11 +242,15 @@ fn is_not_found(e: &object_store::Error) -> bool {
 #[async_trait::async_trait]
 impl BlobStore for S3Store {
     async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        match self.s3.head(&self.path(key)?).await {
-            Ok(meta) => Ok(Some(meta.size)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(self.remote(key, e)),
-        }
+        let path = self.path(key)?;
+        self.within(key, async {
+            match self.s3.head(&path).await {
+                Ok(meta) => Ok(Some(meta.size)),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(self.remote(key, e)),
+            }
+        })
+        .await
     }
 
     async fn read(&self, key: &str, range: Range<u64>) -> Result<ByteStream, StoreError> {
@@ -221,10 +263,13 @@ impl BlobStore for S3Store {
             ..GetOptions::default()
         };
         let result = self
-            .s3
-            .get_opts(&path, options)
-            .await
-            .map_err(|e| self.remote(key, e))?;
+            .within(key, async {
+                self.s3
+                    .get_opts(&path, options)
+                    .await
+                    .map_err(|e| self.remote(key, e))
+            })
+            .await?;
         if result.range != range {
             return Err(StoreError::Remote {
                 key: key.into(),
@@ -234,33 +279,54 @@ impl BlobStore for S3Store {
                 ),
             });
         }
+        // Each chunk within the deadline, timed only while berth waits for it (a slow client
+        // stops polling; that is not S3's silence).
         let location = self.location.clone();
-        Ok(result
-            .into_stream()
-            .map_err(move |e| std::io::Error::other(format!("{e} ({location})")))
-            .boxed())
+        let chunks = futures::stream::unfold(Some(result.into_stream()), move |body| {
+            let location = location.clone();
+            async move {
+                let mut body = body?;
+                match tokio::time::timeout(REQUEST_DEADLINE, body.next()).await {
+                    Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
+                    Ok(None) => None,
+                    Ok(Some(Err(e))) => Some((
+                        Err(std::io::Error::other(format!("{e} ({location})"))),
+                        None,
+                    )),
+                    Err(_) => Some((
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "S3 sent nothing for {}s ({location})",
+                                REQUEST_DEADLINE.as_secs()
+                            ),
+                        )),
+                        None,
+                    )),
+                }
+            }
+        });
+        Ok(chunks.boxed())
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let path = self.path(key)?;
-        let result = match self.s3.get(&path).await {
-            Ok(r) => r,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => return Err(self.remote(key, e)),
-        };
-        match result.bytes().await {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) => Err(self.remote(key, e)),
-        }
+        self.within(key, async {
+            let result = match self.s3.get(&path).await {
+                Ok(r) => r,
+                Err(e) if is_not_found(&e) => return Ok(None),
+                Err(e) => return Err(self.remote(key, e)),
+            };
+            match result.bytes().await {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) => Err(self.remote(key, e)),
+            }
+        })
+        .await
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
-        let path = self.path(key)?;
-        self.s3
-            .put(&path, PutPayload::from_bytes(bytes))
-            .await
-            .map_err(|e| self.remote(key, e))?;
-        Ok(())
+        self.within(key, self.put_unbounded(key, bytes)).await
     }
 
     /// `If-None-Match: *` (object_store's `PutMode::Create`). A server that ignores the header
@@ -271,16 +337,19 @@ impl BlobStore for S3Store {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match self
-            .s3
-            .put_opts(&path, PutPayload::from_bytes(bytes), options)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => Ok(false),
-            Err(e) => Err(self.remote(key, e)),
-        }
+        self.within(key, async {
+            match self
+                .s3
+                .put_opts(&path, PutPayload::from_bytes(bytes), options)
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => Ok(false),
+                Err(e) => Err(self.remote(key, e)),
+            }
+        })
+        .await
     }
 
     /// Uploads the file, then deletes it: on success the store owns it, as with a rename.
@@ -311,7 +380,7 @@ impl BlobStore for S3Store {
                     std::io::Error::other("file changed size while it was read"),
                 ));
             }
-            self.put(key, Bytes::from(bytes)).await?;
+            self.put_unbounded(key, Bytes::from(bytes)).await?;
         } else {
             self.upload_multipart(key, &path, opened).await?;
         }
@@ -322,18 +391,26 @@ impl BlobStore for S3Store {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        match self.s3.delete(&self.path(key)?).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(self.remote(key, e)),
-        }
+        let path = self.path(key)?;
+        self.within(key, async {
+            match self.s3.delete(&path).await {
+                Ok(()) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(self.remote(key, e)),
+            }
+        })
+        .await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
         let path = self.path(prefix)?;
         let mut listed = Vec::new();
         let mut stream = self.s3.list(Some(&path));
-        while let Some(item) = stream.next().await {
+        // Each page within the deadline: a big bucket may take longer in all.
+        while let Some(item) = self
+            .within(prefix, async { Ok(stream.next().await) })
+            .await?
+        {
             let meta = item.map_err(|e| self.remote(prefix, e))?;
             if let Some(key) = self.key_of(&meta.location) {
                 listed.push(Listed {

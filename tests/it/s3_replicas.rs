@@ -3,7 +3,7 @@
 //! records written by one are used by the others, and an S3 outage still lets pulls through.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::berth::{BerthProcess, UpstreamSpec, config_toml};
 use crate::support::fake_upstream::{AfterStall, FakeUpstream, Fault, Kind, Options};
@@ -498,6 +498,21 @@ async fn only_if_cached_serves_a_verified_blob_whose_upload_is_still_running() {
     assert_eq!(
         head.headers()["content-length"].to_str().unwrap(),
         layer.size().to_string()
+    );
+    // A plain GET joins the running fill without asking the frozen bucket first.
+    let started = Instant::now();
+    let plain = client()
+        .get(&url)
+        .timeout(Duration::from_secs(8))
+        .send()
+        .await
+        .expect("a plain GET waited on the frozen bucket");
+    assert_eq!(plain.status(), 200);
+    assert_eq!(sha256(&plain.bytes().await.unwrap()), layer.digest);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
     );
     assert_eq!(
         stored_object_digest(&s3, &layer),

@@ -11,7 +11,7 @@ use crate::support::real::s3::TOOL;
 use berth::config::{Config, StoreKind};
 use berth::store::{BlobStore, DiskStore, Listed, S3Store, StoreError, TieredStore};
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 /// What keeps a store's backing alive for the test (temp dir, server process).
 type Guard = Box<dyn std::any::Any>;
@@ -430,6 +430,64 @@ async fn s3_objects_live_under_the_prefix() {
             size: 6
         }],
         "listing strips the prefix"
+    );
+}
+
+/// S3 only: a server that stopped answering (frozen: it accepts connections, never replies) is a
+/// clear `Remote` error at the request deadline (10 s), not a hang: for a HEAD, a small GET, and
+/// the next chunk of a body.
+#[tokio::test]
+#[ignore = "needs the s3s-fs S3 server: run by scripts/test"]
+async fn s3_frozen_is_a_prompt_clear_error() {
+    let Some((store, server)) = s3_store_with_prefix(Some("frozen")) else {
+        return;
+    };
+    // A body bigger than what the socket buffers hold, so its reader must wait on the server.
+    let big = Bytes::from(vec![7u8; 64 * 1024 * 1024]);
+    store.put("blobs/sha256/bb", big.clone()).await.unwrap();
+    let mut body = store
+        .read("blobs/sha256/bb", 0..big.len() as u64)
+        .await
+        .unwrap();
+    server.pause();
+    let bounded = Duration::from_secs(20);
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(bounded, store.size("blobs/sha256/aa"))
+        .await
+        .expect("size hung on a frozen server")
+        .expect_err("the server is frozen");
+    let waited = started.elapsed();
+    assert!(
+        err.to_string().contains("no answer within 10s")
+            && err.to_string().contains("s3://berth-test"),
+        "{err}"
+    );
+    assert!(waited >= Duration::from_secs(9), "gave up after {waited:?}");
+    let err = tokio::time::timeout(bounded, store.get("manifests/sha256/aa"))
+        .await
+        .expect("get hung on a frozen server")
+        .expect_err("the server is frozen");
+    assert!(matches!(err, StoreError::Remote { .. }), "{err:?}");
+    let mut read = 0usize;
+    let broke = tokio::time::timeout(bounded, async {
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(chunk) => read += chunk.len(),
+                Err(e) => return Some(e),
+            }
+        }
+        None
+    })
+    .await
+    .expect("the body hung on a frozen server")
+    .expect("the body cannot be whole: the server froze before sending it all");
+    assert_eq!(broke.kind(), std::io::ErrorKind::TimedOut, "{broke}");
+    assert!(read < big.len(), "read {read}");
+    server.resume();
+    assert_eq!(
+        store.size("blobs/sha256/aa").await.unwrap(),
+        None,
+        "recovers"
     );
 }
 
