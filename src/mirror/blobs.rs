@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::coalesce::{Fill, FillFailure, FillWriter, HashingThread, Joined, Slot, Slots};
 use crate::fleet::{Fleet, Lease, Role};
-use crate::oci::Digest;
+use crate::oci::{Digest, Repository};
 use crate::store::{ByteStream, keys};
 use crate::trace::{self, CacheResult};
 use crate::upstream::ErrorClass;
@@ -127,19 +127,17 @@ impl Mirror {
                 Ok(body) => Ok(body),
             };
         }
-        // A running fill is joined before any store request: the blob is not stored yet, and
-        // a store that stopped answering (a frozen S3 bucket) must not hold up its followers.
-        if want_body && self.blobs.fills.running(digest).is_some() {
-            self.metrics.cache_lookup("blob", false);
-            match self.blob_from_fill(target, digest, range).await {
-                Err(FillError::Raced) => {}
-                Err(FillError::Failed(e)) => return Err(self.note_missing(target, digest, e)),
-                Ok(body) => return Ok(body),
-            }
-        }
         // Two rounds at most: a fill that finds the blob committed meanwhile sends us to the store.
-        for _ in 0..2 {
-            match self.store.size(&keys::blob(digest)).await {
+        for round in 0..2 {
+            // A running fill is joined without a store request: the blob is not stored yet,
+            // and a store that stopped answering (a frozen bucket) must not hold up followers.
+            let filling = round == 0 && want_body && self.blobs.fills.running(digest).is_some();
+            let stored = if filling {
+                Ok(None)
+            } else {
+                self.store.size(&keys::blob(digest)).await
+            };
+            match stored {
                 Ok(Some(size)) => {
                     match self.blob_from_store(digest, size, range, want_body).await {
                         Err(FillError::Raced) => continue,
@@ -157,12 +155,7 @@ impl Mirror {
                     "cannot ask the store for the blob; filling from the upstream"),
             }
             self.metrics.cache_lookup("blob", false);
-            let missing_key = (
-                target.upstream_name().to_string(),
-                target.repo.clone(),
-                digest.to_string(),
-            );
-            if self.missing.contains_key(&missing_key) {
+            if self.missing.contains_key(&missing_key(target, digest)) {
                 return Err(MirrorError::from_upstream(
                     target.upstream_name(),
                     &target.repo,
@@ -190,12 +183,7 @@ impl Mirror {
     /// costs one upstream request; passes `e` on.
     fn note_missing(&self, target: &Target, digest: &Digest, e: MirrorError) -> MirrorError {
         if matches!(e, MirrorError::BlobUnknown { .. }) {
-            let key = (
-                target.upstream_name().to_string(),
-                target.repo.clone(),
-                digest.to_string(),
-            );
-            self.missing.insert(key, ());
+            self.missing.insert(missing_key(target, digest), ());
         }
         e
     }
@@ -212,12 +200,7 @@ impl Mirror {
             .await
             .inspect_err(|e| {
                 if matches!(e, UpstreamError::NotFound) {
-                    let key = (
-                        target.upstream_name().to_string(),
-                        target.repo.clone(),
-                        digest.to_string(),
-                    );
-                    self.missing.insert(key, ());
+                    self.missing.insert(missing_key(target, digest), ());
                 }
             })
             .map_err(|e| {
@@ -645,6 +628,15 @@ async fn keep(
 }
 
 /// A response following `fill` (which has started; `total` if known); no reader for a HEAD.
+/// The key of a blob in the mirror's short memory of blobs an upstream does not have.
+fn missing_key(target: &Target, digest: &Digest) -> (String, Repository, String) {
+    (
+        target.upstream_name().to_string(),
+        target.repo.clone(),
+        digest.to_string(),
+    )
+}
+
 fn fill_body(
     fill: &Fill<FillError>,
     total: Option<u64>,
