@@ -57,6 +57,7 @@ pub mod api;
 pub mod cli;
 pub mod coalesce;
 pub mod config;
+pub mod failure;
 pub mod fleet;
 pub mod generate;
 pub mod metrics;

@@ -7,7 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::upstream::ErrorClass;
+use crate::failure::ErrorClass;
 
 pub type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 

@@ -7,9 +7,9 @@ use axum::response::{IntoResponse, Response};
 use http::header::{CONTENT_RANGE, RETRY_AFTER};
 use http::{HeaderValue, StatusCode};
 
+use crate::failure::ErrorClass;
 use crate::mirror::MirrorError;
 use crate::oci::{ErrorBody, ErrorCode, ErrorEntry, PathError};
-use crate::upstream::ErrorClass;
 
 /// Where the cause of a failure is, for the client.
 const SEE_LOG: &str = "details in berth's log";

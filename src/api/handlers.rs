@@ -12,8 +12,8 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 use super::ApiError;
 use super::record::PullTarget;
-use crate::mirror::{BlobBody, ByteRange, ListingBody, Lookup, Mirror, MirrorError};
-use crate::oci::{Digest, Endpoint, ErrorCode, OciPath};
+use crate::mirror::{BlobBody, BlobQuery, ListingBody, Lookup, Mirror, MirrorError};
+use crate::oci::{ByteRange, Digest, Endpoint, ErrorCode, OciPath, Want};
 
 const DIGEST_HEADER: &str = "docker-content-digest";
 
@@ -79,7 +79,11 @@ async fn handle(
         pulled.registry = target.upstream_name().to_string();
         pulled.repository = target.repo.to_string();
     }
-    let want_body = method == Method::GET;
+    let want = if method == Method::HEAD {
+        Want::Headers
+    } else {
+        Want::Body
+    };
     let lookup = lookup(headers);
     match endpoint {
         Endpoint::Tags | Endpoint::Referrers(_) if lookup == Lookup::CacheOnly => {
@@ -108,9 +112,12 @@ async fn handle(
                 .get(RANGE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(ByteRange::parse);
-            let mut blob = mirror
-                .blob(&target, &digest, range, want_body, lookup)
-                .await?;
+            let query = BlobQuery {
+                want,
+                range,
+                lookup,
+            };
+            let mut blob = mirror.blob(&target, &digest, query).await?;
             if let Some(stream) = blob.body.take() {
                 let served = mirror.metrics().served_bytes.clone();
                 blob.body = Some(Box::pin(futures::StreamExt::inspect(

@@ -20,11 +20,11 @@ use tokio::time::Instant;
 
 use super::error::FailureFact;
 use crate::coalesce::ReaderError;
+use crate::failure::ErrorClass;
 use crate::mirror::Mirror;
 use crate::pulls::Pull;
 use crate::server::PeerAddr;
 use crate::trace::{self, Trace};
-use crate::upstream::ErrorClass;
 
 /// What a `/v2/` request asked for, set by the handler once the path is parsed.
 #[derive(Debug, Clone)]

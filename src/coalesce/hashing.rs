@@ -29,8 +29,8 @@ impl HashingThread {
         self.0.send(chunk, NAME).await
     }
 
-    /// The digest of everything queued.
-    pub async fn finish(mut self) -> std::io::Result<Digest> {
+    /// The digest of everything queued; the thread ends (a second call is an error).
+    pub async fn finish(&mut self) -> std::io::Result<Digest> {
         self.0.finish(NAME).await
     }
 }

@@ -193,6 +193,7 @@ where
         inflight.insert(key.clone(), fill.clone());
         let writer = FillWriter {
             key,
+            fill: fill.clone(),
             inflight: self.inflight.clone(),
             spool,
             path,
@@ -237,6 +238,9 @@ where
 /// order by construction. Dropping it (or a [`VerifiedFill`]) before the end fails the fill.
 pub struct FillWriter<K: Hash + Eq + Clone, E: Clone> {
     key: K,
+    /// The fill this writer produces: its entry in `inflight` is removed only while it is
+    /// still this fill's (after [`FillWriter::close_to_joiners`] a new fill may hold the key).
+    fill: Arc<Fill<E>>,
     inflight: Arc<Mutex<HashMap<K, Arc<Fill<E>>>>>,
     spool: Arc<std::fs::File>,
     path: PathBuf,
@@ -299,6 +303,13 @@ impl<K: Hash + Eq + Clone, E: Clone + Send + Sync + 'static> FillWriter<K, E> {
         Ok(VerifiedFill { writer: self })
     }
 
+    /// Requests from now on start a fill of their own instead of joining this one; readers
+    /// that joined already still get every byte. For content that may differ between two
+    /// requests (a tag list): a listing that has ended must not answer a later request.
+    pub fn close_to_joiners(&self) {
+        self.leave_inflight();
+    }
+
     /// Failure: readers abort their responses; the next request starts a fresh fill.
     pub fn fail(mut self, error: E) {
         self.finish(Err(FillFailure::Failed(error)));
@@ -306,6 +317,16 @@ impl<K: Hash + Eq + Clone, E: Clone + Send + Sync + 'static> FillWriter<K, E> {
 }
 
 impl<K: Hash + Eq + Clone, E: Clone> FillWriter<K, E> {
+    fn leave_inflight(&self) {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if inflight
+            .get(&self.key)
+            .is_some_and(|fill| Arc::ptr_eq(fill, &self.fill))
+        {
+            inflight.remove(&self.key);
+        }
+    }
+
     fn finish(&mut self, outcome: Result<(), FillFailure<E>>) {
         if self.done {
             return;
@@ -313,7 +334,7 @@ impl<K: Hash + Eq + Clone, E: Clone> FillWriter<K, E> {
         self.done = true;
         // Leave the in-flight map first, so a request arriving after a failure starts afresh
         // and one arriving after success finds the object in the store.
-        self.inflight.lock().unwrap().remove(&self.key);
+        self.leave_inflight();
         if let (Ok(total), Ok(())) = (self.spool.metadata().map(|m| m.len()), &outcome) {
             self.state.send_modify(|s| s.total = Some(total));
         }
@@ -398,6 +419,31 @@ mod tests {
             matches!(fills.join("k").unwrap(), Joined::Leader(..)),
             "a finished fill is not joined"
         );
+    }
+
+    #[tokio::test]
+    async fn a_fill_closed_to_joiners_serves_its_readers_and_a_later_request_leads_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let fills = TestFills::new(dir.path()).unwrap();
+        let (fill, mut writer) = leader(&fills);
+        writer.start(None);
+        let reader = fill.reader(0, None).into_stream();
+        writer
+            .append(bytes::Bytes::from_static(b"tags"))
+            .await
+            .unwrap();
+        writer.close_to_joiners();
+        let (_, second) = leader(&fills);
+        complete(writer).await;
+        let body: Vec<u8> = reader.map(|c| c.unwrap().to_vec()).concat().await;
+        assert_eq!(body, b"tags", "the reader that joined gets every byte");
+        assert_eq!(
+            fills.in_flight(),
+            1,
+            "the first writer left the second fill's entry alone"
+        );
+        drop(second);
+        assert_eq!(fills.in_flight(), 0);
     }
 
     #[tokio::test]

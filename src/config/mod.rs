@@ -193,6 +193,25 @@ pub struct Upstream {
     pub transport: Transport,
 }
 
+impl Upstream {
+    /// An upstream at `url` with the built-in settings and no credentials: what `berth probe`
+    /// dials for a URL that no configured upstream owns.
+    pub fn at(url: Url) -> Upstream {
+        Upstream {
+            name: url.host_str().unwrap_or_default().to_string(),
+            url,
+            credentials: None,
+            ca_file: None,
+            trusted_hosts: Vec::new(),
+            max_blob_size: None,
+            max_fills: DEFAULT_MAX_FILLS,
+            tag_ttl: DEFAULT_TAG_TTL,
+            official_images_prefix: false,
+            transport: Transport::default(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Credentials {
     pub username: String,

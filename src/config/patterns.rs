@@ -7,8 +7,8 @@
 
 use url::Url;
 
-use super::resolve::valid_registry_name;
 use super::{ConfigError, Upstream};
+use crate::oci::is_registry_name;
 
 /// One entry of `upstream_patterns`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +45,7 @@ impl HostPattern {
             HostPattern::Exact(host) => host.as_str(),
             HostPattern::Subdomains(suffix) => &suffix[1..],
         };
-        if !valid_registry_name(host) {
+        if !is_registry_name(host) {
             return Err(format!(
                 "`{text}` is not a registry host (lowercase host[:port]) or `*.` followed by one"
             ));
@@ -100,7 +100,7 @@ impl UpstreamPatterns {
     /// The upstream for `registry` (a `?ns=` value or a path's first component: untrusted)
     /// if a pattern allows it: `https://<registry>` with the defaults' settings.
     pub fn upstream_for(&self, registry: &str) -> Option<Upstream> {
-        if !valid_registry_name(registry) || !self.patterns.iter().any(|p| p.matches(registry)) {
+        if !is_registry_name(registry) || !self.patterns.iter().any(|p| p.matches(registry)) {
             return None;
         }
         let url = Url::parse(&format!("https://{registry}")).ok()?;

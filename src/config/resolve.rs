@@ -229,29 +229,8 @@ pub(super) fn parse_http_url(key: &str, text: &str) -> Result<Url, ConfigError> 
     Ok(url)
 }
 
-/// `host` or `host:port`, lowercase, as registries are named in image references.
-pub(super) fn valid_registry_name(name: &str) -> bool {
-    let (host, port) = match name.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (name, None),
-    };
-    let host_ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        });
-    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
-    host_ok && port_ok
-}
-
 #[cfg(test)]
 pub(super) mod tests {
-    use super::*;
     use std::time::Duration;
 
     use crate::config::Config;
@@ -369,28 +348,5 @@ pub(super) mod tests {
         let builtin = Config::from_toml("").unwrap();
         assert!(builtin.admin_token.is_none());
         assert_eq!(builtin.platforms.len(), 2);
-    }
-
-    #[test]
-    fn registry_names() {
-        for ok in [
-            "docker.io",
-            "registry.k8s.io",
-            "localhost:5000",
-            "a-b.example",
-        ] {
-            assert!(valid_registry_name(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "Docker.io",
-            "a/b",
-            "a..b",
-            "-a.io",
-            "a.io:http",
-            "a.io:99999",
-        ] {
-            assert!(!valid_registry_name(bad), "{bad}");
-        }
     }
 }

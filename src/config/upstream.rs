@@ -2,10 +2,9 @@
 //! built-in defaults, then checked.
 
 use super::raw::RawUpstream;
-use super::resolve::{
-    check_pem_certificates, parse_http_url, read_secret_file, valid_registry_name,
-};
+use super::resolve::{check_pem_certificates, parse_http_url, read_secret_file};
 use super::{ConfigError, Credentials, DEFAULT_MAX_FILLS, DEFAULT_TAG_TTL, Transport, Upstream};
+use crate::oci::is_registry_name;
 
 /// Keys that name one registry's account or address: never inherited from the defaults.
 pub(super) const NOT_IN_DEFAULTS: [&str; 5] = [
@@ -73,7 +72,7 @@ impl RawUpstream {
         defaults: &RawUpstream,
     ) -> Result<Upstream, ConfigError> {
         let key = |field: &str| format!("upstreams.{name}.{field}");
-        if !valid_registry_name(name) {
+        if !is_registry_name(name) {
             return Err(ConfigError::new(
                 format!("upstreams.{name}"),
                 "an upstream name is a registry host such as `ghcr.io` or `registry.local:5000`",

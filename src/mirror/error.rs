@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use crate::failure::ErrorClass;
 use crate::oci::{NameError, Repository};
-use crate::upstream::{ErrorClass, UpstreamError};
+use crate::upstream::UpstreamError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MirrorError {
@@ -175,6 +176,16 @@ pub(crate) enum Reference<'a> {
     Manifest(&'a str),
     Blob(&'a str),
     Other,
+}
+
+impl Reference<'_> {
+    /// The tag or digest named, as the short memory of upstream 404s keys it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Reference::Manifest(r) | Reference::Blob(r) => r,
+            Reference::Other => "",
+        }
+    }
 }
 
 impl From<crate::coalesce::FlightAbandoned> for MirrorError {

@@ -9,11 +9,12 @@ use tokio::time::Instant;
 use crate::oci::{Digest, MANIFEST_MEDIA_TYPES, Reference, Tag, accepts};
 use crate::store::{keys, manifest_form};
 use crate::trace::{self, CacheResult};
-use crate::upstream::UpstreamError;
 
+use super::core::Core;
 use super::error::Reference as What;
 use super::tags::TagRecord;
-use super::{Lookup, Mirror, MirrorError, Target};
+use super::{Lookup, MirrorError, Target};
+use crate::coalesce::Singleflight;
 
 /// How long a tag revalidation may take when a last known answer is there to fall back on.
 const REVALIDATE_DEADLINE: Duration = Duration::from_secs(5);
@@ -41,9 +42,41 @@ impl Manifest {
     }
 }
 
-impl Mirror {
+/// The manifest and tag flow's state.
+pub(super) struct Manifests {
+    pub(super) core: Arc<Core>,
+    /// Manifests by digest, in memory in front of the store.
+    memory: moka::future::Cache<Digest, Arc<Manifest>>,
+    flights: Singleflight<(String, Digest), Result<Arc<Manifest>, MirrorError>>,
+    /// Last known tag → digest answers (also persisted in the store).
+    pub(super) tags: moka::sync::Cache<(String, crate::oci::Repository, Tag), TagRecord>,
+    tag_flights:
+        Singleflight<(String, crate::oci::Repository, Tag), Result<TagRecord, MirrorError>>,
+    /// What a tag gave clients whose Accept excludes the shared record's type, per Accept class.
+    narrow_tags: moka::sync::Cache<
+        (String, crate::oci::Repository, Tag, String),
+        (Digest, tokio::time::Instant),
+    >,
+}
+
+impl Manifests {
+    pub(super) fn new(core: Arc<Core>) -> Manifests {
+        let memory = moka::future::Cache::builder()
+            .weigher(|_, m: &Arc<Manifest>| m.bytes.len().try_into().unwrap_or(u32::MAX))
+            .max_capacity(core.config.manifest_memory_cache)
+            .build();
+        Manifests {
+            core,
+            memory,
+            flights: Singleflight::default(),
+            tags: moka::sync::Cache::builder().max_capacity(100_000).build(),
+            tag_flights: Singleflight::default(),
+            narrow_tags: moka::sync::Cache::builder().max_capacity(10_000).build(),
+        }
+    }
+
     /// The manifest for a tag or digest, from the cache when it may be, else from the upstream.
-    pub async fn manifest(
+    pub(super) async fn get(
         self: &Arc<Self>,
         target: &Target,
         reference: &Reference,
@@ -83,7 +116,7 @@ impl Mirror {
             tag.clone(),
             class.join(","),
         );
-        if let Some((digest, at)) = self.refs.narrow_tags.get(&key) {
+        if let Some((digest, at)) = self.narrow_tags.get(&key) {
             if at.elapsed() < target.upstream.config().tag_ttl {
                 if let Some(m) = self.cached_manifest(&digest).await {
                     trace::note(CacheResult::Hit);
@@ -94,8 +127,7 @@ impl Mirror {
         let manifest = self
             .fetch_manifest(target, &Reference::Tag(tag.clone()), None, Some(accept))
             .await?;
-        self.refs
-            .narrow_tags
+        self.narrow_tags
             .insert(key, (manifest.digest.clone(), Instant::now()));
         Ok(manifest)
     }
@@ -119,7 +151,9 @@ impl Mirror {
             }
         };
         let manifest = self.cached_manifest(&digest).await;
-        self.metrics.cache_lookup("manifest", manifest.is_some());
+        self.core
+            .metrics
+            .cache_lookup("manifest", manifest.is_some());
         trace::note(if manifest.is_some() {
             CacheResult::Hit
         } else {
@@ -129,17 +163,14 @@ impl Mirror {
     }
 
     async fn cached_manifest(&self, digest: &Digest) -> Option<Arc<Manifest>> {
-        if let Some(m) = self.refs.manifests.get(digest).await {
+        if let Some(m) = self.memory.get(digest).await {
             // Served from memory: still a use, so the stored copy is not evicted as idle.
-            self.store.touch(&keys::manifest(digest));
+            self.core.store.touch(&keys::manifest(digest));
             return Some(m);
         }
-        let stored = self.store.get(&keys::manifest(digest)).await.ok()??;
+        let stored = self.core.store.get(&keys::manifest(digest)).await.ok()??;
         let manifest = Arc::new(Manifest::decode(digest.clone(), stored)?);
-        self.refs
-            .manifests
-            .insert(digest.clone(), manifest.clone())
-            .await;
+        self.memory.insert(digest.clone(), manifest.clone()).await;
         Some(manifest)
     }
 
@@ -150,11 +181,11 @@ impl Mirror {
         accept: &[String],
     ) -> Result<Arc<Manifest>, MirrorError> {
         if let Some(m) = self.cached_manifest(digest).await {
-            self.metrics.cache_lookup("manifest", true);
+            self.core.metrics.cache_lookup("manifest", true);
             trace::note(CacheResult::Hit);
             return Ok(m);
         }
-        self.metrics.cache_lookup("manifest", false);
+        self.core.metrics.cache_lookup("manifest", false);
         let (this, target2, digest2, accept) = (
             self.clone(),
             target.clone(),
@@ -162,8 +193,7 @@ impl Mirror {
             accept.to_vec(),
         );
         let key = (target.upstream_name().to_string(), digest.clone());
-        self.refs
-            .manifest_flights
+        self.flights
             .run(key, async move {
                 this.fetch_manifest(
                     &target2,
@@ -187,7 +217,9 @@ impl Mirror {
         let known = self.known_tag(target, tag).await;
         if let Some(record) = &known {
             if record.age() < target.upstream.config().tag_ttl {
-                self.metrics.tag_lookup(target.upstream_name(), "fresh");
+                self.core
+                    .metrics
+                    .tag_lookup(target.upstream_name(), "fresh");
                 return Ok(record.clone());
             }
         }
@@ -198,7 +230,7 @@ impl Mirror {
         );
         let (this, target2, tag2, accept) =
             (self.clone(), target.clone(), tag.clone(), accept.to_vec());
-        self.refs.tag_flights
+        self.tag_flights
             .run(key, async move {
                 let revalidation = this.revalidate_tag(&target2, &tag2, known.as_ref(), &accept);
                 let result = match &known {
@@ -207,7 +239,7 @@ impl Mirror {
                             upstream: target2.upstream_name().into(),
                             cause: format!("no answer within {REVALIDATE_DEADLINE:?}"),
                             retry_after: None,
-                            class: crate::upstream::ErrorClass::HeaderTimeout,
+                            class: crate::failure::ErrorClass::HeaderTimeout,
                         })
                     }),
                     None => revalidation.await,
@@ -218,7 +250,7 @@ impl Mirror {
                     (Err(e), Some(stale)) => {
                         tracing::warn!(upstream = %target2.upstream_name(), repo = %target2.repo, tag = %tag2,
                             digest = %stale.digest, error = %e, "upstream failed; serving the last known digest");
-                        this.metrics.tag_lookup(target2.upstream_name(), "stale");
+                        this.core.metrics.tag_lookup(target2.upstream_name(), "stale");
                         trace::note(CacheResult::Stale);
                         Ok(stale)
                     }
@@ -239,32 +271,17 @@ impl Mirror {
         if let Some(known) = known {
             // HEAD is free on Docker Hub's pull limit; only a changed digest costs a GET.
             let reference = Reference::Tag(tag.clone());
-            let missing_key = (upstream.to_string(), target.repo.clone(), tag.to_string());
-            if self.missing.contains_key(&missing_key) {
-                return Err(MirrorError::from_upstream(
-                    upstream,
-                    &target.repo,
-                    What::Manifest(tag.as_str()),
-                    UpstreamError::NotFound,
-                ));
-            }
-            let digest = target
+            let what = What::Manifest(tag.as_str());
+            self.core.missing.check(target, what)?;
+            let headed = target
                 .upstream
                 .head_manifest(&target.repo, &reference, &upstream_accept(accept))
-                .await
-                .inspect_err(|e| {
-                    if matches!(e, UpstreamError::NotFound) {
-                        self.missing.insert(missing_key.clone(), ());
-                    }
-                })
-                .map_err(|e| {
-                    MirrorError::from_upstream(
-                        upstream,
-                        &target.repo,
-                        What::Manifest(tag.as_str()),
-                        e,
-                    )
-                })?;
+                .await;
+            let digest = self
+                .core
+                .missing
+                .note(target, what, headed)
+                .map_err(|e| MirrorError::from_upstream(upstream, &target.repo, what, e))?;
             if digest.as_ref() == Some(&known.digest)
                 && self.cached_manifest(&known.digest).await.is_some()
             {
@@ -273,7 +290,7 @@ impl Mirror {
                     ..known.clone()
                 };
                 self.remember_tag(target, tag, &record).await?;
-                self.metrics.tag_lookup(upstream, "revalidated");
+                self.core.metrics.tag_lookup(upstream, "revalidated");
                 trace::note(CacheResult::Revalidated);
                 return Ok(record);
             }
@@ -287,7 +304,7 @@ impl Mirror {
             checked: Some(Instant::now()),
         };
         self.remember_tag(target, tag, &record).await?;
-        self.metrics.tag_lookup(upstream, "refreshed");
+        self.core.metrics.tag_lookup(upstream, "refreshed");
         Ok(record)
     }
 
@@ -300,22 +317,9 @@ impl Mirror {
         accept: Option<&[String]>,
     ) -> Result<Arc<Manifest>, MirrorError> {
         let upstream = target.upstream_name();
-        let failed = |e: UpstreamError| {
-            MirrorError::from_upstream(
-                upstream,
-                &target.repo,
-                What::Manifest(&reference.to_string()),
-                e,
-            )
-        };
-        let missing_key = (
-            upstream.to_string(),
-            target.repo.clone(),
-            reference.to_string(),
-        );
-        if self.missing.contains_key(&missing_key) {
-            return Err(failed(UpstreamError::NotFound));
-        }
+        let named = reference.to_string();
+        let what = What::Manifest(&named);
+        self.core.missing.check(target, what)?;
         trace::note(CacheResult::Miss);
         let fetched = target
             .upstream
@@ -325,10 +329,11 @@ impl Mirror {
                 &upstream_accept(accept.unwrap_or_default()),
             )
             .await;
-        if matches!(fetched, Err(UpstreamError::NotFound)) {
-            self.missing.insert(missing_key, ());
-        }
-        let fetched = fetched.map_err(failed)?;
+        let fetched = self
+            .core
+            .missing
+            .note(target, what, fetched)
+            .map_err(|e| MirrorError::from_upstream(upstream, &target.repo, what, e))?;
         let (bytes, header_digest) = (fetched.bytes, fetched.digest);
         let content_type = fetched.media_type;
         let media_type = content_type.unwrap_or_else(|| sniff_media_type(&bytes));
@@ -341,9 +346,10 @@ impl Mirror {
         };
         let actual = Digest::of(digest.algorithm(), &bytes);
         if actual != digest {
-            self.metrics.verify_failures.inc();
-            self.metrics
-                .upstream_error(upstream, crate::upstream::ErrorClass::Verify);
+            self.core.metrics.verify_failures.inc();
+            self.core
+                .metrics
+                .upstream_error(upstream, crate::failure::ErrorClass::Verify);
             return Err(MirrorError::Verification {
                 upstream: upstream.into(),
                 cause: format!(
@@ -358,6 +364,7 @@ impl Mirror {
             bytes,
         });
         if let Err(e) = self
+            .core
             .store
             .put(&keys::manifest(&digest), manifest.encode())
             .await
@@ -366,7 +373,7 @@ impl Mirror {
             tracing::error!(%upstream, repo = %target.repo, %digest, error = %e,
                 "manifest verified but could not be stored; served uncached");
         }
-        self.refs.manifests.insert(digest, manifest.clone()).await;
+        self.memory.insert(digest, manifest.clone()).await;
         Ok(manifest)
     }
 }

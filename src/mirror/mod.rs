@@ -1,37 +1,52 @@
 //! The use case: serve pulls from the cache, fill it from upstreams, never serve unverified bytes.
+//!
+//! [`Mirror`] routes a request to a [`Target`] (`routing.rs`) and hands it to the flow that
+//! owns its kind of content, each a type with its own file and state:
+//! - `blobs.rs` ([`Blobs`](blobs)): a verified fill, the store, a running fill, else a new
+//!   fill, whose leader's steps are `blob_fill.rs`;
+//! - `manifests.rs` + `tags.rs`: manifests by digest, tag freshness, stale serving;
+//! - `listings.rs`: tag lists and referrers, streamed through, one upstream request for
+//!   identical concurrent ones.
+//!
+//! `core.rs` is what every flow shares (config, store, metrics, the short memory of upstream
+//! 404s, the tasks a shutdown drains); `pins.rs` and `status.rs` read across the flows.
 
+mod blob_fill;
 mod blobs;
+mod core;
 mod error;
+mod listings;
 mod manifests;
-mod passthrough;
 mod pins;
 mod routing;
 mod status;
 mod tags;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use crate::store::pins::{PinName, PinNameError, PinSet};
-pub use blobs::{BlobBody, ByteRange, fill_failure_class};
+pub use blobs::{BlobBody, BlobQuery, fill_failure_class};
 pub use error::MirrorError;
+pub use listings::ListingBody;
 pub use manifests::Manifest;
-pub use passthrough::ListingBody;
 pub use routing::Target;
 
-use crate::coalesce::{Fills, Singleflight, Slots};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::oci::{Digest, Repository, Tag};
-use crate::store::BlobStore;
-use crate::upstream::UpstreamClient;
-use tags::TagRecord;
+use crate::oci::{Digest, Reference};
+use crate::pulls::PullRecord;
+use crate::store::{BlobStore, ByteStream};
+use crate::upstream::ListingKind;
+use blob_fill::FillSlots;
+use blobs::Blobs;
+use core::Core;
+use listings::Listings;
+use manifests::Manifests;
+use routing::Routes;
 
 /// A leader replica that sends no bytes for this long is given up for the upstream.
-const FLEET_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// How long an upstream 404 for a tag, manifest or blob is believed without asking again.
-const MISSING_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+const FLEET_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a lookup may look: a normal pull fills the cache from the upstream; `CacheOnly`
 /// (`Cache-Control: only-if-cached`) answers from what is stored and never asks an upstream.
@@ -41,53 +56,15 @@ pub enum Lookup {
     CacheOnly,
 }
 
-/// The use case's state, grouped by the flow that owns it: each group is touched only by its
-/// flow's file (`blobs.rs`; `manifests.rs` + `tags.rs`); the shared part is read by all.
 pub struct Mirror {
-    // Shared by every flow.
-    config: Arc<Config>,
-    upstreams: BTreeMap<String, Arc<UpstreamClient>>,
-    /// Clients of registries allowed by `upstream_patterns`, made on first use.
-    pattern_upstreams: routing::PatternClients,
-    store: Arc<dyn BlobStore>,
-    metrics: Arc<Metrics>,
-    /// Recent upstream 404s (upstream, repo, tag or digest): a loop of bad references costs
-    /// one upstream request per [`MISSING_TTL`], not one each.
-    missing: moka::sync::Cache<(String, Repository, String), ()>,
+    core: Arc<Core>,
+    routes: Routes,
+    blobs: Arc<Blobs>,
+    manifests: Arc<Manifests>,
+    listings: Arc<Listings>,
     /// Every client request, for `/_berth/status` (`status.rs`).
-    pulls: crate::pulls::PullRecord,
+    pulls: PullRecord,
     pin_check: status::PinCheck,
-    /// Blob fills: `blobs.rs`.
-    blobs: BlobFlow,
-    /// Manifests and tags: `manifests.rs`, `tags.rs`.
-    refs: RefFlow,
-    /// Tag lists and referrers in flight: `passthrough.rs`.
-    listings: passthrough::ListingFlow,
-}
-
-/// What the blob flow owns.
-struct BlobFlow {
-    fills: Fills<Digest, blobs::FillError>,
-    /// The global `max_fills` cap, and one per upstream (made on first use).
-    slots: Slots,
-    upstream_slots: std::sync::Mutex<std::collections::HashMap<String, Arc<Slots>>>,
-    /// Running fill tasks, so a graceful shutdown lets them verify and commit.
-    tasks: tokio_util::task::TaskTracker,
-    /// Cross-replica fills on a shared bucket (`advertise_url` with an S3 store).
-    fleet: Option<crate::fleet::Fleet>,
-}
-
-/// What the manifest and tag flows own.
-struct RefFlow {
-    /// Manifests by digest, in memory in front of the store.
-    manifests: moka::future::Cache<Digest, Arc<Manifest>>,
-    manifest_flights: Singleflight<(String, Digest), Result<Arc<Manifest>, MirrorError>>,
-    /// Last known tag → digest answers (also persisted in the store).
-    tags: moka::sync::Cache<(String, Repository, Tag), TagRecord>,
-    tag_flights: Singleflight<(String, Repository, Tag), Result<TagRecord, MirrorError>>,
-    /// What a tag gave clients whose Accept excludes the shared record's type, per Accept class.
-    narrow_tags:
-        moka::sync::Cache<(String, Repository, Tag, String), (Digest, tokio::time::Instant)>,
 }
 
 impl Mirror {
@@ -96,25 +73,7 @@ impl Mirror {
         store: Arc<dyn BlobStore>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Mirror> {
-        let mut upstreams = BTreeMap::new();
-        for (name, upstream) in &config.upstreams {
-            let client = UpstreamClient::new(upstream.clone(), metrics.clone())
-                .map_err(|e| std::io::Error::new(e.kind(), format!("upstream {name}: {e}")))?;
-            metrics.announce_upstream(name);
-            upstreams.insert(name.clone(), Arc::new(client));
-        }
-        let blob_fills = Fills::new(&config.data_dir.join("spool"))?;
-        let listings = passthrough::ListingFlow::new(&config.data_dir.join("spool"))?;
-        let manifests = moka::future::Cache::builder()
-            .weigher(|_, m: &Arc<Manifest>| m.bytes.len().try_into().unwrap_or(u32::MAX))
-            .max_capacity(config.manifest_memory_cache)
-            .build();
-        let tags = moka::sync::Cache::builder().max_capacity(100_000).build();
-        let narrow_tags = moka::sync::Cache::builder().max_capacity(10_000).build();
-        let missing = moka::sync::Cache::builder()
-            .max_capacity(10_000)
-            .time_to_live(MISSING_TTL)
-            .build();
+        let routes = Routes::new(config.clone(), metrics.clone())?;
         let fleet = match (&config.advertise_url, &config.store.kind) {
             (Some(url), crate::config::StoreKind::S3(_)) => Some(crate::fleet::Fleet::new(
                 url.clone(),
@@ -123,60 +82,103 @@ impl Mirror {
             )),
             _ => None,
         };
-        let cap = config.max_fills as usize;
-        let fill_slots = Slots::new(cap, cap * 4, blobs::FILL_QUEUE_WAIT);
+        let core = Arc::new(Core::new(config, store, metrics));
+        let spool_dir = core.config.data_dir.join("spool");
+        let blobs = Blobs {
+            fills: crate::coalesce::Fills::new(&spool_dir)?,
+            slots: FillSlots::new(core.config.max_fills as usize),
+            fleet,
+            core: core.clone(),
+        };
         Ok(Mirror {
-            config,
-            upstreams,
-            pattern_upstreams: routing::PatternClients::default(),
-            store,
-            metrics,
-            missing,
-            pulls: crate::pulls::PullRecord::default(),
+            routes,
+            blobs: Arc::new(blobs),
+            manifests: Arc::new(Manifests::new(core.clone())),
+            listings: Arc::new(Listings::new(core.clone())?),
+            core,
+            pulls: PullRecord::default(),
             pin_check: status::PinCheck::default(),
-            blobs: BlobFlow {
-                fills: blob_fills,
-                slots: fill_slots,
-                upstream_slots: Default::default(),
-                tasks: tokio_util::task::TaskTracker::new(),
-                fleet,
-            },
-            listings,
-            refs: RefFlow {
-                manifests,
-                manifest_flights: Singleflight::default(),
-                tags,
-                tag_flights: Singleflight::default(),
-                narrow_tags,
-            },
         })
+    }
+
+    /// Which upstream a request is for (`routing.rs`).
+    pub fn route(&self, name: &str, ns: Option<&str>) -> Result<Target, MirrorError> {
+        self.routes.route(name, ns)
+    }
+
+    pub async fn blob(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        query: BlobQuery,
+    ) -> Result<BlobBody, MirrorError> {
+        self.blobs.get(target, digest, query).await
+    }
+
+    /// The manifest for a tag or digest, from the cache when it may be, else from the upstream.
+    pub async fn manifest(
+        &self,
+        target: &Target,
+        reference: &Reference,
+        accept: &[String],
+        lookup: Lookup,
+    ) -> Result<Arc<Manifest>, MirrorError> {
+        self.manifests.get(target, reference, accept, lookup).await
+    }
+
+    pub async fn tag_list(
+        &self,
+        target: &Target,
+        query: Option<&str>,
+    ) -> Result<ListingBody, MirrorError> {
+        self.listings.get(target, ListingKind::Tags, query).await
+    }
+
+    pub async fn referrers(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        query: Option<&str>,
+    ) -> Result<ListingBody, MirrorError> {
+        let kind = ListingKind::Referrers(digest.clone());
+        self.listings.get(target, kind, query).await
+    }
+
+    /// A peer replica reading the fill this replica leads (`GET /_berth/fills/<digest>`).
+    pub async fn peer_fill(
+        &self,
+        digest: &Digest,
+        token: &str,
+        from: u64,
+    ) -> Option<(Option<u64>, ByteStream)> {
+        self.blobs.peer_fill(digest, token, from).await
     }
 
     /// Waits (up to `deadline`) for running fills to finish, so content whose clients already
     /// got every byte is committed before the process exits. Call after serving stopped.
-    pub async fn drain(&self, deadline: std::time::Duration) {
-        self.blobs.tasks.close();
-        let running = self.blobs.tasks.len();
-        if running == 0 {
+    pub async fn drain(&self, deadline: Duration) {
+        let tasks = &self.core.tasks;
+        tasks.close();
+        if tasks.is_empty() {
             return;
         }
-        tracing::info!(running, "waiting for blob fills to finish before exiting");
-        if tokio::time::timeout(deadline, self.blobs.tasks.wait())
-            .await
-            .is_err()
-        {
+        tracing::info!(
+            running = tasks.len(),
+            "waiting for blob fills to finish before exiting"
+        );
+        if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
             tracing::warn!(
-                running = self.blobs.tasks.len(),
+                running = tasks.len(),
                 "blob fills still running at shutdown are abandoned; they will be fetched again"
             );
         }
     }
 
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        &self.core.metrics
     }
 
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.core.config
     }
 }

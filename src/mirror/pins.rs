@@ -38,12 +38,12 @@ impl Mirror {
             manifests,
             updated_unix: unix_now(),
         };
-        pins::write(self.store.as_ref(), &set).await?;
+        pins::write(self.core.store.as_ref(), &set).await?;
         Ok(set)
     }
 
     /// Every pin set, by name.
     pub async fn pins(&self) -> Result<Vec<PinSet>, MirrorError> {
-        Ok(pins::read_all(self.store.as_ref()).await?)
+        Ok(pins::read_all(self.core.store.as_ref()).await?)
     }
 }

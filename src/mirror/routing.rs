@@ -1,12 +1,15 @@
 //! Which upstream a request is for: `?ns=`, a path prefix, or the default; configured
 //! `[upstreams]` first, then the hosts `upstream_patterns` allow.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::oci::Repository;
 use crate::upstream::UpstreamClient;
 
-use super::{Mirror, MirrorError};
+use super::MirrorError;
 
 /// A request routed to one upstream and a repository name as that upstream knows it.
 #[derive(Clone)]
@@ -25,29 +28,41 @@ impl Target {
 /// once. A pattern like `*.pkg.dev` allows many names; the least recently used client goes.
 const PATTERN_CLIENTS: u64 = 64;
 
-/// Clients of registries allowed by `upstream_patterns`, one per registry name.
-pub(super) struct PatternClients {
-    clients: moka::sync::Cache<String, Arc<UpstreamClient>>,
+/// The upstream clients requests are routed to: one per `[upstreams]` table, made at start,
+/// and one per registry `upstream_patterns` allowed, made on first use.
+pub(super) struct Routes {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    upstreams: BTreeMap<String, Arc<UpstreamClient>>,
+    /// Clients of pattern-allowed registries, one per registry name.
+    patterns: moka::sync::Cache<String, Arc<UpstreamClient>>,
 }
 
-impl PatternClients {
-    /// The clients that exist now (made on first use, not yet evicted), by registry name.
-    pub(super) fn all(&self) -> Vec<Arc<UpstreamClient>> {
-        let mut clients: Vec<_> = self.clients.iter().map(|(_, client)| client).collect();
-        clients.sort_by(|a, b| a.name().cmp(b.name()));
-        clients
-    }
-}
-
-impl Default for PatternClients {
-    fn default() -> Self {
-        PatternClients {
-            clients: moka::sync::Cache::new(PATTERN_CLIENTS),
+impl Routes {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> std::io::Result<Routes> {
+        let mut upstreams = BTreeMap::new();
+        for (name, upstream) in &config.upstreams {
+            let client = UpstreamClient::new(upstream.clone(), metrics.clone())
+                .map_err(|e| std::io::Error::new(e.kind(), format!("upstream {name}: {e}")))?;
+            metrics.announce_upstream(name);
+            upstreams.insert(name.clone(), Arc::new(client));
         }
+        Ok(Routes {
+            config,
+            metrics,
+            upstreams,
+            patterns: moka::sync::Cache::new(PATTERN_CLIENTS),
+        })
     }
-}
 
-impl Mirror {
+    /// Every client that exists now: the configured upstreams, then the pattern-allowed
+    /// registries that have a client (made on first use, not yet evicted), by name.
+    pub fn clients(&self) -> Vec<Arc<UpstreamClient>> {
+        let mut patterns: Vec<_> = self.patterns.iter().map(|(_, client)| client).collect();
+        patterns.sort_by(|a, b| a.name().cmp(b.name()));
+        self.upstreams.values().cloned().chain(patterns).collect()
+    }
+
     /// Routes an unrouted `name` from the request path.
     ///
     /// 1. A first component naming a known registry is a path prefix (podman, skopeo,
@@ -100,15 +115,14 @@ impl Mirror {
             .upstream_patterns
             .upstream_for(registry)
             .ok_or_else(unknown)?;
-        self.pattern_upstreams
-            .clients
+        self.patterns
             .try_get_with(registry.to_string(), || {
                 UpstreamClient::new(config, self.metrics.clone()).map(Arc::new)
             })
             .map_err(|e| MirrorError::BadUpstream {
                 upstream: registry.to_string(),
                 cause: format!("cannot set up a client: {e}"),
-                class: crate::upstream::ErrorClass::Other,
+                class: crate::failure::ErrorClass::Other,
             })
     }
 }

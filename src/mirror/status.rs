@@ -34,11 +34,10 @@ impl Mirror {
         self.refresh_gauges();
         let pulls = &self.pulls;
         let facts = pulls.registries();
-        let patterns = self.pattern_upstreams.all();
         let upstreams = self
-            .upstreams
-            .values()
-            .chain(&patterns)
+            .routes
+            .clients()
+            .iter()
             .map(|client| {
                 let name = client.name();
                 let fact = facts.get(name).cloned().unwrap_or_default();
@@ -47,6 +46,7 @@ impl Mirror {
                     None => (None, None, None),
                 };
                 let remaining = self
+                    .core
                     .metrics
                     .upstream_ratelimit_remaining
                     .get(&UpstreamNameLabels {
@@ -86,9 +86,9 @@ impl Mirror {
 
     /// Gauges that are a view of live state, brought up to date for a scrape or a report.
     pub fn refresh_gauges(&self) {
-        let patterns = self.pattern_upstreams.all();
-        for client in self.upstreams.values().chain(&patterns) {
-            self.metrics
+        for client in self.routes.clients() {
+            self.core
+                .metrics
                 .upstream_state
                 .get_or_create(&UpstreamNameLabels {
                     upstream: client.name().to_string(),
@@ -96,12 +96,13 @@ impl Mirror {
                 .set(client.state().gauge());
         }
         let fills = self.blobs.fills.progress();
-        self.metrics.fills_in_flight.set(fills.len() as i64);
+        self.core.metrics.fills_in_flight.set(fills.len() as i64);
         let waiters: usize = fills.iter().map(|(_, p)| p.readers).sum();
-        self.metrics.fill_waiters.set(waiters as i64);
-        self.metrics
+        self.core.metrics.fill_waiters.set(waiters as i64);
+        self.core
+            .metrics
             .cache_max_bytes
-            .set(self.config.store.max_size.unwrap_or(0) as i64);
+            .set(self.core.config.store.max_size.unwrap_or(0) as i64);
     }
 
     fn fill_status(&self) -> Vec<FillStatus> {
@@ -139,7 +140,8 @@ impl Mirror {
             ["manifest", "blob"]
                 .iter()
                 .filter_map(|kind| {
-                    self.metrics
+                    self.core
+                        .metrics
                         .cache_lookups
                         .get(&CacheLabels { kind, result })
                         .map(|c| c.get())
@@ -148,8 +150,8 @@ impl Mirror {
         };
         let (hits, misses) = (count("hit"), count("miss"));
         CacheStatus {
-            bytes: self.metrics.cache_bytes.get().max(0) as u64,
-            limit: self.config.store.max_size,
+            bytes: self.core.metrics.cache_bytes.get().max(0) as u64,
+            limit: self.core.config.store.max_size,
             hits,
             misses,
             hit_ratio: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
@@ -162,7 +164,7 @@ impl Mirror {
                 return statuses.clone();
             }
         }
-        let store = self.store.as_ref();
+        let store = self.core.store.as_ref();
         let mut statuses = Vec::new();
         let names = match pins::names(store).await {
             Ok(names) => names,

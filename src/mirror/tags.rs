@@ -9,7 +9,8 @@ use tokio::time::Instant;
 use crate::oci::{Digest, Tag};
 use crate::store::keys;
 
-use super::{Mirror, MirrorError, Target};
+use super::manifests::Manifests;
+use super::{MirrorError, Target};
 
 #[derive(Debug, Clone)]
 pub struct TagRecord {
@@ -45,7 +46,7 @@ impl TagRecord {
     }
 }
 
-impl Mirror {
+impl Manifests {
     /// The last known record for a tag: memory while it is fresh, else the store, where
     /// another replica sharing the store may have written a fresher one.
     pub(super) async fn known_tag(&self, target: &Target, tag: &Tag) -> Option<TagRecord> {
@@ -54,7 +55,7 @@ impl Mirror {
             target.repo.clone(),
             tag.clone(),
         );
-        let in_memory = self.refs.tags.get(&key);
+        let in_memory = self.tags.get(&key);
         if let Some(record) = &in_memory {
             if record.age() < target.upstream.config().tag_ttl {
                 return in_memory;
@@ -64,7 +65,7 @@ impl Mirror {
         match (in_memory, stored) {
             (Some(memory), Some(stored)) if stored.age() >= memory.age() => Some(memory),
             (_, Some(stored)) => {
-                self.refs.tags.insert(key, stored.clone());
+                self.tags.insert(key, stored.clone());
                 Some(stored)
             }
             (memory, None) => memory,
@@ -73,7 +74,7 @@ impl Mirror {
 
     async fn stored_tag(&self, target: &Target, tag: &Tag) -> Option<TagRecord> {
         let key = keys::tag(target.upstream_name(), &target.repo, tag);
-        let bytes = match self.store.get(&key).await {
+        let bytes = match self.core.store.get(&key).await {
             Ok(found) => found?,
             Err(e) => {
                 tracing::warn!(%key, error = %e, "cannot read the tag record from the store");
@@ -104,7 +105,7 @@ impl Mirror {
             target.repo.clone(),
             tag.clone(),
         );
-        self.refs.tags.insert(key, record.clone());
+        self.tags.insert(key, record.clone());
         let checked = unix_now().saturating_sub(record.age());
         let stored = StoredTag {
             digest: record.digest.to_string(),
@@ -114,7 +115,7 @@ impl Mirror {
         };
         let json = serde_json::to_vec(&stored).map_err(|e| MirrorError::Store(e.to_string()))?;
         let key = keys::tag(target.upstream_name(), &target.repo, tag);
-        if let Err(e) = self.store.put(&key, Bytes::from(json)).await {
+        if let Err(e) = self.core.store.put(&key, Bytes::from(json)).await {
             // Still answered from memory; other replicas ask the upstream themselves.
             tracing::error!(%key, error = %e, "cannot store the tag record");
         }

@@ -31,7 +31,8 @@ impl Algorithm {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest {
     algorithm: Algorithm,
-    hex: String,
+    /// `<algorithm>:<hex>`, as clients and registries write it.
+    text: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,7 +52,12 @@ impl Digest {
 
     /// Lowercase hex of the hash.
     pub fn hex(&self) -> &str {
-        &self.hex
+        &self.text[self.algorithm.as_str().len() + 1..]
+    }
+
+    /// `<algorithm>:<hex>`.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     /// Digest of a complete byte slice.
@@ -93,14 +99,14 @@ impl FromStr for Digest {
         }
         Ok(Digest {
             algorithm,
-            hex: hex.into(),
+            text: format!("{}:{hex}", algorithm.as_str()),
         })
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.algorithm.as_str(), self.hex)
+        f.write_str(&self.text)
     }
 }
 
@@ -131,7 +137,10 @@ impl Hasher {
             Hasher::Sha256(h) => (Algorithm::Sha256, hex::encode(h.finalize())),
             Hasher::Sha512(h) => (Algorithm::Sha512, hex::encode(h.finalize())),
         };
-        Digest { algorithm, hex }
+        Digest {
+            algorithm,
+            text: format!("{}:{hex}", algorithm.as_str()),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod manifest;
 mod media;
 mod path;
 mod platform;
+mod read;
 mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
@@ -14,4 +15,5 @@ pub use manifest::{Descriptor, ManifestDoc, References};
 pub use media::{MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, accepts};
 pub use path::{Endpoint, OciPath, PathError};
 pub use platform::{Platform, PlatformError};
-pub use reference::{NameError, Reference, Repository, Tag};
+pub use read::{ByteRange, Want};
+pub use reference::{NameError, Reference, Repository, Tag, is_registry_name};

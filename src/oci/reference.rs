@@ -156,6 +156,26 @@ impl fmt::Display for Reference {
     }
 }
 
+/// `host` or `host:port`, lowercase, as registries are named in image references.
+pub fn is_registry_name(name: &str) -> bool {
+    let (host, port) = match name.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (name, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
+    host_ok && port_ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +223,29 @@ mod tests {
         }
         for bad in ["", ".x", "-x", "a/b", "a:b", "..", &"a".repeat(129), "a\0"] {
             assert!(bad.parse::<Tag>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn registry_names() {
+        for ok in [
+            "docker.io",
+            "registry.k8s.io",
+            "localhost:5000",
+            "a-b.example",
+        ] {
+            assert!(is_registry_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Docker.io",
+            "a/b",
+            "a..b",
+            "-a.io",
+            "a.io:http",
+            "a.io:99999",
+        ] {
+            assert!(!is_registry_name(bad), "{bad}");
         }
     }
 }

@@ -8,14 +8,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::failure::FailureClass;
 use super::report::{BulkReport, BulkRun};
-use super::timing::Deadlines;
+use super::timing::{Deadlines, probe_upstream};
 use crate::config::Upstream;
+use crate::failure::{ErrorClass, Failure};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, MANIFEST_MEDIA_TYPES, ManifestDoc, Platform, Reference};
 use crate::prewarm::references::ImageRef;
-use crate::upstream::ErrorClass;
 use crate::upstream::{UpstreamClient, UpstreamError};
 
 /// No transfer runs longer than this, however slowly it moves.
@@ -28,66 +27,6 @@ pub struct BulkPlan {
     pub bytes: u64,
     pub deadlines: Deadlines,
     pub platform: Platform,
-}
-
-/// The upstream's settings with probe semantics: one attempt, the probe's deadlines and the
-/// given MSS clamp.
-fn probe_upstream(upstream: &Upstream, mss: Option<u32>, d: &Deadlines) -> Upstream {
-    let mut u = upstream.clone();
-    u.transport.max_attempts = 1;
-    u.transport.connect_timeout = d.connect;
-    u.transport.tls_timeout = d.tls;
-    u.transport.header_timeout = d.header;
-    u.transport.stall_timeout = d.stall;
-    u.transport.tcp_mss = mss;
-    u.transport.min_speed = 0;
-    u
-}
-
-fn class_of(e: &UpstreamError) -> FailureClass {
-    match e {
-        UpstreamError::Stalled(_) => FailureClass::Stall,
-        UpstreamError::Timeout(m) if m.contains("TLS handshake") => {
-            FailureClass::TlsHandshakeTimeout
-        }
-        UpstreamError::Timeout(m) if m.contains("TCP connect") => FailureClass::ConnectTimeout,
-        UpstreamError::Timeout(_) => FailureClass::HeaderTimeout,
-        UpstreamError::Transport(m) => {
-            let m = m.to_ascii_lowercase();
-            if m.contains("refused") {
-                FailureClass::ConnectRefused
-            } else if m.contains("unreachable") {
-                FailureClass::ConnectUnreachable
-            } else if m.contains("certificate") || m.contains("tls") {
-                FailureClass::TlsError
-            } else {
-                FailureClass::Reset
-            }
-        }
-        // The connector says which phase failed; the message says how.
-        UpstreamError::Connect { class, cause } => {
-            let timed_out = cause.contains("timed out");
-            let cause = cause.to_ascii_lowercase();
-            match class {
-                ErrorClass::Dns => FailureClass::Dns,
-                ErrorClass::TlsHandshake if timed_out => FailureClass::TlsHandshakeTimeout,
-                ErrorClass::TlsHandshake => FailureClass::TlsError,
-                _ if timed_out => FailureClass::ConnectTimeout,
-                _ if cause.contains("refused") => FailureClass::ConnectRefused,
-                _ if cause.contains("unreachable") => FailureClass::ConnectUnreachable,
-                _ => FailureClass::ConnectRefused,
-            }
-        }
-        UpstreamError::NotFound => FailureClass::Http(404),
-        UpstreamError::Denied { status } | UpstreamError::Status { status, .. } => {
-            FailureClass::Http(*status)
-        }
-        UpstreamError::TooManyRequests { .. } => FailureClass::Http(429),
-        UpstreamError::Protocol(_)
-        | UpstreamError::Down { .. }
-        | UpstreamError::TooLarge { .. }
-        | UpstreamError::Refused(_) => FailureClass::Protocol,
-    }
 }
 
 /// Resolves the largest layer, then runs one transfer per MSS.
@@ -236,20 +175,20 @@ async fn transfer(
     };
     match result {
         Err(_) => {
-            run.outcome = FailureClass::Stall.name();
+            run.outcome = Failure::plain(ErrorClass::Stall).name();
             run.error = Some(format!("not done after {MAX_TRANSFER_TIME:?}"));
         }
         Ok(Err(e)) => {
-            run.outcome = class_of(&e).name();
+            run.outcome = e.failure().name();
             run.error = Some(e.to_string());
         }
         Ok(Ok(())) if run.bytes < want => {
-            run.outcome = FailureClass::Reset.name();
+            run.outcome = Failure::plain(ErrorClass::Reset).name();
             run.error = Some(format!("body ended after {} of {want} bytes", run.bytes));
         }
         Ok(Ok(())) => {
             if let Some((n, e)) = interrupted {
-                run.outcome = class_of(&e).name();
+                run.outcome = e.failure().name();
                 run.error = Some(format!("broke {n} times and was resumed; last: {e}"));
             }
         }
@@ -260,41 +199,40 @@ async fn transfer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::failure::How;
 
     #[test]
-    fn upstream_errors_map_to_classes() {
+    fn upstream_errors_are_reported_by_the_failure_vocabulary() {
+        let connect = |class, how| UpstreamError::Connect {
+            failure: Failure::new(class, how),
+            cause: "x".into(),
+        };
         let cases = [
+            (UpstreamError::Stalled(Duration::from_secs(5)), "stall"),
             (
-                UpstreamError::Stalled(Duration::from_secs(5)),
-                FailureClass::Stall,
+                connect(ErrorClass::TlsHandshake, How::TimedOut),
+                "tls_handshake_timeout",
             ),
             (
-                UpstreamError::Timeout("TLS handshake with x:443 timed out".into()),
-                FailureClass::TlsHandshakeTimeout,
+                connect(ErrorClass::Connect, How::TimedOut),
+                "connect_timeout",
             ),
             (
-                UpstreamError::Timeout("TCP connect to x:443 timed out".into()),
-                FailureClass::ConnectTimeout,
+                connect(ErrorClass::Connect, How::Refused),
+                "connect_refused",
             ),
             (
                 UpstreamError::Timeout("no response headers".into()),
-                FailureClass::HeaderTimeout,
+                "header_timeout",
             ),
-            (
-                UpstreamError::Transport("Connection refused (os error 111)".into()),
-                FailureClass::ConnectRefused,
-            ),
-            (
-                UpstreamError::Transport("body read failed: connection reset".into()),
-                FailureClass::Reset,
-            ),
+            (UpstreamError::Transport("connection reset".into()), "reset"),
             (
                 UpstreamError::TooManyRequests { retry_after: None },
-                FailureClass::Http(429),
+                "http_429",
             ),
         ];
         for (e, want) in cases {
-            assert_eq!(class_of(&e), want, "{e}");
+            assert_eq!(e.failure().name(), want, "{e}");
         }
     }
 }

@@ -10,7 +10,9 @@ use tokio::task::JoinHandle;
 
 use super::timing::{self, Deadlines};
 use crate::config::{Config, Upstream};
+use crate::failure::{ErrorClass, Failure};
 use crate::metrics::{Metrics, ProbeFailureLabels, ProbeLabels, ProbeStageLabels};
+use crate::upstream::Connector;
 
 /// The running probe loop; aborted on drop.
 pub struct LightProbe(JoinHandle<()>);
@@ -26,50 +28,59 @@ pub fn spawn(config: &Arc<Config>, metrics: Arc<Metrics>) -> Option<LightProbe> 
     let every = config.probe.interval?;
     let config = config.clone();
     Some(LightProbe(tokio::spawn(async move {
-        let tls = tls_configs(&config);
+        let connectors = connectors(&config);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            probe_once(&config, &tls, &metrics).await;
+            probe_once(&config, &connectors, &metrics).await;
         }
     })))
 }
 
-fn tls_configs(config: &Config) -> HashMap<String, Arc<rustls::ClientConfig>> {
+/// Each upstream's connector as `berth serve` dials it (CA, address rule, `tcp_mss`).
+fn connectors(config: &Config) -> HashMap<String, Connector> {
     config
         .upstreams
         .iter()
-        .filter_map(
-            |(name, u)| match crate::upstream::tls_config(u.ca_file.as_deref(), true) {
-                Ok(c) => Some((name.clone(), Arc::new(c))),
+        .filter_map(|(name, u)| {
+            let d = deadlines(u);
+            match timing::connector(u, u.transport.tcp_mss, &d) {
+                Ok(c) => Some((name.clone(), c)),
                 Err(e) => {
                     tracing::warn!(upstream = %name, error = %e, "light probe: no TLS config");
                     None
                 }
-            },
-        )
+            }
+        })
         .collect()
+}
+
+fn deadlines(upstream: &Upstream) -> Deadlines {
+    let t = &upstream.transport;
+    Deadlines {
+        connect: t.connect_timeout,
+        tls: t.tls_timeout,
+        header: t.header_timeout,
+        stall: t.stall_timeout,
+    }
 }
 
 /// One request per upstream, concurrently; results go to the metrics.
 pub async fn probe_once(
     config: &Config,
-    tls: &HashMap<String, Arc<rustls::ClientConfig>>,
+    connectors: &HashMap<String, Connector>,
     metrics: &Metrics,
 ) {
     join_all(config.upstreams.iter().map(|(name, upstream)| async move {
-        probe_upstream(name, upstream, tls.get(name).cloned(), metrics).await
+        if let Some(connector) = connectors.get(name) {
+            probe_upstream(name, upstream, connector, metrics).await
+        }
     }))
     .await;
 }
 
-async fn probe_upstream(
-    name: &str,
-    upstream: &Upstream,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    metrics: &Metrics,
-) {
+async fn probe_upstream(name: &str, upstream: &Upstream, connector: &Connector, metrics: &Metrics) {
     let m = &metrics.probe;
     let labels = ProbeLabels {
         upstream: name.into(),
@@ -102,17 +113,10 @@ async fn probe_upstream(
     let (dns_ms, addrs) = timing::resolve(&host, port).await;
     let addr = match addrs.map(|a| a.first().copied()) {
         Ok(Some(addr)) => addr,
-        _ => return failed(super::failure::FailureClass::Dns.name()),
+        _ => return failed(Failure::plain(ErrorClass::Dns).name()),
     };
     stage("dns", Some(dns_ms));
-    let t = &upstream.transport;
-    let d = Deadlines {
-        connect: t.connect_timeout,
-        tls: t.tls_timeout,
-        header: t.header_timeout,
-        stall: t.stall_timeout,
-    };
-    let sample = timing::request_once(&url, addr, tls, d, false).await;
+    let sample = timing::request_once(&url, addr, connector, deadlines(upstream), false).await;
     stage("connect", sample.connect_ms);
     stage("tls", sample.tls_ms);
     stage("ttfb", sample.ttfb_ms);
@@ -161,7 +165,7 @@ mod tests {
         ))
         .unwrap();
         let metrics = Metrics::default();
-        probe_once(&config, &tls_configs(&config), &metrics).await;
+        probe_once(&config, &connectors(&config), &metrics).await;
         let text = metrics.encode();
         assert!(
             text.contains("berth_probe_up{upstream=\"ok.test\"} 1"),

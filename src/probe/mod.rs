@@ -3,7 +3,7 @@
 //! A run: path facts ([`path`]) → targets ([`targets`]: upstreams' `/v2/`, their token
 //! endpoints from the 401 challenge) → bulk transfers of each image's largest layer at the
 //! default MSS and each clamp ([`bulk`], which also finds the blob CDN host) → paced rounds of
-//! one timed request per target address ([`timing`], failures named by [`failure`]) → path MTU
+//! one timed request per target address ([`timing`], failures named by [`crate::failure`]) → path MTU
 //! by DF probes toward every address ([`pmtu`]) → verdicts ([`verdict`], a pure function) →
 //! [`report`] (text or JSON). [`compare`] sets reports from several hosts side by side;
 //! [`light`] is `berth serve`'s periodic probe of each upstream's `/v2/` (`probe_interval`).
@@ -13,7 +13,6 @@
 
 pub mod bulk;
 pub mod compare;
-pub mod failure;
 pub mod light;
 pub mod path;
 pub mod pmtu;
@@ -31,10 +30,11 @@ use futures::future::join_all;
 use url::Url;
 
 use crate::config::Config;
+use crate::failure::{ErrorClass, Failure};
 use crate::oci::Platform;
 use crate::prewarm::references::ImageRef;
+use crate::upstream::Connector;
 use bulk::BulkPlan;
-use failure::FailureClass;
 use path::Destination;
 use report::{AddressTimings, DnsReport, Report, Settings, Stats, TargetReport, Timings};
 use targets::{Role, Target};
@@ -96,32 +96,51 @@ fn pick_addresses(all: &[SocketAddr]) -> Vec<SocketAddr> {
     v4.chain(v6).copied().collect()
 }
 
-/// TLS client settings per upstream (its extra CA), HTTP/1.1 only: timings are per connection.
-struct TlsConfigs(HashMap<Option<String>, Arc<rustls::ClientConfig>>);
+/// How the probe dials each target: berth's upstream connector with the target's upstream
+/// (its CA and address rule), or built-in settings for a URL no upstream owns; the probe's
+/// deadlines, no MSS clamp (the rounds measure the path as the system dials it).
+struct Dialers {
+    upstreams: HashMap<String, crate::config::Upstream>,
+    tls: HashMap<Option<String>, Arc<rustls::ClientConfig>>,
+    deadlines: Deadlines,
+}
 
-impl TlsConfigs {
-    fn new(config: &Config) -> anyhow::Result<TlsConfigs> {
-        let mut map = HashMap::new();
-        map.insert(None, Arc::new(crate::upstream::tls_config(None, true)?));
+impl Dialers {
+    fn new(config: &Config, deadlines: Deadlines) -> anyhow::Result<Dialers> {
+        let mut tls = HashMap::new();
+        tls.insert(None, Arc::new(crate::upstream::tls_config(None, true)?));
         for (name, u) in &config.upstreams {
-            let tls = crate::upstream::tls_config(u.ca_file.as_deref(), true)
+            let config = crate::upstream::tls_config(u.ca_file.as_deref(), true)
                 .map_err(|e| anyhow::anyhow!("upstreams.{name}.ca_file: {e}"))?;
-            map.insert(Some(name.clone()), Arc::new(tls));
+            tls.insert(Some(name.clone()), Arc::new(config));
         }
-        Ok(TlsConfigs(map))
+        Ok(Dialers {
+            upstreams: config.upstreams.clone().into_iter().collect(),
+            tls,
+            deadlines,
+        })
     }
 
-    fn for_target(&self, t: &Target) -> Arc<rustls::ClientConfig> {
-        self.0
-            .get(&t.upstream)
-            .or_else(|| self.0.get(&None))
+    fn for_target(&self, t: &Target) -> Connector {
+        let upstream = t
+            .upstream
+            .as_ref()
+            .and_then(|name| self.upstreams.get(name))
             .cloned()
-            .expect("the default TLS config is always present")
+            .unwrap_or_else(|| crate::config::Upstream::at(t.url.clone()));
+        let tls = self
+            .tls
+            .get(&t.upstream)
+            .or_else(|| self.tls.get(&None))
+            .cloned()
+            .expect("the default TLS config is always present");
+        let upstream = timing::probe_upstream(&upstream, None, &self.deadlines);
+        Connector::new(&upstream, tls)
     }
 }
 
 /// One round for one target: resolve, then one request per picked address.
-async fn probe_target(t: &Target, tls: Arc<rustls::ClientConfig>, d: Deadlines, c: &mut Collected) {
+async fn probe_target(t: &Target, connector: Connector, d: Deadlines, c: &mut Collected) {
     let (took, resolved) = timing::resolve(&t.host(), t.port()).await;
     match resolved {
         Err(e) => {
@@ -137,8 +156,7 @@ async fn probe_target(t: &Target, tls: Arc<rustls::ClientConfig>, d: Deadlines, 
             }
             for addr in pick_addresses(&addrs) {
                 let sample =
-                    timing::request_once(&t.url, addr, Some(tls.clone()), d, t.any_answer_ok())
-                        .await;
+                    timing::request_once(&t.url, addr, &connector, d, t.any_answer_ok()).await;
                 c.samples.push((addr, sample));
             }
         }
@@ -174,7 +192,7 @@ fn target_report(t: &Target, c: &Collected) -> TargetReport {
     let all = timings(c.samples.iter().map(|(_, s)| s));
     let mut failures = all.failures.clone();
     if c.dns_failures > 0 {
-        failures.insert(FailureClass::Dns.name(), c.dns_failures);
+        failures.insert(Failure::plain(ErrorClass::Dns).name(), c.dns_failures);
     }
     let mut families = BTreeMap::new();
     for fam in ["ipv4", "ipv6"] {
@@ -229,7 +247,7 @@ fn target_report(t: &Target, c: &Collected) -> TargetReport {
 }
 
 /// Token endpoints named by each registry's 401 (one request per registry target).
-async fn discover_tokens(list: &mut Vec<Target>, tls: &TlsConfigs, d: Deadlines) {
+async fn discover_tokens(list: &mut Vec<Target>, dialers: &Dialers, d: Deadlines) {
     let registries: Vec<Target> = list
         .iter()
         .filter(|t| t.role == Role::Registry)
@@ -238,7 +256,7 @@ async fn discover_tokens(list: &mut Vec<Target>, tls: &TlsConfigs, d: Deadlines)
     let found = join_all(registries.iter().map(|t| async {
         let (_, addrs) = timing::resolve(&t.host(), t.port()).await;
         let addr = *addrs.ok()?.first()?;
-        let s = timing::request_once(&t.url, addr, Some(tls.for_target(t)), d, false).await;
+        let s = timing::request_once(&t.url, addr, &dialers.for_target(t), d, false).await;
         Some((
             t.upstream.clone(),
             targets::token_endpoint(s.challenge.as_deref()?)?,
@@ -330,15 +348,15 @@ fn hostname() -> String {
 async fn run_round(
     list: &[Target],
     collected: &mut [Collected],
-    tls: &TlsConfigs,
+    dialers: &Dialers,
     d: Deadlines,
     progress: &dyn Progress,
     round: u32,
 ) {
     join_all(list.iter().zip(collected.iter_mut()).map(|(t, c)| {
-        let tls = tls.for_target(t);
+        let connector = dialers.for_target(t);
         async move {
-            probe_target(t, tls, d, c).await;
+            probe_target(t, connector, d, c).await;
             progress.step(&format!("round {round} {}", t.url));
         }
     }))
@@ -350,14 +368,14 @@ pub async fn run(plan: &Plan, progress: &dyn Progress) -> anyhow::Result<Report>
     let started = Instant::now();
     let started_at =
         humantime_serde::re::humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let tls = TlsConfigs::new(&plan.config)?;
     let d = plan.deadlines;
+    let dialers = Dialers::new(&plan.config, d)?;
     let mut notes = Vec::new();
 
     let mut list = targets::initial(&plan.config, &plan.targets, plan.with_user_named);
     let (mut facts, ()) = tokio::join!(path::local_facts(), async {
         if plan.discover {
-            discover_tokens(&mut list, &tls, d).await;
+            discover_tokens(&mut list, &dialers, d).await;
         }
     });
 
@@ -398,13 +416,13 @@ pub async fn run(plan: &Plan, progress: &dyn Progress) -> anyhow::Result<Report>
     let rounds = plan.rounds.max(1);
     progress.add(u64::from(rounds) * list.len() as u64);
     let mut collected: Vec<Collected> = list.iter().map(|_| Collected::default()).collect();
-    run_round(&list, &mut collected, &tls, d, progress, 1).await;
+    run_round(&list, &mut collected, &dialers, d, progress, 1).await;
     // DF probes toward the addresses of the first round run alongside the later rounds.
     let first_addresses = addresses_of(&list, &collected);
     let later_rounds = async {
         for round in 2..=rounds {
             tokio::time::sleep(plan.interval).await;
-            run_round(&list, &mut collected, &tls, d, progress, round).await;
+            run_round(&list, &mut collected, &dialers, d, progress, round).await;
         }
     };
     let ((), measured) = tokio::join!(later_rounds, destinations(first_addresses));

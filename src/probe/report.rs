@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use super::path::PathFacts;
-use super::verdict::Verdict;
 
 /// Bumped when a key changes meaning; `compare` refuses reports of another version.
 pub const REPORT_VERSION: u32 = 1;
@@ -26,6 +25,21 @@ pub struct Report {
     pub verdicts: Vec<Verdict>,
     /// Things the probe could not do, and why.
     pub notes: Vec<String>,
+}
+
+/// One named cause (or `healthy`), with what showed it and what to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// `pmtu_black_hole`, `tls_handshake_timeouts`, `dns_slow_or_failing`, `ipv6_broken`,
+    /// `resets`, `connect_failing`, `stalls`, `http_errors`, `bulk_failures`, `healthy`.
+    pub kind: String,
+    /// The host (or image) it concerns; `*` for the whole path.
+    pub target: String,
+    pub evidence: String,
+    pub fix: String,
+    /// For `pmtu_black_hole`: the MSS to clamp to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommended_mss: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

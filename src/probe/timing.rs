@@ -9,13 +9,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HOST, USER_AGENT, WWW_AUTHENTICATE};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpSocket;
 use url::Url;
 
-use super::failure::{FailureClass, io_source};
+use crate::config::Upstream;
+use crate::failure::{ErrorClass, Failure, How, io_source};
+use crate::upstream::{Connector, PhaseTimes, connect_failure, tls_config};
 
 /// Bytes of a response body read before the request counts as done (targets are API roots).
 const BODY_LIMIT: usize = 256 * 1024;
@@ -34,6 +32,34 @@ pub struct Deadlines {
     pub stall: Duration,
 }
 
+/// The upstream connector as the probe dials: `upstream`'s CA and address rule, the probe's
+/// deadlines and `mss` clamp, HTTP/1.1 only.
+pub fn connector(
+    upstream: &Upstream,
+    mss: Option<u32>,
+    d: &Deadlines,
+) -> std::io::Result<Connector> {
+    let tls = tls_config(upstream.ca_file.as_deref(), true)?;
+    Ok(Connector::new(
+        &probe_upstream(upstream, mss, d),
+        Arc::new(tls),
+    ))
+}
+
+/// The upstream's settings with probe semantics: one attempt, the probe's deadlines and the
+/// given MSS clamp.
+pub fn probe_upstream(upstream: &Upstream, mss: Option<u32>, d: &Deadlines) -> Upstream {
+    let mut u = upstream.clone();
+    u.transport.max_attempts = 1;
+    u.transport.connect_timeout = d.connect;
+    u.transport.tls_timeout = d.tls;
+    u.transport.header_timeout = d.header;
+    u.transport.stall_timeout = d.stall;
+    u.transport.tcp_mss = mss;
+    u.transport.min_speed = 0;
+    u
+}
+
 /// One timed request.
 #[derive(Debug, Clone, Default)]
 pub struct Sample {
@@ -42,7 +68,7 @@ pub struct Sample {
     pub ttfb_ms: Option<f64>,
     pub total_ms: Option<f64>,
     pub status: Option<u16>,
-    pub failure: Option<FailureClass>,
+    pub failure: Option<Failure>,
     pub error: Option<String>,
     /// The `WWW-Authenticate` header, for discovering token endpoints.
     pub challenge: Option<String>,
@@ -80,9 +106,6 @@ pub async fn resolve(host: &str, port: u16) -> (f64, Result<Vec<SocketAddr>, Str
     (ms(start), result)
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
 /// Is this status a working path? Any answer is, except the far end saying it is in trouble.
 /// 401/403 mean the request crossed the path and reached an auth check.
 pub fn status_is_success(status: u16, any_answer_ok: bool) -> bool {
@@ -92,93 +115,47 @@ pub fn status_is_success(status: u16, any_answer_ok: bool) -> bool {
     status < 400 || status == 401 || status == 403
 }
 
-/// GET `url` over a new connection to `addr`. `tls` is used for `https` URLs (HTTP/1.1 ALPN).
+/// GET `url` over a new connection to `addr`, dialled by berth's own upstream connector (its
+/// deadlines, MSS clamp, CA and address rule; HTTP/1.1 so the timings are per connection).
 pub async fn request_once(
     url: &Url,
     addr: SocketAddr,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    connector: &Connector,
     d: Deadlines,
     any_answer_ok: bool,
 ) -> Sample {
     let mut s = Sample::default();
-    let fail = |mut s: Sample, class: FailureClass, error: String| {
-        s.failure = Some(class);
+    let fail = |mut s: Sample, failure: Failure, error: String| {
+        s.failure = Some(failure);
         s.error = Some(error);
         s
     };
     let start = Instant::now();
-    let socket = match if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    } {
-        Ok(sock) => sock,
-        Err(e) => return fail(s, FailureClass::ConnectUnreachable, e.to_string()),
-    };
-    let tcp = match tokio::time::timeout(d.connect, socket.connect(addr)).await {
-        Err(_) => {
-            return fail(
-                s,
-                FailureClass::ConnectTimeout,
-                format!("TCP connect to {addr} took longer than {:?}", d.connect),
-            );
-        }
-        Ok(Err(e)) => {
-            let class = FailureClass::of_io(&e).unwrap_or(FailureClass::ConnectUnreachable);
-            return fail(s, class, format!("TCP connect to {addr}: {e}"));
-        }
-        Ok(Ok(tcp)) => tcp,
-    };
-    let _ = tcp.set_nodelay(true);
-    s.connect_ms = Some(ms(start));
-
     let host = url.host_str().unwrap_or_default().to_string();
-    let stream: Box<dyn Io> = if url.scheme() == "https" {
-        let Some(config) = tls else {
-            return fail(s, FailureClass::TlsError, "no TLS configuration".into());
-        };
-        let name = match ServerName::try_from(host.trim_matches(['[', ']']).to_string()) {
-            Ok(n) => n,
-            Err(e) => return fail(s, FailureClass::TlsError, format!("{host}: {e}")),
-        };
-        let tls_start = Instant::now();
-        let connector = tokio_rustls::TlsConnector::from(config);
-        match tokio::time::timeout(d.tls, connector.connect(name, tcp)).await {
-            Err(_) => {
-                return fail(
-                    s,
-                    FailureClass::TlsHandshakeTimeout,
-                    format!(
-                        "TLS handshake with {addr} took longer than {:?} (TCP connect was fine)",
-                        d.tls
-                    ),
-                );
-            }
-            Ok(Err(e)) => {
-                // A reset during the handshake is a reset; anything rustls refused is TLS.
-                let class = match e.kind() {
-                    std::io::ErrorKind::InvalidData => FailureClass::TlsError,
-                    _ => FailureClass::of_io(&e).unwrap_or(FailureClass::TlsError),
-                };
-                return fail(s, class, format!("TLS handshake with {addr}: {e}"));
-            }
-            Ok(Ok(stream)) => {
-                s.tls_ms = Some(ms(tls_start));
-                Box::new(stream)
-            }
+    let mut phases = PhaseTimes::default();
+    let opened = connector
+        .open(&host, addr, url.scheme() == "https", &mut phases)
+        .await;
+    s.connect_ms = phases.connect.map(|t| t.as_secs_f64() * 1000.0);
+    s.tls_ms = phases.tls.map(|t| t.as_secs_f64() * 1000.0);
+    let stream = match opened {
+        Ok(stream) => stream,
+        Err(e) => {
+            // The connector tags its failures with the phase; what it does not tag is its
+            // address rule refusing the address.
+            let failure = connect_failure(&e).unwrap_or_else(|| match e.kind() {
+                std::io::ErrorKind::PermissionDenied => Failure::plain(ErrorClass::Refused),
+                _ => Failure::of_io(ErrorClass::Connect, &e),
+            });
+            return fail(s, failure, format!("{addr}: {e}"));
         }
-    } else {
-        Box::new(tcp)
     };
 
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
-        TokioIo::new(stream),
-    )
-    .await
-    {
-        Ok(pair) => pair,
-        Err(e) => return fail(s, FailureClass::Reset, e.to_string()),
-    };
+    let (mut sender, conn) =
+        match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(stream).await {
+            Ok(pair) => pair,
+            Err(e) => return fail(s, Failure::plain(ErrorClass::Reset), e.to_string()),
+        };
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -200,21 +177,21 @@ pub async fn request_once(
         .body(Empty::new())
     {
         Ok(r) => r,
-        Err(e) => return fail(s, FailureClass::TlsError, e.to_string()),
+        Err(e) => return fail(s, Failure::plain(ErrorClass::Protocol), e.to_string()),
     };
     let response = match tokio::time::timeout(d.header, sender.send_request(request)).await {
         Err(_) => {
             return fail(
                 s,
-                FailureClass::HeaderTimeout,
+                Failure::new(ErrorClass::HeaderTimeout, How::TimedOut),
                 format!("no response headers within {:?}", d.header),
             );
         }
         Ok(Err(e)) => {
-            let class = io_source(&e)
-                .and_then(FailureClass::of_io)
-                .unwrap_or(FailureClass::Reset);
-            return fail(s, class, format!("request failed: {e}"));
+            let failure = io_source(&e).map_or(Failure::plain(ErrorClass::Reset), |io| {
+                Failure::of_io(ErrorClass::Reset, io)
+            });
+            return fail(s, failure, format!("request failed: {e}"));
         }
         Ok(Ok(r)) => r,
     };
@@ -234,7 +211,7 @@ pub async fn request_once(
         if body_start.elapsed() > BODY_DEADLINE {
             return fail(
                 s,
-                FailureClass::Stall,
+                Failure::plain(ErrorClass::Stall),
                 format!("response body not done after {BODY_DEADLINE:?}"),
             );
         }
@@ -242,16 +219,16 @@ pub async fn request_once(
             Err(_) => {
                 return fail(
                     s,
-                    FailureClass::Stall,
+                    Failure::plain(ErrorClass::Stall),
                     format!("response body stopped for {:?}", d.stall),
                 );
             }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
-                let class = io_source(&e)
-                    .and_then(FailureClass::of_io)
-                    .unwrap_or(FailureClass::Reset);
-                return fail(s, class, format!("response body: {e}"));
+                let failure = io_source(&e).map_or(Failure::plain(ErrorClass::Reset), |io| {
+                    Failure::of_io(ErrorClass::Reset, io)
+                });
+                return fail(s, failure, format!("response body: {e}"));
             }
             Ok(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -262,7 +239,7 @@ pub async fn request_once(
     }
     s.total_ms = Some(ms(start));
     if !status_is_success(status, any_answer_ok) {
-        s.failure = Some(FailureClass::Http(status));
+        s.failure = Some(Failure::status(status));
         s.error = Some(format!("HTTP {status}"));
     }
     s
@@ -320,9 +297,14 @@ mod tests {
             header: Duration::from_secs(2),
             stall: Duration::from_secs(2),
         };
-        let s = request_once(&url, addr, None, d, false).await;
+        let connector = connector(&Upstream::at(url.clone()), None, &d).unwrap();
+        let s = request_once(&url, addr, &connector, d, false).await;
         server.join().unwrap();
-        assert_eq!(s.failure, Some(FailureClass::Reset), "{s:?}");
+        assert_eq!(
+            s.failure.map(Failure::name).as_deref(),
+            Some("reset"),
+            "{s:?}"
+        );
         assert!(s.connect_ms.is_some());
     }
 }

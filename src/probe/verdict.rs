@@ -2,24 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
-use super::report::{BulkRun, Report, mss_label};
-
-/// One named cause (or `healthy`), with what showed it and what to do.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Verdict {
-    /// `pmtu_black_hole`, `tls_handshake_timeouts`, `dns_slow_or_failing`, `ipv6_broken`,
-    /// `resets`, `connect_failing`, `stalls`, `http_errors`, `bulk_failures`, `healthy`.
-    pub kind: String,
-    /// The host (or image) it concerns; `*` for the whole path.
-    pub target: String,
-    pub evidence: String,
-    pub fix: String,
-    /// For `pmtu_black_hole`: the MSS to clamp to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recommended_mss: Option<u32>,
-}
+use super::report::{BulkRun, Report, Verdict, mss_label};
 
 /// What the rules look at, one entry per target host.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -108,7 +108,7 @@ mod tests {
                 reference: "v2.3.0".into(),
                 kind: "manifest",
                 status,
-                error_class: (status == 502).then_some(crate::upstream::ErrorClass::Stall),
+                error_class: (status == 502).then_some(crate::failure::ErrorClass::Stall),
                 error: None,
                 bytes: 1234,
                 duration: Duration::from_millis(12),

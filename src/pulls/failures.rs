@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::Pull;
-use crate::upstream::ErrorClass;
+use crate::failure::ErrorClass;
 
 const MAX_GROUPS: usize = 1_000;
 const MAX_MEMBERS: usize = 64;

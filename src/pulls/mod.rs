@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 pub use access_log::AccessLog;
 pub use failures::{Failures, ImageFailures, NodeFailures, unix_seconds};
 
+use crate::failure::ErrorClass;
 use crate::trace::CacheResult;
-use crate::upstream::ErrorClass;
 use failures::FailureTable;
 
 /// Requests kept for `--since` queries and latency percentiles.

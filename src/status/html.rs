@@ -172,7 +172,7 @@ pub fn render_html(report: &StatusReport) -> String {
     out
 }
 
-fn class_badge(class: Option<crate::upstream::ErrorClass>) -> String {
+fn class_badge(class: Option<crate::failure::ErrorClass>) -> String {
     match class {
         Some(c) => format!(
             "<span class=\"class\" title=\"{}\">{}</span>",

@@ -40,7 +40,7 @@ pub struct UpstreamStatus {
     pub failures: u64,
     pub last_success: Option<u64>,
     pub last_error_at: Option<u64>,
-    pub last_error_class: Option<crate::upstream::ErrorClass>,
+    pub last_error_class: Option<crate::failure::ErrorClass>,
     pub last_error: Option<String>,
     /// Median client latency of recent successful requests, milliseconds.
     pub p50_ms: Option<u64>,

@@ -29,8 +29,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::class::{ErrorClass, PhaseError};
+use super::class::PhaseError;
 use crate::config::{IpPreference, Transport, Upstream, host_key};
+use crate::failure::ErrorClass;
 use crate::metrics::{Histograms, Metrics, UpstreamNameLabels};
 
 /// How long sent data may stay unacknowledged before the kernel gives up on the socket.
@@ -189,6 +190,13 @@ impl tower::Service<Uri> for Connector {
     }
 }
 
+/// How long each phase of one connection took, for `berth probe`'s timings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PhaseTimes {
+    pub connect: Option<Duration>,
+    pub tls: Option<Duration>,
+}
+
 impl Connector {
     async fn connect(&self, uri: Uri) -> io::Result<Conn> {
         let https = match uri.scheme_str() {
@@ -213,34 +221,65 @@ impl Connector {
         let started = Instant::now();
         let tcp = tokio::time::timeout(self.transport.connect_timeout, self.dial(&host, port))
             .await
-            .map_err(|_| {
-                PhaseError::wrap(
-                    ErrorClass::Connect,
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("TCP connect to {host}:{port} timed out"),
-                    ),
-                )
-            })??;
+            .map_err(|_| connect_timed_out(&host, port))??;
         self.observe(|m| &m.upstream_connect_seconds, started);
         if !https {
             return Ok(Conn::plain(tcp));
         }
-        let name = ServerName::try_from(host.clone())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
-        let tls = tokio_rustls::TlsConnector::from(self.tls.clone());
         let started = Instant::now();
+        let conn = self.handshake(&host, port, tcp).await?;
+        self.observe(|m| &m.upstream_tls_handshake_seconds, started);
+        Ok(conn)
+    }
+
+    /// One connection to `addr`, which the caller resolved `host` to (no DNS here), with TLS
+    /// for `https`, each phase timed into `times`: what `berth probe` measures. The address
+    /// rule, the MSS clamp and the deadlines are the upstream client's own.
+    pub async fn open(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+        https: bool,
+        times: &mut PhaseTimes,
+    ) -> io::Result<Conn> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addr = *self
+            .addresses
+            .filter(host, vec![addr])?
+            .first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+        let started = Instant::now();
+        let tcp = tokio::time::timeout(self.transport.connect_timeout, self.dial_addr(addr))
+            .await
+            .map_err(|_| connect_timed_out(host, addr.port()))?
+            .map_err(|e| PhaseError::wrap(ErrorClass::Connect, e))?;
+        times.connect = Some(started.elapsed());
+        if !https {
+            return Ok(Conn::plain(tcp));
+        }
+        let started = Instant::now();
+        let conn = self.handshake(host, addr.port(), tcp).await?;
+        times.tls = Some(started.elapsed());
+        Ok(conn)
+    }
+
+    /// The TLS handshake on a connected socket, within `tls_timeout`.
+    async fn handshake(&self, host: &str, port: u16, tcp: TcpStream) -> io::Result<Conn> {
+        let name = ServerName::try_from(host.to_string()).map_err(|e| {
+            let e = io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}"));
+            PhaseError::wrap(ErrorClass::TlsHandshake, e)
+        })?;
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone());
         let stream = tokio::time::timeout(self.transport.tls_timeout, tls.connect(name, tcp))
             .await
             .map_err(|_| {
                 io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("TLS handshake with {host}:{port} timed out"),
+                    format!("TLS handshake with {host}:{port} timed out (TCP connect was fine)"),
                 )
             })
             .and_then(|r| r)
             .map_err(|e| PhaseError::wrap(ErrorClass::TlsHandshake, e))?;
-        self.observe(|m| &m.upstream_tls_handshake_seconds, started);
         Ok(Conn::tls(stream))
     }
 
@@ -292,6 +331,16 @@ impl Connector {
         stream.set_nodelay(true)?;
         Ok(stream)
     }
+}
+
+fn connect_timed_out(host: &str, port: u16) -> io::Error {
+    PhaseError::wrap(
+        ErrorClass::Connect,
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("TCP connect to {host}:{port} timed out"),
+        ),
+    )
 }
 
 /// A connected upstream socket, plain or TLS.

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use super::class::{ErrorClass, PhaseError};
+use super::class::PhaseError;
+use crate::failure::Failure;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
@@ -19,9 +20,10 @@ pub enum UpstreamError {
     },
     #[error("upstream connection failed: {0}")]
     Transport(String),
-    /// No connection: name lookup, TCP connect or TLS handshake failed (`class` says which).
+    /// No connection: name lookup, TCP connect or TLS handshake failed (`failure` says which
+    /// and how).
     #[error("upstream connection failed: {cause}")]
-    Connect { class: ErrorClass, cause: String },
+    Connect { failure: Failure, cause: String },
     #[error("upstream timed out: {0}")]
     Timeout(String),
     #[error("upstream transfer stalled: no bytes for {0:?}")]
@@ -88,7 +90,7 @@ impl UpstreamError {
                 // The connector tags its failures with the phase (dns, connect, TLS).
                 if let Some(phase) = io.get_ref().and_then(|i| i.downcast_ref::<PhaseError>()) {
                     return UpstreamError::Connect {
-                        class: phase.class,
+                        failure: phase.failure,
                         cause: phase.to_string(),
                     };
                 }

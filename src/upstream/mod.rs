@@ -44,8 +44,8 @@ pub use blob::BlobStream;
 pub use body::BodyReader;
 pub use calls::{FetchedManifest, Listing, ListingKind};
 pub use challenge::{Challenge, parse_challenges};
-pub use class::ErrorClass;
-pub use connector::tls_config;
+pub use class::connect_failure;
+pub use connector::{Conn, Connector, PhaseTimes, tls_config};
 pub use error::UpstreamError;
 pub use health::BreakerState;
 
@@ -53,7 +53,6 @@ use crate::config::Upstream;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Endpoint, Repository};
 use auth::{Auth, Step, authority, redacted};
-use connector::Connector;
 use health::Health;
 
 const MAX_HOPS: usize = 12;

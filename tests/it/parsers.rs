@@ -2,7 +2,7 @@
 //! headers (clients), `WWW-Authenticate` challenges (upstreams). Arbitrary input never panics;
 //! what a well-behaved peer sends parses back to what it meant.
 
-use berth::mirror::ByteRange;
+use berth::oci::ByteRange;
 use berth::oci::{Endpoint, OciPath, Reference};
 use berth::upstream::{Challenge, parse_challenges};
 use proptest::prelude::*;

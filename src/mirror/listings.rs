@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use crate::coalesce::{FillFailure, FillWriter, Fills, Joined};
-use crate::oci::Digest;
 use crate::store::ByteStream;
 use crate::trace::{self, CacheResult};
 use crate::upstream::{ListingKind, UpstreamError};
 
+use super::core::Core;
 use super::error::Reference as What;
-use super::{Mirror, MirrorError, Target};
+use super::{MirrorError, Target};
 
 /// Larger listings are cut off with a broken response rather than passed on whole.
 const MAX_LISTING: u64 = 8 * 1024 * 1024;
@@ -22,28 +22,31 @@ pub struct ListingBody {
     pub body: ByteStream,
 }
 
-impl Mirror {
-    pub async fn tag_list(
-        self: &Arc<Self>,
-        target: &Target,
-        query: Option<&str>,
-    ) -> Result<ListingBody, MirrorError> {
-        self.passthrough(target, ListingKind::Tags, query).await
-    }
+/// (upstream, repository, endpoint, query): what makes two listing requests the same.
+type ListingKey = (String, String, String, Option<String>);
 
-    pub async fn referrers(
-        self: &Arc<Self>,
-        target: &Target,
-        digest: &Digest,
-        query: Option<&str>,
-    ) -> Result<ListingBody, MirrorError> {
-        self.passthrough(target, ListingKind::Referrers(digest.clone()), query)
-            .await
+/// The listing flow's state: listings in flight, and each one's upstream content type.
+pub(super) struct Listings {
+    core: Arc<Core>,
+    fills: Fills<ListingKey, MirrorError>,
+    content_types: moka::sync::Cache<ListingKey, Option<String>>,
+}
+
+impl Listings {
+    pub(super) fn new(core: Arc<Core>) -> std::io::Result<Listings> {
+        Ok(Listings {
+            fills: Fills::new(&core.config.data_dir.join("spool"))?,
+            content_types: moka::sync::Cache::builder()
+                .max_capacity(1_000)
+                .time_to_live(std::time::Duration::from_secs(60))
+                .build(),
+            core,
+        })
     }
 
     /// Identical concurrent listings share one upstream request: the first request leads a
     /// fill (spooled like a blob, never held whole) that every other one reads as it grows.
-    async fn passthrough(
+    pub(super) async fn get(
         self: &Arc<Self>,
         target: &Target,
         kind: ListingKind,
@@ -60,7 +63,6 @@ impl Mirror {
             query.map(str::to_string),
         );
         let joined = self
-            .listings
             .fills
             .join(key.clone())
             .map_err(|e| MirrorError::Store(format!("cannot create spool file: {e}")))?;
@@ -75,7 +77,7 @@ impl Mirror {
                     (self.clone(), target.clone(), query.map(str::to_string));
                 let key = key.clone();
                 // Its own task: the listing finishes for the others if this client leaves.
-                self.blobs.tasks.spawn(trace::carry(async move {
+                self.core.tasks.spawn(trace::carry(async move {
                     this.fill_listing(&target, kind, query, key, writer).await
                 }));
                 fill
@@ -85,7 +87,7 @@ impl Mirror {
             FillFailure::Failed(e) => e,
             FillFailure::Abandoned => MirrorError::Store("the listing was abandoned".into()),
         })?;
-        let content_type = self.listings.content_types.get(&key).flatten();
+        let content_type = self.content_types.get(&key).flatten();
         Ok(ListingBody {
             content_type,
             body: fill.reader(0, None).into_stream(),
@@ -116,9 +118,7 @@ impl Mirror {
                 return;
             }
         };
-        self.listings
-            .content_types
-            .insert(key, listing.content_type.clone());
+        self.content_types.insert(key, listing.content_type.clone());
         writer.start(None);
         loop {
             let failure = match listing.body.next().await {
@@ -146,6 +146,8 @@ impl Mirror {
             ));
             return;
         }
+        // The upstream's answer is complete: a request from now on asks the upstream itself.
+        writer.close_to_joiners();
         // Nothing to verify or keep: the readers got every byte; the spool goes.
         if let Ok(verified) = writer.verified().await {
             let _ = verified
@@ -155,26 +157,5 @@ impl Mirror {
                 })
                 .await;
         }
-    }
-}
-
-/// (upstream, repository, endpoint, query): what makes two listing requests the same.
-pub(super) type ListingKey = (String, String, String, Option<String>);
-
-/// What the listing flow owns: listings in flight, and each one's upstream content type.
-pub(super) struct ListingFlow {
-    pub(super) fills: Fills<ListingKey, MirrorError>,
-    pub(super) content_types: moka::sync::Cache<ListingKey, Option<String>>,
-}
-
-impl ListingFlow {
-    pub(super) fn new(spool_dir: &std::path::Path) -> std::io::Result<ListingFlow> {
-        Ok(ListingFlow {
-            fills: Fills::new(spool_dir)?,
-            content_types: moka::sync::Cache::builder()
-                .max_capacity(1_000)
-                .time_to_live(std::time::Duration::from_secs(60))
-                .build(),
-        })
     }
 }
