@@ -1,0 +1,50 @@
+//! The breaker gauge `berth_upstream_state`: up, down after the threshold, probing while the
+//! probe is out, up again once it answered.
+
+use super::*;
+
+#[tokio::test]
+async fn the_breaker_gauge_goes_open_probing_closed() {
+    let fake = FakeUpstream::start(Options::plain()).await;
+    fake.push(
+        "library/app",
+        "1",
+        &images::image(&ImageSpec::new(9, Format::Oci)),
+    );
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config("max_attempts = 1\nbreaker_threshold = 2\nbreaker_cooldown = \"1s\"")
+        .start()
+        .await;
+    let state = || berth.metric("berth_upstream_state", &[("upstream", "docker.io")]);
+    assert_eq!(state().await, 0.0, "up");
+    let url = berth.url("/v2/library/app/manifests/1");
+    fake.inject(Fault::status(503, None).times(2));
+    for _ in 0..2 {
+        assert_eq!(pull(&node(NODE_A), &url).await, 502);
+    }
+    assert_eq!(state().await, 2.0, "down after two failures");
+
+    // After the cooldown the next request is the probe; hold its answer to see `probing`.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fake.inject(Fault::delay_headers(Duration::from_millis(1500)));
+    let probe = tokio::spawn({
+        let url = url.clone();
+        async move { pull(&node(NODE_A), &url).await }
+    });
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        let s = state().await;
+        seen.push(s);
+        if s == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        seen.contains(&1.0),
+        "probing while the probe is out: {seen:?}"
+    );
+    assert_eq!(probe.await.unwrap(), 200);
+    assert_eq!(state().await, 0.0, "closed after the probe answered");
+}
