@@ -147,7 +147,7 @@ impl Node {
 #[test]
 #[ignore = "needs root, ansible: run by scripts/test"]
 fn k3s_and_rke2_nodes_get_what_berth_k3s_registries_prints_and_restart_only_on_change() {
-    if !require_tools(&["ansible-playbook"]) || !require_root() {
+    if !require_tools(&["ansible-playbook"]) || !require_root("the role chowns files to root") {
         return;
     }
 
@@ -353,7 +353,7 @@ fn containerd_node_gets_berths_tree_and_pulls_through_it() {
         "skopeo",
         "containerd",
         "ctr",
-    ]) && require_root())
+    ]) && require_root("containerd mounts snapshots"))
     {
         return;
     }

@@ -139,7 +139,9 @@ fn tail(s: &str, lines: usize) -> String {
 #[test]
 #[ignore = "needs root, containerd, docker-registry, skopeo: run by scripts/test"]
 fn containerd_pulls_four_registries_through_a_generated_tree_and_falls_back_without_berth() {
-    if !(require_tools(&["docker-registry", "skopeo", "containerd", "ctr"]) && require_root()) {
+    if !(require_tools(&["docker-registry", "skopeo", "containerd", "ctr"])
+        && require_root("containerd mounts snapshots"))
+    {
         return;
     }
     let origins = origins();

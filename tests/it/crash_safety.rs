@@ -207,7 +207,7 @@ impl Drop for Tmpfs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root (tmpfs mount): run by scripts/test"]
 async fn a_full_disk_fails_the_fill_cleanly_and_berth_recovers_when_space_returns() {
-    if !crate::support::prereq::require_root() {
+    if !crate::support::prereq::require_root("mounting a tmpfs") {
         return;
     }
     let fs = Tmpfs::mount("24m");

@@ -69,7 +69,7 @@ fn have_tools(containerd: bool) -> bool {
     if containerd {
         tools.extend(["containerd", "ctr"]);
     }
-    require_tools(&tools) && (!containerd || require_root())
+    require_tools(&tools) && (!containerd || require_root("containerd mounts snapshots"))
 }
 
 /// Asserts every object of `content` sits in the layout at `dir` with the right hash.

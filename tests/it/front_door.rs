@@ -142,7 +142,9 @@ fn pull(containerd: &Containerd, hosts: &Path, index: &ImageIndex) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, containerd, docker-registry, skopeo: run by scripts/test"]
 async fn containerd_pulls_over_https_then_with_a_client_certificate_from_generated_trees() {
-    if !(require_tools(&["docker-registry", "skopeo", "containerd", "ctr"]) && require_root()) {
+    if !(require_tools(&["docker-registry", "skopeo", "containerd", "ctr"])
+        && require_root("containerd mounts snapshots"))
+    {
         return;
     }
     let ca = TestCa::new();

@@ -155,7 +155,8 @@ fn berth_config(mss: Option<u32>) -> String {
 #[test]
 #[ignore = "needs root, network namespaces, iptables: run by scripts/test"]
 fn large_blob_through_pmtu_black_hole_needs_the_mss_clamp() {
-    if !require_root() || !require_tools(&["ip", "iptables", "curl", "python3"]) {
+    if !require_root("network namespaces") || !require_tools(&["ip", "iptables", "curl", "python3"])
+    {
         return;
     }
     let t0 = Instant::now();

@@ -69,7 +69,9 @@ fn logged_request_uris(berth: &BerthProcess) -> Vec<String> {
 #[test]
 #[ignore = "needs root, podman, docker-registry, skopeo: run by scripts/test"]
 fn podman_pulls_through_a_registries_conf_mirror_and_repulls_from_the_cache() {
-    if !(require_tools(&["podman", "docker-registry", "skopeo"]) && require_root()) {
+    if !(require_tools(&["podman", "docker-registry", "skopeo"])
+        && require_root("podman runs rootful here"))
+    {
         return;
     }
     let registry = DockerRegistry::start(None);

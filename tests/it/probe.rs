@@ -192,7 +192,7 @@ fn lab_run(id: &str, narrow_mtu: u32, dir: &Path) -> (Option<i32>, Value, String
 #[test]
 #[ignore = "needs root, network namespaces, iptables: run by scripts/test"]
 fn black_hole_lab_names_the_cause_and_compare_names_the_bulk_difference() {
-    if !require_root() || !require_tools(&["ip", "iptables"]) {
+    if !require_root("network namespaces") || !require_tools(&["ip", "iptables"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -278,7 +278,7 @@ fn black_hole_lab_names_the_cause_and_compare_names_the_bulk_difference() {
 #[test]
 #[ignore = "needs root and network namespaces: run by scripts/test"]
 fn an_unresolvable_name_is_a_dns_failure() {
-    if !require_root() || !require_tools(&["ip"]) {
+    if !require_root("network namespaces") || !require_tools(&["ip"]) {
         return;
     }
     // The namespace's resolver is its own 127.0.0.1, where nothing listens.

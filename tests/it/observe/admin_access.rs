@@ -51,7 +51,7 @@ async fn the_status_page_is_for_loopback_clients_without_an_admin_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and ip: run by scripts/test"]
 async fn a_non_loopback_client_gets_403_for_the_status_page_but_the_registry_api() {
-    if !(crate::support::prereq::require_root()
+    if !(crate::support::prereq::require_root("network namespaces")
         && crate::support::prereq::require_tools(&["ip", "curl"]))
     {
         return;
