@@ -4,20 +4,19 @@ use super::*;
 
 /// The access log's lines once `count` have been written (bounded wait).
 async fn access_log_lines(path: &std::path::Path, count: usize) -> Vec<Value> {
-    for _ in 0..200 {
+    let what = format!("{count} access log lines");
+    let text = eventually(&what, Duration::from_secs(5), || async {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         if text.lines().count() >= count {
-            return text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
+            Ok(text)
+        } else {
+            Err(format!("only these:\n{text}"))
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!(
-        "fewer than {count} access log lines:\n{}",
-        std::fs::read_to_string(path).unwrap_or_default()
-    );
+    })
+    .await;
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -65,10 +64,29 @@ async fn the_access_log_says_where_each_answer_came_from_and_what_it_cost_upstre
         let (a, url) = (a.clone(), blob(&shared.digest));
         async move { pull(&a, &url).await }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // B asks once the leader's fill is under way (1 MiB in, paused): it joins that fill.
+    eventually(
+        "the leader's fill paused at 1 MiB",
+        Duration::from_secs(10),
+        || async {
+            let status = status_json(&berth, "").await;
+            let fills = status["fills"].as_array().cloned().unwrap_or_default();
+            fills
+                .iter()
+                .any(|f| {
+                    f["digest"] == shared.digest.as_str()
+                        && f["bytes"].as_u64() >= Some(1024 * 1024)
+                })
+                .then_some(())
+                .ok_or(format!("fills: {fills:?}"))
+        },
+    )
+    .await;
     assert_eq!(pull(&b, &blob(&shared.digest)).await, 200);
     assert_eq!(leader.await.unwrap(), 200);
     // 6: the tag is past its ttl and both revalidation attempts fail: the last answer, stale.
+    // Tag ages are wall-clock (SystemTime) in berth, which a test cannot advance: the TTL
+    // passing is the subject, and a sleep is a lower bound that load only lengthens.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     fake.inject(
         Fault::status(503, None)

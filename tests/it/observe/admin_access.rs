@@ -2,6 +2,7 @@
 //! is set, `admin_listen` only when configured; a client in another network namespace gets 403.
 
 use super::*;
+use crate::support::inprocess::{get_json, status_of};
 
 #[tokio::test]
 async fn the_status_page_is_for_loopback_clients_without_an_admin_token() {
@@ -9,16 +10,10 @@ async fn the_status_page_is_for_loopback_clients_without_an_admin_token() {
     let berth = Berth::builder().upstream(&fake).start().await;
     // 127.0.0.2 is loopback too; a non-loopback client needs a non-loopback listener, so
     // the rule is checked the other way: with a token configured, loopback is not enough.
-    let ok = node(NODE_A)
-        .get(berth.url("/_berth/status"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
+    assert_eq!(pull(&node(NODE_A), &berth.url("/_berth/status")).await, 200);
 
     let (guarded, _token_dir) = token_guarded(&fake).await;
-    let denied = reqwest::get(guarded.url("/_berth/status")).await.unwrap();
-    assert_eq!(denied.status(), 401);
+    assert_eq!(guarded.status_of("/_berth/status").await, 401);
     let allowed = reqwest::Client::new()
         .get(guarded.url("/_berth/status"))
         .bearer_auth("s3cret-admin-token")
@@ -37,12 +32,13 @@ async fn the_status_page_is_for_loopback_clients_without_an_admin_token() {
         .upstream(&fake)
         .start()
         .await;
-    let public = reqwest::get(split.url("/_berth/status")).await.unwrap();
-    assert_eq!(public.status(), 404, "not on the public listener");
-    let admin = reqwest::get(format!("http://127.0.0.1:{admin_port}/_berth/status"))
-        .await
-        .unwrap();
-    assert_eq!(admin.status(), 200);
+    assert_eq!(
+        split.status_of("/_berth/status").await,
+        404,
+        "not on the public listener"
+    );
+    let admin = status_of(&format!("http://127.0.0.1:{admin_port}/_berth/status")).await;
+    assert_eq!(admin, 200);
 }
 
 /// With no admin configuration, `/_berth/status` is for loopback clients only: from a network
@@ -131,19 +127,16 @@ async fn a_non_loopback_client_gets_403_for_the_status_page_but_the_registry_api
 
     // The same berth, from loopback: the page, which saw the namespace client as a node.
     let local = format!("http://127.0.0.1:{port}");
-    let response = reqwest::Client::new()
-        .get(format!("{local}/_berth/status"))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let status: Value = response.json().await.unwrap();
+    let (code, status) = get_json(&format!("{local}/_berth/status")).await;
+    assert_eq!(code, 200, "{status:#}");
     assert_eq!(
         strings(&node_entry(&status, &spoke.ns_ip)["images"]),
         ["docker.io/library/missing"]
     );
-    let pins = reqwest::get(format!("{local}/_berth/pins")).await.unwrap();
-    assert_eq!(pins.status(), 404, "pins need the token, loopback or not");
+    assert_eq!(
+        status_of(&format!("{local}/_berth/pins")).await,
+        404,
+        "pins need the token, loopback or not"
+    );
     drop(spoke);
 }

@@ -2,6 +2,7 @@
 //! probe is out, up again once it answered.
 
 use super::*;
+use crate::support::util::advance_clock;
 
 #[tokio::test]
 async fn the_breaker_gauge_goes_open_probing_closed() {
@@ -25,26 +26,27 @@ async fn the_breaker_gauge_goes_open_probing_closed() {
     }
     assert_eq!(state().await, 2.0, "down after two failures");
 
-    // After the cooldown the next request is the probe; hold its answer to see `probing`.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // After the cooldown (berth's breaker times it with tokio's clock: advanced, not slept)
+    // the next request is the probe; hold its answer to see `probing`.
+    advance_clock(Duration::from_millis(1100)).await;
     fake.inject(Fault::delay_headers(Duration::from_millis(1500)));
     let probe = tokio::spawn({
         let url = url.clone();
         async move { pull(&node(NODE_A), &url).await }
     });
-    let mut seen = Vec::new();
-    for _ in 0..40 {
-        let s = state().await;
-        seen.push(s);
-        if s == 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(
-        seen.contains(&1.0),
-        "probing while the probe is out: {seen:?}"
-    );
+    eventually(
+        "berth_upstream_state 1 (probing) while the probe is out",
+        Duration::from_secs(5),
+        || async {
+            let s = state().await;
+            if s == 1.0 {
+                Ok(())
+            } else {
+                Err(format!("berth_upstream_state {s}"))
+            }
+        },
+    )
+    .await;
     assert_eq!(probe.await.unwrap(), 200);
     assert_eq!(state().await, 0.0, "closed after the probe answered");
 }

@@ -24,6 +24,7 @@ use crate::support::fake_upstream::{AfterStall, FakeUpstream, Fault, Kind, Optio
 use crate::support::images::{self, Format, ImageSpec};
 use crate::support::inprocess::Berth;
 use crate::support::real::TestCa;
+use crate::support::util::eventually;
 
 const NODE_A: &str = "127.0.0.2";
 const NODE_B: &str = "127.0.0.3";
@@ -64,14 +65,9 @@ async fn token_guarded(fake: &FakeUpstream) -> (Berth, tempfile::TempDir) {
 }
 
 async fn status_json(berth: &Berth, query: &str) -> Value {
-    let response = reqwest::Client::new()
-        .get(berth.url(&format!("/_berth/status{query}")))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
+    let (status, report) = berth.get_json(&format!("/_berth/status{query}")).await;
+    assert_eq!(status, 200, "{report:#}");
+    report
 }
 
 fn image_entry<'a>(status: &'a Value, image: &str) -> &'a Value {

@@ -1,6 +1,7 @@
 //! The shipped alert rules and dashboard against a real Prometheus, and `promtool`.
 
 use super::*;
+use crate::support::util::poll;
 
 /// A Prometheus child process, killed (by its own handle) when dropped.
 struct Prometheus {
@@ -177,22 +178,20 @@ async fn a_real_prometheus_evaluates_every_shipped_expression() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/berth-alerts.yml");
     let prometheus = Prometheus::start(berth.addr, &rules);
     // Enough scrapes for rate() over 1m: at least 5 samples.
-    let mut scraped = false;
-    for _ in 0..60 {
-        if let Ok(result) = prometheus
+    let scraped = poll(Duration::from_secs(60), || async {
+        match prometheus
             .query("count_over_time(up{job=\"berth\"}[1m]) >= 5")
             .await
         {
-            if !result.is_empty() {
-                scraped = true;
-                break;
-            }
+            Ok(result) if !result.is_empty() => Ok(()),
+            Ok(_) => Err("fewer than 5 scrapes".to_string()),
+            Err(e) => Err(e),
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
     assert!(
-        scraped,
-        "prometheus did not scrape berth 5 times in 30 s:\n{}",
+        scraped.is_ok(),
+        "prometheus did not scrape berth 5 times in 60 s ({scraped:?}):\n{}",
         prometheus.log()
     );
     let up = prometheus.query("up{job=\"berth\"}").await.unwrap();

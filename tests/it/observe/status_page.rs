@@ -10,7 +10,7 @@ async fn since_limits_failures_to_the_recent_past_and_html_names_them() {
     assert_eq!(recent["since_seconds"], 600);
     assert_eq!(recent["failures"]["by_image"].as_array().unwrap().len(), 5);
 
-    let response = reqwest::get(berth.url("/_berth/status")).await.unwrap();
+    let response = berth.get("/_berth/status").await;
     assert_eq!(response.status(), 200);
     assert!(
         response.headers()["content-type"]
@@ -24,10 +24,7 @@ async fn since_limits_failures_to_the_recent_past_and_html_names_them() {
     assert!(html.contains("data-image=\"docker.io/library/stall\""));
     assert!(html.contains("data-node=\"127.0.0.3\""));
 
-    let bad = reqwest::get(berth.url("/_berth/status?since=forever"))
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 400);
+    assert_eq!(berth.status_of("/_berth/status?since=forever").await, 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,17 +45,20 @@ async fn a_running_fill_shows_its_progress_and_waiters() {
             tokio::spawn(async move { pull(&node(address), &url).await })
         })
         .collect();
-    let mut fill = Value::Null;
-    for _ in 0..100 {
-        let status = status_json(&berth, "").await;
-        if let Some(f) = status["fills"].as_array().and_then(|f| f.first()) {
-            if f["bytes"].as_u64().unwrap_or(0) >= 1024 * 1024 && f["waiters"] == 2 {
-                fill = f.clone();
-                break;
+    let fill = eventually(
+        "a fill with 1 MiB and two waiters in /_berth/status",
+        Duration::from_secs(10),
+        || async {
+            let status = status_json(&berth, "").await;
+            match status["fills"].as_array().and_then(|f| f.first()) {
+                Some(f) if f["bytes"].as_u64().unwrap_or(0) >= 1024 * 1024 && f["waiters"] == 2 => {
+                    Ok(f.clone())
+                }
+                _ => Err(format!("fills: {}", status["fills"])),
             }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        },
+    )
+    .await;
     assert_eq!(
         fill["digest"],
         blob.digest.as_str(),
@@ -76,18 +76,18 @@ async fn a_running_fill_shows_its_progress_and_waiters() {
     }
     // Clients finish at verification; the fill ends after its commit.
     berth.wait_committed(&blob.digest).await;
-    let mut fills = usize::MAX;
-    for _ in 0..100 {
-        fills = status_json(&berth, "").await["fills"]
-            .as_array()
-            .unwrap()
-            .len();
-        if fills == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(fills, 0, "a finished fill leaves the list");
+    eventually(
+        "a finished fill to leave the list",
+        Duration::from_secs(10),
+        || async {
+            let status = status_json(&berth, "").await;
+            match status["fills"].as_array().map(Vec::len) {
+                Some(0) => Ok(()),
+                _ => Err(format!("fills: {}", status["fills"])),
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,12 +194,7 @@ async fn registries_let_in_by_upstream_patterns_are_listed_under_upstreams() {
     }
 
     // The page and `berth status` show them with no change of their own.
-    let html = reqwest::get(berth.url("/_berth/status"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, html) = berth.get_text("/_berth/status").await;
     for name in [&good_host, &bad_host] {
         assert!(
             html.contains(&format!("data-upstream=\"{name}\"")),
