@@ -41,6 +41,27 @@ fn bytes_under(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits until the filesystem clock, which stamps a commit's mtime (a blob's last use), has
+/// moved past this moment: whatever is used or committed next is more recent than anything
+/// before. (That clock is coarse: two commits a few ms apart may get the same mtime.)
+async fn clock_tick() {
+    let now = std::time::SystemTime::now();
+    let scratch = tempfile::NamedTempFile::new().unwrap();
+    eventually(
+        "the filesystem clock to move past the last use",
+        Duration::from_secs(10),
+        || async {
+            std::fs::write(scratch.path(), b"tick").unwrap();
+            std::fs::metadata(scratch.path())
+                .unwrap()
+                .modified()
+                .unwrap()
+                > now
+        },
+    )
+    .await;
+}
+
 fn cached(berth: &Berth, blob: &Blob) -> bool {
     berth.blob_file(&blob.digest).exists()
 }
@@ -88,10 +109,8 @@ async fn pulling_more_than_fits_evicts_lru_keeps_pins_and_refetches() {
         bytes_under(&berth.data.path().join("blobs")) <= MAX_SIZE,
         "3 MiB fits"
     );
-    // A is used again: B is now the least recently used unpinned blob. Recency is a wall-clock
-    // access time: the clock moving on between the two uses is the subject, and a sleep is a
-    // lower bound that load only lengthens.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // A is used again: B is now the least recently used unpinned blob.
+    clock_tick().await;
     pull_blob(&berth, &a).await;
 
     pull_blob(&berth, &c).await; // 4 MiB: over the limit
@@ -195,9 +214,7 @@ async fn a_fill_in_progress_counts_against_max_size() {
         .start()
         .await;
     pull_blob(&berth, &old).await;
-    // Recency is a wall-clock access time: the clock moving on between the two pulls is the
-    // subject (a lower bound that load only lengthens).
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    clock_tick().await;
     pull_blob(&berth, &newer).await;
 
     // The big fill pauses after 1.9 MiB: committed 2 MiB + spool 1.9 MiB is over the limit.
