@@ -16,9 +16,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::ansible::recap;
-use crate::support::berth::{BerthProcess, UpstreamSpec, config_toml};
 use crate::support::fake_upstream::{FakeUpstream, Options};
 use crate::support::images::{self, Content, Format};
+use crate::support::inprocess::Berth;
 use crate::support::prereq::{require_root, require_tools};
 use crate::support::real::{Containerd, DockerRegistry, PullPlatform, TestCa, skopeo};
 use crate::support::util::{CmdOutput, run};
@@ -147,7 +147,7 @@ impl Node {
 #[test]
 #[ignore = "needs root, ansible: run by scripts/test"]
 fn k3s_and_rke2_nodes_get_what_berth_k3s_registries_prints_and_restart_only_on_change() {
-    if !require_tools(&["ansible-playbook"]) || !require_root() {
+    if !require_tools(&["ansible-playbook"]) || !require_root("the role chowns files to root") {
         return;
     }
 
@@ -353,7 +353,7 @@ fn containerd_node_gets_berths_tree_and_pulls_through_it() {
         "skopeo",
         "containerd",
         "ctr",
-    ]) && require_root())
+    ]) && require_root("containerd mounts snapshots"))
     {
         return;
     }
@@ -361,10 +361,10 @@ fn containerd_node_gets_berths_tree_and_pulls_through_it() {
     let index = images::multi_arch(710, Format::Oci);
     let (repo, tag) = ("prometheus/node-exporter", "v1.8.2");
     skopeo::push(&index, &format!("{}/{repo}:{tag}", registry.host()), None);
-    let berth_process = BerthProcess::start(&config_toml(
-        "quay.io",
-        &[UpstreamSpec::new("quay.io", &registry.url())],
-    ));
+    let berth_process = Berth::builder()
+        .default_upstream("quay.io")
+        .upstream_named("quay.io", &registry.url())
+        .spawn();
     let config_src = berth_process.dir.path().join("berth.toml");
     let mirror = berth_process.url();
 
@@ -549,17 +549,12 @@ async fn prewarm_gate_passes_when_warm_and_fails_naming_the_missing_layer() {
     )
     .unwrap();
     // One attempt per upstream request: the failing run below should not sit in backoff.
-    let config = format!(
-        "{}\n[upstream_defaults]\nmax_attempts = 1\n",
-        config_toml(
-            "docker.io",
-            &[
-                UpstreamSpec::new("docker.io", &hub.url()),
-                UpstreamSpec::new("ghcr.io", &ghcr.url()),
-            ],
-        )
-    );
-    let berth = tokio::task::block_in_place(|| BerthProcess::start(&config));
+    let berth = Berth::builder()
+        .default_upstream("docker.io")
+        .top_level("[upstream_defaults]\nmax_attempts = 1")
+        .upstream(&hub)
+        .upstream_named("ghcr.io", &ghcr.url());
+    let berth = tokio::task::block_in_place(|| berth.spawn());
     let vars = work.path().join("gate-vars.json");
     std::fs::write(
         &vars,

@@ -220,21 +220,15 @@ fn gc_dry_run_lists_and_gc_evicts_unpinned_lru_and_orphans() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_reads_the_hit_ratio_from_a_running_berth() {
     use crate::support::fake_upstream::{FakeUpstream, Options};
-    use crate::support::inprocess::{Berth, client};
+    use crate::support::inprocess::Berth;
     let fake = FakeUpstream::start(Options::plain()).await;
     let blob = crate::support::images::big_blob(1, 90);
     fake.put_blob("library/x", &blob);
     let berth = Berth::builder().upstream(&fake).start().await;
-    let url = berth.url(&format!("/v2/library/x/blobs/{}", blob.digest));
+    let path = format!("/v2/library/x/blobs/{}", blob.digest);
     for _ in 0..4 {
-        let body = client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let (status, body) = berth.get_bytes(&path).await;
+        assert_eq!(status, 200);
         assert_eq!(sha256(&body), blob.digest);
         // The commit follows the client's last byte; the next GET should be a cache hit.
         berth.wait_committed(&blob.digest).await;

@@ -14,8 +14,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::berth::{BerthProcess, UpstreamSpec, config_toml};
+use crate::support::berth::BerthProcess;
 use crate::support::images::{self, Content, Format, ImageIndex};
+use crate::support::inprocess::Berth;
 use crate::support::prereq::{require_root, require_tools};
 use crate::support::real::{Containerd, DockerRegistry, PullPlatform, skopeo};
 use crate::support::util::run;
@@ -139,15 +140,18 @@ fn tail(s: &str, lines: usize) -> String {
 #[test]
 #[ignore = "needs root, containerd, docker-registry, skopeo: run by scripts/test"]
 fn containerd_pulls_four_registries_through_a_generated_tree_and_falls_back_without_berth() {
-    if !(require_tools(&["docker-registry", "skopeo", "containerd", "ctr"]) && require_root()) {
+    if !(require_tools(&["docker-registry", "skopeo", "containerd", "ctr"])
+        && require_root("containerd mounts snapshots"))
+    {
         return;
     }
     let origins = origins();
-    let specs: Vec<UpstreamSpec> = origins
+    let mut berth = origins
         .iter()
-        .map(|o| UpstreamSpec::new(o.name, &o.registry.url()))
-        .collect();
-    let mut berth = BerthProcess::start(&config_toml("docker.io", &specs));
+        .fold(Berth::builder().default_upstream("docker.io"), |b, o| {
+            b.upstream_named(o.name, &o.registry.url())
+        })
+        .spawn();
     let hosts = tempfile::tempdir().unwrap();
     generate_tree(
         &berth.dir.path().join("berth.toml"),

@@ -8,8 +8,8 @@ use std::time::Duration;
 use crate::support::berth::BerthProcess;
 use crate::support::fake_upstream::{AfterStall, FakeUpstream, Fault, Kind, Options};
 use crate::support::images::{self, Blob};
-use crate::support::inprocess::{client, sha256};
-use crate::support::util::{http_get, run, wait_until};
+use crate::support::inprocess::{Berth, BerthBuilder, client, sha256};
+use crate::support::util::{eventually, http_get, run};
 use futures::StreamExt;
 
 const MIB: u64 = 1024 * 1024;
@@ -49,12 +49,11 @@ async fn pull(url: &str) -> Pull {
     Pull::Complete(format!("sha256:{}", hex::encode(hasher.finalize())))
 }
 
-fn upstream_config(fake: &FakeUpstream) -> String {
+fn berth_for(fake: &FakeUpstream) -> BerthBuilder {
     // A long stall timeout: the injected stall must hold the fill mid-way until the kill.
-    format!(
-        "[upstreams.\"docker.io\"]\nurl = {:?}\nstall_timeout = \"5m\"\nmax_attempts = 1\n",
-        fake.url()
-    )
+    Berth::builder()
+        .upstream(fake)
+        .config("stall_timeout = \"5m\"\nmax_attempts = 1")
 }
 
 fn blob_url(berth: &BerthProcess, blob: &Blob) -> String {
@@ -74,12 +73,13 @@ fn files_in(dir: &Path) -> Vec<(PathBuf, u64)> {
 
 /// The committed blob's bytes. Clients finish once the digest verifies; the sync and commit
 /// follow, so wait (bounded) for the file to appear.
-fn committed(data: &Path, blob: &Blob) -> Vec<u8> {
-    wait_until(
+async fn committed(data: &Path, blob: &Blob) -> Vec<u8> {
+    eventually(
         "the verified blob to be committed",
         Duration::from_secs(10),
-        || std::fs::read(blob_file(data, blob)).ok(),
+        || async { std::fs::read(blob_file(data, blob)).ok() },
     )
+    .await
 }
 
 fn blob_file(data: &Path, blob: &Blob) -> PathBuf {
@@ -94,8 +94,7 @@ async fn kill_9_mid_fill_leaves_no_partial_blob_and_a_restart_serves_it_whole() 
     fake.inject(
         Fault::stall(3 * MIB, Duration::from_secs(600), AfterStall::Reset).kind(Kind::Blob),
     );
-    let config = upstream_config(&fake);
-    let mut berth = tokio::task::block_in_place(|| BerthProcess::start(&config));
+    let mut berth = tokio::task::block_in_place(|| berth_for(&fake).spawn());
     let data = berth.data_dir();
     let url = blob_url(&berth, &blob);
 
@@ -105,13 +104,12 @@ async fn kill_9_mid_fill_leaves_no_partial_blob_and_a_restart_serves_it_whole() 
     });
     // The fill has 3 MiB spooled and is stuck waiting for more.
     let spool = data.join("spool");
-    let (spool_file, _) = tokio::task::block_in_place(|| {
-        wait_until("3 MiB in a spool file", Duration::from_secs(30), || {
-            files_in(&spool)
-                .into_iter()
-                .find(|(_, len)| *len >= 3 * MIB)
-        })
-    });
+    let (spool_file, _) = eventually("3 MiB in a spool file", Duration::from_secs(30), || async {
+        files_in(&spool)
+            .into_iter()
+            .find(|(_, len)| *len >= 3 * MIB)
+    })
+    .await;
     assert!(
         !blob_file(&data, &blob).exists(),
         "nothing committed mid-fill"
@@ -157,17 +155,18 @@ async fn kill_9_mid_fill_leaves_no_partial_blob_and_a_restart_serves_it_whole() 
     );
 
     assert_eq!(pull(&url).await, Pull::Complete(blob.digest.clone()));
-    let stored = committed(&data, &blob);
+    let stored = committed(&data, &blob).await;
     assert_eq!(
         sha256(&stored),
         blob.digest,
         "the cached file is the whole, verified blob"
     );
-    wait_until(
+    eventually(
         "the spool file to become the blob",
         Duration::from_secs(10),
-        || files_in(&spool).is_empty().then_some(()),
-    );
+        || async { files_in(&spool).is_empty() },
+    )
+    .await;
 }
 
 /// A tmpfs of a given size, unmounted (lazily, so a straggling fd cannot block it) on drop.
@@ -207,7 +206,7 @@ impl Drop for Tmpfs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root (tmpfs mount): run by scripts/test"]
 async fn a_full_disk_fails_the_fill_cleanly_and_berth_recovers_when_space_returns() {
-    if !crate::support::prereq::require_root() {
+    if !crate::support::prereq::require_root("mounting a tmpfs") {
         return;
     }
     let fs = Tmpfs::mount("24m");
@@ -215,8 +214,7 @@ async fn a_full_disk_fails_the_fill_cleanly_and_berth_recovers_when_space_return
     let fake = FakeUpstream::start(Options::plain()).await;
     let blob = images::big_blob(12, 72);
     fake.put_blob("library/big", &blob);
-    let config = upstream_config(&fake);
-    let berth = tokio::task::block_in_place(|| BerthProcess::start_with_data(&config, Some(&data)));
+    let berth = tokio::task::block_in_place(|| berth_for(&fake).data_dir(&data).spawn());
     let url = blob_url(&berth, &blob);
 
     // Leave ~8 MiB free: the 12 MiB blob cannot fit.
@@ -230,13 +228,12 @@ async fn a_full_disk_fails_the_fill_cleanly_and_berth_recovers_when_space_return
             || matches!(full, Pull::Aborted(n) if n < blob.size()),
         "a clean error or an aborted transfer, never a complete response: {full:?}"
     );
-    tokio::task::block_in_place(|| {
-        wait_until(
-            "the failed fill's spool file to be deleted",
-            Duration::from_secs(10),
-            || files_in(&data.join("spool")).is_empty().then_some(()),
-        )
-    });
+    eventually(
+        "the failed fill's spool file to be deleted",
+        Duration::from_secs(10),
+        || async { files_in(&data.join("spool")).is_empty() },
+    )
+    .await;
     assert!(!blob_file(&data, &blob).exists(), "nothing was committed");
     assert_eq!(
         http_get(berth.addr, "/v2/").map(|(status, _)| status),
@@ -251,7 +248,7 @@ async fn a_full_disk_fails_the_fill_cleanly_and_berth_recovers_when_space_return
 
     std::fs::remove_file(&filler).unwrap();
     assert_eq!(pull(&url).await, Pull::Complete(blob.digest.clone()));
-    let stored = committed(&data, &blob);
+    let stored = committed(&data, &blob).await;
     assert_eq!(sha256(&stored), blob.digest);
     drop(berth);
 }

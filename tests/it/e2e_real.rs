@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::berth::{BerthProcess, UpstreamSpec, config_toml};
+use crate::support::berth::BerthProcess;
 use crate::support::images::{self, Blob, Content, Format, ImageIndex, sha256_digest};
+use crate::support::inprocess::Berth;
 use crate::support::prereq::{require_root, require_tools};
 use crate::support::real::{
     Containerd, DockerRegistry, ProxyConfig, PullPlatform, TestCa, skopeo, write_hosts_toml,
@@ -52,16 +53,18 @@ fn upstream_with_images() -> Upstream {
 /// berth with `docker.io` and `ghcr.io` both on the registry. The default upstream is a dead
 /// `quay.io`, so any request berth routes by `?ns=` / path prefix shows up under its own label.
 fn berth_for(up: &Upstream, tag_ttl: Option<&str>) -> BerthProcess {
-    let spec = |name: &str| {
-        let mut s = UpstreamSpec::new(name, &up.registry.url()).ca_file(&up.ca.ca_pem);
-        s.tag_ttl = tag_ttl.map(String::from);
-        s
-    };
-    let dead = UpstreamSpec::new("quay.io", "https://127.0.0.1:1");
-    BerthProcess::start(&config_toml(
-        "quay.io",
-        &[spec("docker.io"), spec("ghcr.io"), dead],
-    ))
+    let mut berth = Berth::builder().default_upstream("quay.io");
+    for name in ["docker.io", "ghcr.io"] {
+        berth = berth
+            .upstream_named(name, &up.registry.url())
+            .ca_file(&up.ca.ca_pem);
+        if let Some(ttl) = tag_ttl {
+            berth = berth.tag_ttl(ttl);
+        }
+    }
+    berth
+        .upstream_named("quay.io", "https://127.0.0.1:1")
+        .spawn()
 }
 
 fn have_tools(containerd: bool) -> bool {
@@ -69,7 +72,7 @@ fn have_tools(containerd: bool) -> bool {
     if containerd {
         tools.extend(["containerd", "ctr"]);
     }
-    require_tools(&tools) && (!containerd || require_root())
+    require_tools(&tools) && (!containerd || require_root("containerd mounts snapshots"))
 }
 
 /// Asserts every object of `content` sits in the layout at `dir` with the right hash.

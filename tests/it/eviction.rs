@@ -6,16 +6,16 @@ use std::time::Duration;
 
 use crate::support::fake_upstream::{FakeUpstream, Options};
 use crate::support::images::{self, Blob, Format, ImageSpec};
-use crate::support::inprocess::{Berth, client, sha256, upstream_table};
-use crate::support::util::wait_until;
+use crate::support::inprocess::{Berth, client, sha256};
+use crate::support::util::eventually;
 
 const KIB: u64 = 1024;
 const MAX_SIZE: u64 = 3600 * KIB;
 
 async fn get(berth: &Berth, path: &str) -> bytes::Bytes {
-    let response = client().get(berth.url(path)).send().await.unwrap();
-    assert_eq!(response.status(), 200, "GET {path}");
-    response.bytes().await.unwrap()
+    let (status, body) = berth.get_bytes(path).await;
+    assert_eq!(status, 200, "GET {path}");
+    body
 }
 
 /// Pulls a blob and waits (bounded) for its commit: clients finish once the digest verifies,
@@ -23,13 +23,7 @@ async fn get(berth: &Berth, path: &str) -> bytes::Bytes {
 async fn pull_blob(berth: &Berth, blob: &Blob) {
     let body = get(berth, &format!("/v2/library/lru/blobs/{}", blob.digest)).await;
     assert_eq!(sha256(&body), blob.digest, "verified");
-    tokio::task::block_in_place(|| {
-        wait_until(
-            "the pulled blob to be committed",
-            Duration::from_secs(10),
-            || cached(berth, blob).then_some(()),
-        )
-    });
+    berth.wait_committed(&blob.digest).await;
 }
 
 /// Bytes of every file under `dir`, recursively.
@@ -47,13 +41,29 @@ fn bytes_under(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits until the filesystem clock, which stamps a commit's mtime (a blob's last use), has
+/// moved past this moment: whatever is used or committed next is more recent than anything
+/// before. (That clock is coarse: two commits a few ms apart may get the same mtime.)
+async fn clock_tick() {
+    let now = std::time::SystemTime::now();
+    let scratch = tempfile::NamedTempFile::new().unwrap();
+    eventually(
+        "the filesystem clock to move past the last use",
+        Duration::from_secs(10),
+        || async {
+            std::fs::write(scratch.path(), b"tick").unwrap();
+            std::fs::metadata(scratch.path())
+                .unwrap()
+                .modified()
+                .unwrap()
+                > now
+        },
+    )
+    .await;
+}
+
 fn cached(berth: &Berth, blob: &Blob) -> bool {
-    berth
-        .data
-        .path()
-        .join("blobs/sha256")
-        .join(blob.hex())
-        .exists()
+    berth.blob_file(&blob.digest).exists()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,12 +79,14 @@ async fn pulling_more_than_fits_evicts_lru_keeps_pins_and_refetches() {
         fake.put_blob("library/lru", blob);
     }
     // A long interval: only the check after each fill can keep the cache in bounds here.
-    let config = format!(
-        "{}\n[store]\nmax_size = \"{}KiB\"\nevict_interval = \"1h\"\n",
-        upstream_table("docker.io", &fake.url(), ""),
-        MAX_SIZE / KIB
-    );
-    let berth = Berth::start(&config).await;
+    let berth = Berth::builder()
+        .top_level(&format!(
+            "[store]\nmax_size = \"{}KiB\"\nevict_interval = \"1h\"",
+            MAX_SIZE / KIB
+        ))
+        .upstream(&fake)
+        .start()
+        .await;
 
     // The pinned image is pulled first, so it is the least recently used of all.
     get(&berth, "/v2/library/pinned/manifests/v1").await;
@@ -98,16 +110,18 @@ async fn pulling_more_than_fits_evicts_lru_keeps_pins_and_refetches() {
         "3 MiB fits"
     );
     // A is used again: B is now the least recently used unpinned blob.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    clock_tick().await;
     pull_blob(&berth, &a).await;
 
     pull_blob(&berth, &c).await; // 4 MiB: over the limit
     let blobs_dir = berth.data.path().join("blobs");
-    tokio::task::block_in_place(|| {
-        wait_until("eviction after the fill", Duration::from_secs(10), || {
-            (bytes_under(&blobs_dir) <= MAX_SIZE).then_some(())
-        })
-    });
+    let within_limit = || async { bytes_under(&blobs_dir) <= MAX_SIZE };
+    eventually(
+        "eviction after the fill",
+        Duration::from_secs(10),
+        within_limit,
+    )
+    .await;
     assert!(!cached(&berth, &b), "the least recently used blob went");
     assert!(cached(&berth, &a), "the recently used one stayed");
     assert!(cached(&berth, &c), "the newest stayed");
@@ -128,20 +142,25 @@ async fn pulling_more_than_fits_evicts_lru_keeps_pins_and_refetches() {
         sent_before + b.size(),
         "re-fetched"
     );
-    tokio::task::block_in_place(|| {
-        wait_until(
-            "eviction after the re-fetch",
-            Duration::from_secs(10),
-            || (bytes_under(&blobs_dir) <= MAX_SIZE).then_some(()),
-        )
-    });
-    let gauge = tokio::task::block_in_place(|| {
-        wait_until("the size gauge to follow", Duration::from_secs(10), || {
-            let rt = tokio::runtime::Handle::current();
-            let bytes = rt.block_on(berth.metric("berth_cache_bytes", &[]));
-            (bytes > 0.0 && bytes <= MAX_SIZE as f64).then_some(bytes)
-        })
-    });
+    eventually(
+        "eviction after the re-fetch",
+        Duration::from_secs(10),
+        within_limit,
+    )
+    .await;
+    let gauge = eventually(
+        "the size gauge to follow",
+        Duration::from_secs(10),
+        || async {
+            let bytes = berth.metric("berth_cache_bytes", &[]).await;
+            if bytes > 0.0 && bytes <= MAX_SIZE as f64 {
+                Ok(bytes)
+            } else {
+                Err(format!("berth_cache_bytes = {bytes}"))
+            }
+        },
+    )
+    .await;
     assert!(gauge <= MAX_SIZE as f64);
     for blob in std::iter::once(&pinned.config).chain(&pinned.layers) {
         assert!(cached(&berth, blob), "pinned {} still there", blob.digest);
@@ -186,14 +205,16 @@ async fn a_fill_in_progress_counts_against_max_size() {
         fake.put_blob("library/lru", blob);
     }
     // 3.5 MiB: the two cached blobs fit; the big one's spool file does not fit beside them.
-    let config = format!(
-        "{}\n[store]\nmax_size = \"{}KiB\"\nevict_interval = \"200ms\"\n",
-        upstream_table("docker.io", &fake.url(), ""),
-        MAX_SIZE / KIB
-    );
-    let berth = Berth::start(&config).await;
+    let berth = Berth::builder()
+        .top_level(&format!(
+            "[store]\nmax_size = \"{}KiB\"\nevict_interval = \"200ms\"",
+            MAX_SIZE / KIB
+        ))
+        .upstream(&fake)
+        .start()
+        .await;
     pull_blob(&berth, &old).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    clock_tick().await;
     pull_blob(&berth, &newer).await;
 
     // The big fill pauses after 1.9 MiB: committed 2 MiB + spool 1.9 MiB is over the limit.
@@ -204,13 +225,12 @@ async fn a_fill_in_progress_counts_against_max_size() {
     );
     let url = berth.url(&format!("/v2/library/lru/blobs/{}", big.digest));
     let pull = tokio::spawn(async move { client().get(url).send().await?.bytes().await });
-    tokio::task::block_in_place(|| {
-        wait_until(
-            "the least recently used blob to make room for the running fill",
-            Duration::from_secs(3),
-            || (!cached(&berth, &old)).then_some(()),
-        )
-    });
+    eventually(
+        "the least recently used blob to make room for the running fill",
+        Duration::from_secs(3),
+        || async { !cached(&berth, &old) },
+    )
+    .await;
     assert!(
         !pull.is_finished(),
         "evicted while the fill was still running"

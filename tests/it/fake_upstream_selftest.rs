@@ -9,6 +9,8 @@ use crate::support::images::{self, Blob, Content, Format, media, sha256_digest};
 use http::{Method, StatusCode, header};
 use reqwest::redirect::Policy;
 
+use crate::support::util::advance_clock;
+
 const REPO: &str = "library/busybox";
 const ALL_MANIFESTS: &str = "application/vnd.docker.distribution.manifest.v2+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \
@@ -199,8 +201,8 @@ async fn expired_token_is_rejected_as_invalid_token() {
             .status(),
         StatusCode::OK
     );
-    // Real time: tokio's test-util (pause/advance) is not a dev-dependency yet.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The fake times tokens with tokio's clock: advanced past the expiry, not slept.
+    advance_clock(Duration::from_millis(1100)).await;
     let r = client()
         .head(&url)
         .bearer_auth(&token)
@@ -292,7 +294,8 @@ async fn cdn_urls_expire() {
         client().head(&location).send().await.unwrap().status(),
         StatusCode::OK
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The fake times signed URLs with tokio's clock: advanced past the expiry, not slept.
+    advance_clock(Duration::from_millis(600)).await;
     let late = client().get(&location).send().await.unwrap();
     assert_eq!(late.status(), StatusCode::FORBIDDEN);
     assert!(late.text().await.unwrap().contains("Request has expired"));

@@ -7,8 +7,9 @@ use crate::support::fake_upstream::{
     AfterStall, FakeUpstream, Fault, Kind, Options, Role, TlsFront,
 };
 use crate::support::images::{self, Blob, Format};
-use crate::support::inprocess::{Berth, client};
+use crate::support::inprocess::{Berth, client, get};
 use crate::support::real::TestCa;
+use crate::support::util::advance_clock;
 use futures::StreamExt;
 use http::Method;
 
@@ -202,21 +203,13 @@ async fn transient_503_and_429_are_retried_with_backoff() {
         .await;
     fake.inject(Fault::status(503, None).kind(Kind::Manifest).times(2));
     fake.inject(Fault::status(429, Some(1)).kind(Kind::Manifest));
-    let response = client()
-        .get(berth.url("/v2/library/app/manifests/1"))
-        .send()
-        .await
-        .unwrap();
+    let response = berth.get("/v2/library/app/manifests/1").await;
     assert_eq!(response.status(), 200);
     assert_eq!(fake.pending_faults(), 0);
 
     // Retries are bounded: a persistent 503 ends as a clear error, not a hang.
     fake.inject(Fault::status(503, None).kind(Kind::Manifest).times(10));
-    let response = client()
-        .get(berth.url("/v2/library/app/manifests/other"))
-        .send()
-        .await
-        .unwrap();
+    let response = berth.get("/v2/library/app/manifests/other").await;
     assert_eq!(response.status(), 502);
     assert_eq!(fake.pending_faults(), 6, "4 attempts, then give up");
 }
@@ -254,7 +247,7 @@ async fn an_open_breaker_answers_tags_from_cache_at_once_and_fails_fast_otherwis
         .start()
         .await;
     let url = berth.url("/v2/library/app/manifests/1");
-    assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(get(&url).await.status(), 200);
 
     // The upstream now hangs on its next two requests: each times out, the breaker opens.
     fake.inject(
@@ -263,7 +256,7 @@ async fn an_open_breaker_answers_tags_from_cache_at_once_and_fails_fast_otherwis
             .times(2),
     );
     for _ in 0..2 {
-        let response = client().get(&url).send().await.unwrap();
+        let response = get(&url).await;
         assert_eq!(
             response.status(),
             200,
@@ -272,7 +265,7 @@ async fn an_open_breaker_answers_tags_from_cache_at_once_and_fails_fast_otherwis
     }
     // Breaker open: the stale tag comes back at once, without waiting for any timeout.
     let started = Instant::now();
-    let response = client().get(&url).send().await.unwrap();
+    let response = get(&url).await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["docker-content-digest"],
@@ -285,30 +278,23 @@ async fn an_open_breaker_answers_tags_from_cache_at_once_and_fails_fast_otherwis
     );
     // Uncached content fails fast with 503 + Retry-After.
     let started = Instant::now();
-    let response = client()
-        .get(berth.url("/v2/library/app/manifests/never"))
-        .send()
-        .await
-        .unwrap();
+    let response = berth.get("/v2/library/app/manifests/never").await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
     assert!(started.elapsed() < Duration::from_secs(1));
 
     // After the cooldown one request probes the (recovered) upstream and closes the breaker.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // berth's breaker times its cooldown with tokio's clock: advanced, not slept.
+    advance_clock(Duration::from_secs(3)).await;
     let before = berth
         .metric("berth_tag_lookups_total", &[("outcome", "revalidated")])
         .await;
-    assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(get(&url).await.status(), 200);
     let after = berth
         .metric("berth_tag_lookups_total", &[("outcome", "revalidated")])
         .await;
     assert_eq!(after, before + 1.0, "the probe reached the upstream");
-    let response = client()
-        .get(berth.url("/v2/library/app/manifests/never"))
-        .send()
-        .await
-        .unwrap();
+    let response = berth.get("/v2/library/app/manifests/never").await;
     assert_eq!(
         response.status(),
         404,
@@ -342,11 +328,7 @@ async fn a_hung_tls_handshake_times_out_and_the_retry_gets_through() {
     let (berth, _fake, front, _ca, image) = berth_behind_tls(3).await;
     front.delay_next_handshakes(1, Duration::from_secs(30));
     let started = Instant::now();
-    let response = client()
-        .get(berth.url("/v2/library/app/manifests/1"))
-        .send()
-        .await
-        .unwrap();
+    let response = berth.get("/v2/library/app/manifests/1").await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["docker-content-digest"],
@@ -365,11 +347,7 @@ async fn handshakes_that_always_hang_end_in_a_503_that_names_the_tls_handshake()
     let (berth, _fake, front, _ca, _image) = berth_behind_tls(2).await;
     front.delay_next_handshakes(10, Duration::from_secs(30));
     let started = Instant::now();
-    let response = client()
-        .get(berth.url("/v2/library/app/manifests/1"))
-        .send()
-        .await
-        .unwrap();
+    let response = berth.get("/v2/library/app/manifests/1").await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
     let body = response.text().await.unwrap();

@@ -7,23 +7,24 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use crate::support::berth::{BerthProcess, UpstreamSpec, config_toml};
+use crate::support::berth::BerthProcess;
 use crate::support::fake_upstream::{AfterStall, FakeUpstream, Fault, Kind, Options};
 use crate::support::images::{self, Blob, Format};
-use crate::support::inprocess::client;
+use crate::support::inprocess::{Berth, BerthBuilder, client};
 use crate::support::prereq::require_tools;
 use crate::support::real::S3Server;
 use crate::support::real::s3::TOOL;
+use crate::support::util::eventually;
 
 const REPO: &str = "library/fleet";
 
-fn replica_config(fake: &FakeUpstream, s3: &S3Server) -> String {
-    let upstream = UpstreamSpec::new("docker.io", &fake.url());
-    format!(
-        "advertise_url = \"@SELF@\"\n{}\n{}",
-        config_toml("docker.io", &[upstream]),
-        s3.store_toml(Some("fleet"))
-    )
+/// A replica of the fleet: advertises its own URL, stores in the shared bucket.
+fn replica(fake: &FakeUpstream, s3: &S3Server) -> BerthBuilder {
+    Berth::builder()
+        .default_upstream("docker.io")
+        .top_level("advertise_url = \"@SELF@\"")
+        .top_level(&s3.store_toml(Some("fleet")))
+        .upstream(fake)
 }
 
 /// GETs the blob from `base`; the body's sha256 digest (or the error) and its length.
@@ -46,6 +47,18 @@ async fn pull(base: String, blob_digest: String) -> Result<(String, u64), String
         hasher.update(&chunk);
     }
     Ok((format!("sha256:{}", hex::encode(hasher.finalize())), len))
+}
+
+/// Bytes of the running fill of `digest` at `replica` (`/_berth/status`), 0 if none runs.
+fn fill_bytes(replica: &BerthProcess, digest: &str) -> u64 {
+    let status = replica.status_json();
+    status["fills"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["digest"] == digest)
+        .and_then(|f| f["bytes"].as_u64())
+        .unwrap_or(0)
 }
 
 fn objects_under(s3: &S3Server, prefix: &str) -> Vec<String> {
@@ -82,8 +95,7 @@ async fn setup(mib: usize) -> (S3Server, FakeUpstream, Blob) {
 #[ignore = "needs the s3s-fs S3 server: run by scripts/test"]
 async fn three_replicas_fetch_a_cold_blob_from_the_upstream_once() {
     let (s3, fake, layer) = setup(120).await;
-    let config = replica_config(&fake, &s3);
-    let replicas: Vec<BerthProcess> = (0..3).map(|_| BerthProcess::start(&config)).collect();
+    let replicas: Vec<BerthProcess> = (0..3).map(|_| replica(&fake, &s3).spawn()).collect();
     let bases: Vec<String> = replicas.iter().map(|r| r.url()).collect();
 
     let barrier = Arc::new(tokio::sync::Barrier::new(30));
@@ -122,9 +134,12 @@ async fn three_replicas_fetch_a_cold_blob_from_the_upstream_once() {
         layer.size()
     );
     // One object, and the lease is gone once the leader finished.
-    crate::support::util::wait_until("the lease to be released", Duration::from_secs(30), || {
-        objects_under(&s3, "fleet/fills").is_empty().then_some(())
-    });
+    eventually(
+        "the lease to be released",
+        Duration::from_secs(30),
+        || async { objects_under(&s3, "fleet/fills").is_empty() },
+    )
+    .await;
     assert_eq!(
         objects_under(&s3, "fleet/blobs"),
         [format!("sha256/{}", layer.hex())]
@@ -142,25 +157,43 @@ async fn a_leader_killed_mid_fill_leaves_correct_bodies_and_no_stale_lease() {
             .kind(Kind::Blob)
             .times(1),
     );
-    let config = replica_config(&fake, &s3);
-    let mut leader = BerthProcess::start(&config);
-    let followers: Vec<BerthProcess> = (0..2).map(|_| BerthProcess::start(&config)).collect();
+    let mut leader = replica(&fake, &s3).spawn();
+    let followers: Vec<BerthProcess> = (0..2).map(|_| replica(&fake, &s3).spawn()).collect();
 
     let first = tokio::spawn(pull(leader.url(), layer.digest.clone()));
     // The leader holds the lease once its upstream transfer is under way.
-    crate::support::util::wait_until("the leader's lease", Duration::from_secs(20), || {
-        (!objects_under(&s3, "fleet/fills").is_empty()).then_some(())
-    });
+    eventually("the leader's lease", Duration::from_secs(20), || async {
+        !objects_under(&s3, "fleet/fills").is_empty()
+    })
+    .await;
     let clients: Vec<_> = followers
         .iter()
         .flat_map(|f| (0..3).map(move |_| f.url()))
         .map(|base| tokio::spawn(pull(base, layer.digest.clone())))
         .collect();
-    crate::support::util::wait_until("half the blob upstream", Duration::from_secs(20), || {
-        (fake.bytes_sent(&layer.digest) >= half).then_some(())
-    });
-    // Give the followers a moment to be streaming from the leader, then kill it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(
+        "half the blob upstream",
+        Duration::from_secs(20),
+        || async { fake.bytes_sent(&layer.digest) >= half },
+    )
+    .await;
+    // Once both followers are streaming from the leader (their own fills of the blob have
+    // bytes, which only the leader can have sent them: the upstream is paused), kill it.
+    eventually(
+        "both followers streaming from the leader",
+        Duration::from_secs(20),
+        || async {
+            let streaming = followers
+                .iter()
+                .filter(|f| fill_bytes(f, &layer.digest) > 0)
+                .count();
+            (streaming == followers.len()).then_some(()).ok_or(format!(
+                "{streaming} of {} followers have bytes of the fill",
+                followers.len()
+            ))
+        },
+    )
+    .await;
     leader.kill_9();
     let killed = Instant::now();
 
@@ -179,9 +212,10 @@ async fn a_leader_killed_mid_fill_leaves_correct_bodies_and_no_stale_lease() {
         first.await.unwrap().is_err(),
         "the killed leader's client got no whole body"
     );
-    crate::support::util::wait_until("the followers' upload", Duration::from_secs(30), || {
-        (objects_under(&s3, "fleet/blobs") == [format!("sha256/{}", layer.hex())]).then_some(())
-    });
+    eventually("the followers' upload", Duration::from_secs(30), || async {
+        objects_under(&s3, "fleet/blobs") == [format!("sha256/{}", layer.hex())]
+    })
+    .await;
     let stored =
         std::fs::read(s3.object_file(&format!("fleet/blobs/sha256/{}", layer.hex()))).unwrap();
     assert_eq!(
@@ -189,7 +223,8 @@ async fn a_leader_killed_mid_fill_leaves_correct_bodies_and_no_stale_lease() {
         layer.digest,
         "no partial object"
     );
-    crate::support::util::wait_until("no stale lease", Duration::from_secs(30), || {
-        objects_under(&s3, "fleet/fills").is_empty().then_some(())
-    });
+    eventually("no stale lease", Duration::from_secs(30), || async {
+        objects_under(&s3, "fleet/fills").is_empty()
+    })
+    .await;
 }

@@ -9,16 +9,21 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::berth::{BerthProcess, UpstreamSpec, config_toml, metric_sum};
+use crate::support::berth::{BerthProcess, metric_sum};
 use crate::support::images::{self, Format, ImageIndex};
+use crate::support::inprocess::{Berth, BerthBuilder};
 use crate::support::prereq::{require_root, require_tools};
 use crate::support::real::{Containerd, DockerRegistry, PullPlatform, TestCa, skopeo};
-use crate::support::util::{free_port, run};
+use crate::support::util::{
+    accept_backlog, accepted_and_read, eventually, free_port, run, wait_until,
+};
 
 const REPO: &str = "team/app";
 const TAG: &str = "1.0";
@@ -33,13 +38,12 @@ fn origin(seed: u64) -> (DockerRegistry, ImageIndex) {
     (registry, index)
 }
 
-/// berth.toml mirroring `ghcr.io` from `origin`, with a `[server]` table.
-fn config(origin: &DockerRegistry, server: &str) -> String {
-    let upstreams = [UpstreamSpec::new(REGISTRY, &origin.url())];
-    format!(
-        "{}\n[server]\n{server}\n",
-        config_toml(REGISTRY, &upstreams)
-    )
+/// berth mirroring `ghcr.io` from `origin`, with a `[server]` table.
+fn mirroring(origin: &DockerRegistry, server: &str) -> BerthBuilder {
+    Berth::builder()
+        .default_upstream(REGISTRY)
+        .top_level(&format!("[server]\n{server}"))
+        .upstream_named(REGISTRY, &origin.url())
 }
 
 fn tls_keys(ca: &TestCa) -> String {
@@ -142,7 +146,9 @@ fn pull(containerd: &Containerd, hosts: &Path, index: &ImageIndex) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, containerd, docker-registry, skopeo: run by scripts/test"]
 async fn containerd_pulls_over_https_then_with_a_client_certificate_from_generated_trees() {
-    if !(require_tools(&["docker-registry", "skopeo", "containerd", "ctr"]) && require_root()) {
+    if !(require_tools(&["docker-registry", "skopeo", "containerd", "ctr"])
+        && require_root("containerd mounts snapshots"))
+    {
         return;
     }
     let ca = TestCa::new();
@@ -150,7 +156,7 @@ async fn containerd_pulls_over_https_then_with_a_client_certificate_from_generat
     let reference = format!("{REGISTRY}/{REPO}:{TAG}");
 
     // HTTPS: the tree from `--ca-file` trusts berth's certificate.
-    let berth = BerthProcess::start_serving(&config(&origin, &tls_keys(&ca)));
+    let berth = mirroring(&origin, &tls_keys(&ca)).spawn_serving();
     let hosts = tempfile::tempdir().unwrap();
     let ca_file = ca.ca_pem.display().to_string();
     let config_file = berth.dir.path().join("berth.toml");
@@ -192,7 +198,7 @@ async fn containerd_pulls_over_https_then_with_a_client_certificate_from_generat
     // mTLS: berth requires a certificate of the client CA; the tree from `--cert-file` has one.
     let (node_cert, node_key) = ca.issue_client("node-1");
     let server = format!("{}client_ca_file = {ca_file:?}\n", tls_keys(&ca));
-    let berth = BerthProcess::start_serving(&config(&origin, &server));
+    let berth = mirroring(&origin, &server).spawn_serving();
     let hosts = tempfile::tempdir().unwrap();
     let config_file = berth.dir.path().join("berth.toml");
     berth_cli(&[
@@ -260,7 +266,7 @@ async fn skopeo_logs_in_with_the_credentials_of_the_generated_registries_yaml() 
         tls_keys(&ca),
         users.display().to_string()
     );
-    let berth = BerthProcess::start_serving(&config(&origin, &server));
+    let berth = mirroring(&origin, &server).spawn_serving();
 
     // /v2/ asks for credentials the way registries do.
     let client = https_client(&ca, None);
@@ -343,7 +349,9 @@ async fn skopeo_logs_in_with_the_credentials_of_the_generated_registries_yaml() 
 
 #[tokio::test]
 async fn a_client_outside_allow_gets_403_denied_and_a_log_line() {
-    let berth = BerthProcess::start_serving("[server]\nallow = [\"127.0.0.3/32\"]\n");
+    let berth = Berth::builder()
+        .top_level("[server]\nallow = [\"127.0.0.3/32\"]")
+        .spawn_serving();
     let from = |ip: &str| {
         reqwest::Client::builder()
             .no_proxy()
@@ -391,25 +399,42 @@ async fn certificate_rotation_reaches_new_connections_without_a_failed_request()
     let (cert_file, key_file) = (tls.path().join("tls.crt"), tls.path().join("tls.key"));
     std::fs::copy(&ca.cert_pem, &cert_file).unwrap();
     std::fs::copy(&ca.key_pem, &key_file).unwrap();
-    let berth = BerthProcess::start_serving(&format!(
-        "[server]\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
-        cert_file.display().to_string(),
-        key_file.display().to_string()
-    ));
+    let berth = Berth::builder()
+        .top_level(&format!(
+            "[server]\ntls_cert_file = {:?}\ntls_key_file = {:?}",
+            cert_file.display().to_string(),
+            key_file.display().to_string()
+        ))
+        .spawn_serving();
     let (new_cert, new_key) = ca.issue_server("rotated");
     let (old_der, new_der) = (der(&ca.cert_pem), der(&new_cert));
 
-    // Rotate as a renewal job does, one file after the other (each replaced by a rename); for
-    // a few seconds the certificate and key do not match.
+    // Rotate as a renewal job does, one file after the other (each replaced by a rename); until
+    // berth has seen the certificate and key not match, the key stays old.
+    let old_served = Arc::new(AtomicBool::new(false));
     let rotation = {
         let (cert_file, key_file) = (cert_file.clone(), key_file.clone());
+        let (old_served, log) = (old_served.clone(), berth.stderr_file().to_path_buf());
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            eventually(
+                "a request served with the old certificate",
+                Duration::from_secs(30),
+                || async { old_served.load(Ordering::SeqCst) },
+            )
+            .await;
             let staged = cert_file.with_extension("new");
             std::fs::copy(&new_cert, &staged).unwrap();
             std::fs::rename(&staged, &cert_file).unwrap();
-            // Longer than berth's reload interval, so it sees the mismatched pair.
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            eventually(
+                "berth to notice the mismatched pair",
+                Duration::from_secs(30),
+                || async {
+                    std::fs::read_to_string(&log)
+                        .unwrap_or_default()
+                        .contains(MISMATCH_LOGGED)
+                },
+            )
+            .await;
             std::fs::copy(&new_key, &staged).unwrap();
             std::fs::rename(&staged, &key_file).unwrap();
         })
@@ -418,8 +443,12 @@ async fn certificate_rotation_reaches_new_connections_without_a_failed_request()
     let url = format!("{}/v2/", berth.https_url());
     let (mut served, mut failed, mut old_seen, mut new_seen) = (0, Vec::new(), 0, 0);
     let started = Instant::now();
-    // Requests on fresh connections until the new certificate has served 20 of them (≤ 30 s).
-    while new_seen < 20 && started.elapsed() < Duration::from_secs(30) {
+    // Requests on fresh connections until the new certificate has served 20 of them (≤ 60 s,
+    // ≤ 1200 requests).
+    for _ in 0..1200 {
+        if new_seen >= 20 || started.elapsed() > Duration::from_secs(60) {
+            break;
+        }
         match client.get(&url).send().await {
             Ok(answer) if answer.status() == 200 => {
                 served += 1;
@@ -433,6 +462,7 @@ async fn certificate_rotation_reaches_new_connections_without_a_failed_request()
                     Some(der) if der == old_der => {
                         assert_eq!(new_seen, 0, "the old certificate came back");
                         old_seen += 1;
+                        old_served.store(true, Ordering::SeqCst);
                     }
                     other => panic!("unexpected peer certificate: {other:?}"),
                 }
@@ -440,6 +470,8 @@ async fn certificate_rotation_reaches_new_connections_without_a_failed_request()
             Ok(answer) => failed.push(format!("status {}", answer.status())),
             Err(e) => failed.push(format!("{e:?}")),
         }
+        // The pace of the client load the rotation happens under (a steady stream of fresh
+        // connections), not a wait for anything.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     rotation.await.unwrap();
@@ -449,17 +481,16 @@ async fn certificate_rotation_reaches_new_connections_without_a_failed_request()
         "old {old_seen}, new {new_seen} of {served}"
     );
     let log = berth.stderr();
-    assert!(
-        log.contains("do not load; still serving the previous certificate"),
-        "{}",
-        tail(&log, 20)
-    );
+    assert!(log.contains(MISMATCH_LOGGED), "{}", tail(&log, 20));
     assert!(
         log.contains("TLS certificate reloaded"),
         "{}",
         tail(&log, 20)
     );
 }
+
+/// berth's log line when the certificate and key on disk do not match.
+const MISMATCH_LOGGED: &str = "do not load; still serving the previous certificate";
 
 /// How long after `since` the peer closed `stream` (read returns 0 or an error), if within `limit`.
 async fn closed_after(stream: &mut TcpStream, since: Instant, limit: Duration) -> Option<Duration> {
@@ -504,28 +535,37 @@ enum Attack {
 }
 
 /// One attacking connection: how long until berth closed it (from connecting, or for `Idle`
-/// from the end of its one response).
-async fn attack(addr: SocketAddr, kind: Attack) -> (Attack, Option<Duration>) {
+/// from the end of its one response). Counts itself in `in_place` once it is attacking.
+async fn attack(
+    addr: SocketAddr,
+    kind: Attack,
+    in_place: Arc<AtomicUsize>,
+) -> (Attack, Option<Duration>) {
     let limit = Duration::from_secs(30);
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let since = Instant::now();
     let closed = match kind {
-        Attack::Flood => closed_after(&mut stream, since, limit).await,
+        Attack::Flood => {
+            in_place.fetch_add(1, Ordering::SeqCst);
+            closed_after(&mut stream, since, limit).await
+        }
         Attack::Idle => {
             healthz(&mut stream).await;
+            in_place.fetch_add(1, Ordering::SeqCst);
             closed_after(&mut stream, Instant::now(), limit).await
         }
         Attack::Slowloris => {
             let (mut read, mut write) = stream.into_split();
             let trickle = tokio::spawn(async move {
-                if write
+                let started = write
                     .write_all(b"GET /v2/ HTTP/1.1\r\nHost: berth\r\n")
-                    .await
-                    .is_err()
-                {
+                    .await;
+                in_place.fetch_add(1, Ordering::SeqCst);
+                if started.is_err() {
                     return;
                 }
                 for _ in 0..120 {
+                    // The slowloris client's pause between bytes: the attack itself.
                     tokio::time::sleep(Duration::from_millis(250)).await;
                     if write.write_all(b"X").await.is_err() {
                         return;
@@ -560,23 +600,36 @@ async fn slowloris_a_connection_flood_and_idle_clients_are_closed_on_time_while_
     let header_timeout = Duration::from_secs(2);
     let idle_timeout = Duration::from_secs(5);
     let (origin, index) = tokio::task::block_in_place(|| origin(7300));
-    let berth = BerthProcess::start_serving(&config(
+    let berth = mirroring(
         &origin,
-        "header_timeout = \"2s\"\nidle_timeout = \"5s\"\nmax_connections = 1024\n",
-    ));
+        "header_timeout = \"2s\"\nidle_timeout = \"5s\"\nmax_connections = 1024",
+    )
+    .spawn_serving();
     let addr = berth.addr;
     let mut attackers = tokio::task::JoinSet::new();
+    let in_place = Arc::new(AtomicUsize::new(0));
     for (kind, count) in [
         (Attack::Flood, FLOOD),
         (Attack::Slowloris, SLOWLORIS),
         (Attack::Idle, IDLE),
     ] {
         for _ in 0..count {
-            attackers.spawn(attack(addr, kind));
+            attackers.spawn(attack(addr, kind, in_place.clone()));
         }
     }
-    // A real client pulls the whole image (index, manifests, blobs) during the attack.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A real client pulls the whole image (index, manifests, blobs) during the attack, once
+    // every attacking connection is in place.
+    eventually(
+        "every attacking connection in place",
+        Duration::from_secs(30),
+        || async {
+            let n = in_place.load(Ordering::SeqCst);
+            (n == FLOOD + SLOWLORIS + IDLE)
+                .then_some(())
+                .ok_or(format!("{n} in place"))
+        },
+    )
+    .await;
     let layout = tempfile::tempdir().unwrap();
     let pull_started = Instant::now();
     let pulled = tokio::task::block_in_place(|| {
@@ -624,9 +677,9 @@ async fn slowloris_a_connection_flood_and_idle_clients_are_closed_on_time_while_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_max_connections_new_connections_wait_then_are_refused() {
-    let berth = BerthProcess::start_serving(
-        "[server]\nmax_connections = 4\nheader_timeout = \"1s\"\nidle_timeout = \"60s\"\n",
-    );
+    let berth = Berth::builder()
+        .top_level("[server]\nmax_connections = 4\nheader_timeout = \"1s\"\nidle_timeout = \"60s\"")
+        .spawn_serving();
     // Four keep-alive clients take every slot.
     let mut holders = Vec::new();
     for _ in 0..4 {
@@ -662,7 +715,14 @@ async fn beyond_max_connections_new_connections_wait_then_are_refused() {
         let response = healthz(&mut sixth).await;
         (response, sixth)
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Free a slot once berth has accepted the sixth (connected before, so out of the accept
+    // queue means accepted): it is waiting for a slot, its request unread.
+    eventually(
+        "berth to accept the sixth connection",
+        Duration::from_secs(10),
+        || async { accept_backlog(berth.addr) == Some(0) },
+    )
+    .await;
     drop(holders.pop());
     let (response, _sixth) = request.await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
@@ -678,14 +738,19 @@ async fn beyond_max_connections_new_connections_wait_then_are_refused() {
 #[test]
 fn a_stuck_client_does_not_keep_berth_from_stopping() {
     use std::io::Write;
-    let mut berth =
-        BerthProcess::start_serving("[server]\nheader_timeout = \"5m\"\nidle_timeout = \"5m\"\n");
+    let mut berth = Berth::builder()
+        .top_level("[server]\nheader_timeout = \"5m\"\nidle_timeout = \"5m\"")
+        .spawn_serving();
     // Half a request head, never finished: graceful shutdown cannot wait for it.
     let mut stuck = std::net::TcpStream::connect(berth.addr).unwrap();
     stuck
         .write_all(b"GET /v2/ HTTP/1.1\r\nHost: berth\r\nX-Wait: ")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until(
+        "berth to accept the stuck connection and read its half head",
+        Duration::from_secs(10),
+        || accepted_and_read(berth.addr, stuck.local_addr().unwrap()),
+    );
     let took = berth
         .terminate(Duration::from_secs(40))
         .unwrap_or_else(|| panic!("berth did not stop:\n{}", tail(&berth.stderr(), 20)));
@@ -703,9 +768,11 @@ fn a_stuck_client_does_not_keep_berth_from_stopping() {
 async fn admin_endpoints_check_the_token_before_the_body_and_live_on_admin_listen() {
     let admin_port = free_port();
     let token = "0123456789abcdef0123";
-    let berth = BerthProcess::start(&format!(
-        "admin_token = {token:?}\n[server]\nadmin_listen = \"{admin_port}\"\n"
-    ));
+    let berth = Berth::builder()
+        .top_level(&format!(
+            "admin_token = {token:?}\n[server]\nadmin_listen = \"{admin_port}\""
+        ))
+        .spawn();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     // Not on the main listener any more.

@@ -23,6 +23,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::inprocess::Berth;
 use crate::support::netns::{Lab, Proc, UP_IP, in_ns, unique_id};
 use crate::support::prereq::{require_root, require_tools, which};
 use crate::support::util::wait_until;
@@ -141,21 +142,24 @@ fn start_berth(ns: &str, dir: &Path, config: &str) -> Proc {
     berth
 }
 
+/// The config, rendered by the builder; berth itself starts inside the lab's namespace (see
+/// [`start_berth`]), which the builder's ways of starting do not reach.
 fn berth_config(mss: Option<u32>) -> String {
-    let mut s = format!(
-        "default_upstream = \"docker.io\"\n\n[upstreams.\"docker.io\"]\n\
-         url = \"http://{UP_IP}:{UP_PORT}\"\nstall_timeout = \"2s\"\nmax_attempts = 2\n"
-    );
+    let mut berth = Berth::builder()
+        .default_upstream("docker.io")
+        .upstream_named("docker.io", &format!("http://{UP_IP}:{UP_PORT}"))
+        .config("stall_timeout = \"2s\"\nmax_attempts = 2");
     if let Some(mss) = mss {
-        s.push_str(&format!("tcp_mss = {mss}\n"));
+        berth = berth.config(&format!("tcp_mss = {mss}"));
     }
-    s
+    berth.toml()
 }
 
 #[test]
 #[ignore = "needs root, network namespaces, iptables: run by scripts/test"]
 fn large_blob_through_pmtu_black_hole_needs_the_mss_clamp() {
-    if !require_root() || !require_tools(&["ip", "iptables", "curl", "python3"]) {
+    if !require_root("network namespaces") || !require_tools(&["ip", "iptables", "curl", "python3"])
+    {
         return;
     }
     let t0 = Instant::now();

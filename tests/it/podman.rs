@@ -11,8 +11,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::berth::{BerthProcess, UpstreamSpec, config_toml};
+use crate::support::berth::BerthProcess;
 use crate::support::images::{self, Content, Format};
+use crate::support::inprocess::Berth;
 use crate::support::prereq::{require_root, require_tools};
 use crate::support::real::{DockerRegistry, skopeo};
 use crate::support::util::{CmdOutput, run};
@@ -69,17 +70,19 @@ fn logged_request_uris(berth: &BerthProcess) -> Vec<String> {
 #[test]
 #[ignore = "needs root, podman, docker-registry, skopeo: run by scripts/test"]
 fn podman_pulls_through_a_registries_conf_mirror_and_repulls_from_the_cache() {
-    if !(require_tools(&["podman", "docker-registry", "skopeo"]) && require_root()) {
+    if !(require_tools(&["podman", "docker-registry", "skopeo"])
+        && require_root("podman runs rootful here"))
+    {
         return;
     }
     let registry = DockerRegistry::start(None);
     let index = images::multi_arch(730, Format::Docker);
     let (repo, tag) = ("prometheus/node-exporter", "v1.8.2");
     skopeo::push(&index, &format!("{}/{repo}:{tag}", registry.host()), None);
-    let berth = BerthProcess::start(&config_toml(
-        "quay.io",
-        &[UpstreamSpec::new("quay.io", &registry.url())],
-    ));
+    let berth = Berth::builder()
+        .default_upstream("quay.io")
+        .upstream_named("quay.io", &registry.url())
+        .spawn();
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("tmp")).unwrap();

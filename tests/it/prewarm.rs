@@ -4,13 +4,13 @@
 //! server side: `Cache-Control: only-if-cached` and the admin endpoints, in process.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::berth::{BerthProcess, UpstreamSpec, config_toml};
 use crate::support::fake_upstream::{FakeUpstream, Kind, Options, Role};
 use crate::support::images::{self, Blob, Content, Format, ImageSpec};
-use crate::support::inprocess::{Berth, client, upstream_table};
+use crate::support::inprocess::{Berth, client};
+use crate::support::util::eventually;
 use http::Method;
 use serde_json::Value;
 
@@ -35,36 +35,19 @@ impl Ran {
 
 /// Runs `berth <args>` to completion, killed after 120 s (output through files, never a full pipe).
 fn berth_cli(args: &[&str]) -> Ran {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(args)
         .env_remove("BERTH_ADMIN_TOKEN")
         .env_remove("BERTH_CONFIG")
-        .env("BERTH_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .expect("spawn berth");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            crate::support::util::kill_child(&mut child);
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        .env("BERTH_LOG", "warn");
+    let out = crate::support::util::run(&mut cmd, Duration::from_secs(120));
     let ran = Ran {
-        code: status.and_then(|s| s.code()),
-        stdout: std::fs::read_to_string(&out).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&err).unwrap_or_default(),
+        code: out.code,
+        stdout: out.stdout,
+        stderr: out.stderr,
     };
     assert!(
-        status.is_some(),
+        !out.timed_out,
         "berth {args:?} timed out\n{}",
         ran.describe()
     );
@@ -157,18 +140,15 @@ async fn prewarm_two_groups_two_platforms_pins_rerun_and_offline_check() {
     let token_file = work.path().join("admin-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let groups_file = write_groups_file(work.path(), &images);
-    let config = format!(
-        "admin_token_file = {:?}\n{}",
-        token_file.to_str().unwrap(),
-        config_toml(
-            "docker.io",
-            &[
-                UpstreamSpec::new("docker.io", &hub.url()),
-                UpstreamSpec::new("ghcr.io", &ghcr.url()),
-            ],
-        )
-    );
-    let berth = tokio::task::block_in_place(|| BerthProcess::start(&config));
+    let berth = Berth::builder()
+        .default_upstream("docker.io")
+        .top_level(&format!(
+            "admin_token_file = {:?}",
+            token_file.to_str().unwrap()
+        ))
+        .upstream(&hub)
+        .upstream_named("ghcr.io", &ghcr.url());
+    let berth = tokio::task::block_in_place(|| berth.spawn());
     let mirror = berth.url();
     let groups = groups_file.to_str().unwrap();
     let token = token_file.to_str().unwrap();
@@ -412,8 +392,10 @@ async fn without_a_token_prewarm_still_warms_the_configured_platforms() {
     // The nodes' platforms come from a berth.toml: only arm64 here.
     let nodes = work.path().join("berth.toml");
     std::fs::write(&nodes, "platforms = [\"linux/arm64\"]\n").unwrap();
-    let config = config_toml("docker.io", &[UpstreamSpec::new("docker.io", &hub.url())]);
-    let berth = tokio::task::block_in_place(|| BerthProcess::start(&config));
+    let berth = Berth::builder()
+        .default_upstream("docker.io")
+        .upstream(&hub);
+    let berth = tokio::task::block_in_place(|| berth.spawn());
     let ran = tokio::task::block_in_place(|| {
         berth_cli(&[
             "prewarm",
@@ -560,18 +542,20 @@ async fn only_if_cached_answers_from_the_cache_or_504_and_never_asks_upstream() 
     }
     // A fill's last byte leaves once the blob is verified; its commit (a rename) follows a
     // moment later. Wait for it (bounded) before asking the cache alone.
-    for _ in 0..100 {
-        let committed = http
-            .head(berth.url(&paths[2]))
-            .header("cache-control", "only-if-cached")
-            .send()
-            .await
-            .unwrap();
-        if committed.status() == 200 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the blob to answer an only-if-cached HEAD",
+        Duration::from_secs(10),
+        || async {
+            let committed = http
+                .head(berth.url(&paths[2]))
+                .header("cache-control", "only-if-cached")
+                .send()
+                .await
+                .unwrap();
+            committed.status() == 200
+        },
+    )
+    .await;
     fake.reset_stats();
     for path in &paths[..3] {
         let response = http
@@ -624,11 +608,11 @@ async fn admin_endpoints_are_404_without_a_token_and_401_with_a_wrong_one() {
         .unwrap();
     assert_eq!(get.status(), 404);
 
-    let config = format!(
-        "admin_token = {TOKEN:?}\n{}",
-        upstream_table("docker.io", &fake.url(), "")
-    );
-    let open = Berth::start(&config).await;
+    let open = Berth::builder()
+        .top_level(&format!("admin_token = {TOKEN:?}"))
+        .upstream(&fake)
+        .start()
+        .await;
     let url = open.url("/_berth/pins/flux");
     assert_eq!(
         http.put(&url).json(&body).send().await.unwrap().status(),
@@ -716,11 +700,13 @@ fn prewarm_through_a_real_registry_then_ready_with_it_stopped() {
         &format!("{}/fluxcd/helm-controller:v1.5.1", registry.host()),
         Some(&ca),
     );
-    let spec = |name: &str| UpstreamSpec::new(name, &registry.url()).ca_file(&ca.ca_pem);
-    let berth = BerthProcess::start(&config_toml(
-        "docker.io",
-        &[spec("docker.io"), spec("ghcr.io")],
-    ));
+    let berth = Berth::builder()
+        .default_upstream("docker.io")
+        .upstream_named("docker.io", &registry.url())
+        .ca_file(&ca.ca_pem)
+        .upstream_named("ghcr.io", &registry.url())
+        .ca_file(&ca.ca_pem)
+        .spawn();
     let work = tempfile::tempdir().unwrap();
     let groups = work.path().join("groups.toml");
     std::fs::write(

@@ -13,7 +13,7 @@
 //! them). No test probes a public endpoint: every run names its targets or its config.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::fake_upstream::{FakeUpstream, Options, TlsFront};
@@ -21,7 +21,7 @@ use crate::support::images::{self, Format, ImageSpec};
 use crate::support::netns::{InNetns, Lab, Netns, UP_IP, unique_id};
 use crate::support::prereq::{require_root, require_tools};
 use crate::support::real::TestCa;
-use crate::support::util::{kill_child, run};
+use crate::support::util::run;
 use serde_json::Value;
 
 const TLS_PORT: u16 = 8443;
@@ -48,36 +48,20 @@ fn probe(ns: Option<&str>, args: &[&str], timeout: Duration) -> ProbeRun {
         }
         None => Command::new(berth()),
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
     let start = Instant::now();
-    let mut child = cmd
-        .arg("probe")
-        .args(args)
-        .env("BERTH_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .expect("spawn berth probe");
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if start.elapsed() > timeout {
-            kill_child(&mut child);
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let out = run(
+        cmd.arg("probe").args(args).env("BERTH_LOG", "warn"),
+        timeout,
+    );
     eprintln!(
-        "berth probe {args:?}: exit {code:?} after {:?}",
+        "berth probe {args:?}: exit {:?} after {:?}",
+        out.code,
         start.elapsed()
     );
     ProbeRun {
-        code,
-        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+        code: out.code,
+        stdout: out.stdout,
+        stderr: out.stderr,
     }
 }
 
@@ -192,7 +176,7 @@ fn lab_run(id: &str, narrow_mtu: u32, dir: &Path) -> (Option<i32>, Value, String
 #[test]
 #[ignore = "needs root, network namespaces, iptables: run by scripts/test"]
 fn black_hole_lab_names_the_cause_and_compare_names_the_bulk_difference() {
-    if !require_root() || !require_tools(&["ip", "iptables"]) {
+    if !require_root("network namespaces") || !require_tools(&["ip", "iptables"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -278,7 +262,7 @@ fn black_hole_lab_names_the_cause_and_compare_names_the_bulk_difference() {
 #[test]
 #[ignore = "needs root and network namespaces: run by scripts/test"]
 fn an_unresolvable_name_is_a_dns_failure() {
-    if !require_root() || !require_tools(&["ip"]) {
+    if !require_root("network namespaces") || !require_tools(&["ip"]) {
         return;
     }
     // The namespace's resolver is its own 127.0.0.1, where nothing listens.
@@ -379,7 +363,9 @@ fn a_listener_that_resets_is_a_reset() {
             socket2::SockRef::from(&s)
                 .set_linger(Some(Duration::ZERO))
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(50));
+            // Reset once the client has spoken (its TLS hello), or after 2 s of silence.
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = std::io::Read::read(&mut &s, &mut [0u8; 1024]);
             drop(s);
         }
     });

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::support::fake_upstream::{FakeUpstream, Fault, Kind, Options, Role};
 use crate::support::images::{self, Content, Format};
-use crate::support::inprocess::{Berth, client, sha256, upstream_table};
+use crate::support::inprocess::{Berth, client, get_bytes, sha256};
 use http::Method;
 
 const CONTAINERD_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
@@ -115,9 +115,11 @@ async fn routes_by_ns_path_prefix_and_default_with_library_prefix() {
     let flux = images::multi_arch(3, Format::Oci);
     hub.push("library/busybox", "1.0", &busybox);
     ghcr.push("fluxcd/helm-controller", "v1.5.1", &flux);
-    let config =
-        upstream_table("docker.io", &hub.url(), "") + &upstream_table("ghcr.io", &ghcr.url(), "");
-    let berth = Berth::start(&config).await;
+    let berth = Berth::builder()
+        .upstream(&hub)
+        .upstream_named("ghcr.io", &ghcr.url())
+        .start()
+        .await;
     let base = berth.url("");
 
     // Default upstream, one-component name → library/.
@@ -154,15 +156,13 @@ async fn routes_by_ns_path_prefix_and_default_with_library_prefix() {
     );
 
     // Unconfigured registries are refused without any upstream traffic.
-    let http = client();
     for path in [
         "/v2/x/manifests/1?ns=evil.example",
         "/v2/evil.example/x/manifests/1",
         "/v2/localhost:5000/x/manifests/1",
     ] {
-        let response = http.get(berth.url(path)).send().await.unwrap();
-        assert_eq!(response.status(), 404, "{path}");
-        let body: serde_json::Value = response.json().await.unwrap();
+        let (status, body) = berth.get_json(path).await;
+        assert_eq!(status, 404, "{path}");
         assert_eq!(body["errors"][0]["code"], "NAME_UNKNOWN", "{path}");
     }
 }
@@ -171,7 +171,6 @@ async fn routes_by_ns_path_prefix_and_default_with_library_prefix() {
 async fn bad_input_gets_oci_errors() {
     let fake = FakeUpstream::start(Options::plain()).await;
     let berth = Berth::builder().upstream(&fake).start().await;
-    let http = client();
     let long_name = "a".repeat(256);
     let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     let cases: Vec<(Method, String, u16, &str)> = vec![
@@ -278,7 +277,6 @@ async fn bad_input_gets_oci_errors() {
             "NAME_UNKNOWN",
         ),
     ];
-    let _ = &http;
     for (method, path, status, code) in cases {
         // Raw bytes on the wire: an HTTP client library would normalise `..` away.
         let (got, head, body) = raw_request(berth.addr, &method, &path).await;
@@ -415,7 +413,7 @@ async fn corrupt_upstream_blob_is_never_served_whole_nor_cached() {
             .reference(&layer.digest),
     );
 
-    let response = client().get(&url).send().await.unwrap();
+    let response = crate::support::inprocess::get(&url).await;
     let outcome = response.bytes().await;
     assert!(
         outcome.is_err(),
@@ -424,14 +422,8 @@ async fn corrupt_upstream_blob_is_never_served_whole_nor_cached() {
 
     // Nothing was committed: the next pull goes upstream again and gets the right bytes.
     let before = fake.count(Role::Cdn, Kind::Blob, Method::GET);
-    let body = client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let (status, body) = get_bytes(&url).await;
+    assert_eq!(status, 200);
     assert_eq!(sha256(&body), layer.digest);
     assert_eq!(fake.count(Role::Cdn, Kind::Blob, Method::GET), before + 1);
 }
@@ -465,6 +457,9 @@ async fn tag_ttl_revalidates_with_head_and_follows_moves() {
 
     assert_eq!(get_digest().await, first.index.digest);
     fake.reset_stats();
+    // The record must age past its 1 ms tag_ttl. Tag ages are wall-clock (SystemTime) in berth,
+    // which a test cannot advance: time passing is the subject, and a sleep is a lower bound
+    // that load only lengthens.
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(get_digest().await, first.index.digest);
     assert_eq!(
@@ -479,6 +474,7 @@ async fn tag_ttl_revalidates_with_head_and_follows_moves() {
     );
 
     fake.tag("team/app", "stable", &second.index.digest);
+    // Past tag_ttl again (wall clock, as above).
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(
         get_digest().await,
@@ -521,12 +517,11 @@ async fn cached_content_survives_an_unreachable_upstream_and_a_restart() {
     let fake = FakeUpstream::start(Options::default()).await;
     let image = images::multi_arch(9, Format::Docker);
     fake.push("library/busybox", "1.36", &image);
-    let config = upstream_table(
-        "docker.io",
-        &fake.url(),
-        "tag_ttl = \"1ms\"\nmax_attempts = 1",
-    );
-    let berth = Berth::start(&config).await;
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config("tag_ttl = \"1ms\"\nmax_attempts = 1")
+        .start()
+        .await;
     pull(
         &berth.url(""),
         "library/busybox",
@@ -538,8 +533,7 @@ async fn cached_content_survives_an_unreachable_upstream_and_a_restart() {
 
     // Upstream gone (its ports closed), berth restarted on the same cache.
     drop(fake);
-    let data = berth.shutdown().await;
-    let berth = Berth::start_in(&config, data).await;
+    let berth = berth.restart().await;
     pull(
         &berth.url(""),
         "library/busybox",
@@ -548,22 +542,18 @@ async fn cached_content_survives_an_unreachable_upstream_and_a_restart() {
         &image,
     )
     .await;
-    let by_digest = client()
-        .get(berth.url(&format!(
+    let by_digest = berth
+        .status_of(&format!(
             "/v2/library/busybox/manifests/{}?ns=docker.io",
             image.index.digest
-        )))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(by_digest.status(), 200);
+        ))
+        .await;
+    assert_eq!(by_digest, 200);
 
     // Content never cached fails clearly, fast.
-    let missing = client()
-        .get(berth.url("/v2/library/busybox/manifests/never-seen?ns=docker.io"))
-        .send()
-        .await
-        .unwrap();
+    let missing = berth
+        .get("/v2/library/busybox/manifests/never-seen?ns=docker.io")
+        .await;
     assert_eq!(missing.status(), 503);
     assert!(missing.headers().contains_key("retry-after"));
 }
@@ -590,7 +580,7 @@ async fn a_miss_streams_before_the_upstream_finishes_and_survives_client_disconn
     let url = berth.url(&format!("/v2/big/blobs/{}", big.digest));
 
     let started = std::time::Instant::now();
-    let mut response = client().get(&url).send().await.unwrap();
+    let mut response = crate::support::inprocess::get(&url).await;
     let first = response.chunk().await.unwrap().expect("first bytes");
     assert!(!first.is_empty());
     assert!(
@@ -599,24 +589,10 @@ async fn a_miss_streams_before_the_upstream_finishes_and_survives_client_disconn
     );
     drop(response); // the client goes away mid-transfer
 
-    // The fill carries on and commits the verified blob.
-    let blob_path = berth.data.path().join("blobs/sha256").join(big.hex());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !blob_path.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "fill did not finish after the client left"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let body = client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    // The fill carries on (after the client left) and commits the verified blob.
+    berth.wait_committed(&big.digest).await;
+    let (status, body) = get_bytes(&url).await;
+    assert_eq!(status, 200);
     assert_eq!(sha256(&body), big.digest);
     assert_eq!(fake.count_kind(Kind::Blob), 1);
 }
@@ -629,20 +605,12 @@ async fn tag_list_and_referrers_pass_through() {
         fake.push("library/busybox", tag, &image);
     }
     let berth = Berth::builder().upstream(&fake).start().await;
-    let list: serde_json::Value = client()
-        .get(berth.url("/v2/busybox/tags/list?n=2&last=a"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, list) = berth.get_json("/v2/busybox/tags/list?n=2&last=a").await;
+    assert_eq!(status, 200);
     assert_eq!(list["tags"], serde_json::json!(["b", "c"]));
-    let referrers = client()
-        .get(berth.url(&format!("/v2/busybox/referrers/{}", image.index.digest)))
-        .send()
-        .await
-        .unwrap();
+    let referrers = berth
+        .get(&format!("/v2/busybox/referrers/{}", image.index.digest))
+        .await;
     assert_eq!(referrers.status(), 200);
     assert_eq!(
         referrers.headers()["content-type"],

@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::support::fake_upstream::{FakeUpstream, Kind, Options, TlsFront};
 use crate::support::images::{self, Content, Format, ImageSpec};
-use crate::support::inprocess::{Berth, client, upstream_table};
+use crate::support::inprocess::{Berth, client};
 use crate::support::real::TestCa;
 
 const ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
@@ -69,12 +69,14 @@ async fn pattern_registries_are_served_and_others_get_404_without_a_connection()
     bystander.set_nonblocking(true).unwrap();
     let refused = bystander.local_addr().unwrap().to_string();
 
-    let config = format!(
-        "upstream_patterns = [{allowed:?}, \"*.pkg.dev\"]\n{}\n[upstream_defaults]\nca_file = {:?}\n",
-        upstream_table("docker.io", &origin.url(), ""),
-        ca.ca_pem.to_str().unwrap(),
-    );
-    let berth = Berth::start(&config).await;
+    let berth = Berth::builder()
+        .top_level(&format!(
+            "upstream_patterns = [{allowed:?}, \"*.pkg.dev\"]\n[upstream_defaults]\nca_file = {:?}",
+            ca.ca_pem.to_str().unwrap(),
+        ))
+        .upstream(&origin)
+        .start()
+        .await;
 
     // Allowed by a pattern: by ?ns= (containerd's "*" mirror) and by path prefix (podman).
     pull_and_verify(&berth, "team/app", &format!("?ns={allowed}"), "v1", &image).await;
@@ -149,8 +151,10 @@ async fn a_vanity_registry_redirecting_to_its_origin_is_followed() {
         let _ = axum::serve(listener, vanity).await;
     });
 
-    let config = upstream_table("oci.external-secrets.io", &vanity_url, "");
-    let berth = Berth::start(&config).await;
+    let berth = Berth::builder()
+        .upstream_named("oci.external-secrets.io", &vanity_url)
+        .start()
+        .await;
     let query = "?ns=oci.external-secrets.io";
     let name = "external-secrets/external-secrets";
     let (status, body, digest) = get(&berth, &format!("/v2/{name}/manifests/v2.1.0{query}")).await;

@@ -5,25 +5,26 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::berth::{BerthProcess, UpstreamSpec, config_toml};
+use crate::support::berth::BerthProcess;
 use crate::support::fake_upstream::{AfterStall, FakeUpstream, Fault, Kind, Options};
 use crate::support::images::{self, Blob, Format};
-use crate::support::inprocess::{client, sha256};
+use crate::support::inprocess::{Berth, BerthBuilder, client, get, sha256};
 use crate::support::prereq::require_tools;
 use crate::support::real::S3Server;
 use crate::support::real::s3::TOOL;
+use crate::support::util::eventually;
 use futures::StreamExt;
 
 const REPO: &str = "library/app";
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
-fn replica_config(fake: &FakeUpstream, s3: &S3Server, tag_ttl: &str) -> String {
-    let upstream = UpstreamSpec::new("docker.io", &fake.url()).tag_ttl(tag_ttl);
-    format!(
-        "{}\n{}",
-        config_toml("docker.io", &[upstream]),
-        s3.store_toml(Some("replicas"))
-    )
+/// A replica on the shared bucket; more `[store]` keys may follow with `.top_level()`.
+fn replica(fake: &FakeUpstream, s3: &S3Server, tag_ttl: &str) -> BerthBuilder {
+    Berth::builder()
+        .default_upstream("docker.io")
+        .top_level(&s3.store_toml(Some("replicas")))
+        .upstream(fake)
+        .tag_ttl(tag_ttl)
 }
 
 /// GETs `path` from `berth`; returns (status, sha256 of the body, body length).
@@ -83,13 +84,14 @@ fn stored_object_digest(s3: &S3Server, blob: &Blob) -> Option<String> {
 
 /// Clients get their last byte once the blob verifies; the upload finishes after. Waits
 /// (≤ 30 s) for the object, then returns its digest (s3s-fs places objects by rename).
-fn wait_for_object(s3: &S3Server, blob: &Blob) -> String {
+async fn wait_for_object(s3: &S3Server, blob: &Blob) -> String {
     let file = s3.object_file(&format!("replicas/blobs/sha256/{}", blob.hex()));
-    crate::support::util::wait_until(
+    eventually(
         "the blob object in the bucket",
         Duration::from_secs(30),
-        || file.exists().then_some(()),
-    );
+        || async { file.exists() },
+    )
+    .await;
     stored_object_digest(s3, blob).unwrap()
 }
 
@@ -99,9 +101,8 @@ async fn a_blob_cached_by_one_replica_is_served_by_another_without_the_upstream(
     let Some((s3, fake, image, layer)) = setup(40).await else {
         return;
     };
-    let config = replica_config(&fake, &s3, "5m");
-    let a = BerthProcess::start(&config);
-    let b = BerthProcess::start(&config);
+    let a = replica(&fake, &s3, "5m").spawn();
+    let b = replica(&fake, &s3, "5m").spawn();
 
     let manifest_path = format!("/v2/{REPO}/manifests/v1");
     let (status, digest, _) = fetch(&a, &manifest_path, None).await;
@@ -116,18 +117,15 @@ async fn a_blob_cached_by_one_replica_is_served_by_another_without_the_upstream(
     );
     assert_eq!(upstream_requests(&a, "blob"), 1.0);
     assert_eq!(
-        wait_for_object(&s3, &layer),
+        wait_for_object(&s3, &layer).await,
         layer.digest,
         "A uploaded the verified blob to the bucket"
     );
     let spool = a.dir.path().join("data/spool");
-    crate::support::util::wait_until("the spool file to go", Duration::from_secs(10), || {
-        std::fs::read_dir(&spool)
-            .unwrap()
-            .next()
-            .is_none()
-            .then_some(())
-    });
+    eventually("the spool file to go", Duration::from_secs(10), || async {
+        std::fs::read_dir(&spool).unwrap().next().is_none()
+    })
+    .await;
 
     // B: the tag record, the manifest and the blob all come from the bucket.
     let (status, digest, _) = fetch(&b, &manifest_path, None).await;
@@ -179,9 +177,8 @@ async fn two_replicas_filling_one_cold_blob_at_once_store_it_intact() {
     let Some((s3, fake, _image, layer)) = setup(64).await else {
         return;
     };
-    let config = replica_config(&fake, &s3, "5m");
-    let a = Arc::new(BerthProcess::start(&config));
-    let b = Arc::new(BerthProcess::start(&config));
+    let a = Arc::new(replica(&fake, &s3, "5m").spawn());
+    let b = Arc::new(replica(&fake, &s3, "5m").spawn());
 
     let barrier = Arc::new(tokio::sync::Barrier::new(6));
     let clients: Vec<_> = (0..6)
@@ -207,7 +204,7 @@ async fn two_replicas_filling_one_cold_blob_at_once_store_it_intact() {
         "each replica fills at most once: {fills}"
     );
     assert_eq!(
-        wait_for_object(&s3, &layer),
+        wait_for_object(&s3, &layer).await,
         layer.digest,
         "the object in the bucket is the blob, whoever finished last"
     );
@@ -229,9 +226,8 @@ async fn a_tag_refreshed_by_one_replica_is_used_by_another() {
         return;
     };
     let ttl = Duration::from_secs(2);
-    let config = replica_config(&fake, &s3, "2s");
-    let a = BerthProcess::start(&config);
-    let b = BerthProcess::start(&config);
+    let a = replica(&fake, &s3, "2s").spawn();
+    let b = replica(&fake, &s3, "2s").spawn();
     let manifest_path = format!("/v2/{REPO}/manifests/v1");
 
     let (_, digest, _) = fetch(&a, &manifest_path, None).await;
@@ -247,6 +243,8 @@ async fn a_tag_refreshed_by_one_replica_is_used_by_another() {
     // The tag moves upstream; after the TTL, A revalidates and writes the new record.
     let moved = images::image(&images::ImageSpec::new(8, Format::Oci));
     fake.push(REPO, "v1", &moved);
+    // berth runs in other processes: their tag_ttl clock cannot be advanced, so the TTL passing
+    // is the subject of this sleep (a lower bound that load only lengthens).
     tokio::time::sleep(ttl + Duration::from_millis(500)).await;
     let (_, digest, _) = fetch(&a, &manifest_path, None).await;
     assert_eq!(digest, moved.manifest.digest, "A saw the move");
@@ -271,8 +269,7 @@ async fn with_s3_down_pulls_still_stream_from_the_upstream() {
     let Some((mut s3, fake, image, layer)) = setup(8).await else {
         return;
     };
-    let config = replica_config(&fake, &s3, "5m");
-    let berth = BerthProcess::start(&config);
+    let berth = replica(&fake, &s3, "5m").spawn();
     s3.stop();
 
     let manifest_path = format!("/v2/{REPO}/manifests/v1");
@@ -302,7 +299,7 @@ async fn with_s3_down_pulls_still_stream_from_the_upstream() {
     s3.restart();
     let (status, digest, _) = fetch(&berth, &blob_path(&layer), None).await;
     assert_eq!((status, digest.as_str()), (200, layer.digest.as_str()));
-    assert_eq!(wait_for_object(&s3, &layer), layer.digest);
+    assert_eq!(wait_for_object(&s3, &layer).await, layer.digest);
 }
 
 /// The blob's file in a berth's local hot tier.
@@ -310,11 +307,14 @@ fn hot_file(berth: &BerthProcess, blob: &Blob) -> std::path::PathBuf {
     berth.data_dir().join("blobs/sha256").join(blob.hex())
 }
 
-fn wait_hot(berth: &BerthProcess, blob: &Blob) {
+async fn wait_hot(berth: &BerthProcess, blob: &Blob) {
     let file = hot_file(berth, blob);
-    crate::support::util::wait_until("the blob in the hot tier", Duration::from_secs(30), || {
-        file.exists().then_some(())
-    });
+    eventually(
+        "the blob in the hot tier",
+        Duration::from_secs(30),
+        || async { file.exists() },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,13 +327,13 @@ async fn the_hot_tier_serves_warm_reads_with_s3_down_and_cold_ones_from_the_upst
     let cold_image =
         images::image_with_layers(&images::ImageSpec::new(11, Format::Oci), vec![cold.clone()]);
     fake.push(REPO, "v2", &cold_image);
-    let berth = BerthProcess::start(&replica_config(&fake, &s3, "5m"));
+    let berth = replica(&fake, &s3, "5m").spawn();
 
     let (status, digest, _) = fetch(&berth, &blob_path(&layer), None).await;
     assert_eq!((status, digest.as_str()), (200, layer.digest.as_str()));
     // A fill lands in both tiers: the bucket (the truth) and the local hot tier.
-    assert_eq!(wait_for_object(&s3, &layer), layer.digest);
-    wait_hot(&berth, &layer);
+    assert_eq!(wait_for_object(&s3, &layer).await, layer.digest);
+    wait_hot(&berth, &layer).await;
     assert_eq!(
         sha256(&std::fs::read(hot_file(&berth, &layer)).unwrap()),
         layer.digest
@@ -366,18 +366,17 @@ async fn a_replica_promotes_what_it_reads_from_s3_into_its_hot_tier() {
     let Some((mut s3, fake, _image, layer)) = setup(8).await else {
         return;
     };
-    let config = replica_config(&fake, &s3, "5m");
-    let a = BerthProcess::start(&config);
+    let a = replica(&fake, &s3, "5m").spawn();
     let (status, _, _) = fetch(&a, &blob_path(&layer), None).await;
     assert_eq!(status, 200);
-    assert_eq!(wait_for_object(&s3, &layer), layer.digest);
+    assert_eq!(wait_for_object(&s3, &layer).await, layer.digest);
 
-    let b = BerthProcess::start(&config);
+    let b = replica(&fake, &s3, "5m").spawn();
     assert!(!hot_file(&b, &layer).exists());
     let (status, digest, _) = fetch(&b, &blob_path(&layer), None).await;
     assert_eq!((status, digest.as_str()), (200, layer.digest.as_str()));
     assert_eq!(upstream_requests(&b, "blob"), 0.0, "read from the bucket");
-    wait_hot(&b, &layer);
+    wait_hot(&b, &layer).await;
 
     s3.stop();
     let (status, digest, _) = fetch(&b, &blob_path(&layer), None).await;
@@ -400,15 +399,13 @@ async fn the_hot_tier_stays_under_local_max_size_and_the_bucket_keeps_everything
     let layers: Vec<Blob> = (0..4).map(|i| images::big_blob(1, 20 + i)).collect();
     let image = images::image_with_layers(&images::ImageSpec::new(20, Format::Oci), layers.clone());
     fake.push(REPO, "v1", &image);
-    let config = format!(
-        "{}local_max_size = \"2600KiB\"\n",
-        replica_config(&fake, &s3, "5m")
-    );
-    let berth = BerthProcess::start(&config);
+    let berth = replica(&fake, &s3, "5m")
+        .top_level("local_max_size = \"2600KiB\"")
+        .spawn();
     for layer in &layers {
         let (status, digest, _) = fetch(&berth, &blob_path(layer), None).await;
         assert_eq!((status, digest.as_str()), (200, layer.digest.as_str()));
-        assert_eq!(wait_for_object(&s3, layer), layer.digest);
+        assert_eq!(wait_for_object(&s3, layer).await, layer.digest);
     }
     let hot_bytes = || -> u64 {
         layers
@@ -417,11 +414,12 @@ async fn the_hot_tier_stays_under_local_max_size_and_the_bucket_keeps_everything
             .map(|m| m.len())
             .sum()
     };
-    crate::support::util::wait_until(
+    eventually(
         "the hot tier under local_max_size",
         Duration::from_secs(30),
-        || (hot_bytes() <= 2600 * 1024).then_some(()),
-    );
+        || async { hot_bytes() <= 2600 * 1024 },
+    )
+    .await;
     assert!(hot_bytes() > 0, "recent blobs stay hot");
     for layer in &layers {
         assert_eq!(
@@ -443,10 +441,6 @@ async fn only_if_cached_serves_a_verified_blob_whose_upload_is_still_running() {
         return;
     };
     // No hot tier: the blob is stored only once the upload to the (frozen) bucket finishes.
-    let config = format!(
-        "{}local_max_size = \"0\"\n",
-        replica_config(&fake, &s3, "5m")
-    );
     fake.inject(
         Fault::stall(
             1024 * 1024,
@@ -456,25 +450,26 @@ async fn only_if_cached_serves_a_verified_blob_whose_upload_is_still_running() {
         .kind(Kind::Blob)
         .reference(&layer.digest),
     );
-    let berth = BerthProcess::start(&config);
+    let berth = replica(&fake, &s3, "5m")
+        .top_level("local_max_size = \"0\"")
+        .spawn();
     let url = format!("{}{}", berth.url(), blob_path(&layer));
     let cold = tokio::spawn({
         let url = url.clone();
         async move {
-            let response = client().get(&url).send().await.unwrap();
+            let response = get(&url).await;
             let status = response.status().as_u16();
             (status, sha256(&response.bytes().await.unwrap()))
         }
     });
     // Once the upstream sends the blob, the fill has made its store calls; its transfer
     // pauses at 1 MiB. Freeze the bucket so the upload hangs after verification.
-    for _ in 0..300 {
-        if fake.bytes_sent(&layer.digest) > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(fake.bytes_sent(&layer.digest) > 0, "the fill never started");
+    eventually(
+        "the upstream to send the blob (the fill started)",
+        Duration::from_secs(10),
+        || async { fake.bytes_sent(&layer.digest) > 0 },
+    )
+    .await;
     s3.pause();
     let (status, digest) = tokio::time::timeout(Duration::from_secs(30), cold)
         .await
@@ -521,6 +516,6 @@ async fn only_if_cached_serves_a_verified_blob_whose_upload_is_still_running() {
     );
 
     s3.resume();
-    assert_eq!(wait_for_object(&s3, &layer), layer.digest);
+    assert_eq!(wait_for_object(&s3, &layer).await, layer.digest);
     assert_eq!(fake.count_kind(Kind::Blob), 1, "one upstream transfer");
 }

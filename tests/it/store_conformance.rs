@@ -197,7 +197,8 @@ async fn a_failed_or_dropped_commit_leaves_nothing_partial(
         let file = spool(&dir, &big);
         let commit = store.commit_file(&key, &file);
         let _ = tokio::time::timeout(Duration::from_millis(after), commit).await;
-        // Give a background rename or upload time to land or die.
+        // Give a background rename or upload time to land or die. What is checked is that no
+        // partial object ever shows, an absence no event signals: a window, not a condition.
         tokio::time::sleep(Duration::from_millis(300)).await;
         match store.size(&key).await.unwrap() {
             None => assert_eq!(store.get(&key).await.unwrap(), None),
@@ -217,6 +218,7 @@ async fn a_failed_or_dropped_commit_leaves_nothing_partial(
         let bytes = Bytes::from(content(64 * 1024, 4));
         let _ = tokio::time::timeout(Duration::from_millis(after), store.put(&key, bytes.clone()))
             .await;
+        // A window for a late write to show (as above): no event signals its absence.
         tokio::time::sleep(Duration::from_millis(200)).await;
         if let Some(got) = store.get(&key).await.unwrap() {
             assert_eq!(got, bytes, "no partial small object");
@@ -235,14 +237,20 @@ async fn concurrent_writers_of_one_key_leave_one_whole_object(
             tokio::spawn(async move { store.commit_file(BLOB, &file).await })
         })
         .collect();
-    // Meanwhile, whatever a reader sees is the whole object or nothing.
+    // Meanwhile, whatever a reader sees is the whole object or nothing: sampled until every
+    // writer is done (at most 1,000 samples).
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let watcher = {
-        let (store, big) = (store.clone(), big.clone());
+        let (store, big, writing) = (store.clone(), big.clone(), writing.clone());
         tokio::spawn(async move {
-            for _ in 0..20 {
+            for _ in 0..1000 {
+                if !writing.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
                 if let Some(size) = store.size(BLOB).await.unwrap() {
                     assert_eq!(size, big.len() as u64, "never a partial object");
                 }
+                // The sampling pace of the reader, not a wait for anything.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -250,6 +258,7 @@ async fn concurrent_writers_of_one_key_leave_one_whole_object(
     for w in writers {
         w.await.unwrap().unwrap();
     }
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
     watcher.await.unwrap();
     assert_eq!(store.size(BLOB).await.unwrap(), Some(big.len() as u64));
     assert!(read_all(&*store, BLOB, 0..big.len() as u64).await == *big);

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use crate::support::fake_upstream::{FakeUpstream, Fault, Kind, Options, Role, TlsFront};
 use crate::support::images::{self, Format};
-use crate::support::inprocess::{Berth, client, upstream_table};
+use crate::support::inprocess::{Berth, client, get, status_of};
 use crate::support::real::TestCa;
 use crate::support::syn_gate::SynGate;
+use crate::support::util::eventually;
 use http::Method;
 
 /// Log lines at info level and above written while `f` runs on this (current-thread) runtime.
@@ -42,10 +43,6 @@ impl LogBuffer {
     }
 }
 
-async fn status_of(url: &str) -> u16 {
-    client().get(url).send().await.unwrap().status().as_u16()
-}
-
 /// The issue's reproduction, end to end: SYNs to the upstream are dropped, two cold requests
 /// open the breaker, after the cooldown a tag revalidation becomes the probe and its 5 s
 /// deadline drops the request future while the connect (6 s) is still pending. The black
@@ -60,14 +57,26 @@ async fn a_black_holed_upstream_recovers_within_cooldown_and_one_probe() {
                     connect_timeout = \"6s\"\nmax_attempts = 1";
 
     // The tag is known from an earlier run that could reach the upstream directly.
-    let first = Berth::start(&upstream_table("docker.io", &fake.url(), settings)).await;
+    let first = Berth::builder()
+        .upstream(&fake)
+        .config(settings)
+        .start()
+        .await;
     assert_eq!(
         status_of(&first.url("/v2/library/app/manifests/1")).await,
         200
     );
     let data = first.shutdown().await;
-    let berth = Berth::start_in(&upstream_table("docker.io", &gate.url(), settings), data).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await; // the tag record is past tag_ttl
+    let berth = Berth::builder()
+        .upstream_named("docker.io", &gate.url())
+        .config(settings)
+        .data(data)
+        .start()
+        .await;
+    // The tag record must age past tag_ttl (1 s). Tag ages are wall-clock (SystemTime) in
+    // berth, which a test cannot advance: time passing is the subject, and a sleep is a lower
+    // bound that load only lengthens.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let uncached = |arch: &str| {
         berth.url(&format!(
@@ -87,7 +96,9 @@ async fn a_black_holed_upstream_recovers_within_cooldown_and_one_probe() {
     );
 
     // After the cooldown, a tag request carries the probe; its revalidation deadline (5 s)
-    // fires before the connect timeout (6 s) and the last known digest is served.
+    // fires before the connect timeout (6 s) and the last known digest is served. The cooldown
+    // passing is the subject (and the runtime is multi-threaded, so its clock cannot be
+    // advanced): a sleep, a lower bound that load only lengthens.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let started = Instant::now();
     assert_eq!(
@@ -103,20 +114,13 @@ async fn a_black_holed_upstream_recovers_within_cooldown_and_one_probe() {
     gate.lift();
     let lifted = Instant::now();
     // Bound: the cancelled probe's connect runs out (≤ 2 s left), the cooldown (3 s), one
-    // successful probe; polled twice a second for at most 30 s.
-    let mut served = false;
-    for _ in 0..60 {
-        if status_of(&amd64).await == 200 {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(
-        served,
-        "uncached content still refused {:?} after the black hole was lifted",
-        lifted.elapsed()
-    );
+    // successful probe; awaited for at most 30 s, then held to 12 s.
+    eventually(
+        "uncached content served again after the black hole was lifted",
+        Duration::from_secs(30),
+        || async { status_of(&amd64).await == 200 },
+    )
+    .await;
     assert!(
         lifted.elapsed() < Duration::from_secs(12),
         "recovered only after {:?}",
@@ -137,21 +141,17 @@ async fn an_unknown_blob_behind_a_redirecting_registry_is_404_and_the_upstream_s
     .await;
     let image = images::multi_arch(62, Format::Oci);
     fake.push("pause", "3.10", &image);
-    let berth = Berth::start(&upstream_table(
-        "registry.k8s.io",
-        &fake.url(),
-        "breaker_threshold = 1\nmax_attempts = 4",
-    ))
-    .await;
+    let berth = Berth::builder()
+        .upstream_named("registry.k8s.io", &fake.url())
+        .config("breaker_threshold = 1\nmax_attempts = 4")
+        .start()
+        .await;
     let unknown = format!("sha256:{}", "0".repeat(64));
     let started = Instant::now();
-    let response = client()
-        .get(berth.url(&format!("/v2/registry.k8s.io/pause/blobs/{unknown}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404);
-    let body = response.text().await.unwrap();
+    let (status, body) = berth
+        .get_text(&format!("/v2/registry.k8s.io/pause/blobs/{unknown}"))
+        .await;
+    assert_eq!(status, 404);
     assert!(body.contains("BLOB_UNKNOWN"), "{body}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -165,13 +165,11 @@ async fn an_unknown_blob_behind_a_redirecting_registry_is_404_and_the_upstream_s
     );
     // breaker_threshold = 1: had the 404 counted, the next pull would get 503.
     let layer = &image.image_for("amd64").layers[0];
-    let response = client()
-        .get(berth.url(&format!("/v2/registry.k8s.io/pause/blobs/{}", layer.digest)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.bytes().await.unwrap(), layer.bytes);
+    let (status, body) = berth
+        .get_bytes(&format!("/v2/registry.k8s.io/pause/blobs/{}", layer.digest))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, layer.bytes);
 }
 
 #[tokio::test]
@@ -186,20 +184,16 @@ async fn a_redirect_target_asking_for_basic_gets_no_credentials() {
     .await;
     let image = images::multi_arch(63, Format::Oci);
     fake.push("library/app", "1", &image);
-    let berth = Berth::start(&upstream_table(
-        "docker.io",
-        &fake.url(),
-        "username = \"alice\"\npassword = \"s3cret-pass\"",
-    ))
-    .await;
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config("username = \"alice\"\npassword = \"s3cret-pass\"")
+        .start()
+        .await;
     let layer = &image.image_for("amd64").layers[0];
-    let response = client()
-        .get(berth.url(&format!("/v2/library/app/blobs/{}", layer.digest)))
-        .send()
-        .await
-        .unwrap();
-    assert!(!response.status().is_success(), "{}", response.status());
-    let body = response.text().await.unwrap();
+    let (status, body) = berth
+        .get_text(&format!("/v2/library/app/blobs/{}", layer.digest))
+        .await;
+    assert!(!(200..300).contains(&status), "{status}");
     let cdn_requests: Vec<_> = fake
         .requests()
         .into_iter()
@@ -236,18 +230,13 @@ async fn a_token_realm_on_a_foreign_host_gets_no_credentials() {
     .await;
     let image = images::multi_arch(64, Format::Oci);
     fake.push("library/app", "1", &image);
-    let berth = Berth::start(&upstream_table(
-        "docker.io",
-        &fake.url(),
-        "username = \"alice\"\npassword = \"s3cret-pass\"",
-    ))
-    .await;
-    let response = client()
-        .get(berth.url("/v2/library/app/manifests/1"))
-        .send()
-        .await
-        .unwrap();
-    assert!(!response.status().is_success());
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config("username = \"alice\"\npassword = \"s3cret-pass\"")
+        .start()
+        .await;
+    let status = berth.status_of("/v2/library/app/manifests/1").await;
+    assert!(!(200..300).contains(&status), "{status}");
     let token_requests: Vec<_> = fake
         .requests()
         .into_iter()
@@ -265,16 +254,12 @@ async fn a_token_realm_on_a_foreign_host_gets_no_credentials() {
     );
 
     // Listed in trusted_hosts, the same realm gets them and the pull works.
-    let trusted = Berth::start(&upstream_table(
-        "docker.io",
-        &fake.url(),
-        "username = \"alice\"\npassword = \"s3cret-pass\"\ntrusted_hosts = [\"localhost\"]",
-    ))
-    .await;
-    assert_eq!(
-        status_of(&trusted.url("/v2/library/app/manifests/1")).await,
-        200
-    );
+    let trusted = Berth::builder()
+        .upstream(&fake)
+        .config("username = \"alice\"\npassword = \"s3cret-pass\"\ntrusted_hosts = [\"localhost\"]")
+        .start()
+        .await;
+    assert_eq!(trusted.status_of("/v2/library/app/manifests/1").await, 200);
 }
 
 #[tokio::test]
@@ -288,23 +273,19 @@ async fn an_https_upstream_is_never_followed_onto_plain_http() {
     let image = images::multi_arch(65, Format::Oci);
     fake.push("library/app", "1", &image);
     let front = TlsFront::start(&ca, fake.registry_addr).await;
-    let berth = Berth::start(&upstream_table(
-        "docker.io",
-        &front.url(),
-        &format!(
+    let berth = Berth::builder()
+        .upstream_named("docker.io", &front.url())
+        .config(&format!(
             "ca_file = {:?}\nbreaker_threshold = 1",
             ca.ca_pem.display().to_string()
-        ),
-    ))
-    .await;
+        ))
+        .start()
+        .await;
     let layer = &image.image_for("amd64").layers[0];
-    let response = client()
-        .get(berth.url(&format!("/v2/library/app/blobs/{}", layer.digest)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 502);
-    let body = response.text().await.unwrap();
+    let (status, body) = berth
+        .get_text(&format!("/v2/library/app/blobs/{}", layer.digest))
+        .await;
+    assert_eq!(status, 502);
     assert!(body.contains("plain http"), "{body}");
     assert!(
         !body.contains("sig="),
@@ -316,7 +297,7 @@ async fn an_https_upstream_is_never_followed_onto_plain_http() {
         "the plain-http redirect target was never contacted"
     );
     assert_eq!(
-        status_of(&berth.url("/v2/library/app/manifests/1")).await,
+        berth.status_of("/v2/library/app/manifests/1").await,
         200,
         "a refused redirect is not a failure of the path"
     );
@@ -327,7 +308,7 @@ async fn a_head_of_an_uncached_blob_asks_the_upstream_with_a_head() {
     let fake = FakeUpstream::start(Options::default()).await;
     let blob = images::big_blob(4, 66);
     fake.put_blob("library/big", &blob);
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let berth = Berth::builder().upstream(&fake).start().await;
     let response = client()
         .head(berth.url(&format!("/v2/library/big/blobs/{}", blob.digest)))
         .send()
@@ -348,26 +329,20 @@ async fn blobs_over_max_blob_size_are_refused_before_download() {
     let fake = FakeUpstream::start(Options::plain()).await;
     let blob = images::big_blob(3, 67);
     fake.put_blob("library/big", &blob);
-    let berth = Berth::start(&upstream_table(
-        "docker.io",
-        &fake.url(),
-        "max_blob_size = \"1MiB\"",
-    ))
-    .await;
-    let response = client()
-        .get(berth.url(&format!("/v2/library/big/blobs/{}", blob.digest)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 502);
-    let body = response.text().await.unwrap();
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config("max_blob_size = \"1MiB\"")
+        .start()
+        .await;
+    let path = format!("/v2/library/big/blobs/{}", blob.digest);
+    let (status, body) = berth.get_text(&path).await;
+    assert_eq!(status, 502);
     assert!(body.contains("limit"), "{body}");
-    let again = client()
-        .get(berth.url(&format!("/v2/library/big/blobs/{}", blob.digest)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 502, "nothing of it was cached");
+    assert_eq!(
+        berth.status_of(&path).await,
+        502,
+        "nothing of it was cached"
+    );
 }
 
 /// max_fills = 1 with its queue of 4: a sixth concurrent cold blob is told to come back.
@@ -384,17 +359,28 @@ async fn blob_fills_past_the_cap_and_its_queue_get_503_with_retry_after() {
             .kind(Kind::Blob)
             .reference(&blobs[0].digest),
     );
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "max_fills = 1")).await;
-    let first = tokio::spawn(status_of_owned(
-        berth.url(&format!("/v2/library/big/blobs/{}", blobs[0].digest)),
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config("max_fills = 1")
+        .start()
+        .await;
+    let first = tokio::spawn({
+        let url = berth.url(&format!("/v2/library/big/blobs/{}", blobs[0].digest));
+        async move { status_of(&url).await }
+    });
+    // Its upstream GET has arrived (answered 2 s later): the fill holds its slot.
+    eventually(
+        "the first fill's upstream GET",
+        Duration::from_secs(10),
+        || async { fake.count(Role::Registry, Kind::Blob, Method::GET) == 1 },
+    )
+    .await;
     let rest: Vec<_> = blobs[1..]
         .iter()
         .map(|b| {
             let url = berth.url(&format!("/v2/library/big/blobs/{}", b.digest));
             tokio::spawn(async move {
-                let response = client().get(&url).send().await.unwrap();
+                let response = get(&url).await;
                 (
                     response.status().as_u16(),
                     response.headers().contains_key("retry-after"),
@@ -413,34 +399,28 @@ async fn blob_fills_past_the_cap_and_its_queue_get_503_with_retry_after() {
     assert!(outcomes.iter().all(|(s, retry)| *s != 503 || *retry));
 }
 
-async fn status_of_owned(url: String) -> u16 {
-    status_of(&url).await
-}
-
 #[tokio::test]
 async fn a_huge_tag_page_size_is_clamped() {
     let fake = FakeUpstream::start(Options::plain()).await;
     let image = images::multi_arch(68, Format::Oci);
     fake.push("library/app", "1", &image);
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
-    let response = client()
-        .get(berth.url("/v2/library/app/tags/list?n=99999999999999999999"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let berth = Berth::builder().upstream(&fake).start().await;
+    assert_eq!(
+        berth
+            .status_of("/v2/library/app/tags/list?n=99999999999999999999")
+            .await,
+        200
+    );
     let tags = fake
         .requests()
         .into_iter()
         .find(|r| r.uri.contains("tags/list"))
         .unwrap();
     assert!(!tags.uri.contains("n=9"), "{}", tags.uri);
-    let response = client()
-        .get(berth.url("/v2/library/app/tags/list?n=50000"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(
+        berth.status_of("/v2/library/app/tags/list?n=50000").await,
+        200
+    );
     assert!(
         fake.requests()
             .iter()
@@ -455,15 +435,19 @@ async fn a_loop_of_bad_references_costs_one_upstream_request_each_briefly() {
     let fake = FakeUpstream::start(Options::default()).await;
     let image = images::multi_arch(69, Format::Oci);
     fake.push("library/app", "1", &image);
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let berth = Berth::builder().upstream(&fake).start().await;
     let missing_blob = format!("sha256:{}", "1".repeat(64));
     for _ in 0..5 {
         assert_eq!(
-            status_of(&berth.url("/v2/library/app/manifests/no-such-tag")).await,
+            berth
+                .status_of("/v2/library/app/manifests/no-such-tag")
+                .await,
             404
         );
         assert_eq!(
-            status_of(&berth.url(&format!("/v2/library/app/blobs/{missing_blob}"))).await,
+            berth
+                .status_of(&format!("/v2/library/app/blobs/{missing_blob}"))
+                .await,
             404
         );
     }
@@ -482,7 +466,7 @@ async fn clients_differing_only_in_accept_share_one_upstream_get() {
     let fake = FakeUpstream::start(Options::plain()).await;
     let image = images::multi_arch(71, Format::Oci);
     fake.push("library/app", "1", &image);
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let berth = Berth::builder().upstream(&fake).start().await;
     let url = berth.url("/v2/library/app/manifests/1");
     // The tag is an index; these clients say they take only single manifests.
     for accept in [
@@ -514,14 +498,12 @@ async fn a_probe_whose_client_hangs_up_still_settles_the_breaker() {
     let image = images::multi_arch(72, Format::Oci);
     fake.push("library/app", "1", &image);
     let mut gate = SynGate::start(fake.registry_addr).await;
-    let berth = Berth::start(&upstream_table(
-        "docker.io",
-        &gate.url(),
-        "breaker_threshold = 1\nbreaker_cooldown = \"2s\"\nconnect_timeout = \"3s\"\nmax_attempts = 1",
-    ))
+    let berth = Berth::builder().upstream_named("docker.io", &gate.url()).config("breaker_threshold = 1\nbreaker_cooldown = \"2s\"\nconnect_timeout = \"3s\"\nmax_attempts = 1").start()
     .await;
     let tags = berth.url("/v2/library/app/tags/list");
     assert_eq!(status_of(&tags).await, 503, "the connect times out: open");
+    // The cooldown passing is the subject (a multi-threaded runtime: its clock cannot be
+    // advanced): a sleep, a lower bound that load only lengthens.
     tokio::time::sleep(Duration::from_secs(2)).await;
     // The probe's client gives up after 300 ms, long before the connect timeout.
     let impatient = reqwest::Client::builder()
@@ -532,16 +514,14 @@ async fn a_probe_whose_client_hangs_up_still_settles_the_breaker() {
     assert!(impatient.get(&tags).send().await.is_err(), "client hung up");
     gate.lift();
     let lifted = Instant::now();
-    let mut served = false;
-    for _ in 0..40 {
-        if status_of(&tags).await == 200 {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually(
+        "tag lists served again after the black hole was lifted",
+        Duration::from_secs(10),
+        || async { status_of(&tags).await == 200 },
+    )
+    .await;
     assert!(
-        served && lifted.elapsed() < Duration::from_secs(8),
+        lifted.elapsed() < Duration::from_secs(8),
         "tag lists refused {:?} after the black hole was lifted",
         lifted.elapsed()
     );
@@ -560,13 +540,14 @@ async fn a_failing_blob_costs_max_attempts_requests_not_their_square() {
             .reference(&blob.digest)
             .times(50),
     );
-    let berth = Berth::start(&upstream_table(
-        "docker.io",
-        &fake.url(),
-        "max_attempts = 3\nbreaker_threshold = 100",
-    ))
-    .await;
-    let status = status_of(&berth.url(&format!("/v2/library/big/blobs/{}", blob.digest))).await;
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config("max_attempts = 3\nbreaker_threshold = 100")
+        .start()
+        .await;
+    let status = berth
+        .status_of(&format!("/v2/library/big/blobs/{}", blob.digest))
+        .await;
     assert_eq!(status, 502, "the upstream's 503s, passed on");
     assert_eq!(fake.count(Role::Registry, Kind::Blob, Method::GET), 3);
 }
@@ -583,16 +564,16 @@ async fn a_blob_without_content_length_is_cut_off_at_the_caps() {
     fake.put_blob("library/big", &small);
     fake.put_blob("library/big", &big);
     for extra in ["max_blob_size = \"2MiB\"", "[store]\nmax_size = \"2MiB\""] {
-        let berth = Berth::start(&upstream_table("docker.io", &fake.url(), extra)).await;
+        let berth = Berth::builder().upstream(&fake).config(extra).start().await;
         let url = |b: &images::Blob| berth.url(&format!("/v2/library/big/blobs/{}", b.digest));
-        let response = client().get(url(&small)).send().await.unwrap();
+        let response = get(&url(&small)).await;
         assert_eq!(response.status(), 200, "{extra}");
         assert!(
             response.headers().get("content-length").is_none(),
             "chunked through"
         );
         assert_eq!(response.bytes().await.unwrap(), small.bytes);
-        let response = client().get(url(&big)).send().await.unwrap();
+        let response = get(&url(&big)).await;
         // Headers may have gone out before the cap was hit: then the body breaks instead.
         let status = response.status().as_u16();
         assert!(status == 200 || status == 502, "{extra}: {status}");
@@ -611,7 +592,7 @@ async fn identical_concurrent_tag_lists_share_one_upstream_request() {
     for tag in ["1", "2", "3"] {
         fake.push("library/app", tag, &image);
     }
-    let berth = Berth::start(&upstream_table("docker.io", &fake.url(), "")).await;
+    let berth = Berth::builder().upstream(&fake).start().await;
     // The upstream answers slowly, so all ten requests arrive while the first is in flight.
     fake.inject(
         Fault::delay_headers(Duration::from_millis(800))

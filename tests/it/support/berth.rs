@@ -1,59 +1,21 @@
-//! The berth binary as a child process: config file, free port, readiness on `GET /v2/`,
-//! stderr captured to a file, `/metrics` parsing. Killed on drop.
+//! The berth binary as a child process, started by the builder (`Berth::builder()....spawn()`):
+//! config file, free port, readiness on `GET /v2/` (or its log), stderr captured to a file,
+//! `/metrics` and `/_berth/status` helpers. Killed on drop.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::util::{free_port, http_get, kill_child, wait_until};
+use super::builder::{DataDir, SELF_URL};
+use super::util::{free_port, http_get, kill_child, poll_blocking, wait_until};
 
-/// One `[upstreams."<name>"]` table.
-#[derive(Clone, Debug, Default)]
-pub struct UpstreamSpec {
-    pub name: String,
-    pub url: String,
-    pub ca_file: Option<PathBuf>,
-    pub credentials: Option<(String, String)>,
-    /// e.g. `"5m"`; berth's default when `None`.
-    pub tag_ttl: Option<String>,
-}
-
-impl UpstreamSpec {
-    pub fn new(name: &str, url: &str) -> UpstreamSpec {
-        UpstreamSpec {
-            name: name.into(),
-            url: url.into(),
-            ..UpstreamSpec::default()
-        }
-    }
-    pub fn ca_file(mut self, path: &Path) -> UpstreamSpec {
-        self.ca_file = Some(path.to_path_buf());
-        self
-    }
-    pub fn tag_ttl(mut self, ttl: &str) -> UpstreamSpec {
-        self.tag_ttl = Some(ttl.into());
-        self
-    }
-}
-
-/// Renders a berth config (listen and data_dir come from the command line).
-pub fn config_toml(default_upstream: &str, upstreams: &[UpstreamSpec]) -> String {
-    let mut s = format!("default_upstream = {default_upstream:?}\n");
-    for u in upstreams {
-        let _ = writeln!(s, "\n[upstreams.{:?}]\nurl = {:?}", u.name, u.url);
-        if let Some(ca) = &u.ca_file {
-            let _ = writeln!(s, "ca_file = {:?}", ca.display().to_string());
-        }
-        if let Some((user, pass)) = &u.credentials {
-            let _ = writeln!(s, "username = {user:?}\npassword = {pass:?}");
-        }
-        if let Some(ttl) = &u.tag_ttl {
-            let _ = writeln!(s, "tag_ttl = {ttl:?}");
-        }
-    }
-    s
+/// When a spawned berth counts as ready.
+pub enum Readiness {
+    /// `GET /v2/` answers 200.
+    V2Answers,
+    /// Its log says it is serving (for HTTPS, users, a narrow `allow`).
+    Logged,
 }
 
 pub struct BerthProcess {
@@ -62,34 +24,82 @@ pub struct BerthProcess {
     child: Child,
     stderr_path: PathBuf,
     config: String,
+    /// A cache directory handed to the builder with `.data()`, kept as long as berth runs.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl BerthProcess {
-    /// Starts `berth serve` with `config` and waits (≤ 20 s) until `GET /v2/` answers 200;
-    /// panics with berth's stderr if it exits or never gets ready.
-    pub fn start(config: &str) -> BerthProcess {
-        BerthProcess::start_with_data(config, None)
+    /// Starts `berth serve` with `config` (TOML without `data_dir`) and waits (≤ 20 s) until it
+    /// is `ready`; panics with berth's stderr if it exits or never gets ready. Reached through
+    /// the builder: `Berth::builder()....spawn()`.
+    pub(super) fn spawn(
+        config: &str,
+        data: Option<DataDir>,
+        listen: Option<SocketAddr>,
+        ready: Readiness,
+    ) -> BerthProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = match listen {
+            Some(addr) if addr.port() != 0 => addr,
+            Some(addr) => SocketAddr::new(addr.ip(), free_port()),
+            None => format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        };
+        let config = config.replace(SELF_URL, &format!("http://{addr}"));
+        std::fs::write(dir.path().join("berth.toml"), &config).unwrap();
+        let (data_dir, kept) = match data {
+            None => (dir.path().join("data"), None),
+            Some(DataDir::At(path)) => (path, None),
+            Some(DataDir::Temp(temp)) => (temp.path().to_path_buf(), Some(temp)),
+        };
+        std::fs::write(dir.path().join("data_dir"), data_dir.to_str().unwrap()).unwrap();
+        let stderr_path = dir.path().join("berth.stderr");
+        let child = spawn(dir.path(), addr, &stderr_path);
+        let mut berth = BerthProcess {
+            addr,
+            dir,
+            child,
+            stderr_path,
+            config,
+            _data: kept,
+        };
+        match ready {
+            Readiness::V2Answers => berth.wait_ready(),
+            Readiness::Logged => berth.wait_serving(),
+        }
+        berth
     }
 
-    /// Like [`BerthProcess::start`], for a berth that does not answer a plain `GET /v2/` with
-    /// 200 (HTTPS, users, a narrow `allow`): ready when its log says it is serving.
-    pub fn start_serving(config: &str) -> BerthProcess {
-        let mut berth = BerthProcess::spawn_new(config, None);
+    fn wait_serving(&mut self) {
         wait_until(
             "berth to log that it is serving",
             Duration::from_secs(20),
             || {
-                if let Ok(Some(status)) = berth.child.try_wait() {
-                    panic!(
-                        "berth exited early ({status}); config:\n{}\nstderr:\n{}",
-                        berth.config,
-                        berth.stderr()
-                    );
-                }
-                berth.stderr().contains("berth is serving").then_some(())
+                self.assert_running();
+                self.stderr().contains("berth is serving")
             },
         );
-        berth
+    }
+
+    fn wait_ready(&mut self) {
+        wait_until(
+            "berth to answer GET /v2/ with 200",
+            Duration::from_secs(20),
+            || {
+                self.assert_running();
+                matches!(http_get(self.addr, "/v2/"), Some((200, _)))
+            },
+        );
+    }
+
+    /// Panics with the config and berth's stderr if it has exited.
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "berth exited early ({status}); config:\n{}\nstderr:\n{}",
+                self.config,
+                self.stderr()
+            );
+        }
     }
 
     /// `https://127.0.0.1:<port>`.
@@ -106,71 +116,12 @@ impl BerthProcess {
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -TERM failed");
-        while started.elapsed() < within {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return Some(started.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let exited = poll_blocking(within, || matches!(self.child.try_wait(), Ok(Some(_))));
+        if exited.is_ok() {
+            return Some(started.elapsed());
         }
         kill_child(&mut self.child);
         None
-    }
-
-    fn spawn_new(config: &str, data_dir: Option<&Path>) -> BerthProcess {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("berth.toml"), config).unwrap();
-        let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
-        std::fs::write(dir.path().join("data_dir"), data_dir.to_str().unwrap()).unwrap();
-        let stderr_path = dir.path().join("berth.stderr");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = spawn(dir.path(), addr, &stderr_path);
-        BerthProcess {
-            addr,
-            dir,
-            child,
-            stderr_path,
-            config: config.to_string(),
-        }
-    }
-
-    /// Like [`BerthProcess::start`], with `data_dir` instead of `<tempdir>/data` (e.g. a tmpfs).
-    pub fn start_with_data(config: &str, data_dir: Option<&Path>) -> BerthProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        // `@SELF@` in the config stands for this berth's own URL (e.g. advertise_url).
-        let config = config.replace("@SELF@", &format!("http://{addr}"));
-        let config = config.as_str();
-        std::fs::write(dir.path().join("berth.toml"), config).unwrap();
-        let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
-        std::fs::write(dir.path().join("data_dir"), data_dir.to_str().unwrap()).unwrap();
-        let stderr_path = dir.path().join("berth.stderr");
-        let child = spawn(dir.path(), addr, &stderr_path);
-        let mut berth = BerthProcess {
-            addr,
-            dir,
-            child,
-            stderr_path,
-            config: config.to_string(),
-        };
-        berth.wait_ready();
-        berth
-    }
-
-    fn wait_ready(&mut self) {
-        wait_until(
-            "berth to answer GET /v2/ with 200",
-            Duration::from_secs(20),
-            || {
-                if let Ok(Some(status)) = self.child.try_wait() {
-                    panic!(
-                        "berth exited early ({status}); config:\n{}\nstderr:\n{}",
-                        self.config,
-                        self.stderr()
-                    );
-                }
-                matches!(http_get(self.addr, "/v2/"), Some((200, _))).then_some(())
-            },
-        );
     }
 
     /// The cache directory berth serves from.
@@ -212,6 +163,20 @@ impl BerthProcess {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The file berth's stderr goes to, for watching it from another task.
+    pub fn stderr_file(&self) -> &Path {
+        &self.stderr_path
+    }
+
+    /// `GET /_berth/status?format=json`, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        match http_get(self.addr, "/_berth/status?format=json") {
+            Some((200, body)) => serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("/_berth/status is not JSON ({e}): {body}")),
+            other => panic!("GET /_berth/status failed: {other:?}"),
+        }
     }
 
     /// The raw Prometheus text from `GET /metrics`.

@@ -1,101 +1,44 @@
-//! berth served from this test process (`berth::serve::run`), stopped on drop or `shutdown()`.
+//! berth served from this test process (`berth::serve::run`), stopped on drop or `shutdown()`;
+//! started with [`Berth::builder`]. Also the tests' small HTTP helpers ([`client`], [`get`],
+//! [`status_of`], [`get_json`] ...), as free functions on a URL and as methods on a `Berth` path.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use super::builder::BerthBuilder;
+use super::builder::SELF_URL;
+use super::util::eventually;
+
 pub struct Berth {
     pub addr: SocketAddr,
     pub data: tempfile::TempDir,
+    config_body: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// `Berth::builder().upstream(&fake).config("max_attempts = 3").start().await`: the usual
-/// berth-in-front-of-a-fake-upstream setup, written once.
-#[derive(Default)]
-pub struct BerthBuilder {
-    top: String,
-    tables: Vec<(String, String, String)>,
-    listen: Option<SocketAddr>,
-}
-
-impl BerthBuilder {
-    /// `docker.io` served by `upstream`.
-    pub fn upstream(self, upstream: &super::fake_upstream::FakeUpstream) -> BerthBuilder {
-        self.upstream_named("docker.io", &upstream.url())
-    }
-
-    /// An `[upstreams."<name>"]` table pointing at `url`.
-    pub fn upstream_named(mut self, name: &str, url: &str) -> BerthBuilder {
-        self.tables
-            .push((name.to_string(), url.to_string(), String::new()));
-        self
-    }
-
-    /// Extra keys for the last upstream table added.
-    pub fn config(mut self, lines: &str) -> BerthBuilder {
-        let last = self
-            .tables
-            .last_mut()
-            .expect("add an upstream before its config");
-        last.2.push_str(lines);
-        last.2.push('\n');
-        self
-    }
-
-    /// Top-level keys (before the tables).
-    pub fn top_level(mut self, lines: &str) -> BerthBuilder {
-        self.top.push_str(lines);
-        self.top.push('\n');
-        self
-    }
-
-    /// Listen on `addr` instead of `127.0.0.1:0` (e.g. `0.0.0.0:0` for clients on other
-    /// interfaces); `Berth::addr` is then the address bound, e.g. `0.0.0.0:<port>`.
-    pub fn listen(mut self, addr: SocketAddr) -> BerthBuilder {
-        self.listen = Some(addr);
-        self
-    }
-
-    pub fn toml(&self) -> String {
-        let tables: String = self
-            .tables
-            .iter()
-            .map(|(name, url, extra)| upstream_table(name, url, extra))
-            .collect();
-        format!("{}{tables}", self.top)
-    }
-
-    pub async fn start(self) -> Berth {
-        let addr = self.listen.unwrap_or(([127, 0, 0, 1], 0).into());
-        Berth::start_at(&self.toml(), tempfile::tempdir().unwrap(), addr).await
-    }
-}
-
 impl Berth {
+    /// The one way to start berth in a test: see [`BerthBuilder`].
     pub fn builder() -> BerthBuilder {
         BerthBuilder::default()
     }
 
-    /// Starts berth with `config_body` (TOML without `data_dir`) on a fresh cache directory.
-    pub async fn start(config_body: &str) -> Berth {
-        Berth::start_in(config_body, tempfile::tempdir().unwrap()).await
-    }
-
-    /// Starts berth on an existing cache directory (a restart).
-    pub async fn start_in(config_body: &str, data: tempfile::TempDir) -> Berth {
-        Berth::start_at(config_body, data, ([127, 0, 0, 1], 0).into()).await
-    }
-
-    async fn start_at(config_body: &str, data: tempfile::TempDir, listen: SocketAddr) -> Berth {
+    /// Serves `config_body` (TOML without `data_dir`) from `data` on `listen`. The one call of
+    /// `berth::serve::run` in the tests: a rename there is a change here only.
+    pub(super) async fn serve(
+        config_body: String,
+        data: tempfile::TempDir,
+        listen: SocketAddr,
+    ) -> Berth {
+        let listener = berth::server::listen(listen).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config_body = config_body.replace(SELF_URL, &format!("http://{addr}"));
         let text = format!(
             "data_dir = {:?}\n{config_body}",
             data.path().to_str().unwrap()
         );
         let config =
             berth::config::Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let listener = berth::server::listen(listen).unwrap();
-        let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let shutdown = async {
@@ -106,9 +49,18 @@ impl Berth {
         Berth {
             addr,
             data,
+            config_body,
             stop: Some(stop),
             task,
         }
+    }
+
+    /// Stops serving and starts again with the same config on the same cache directory (on a
+    /// new port).
+    pub async fn restart(self) -> Berth {
+        let config_body = self.config_body.clone();
+        let data = self.shutdown().await;
+        Berth::serve(config_body, data, ([127, 0, 0, 1], 0).into()).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -125,26 +77,43 @@ impl Berth {
         self.data
     }
 
-    /// GET `path`: status and whole body.
-    pub async fn get_bytes(&self, path: &str) -> (u16, bytes::Bytes) {
-        let response = client().get(self.url(path)).send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.bytes().await.unwrap())
+    /// `GET path`, sent (headers received); see [`get`].
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        get(&self.url(path)).await
     }
 
-    /// Waits (bounded) until the blob `digest` (`sha256:<hex>`) is committed to the disk cache:
+    /// `GET path`: the status, the body read and dropped.
+    pub async fn status_of(&self, path: &str) -> u16 {
+        status_of(&self.url(path)).await
+    }
+
+    /// `GET path`: status and whole body.
+    pub async fn get_bytes(&self, path: &str) -> (u16, bytes::Bytes) {
+        get_bytes(&self.url(path)).await
+    }
+
+    /// `GET path`: status and body as text.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        get_text(&self.url(path)).await
+    }
+
+    /// `GET path` with `Accept: application/json`: status and the body parsed.
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        get_json(&self.url(path)).await
+    }
+
+    /// The cache file of blob `digest` (`sha256:<hex>`), whether or not it exists yet.
+    pub fn blob_file(&self, digest: &str) -> std::path::PathBuf {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        self.data.path().join("blobs/sha256").join(hex)
+    }
+
+    /// Waits (≤ 30 s) until the blob `digest` (`sha256:<hex>`) is committed to the disk cache:
     /// clients get their last byte once it verifies, the sync and commit follow.
     pub async fn wait_committed(&self, digest: &str) {
-        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
-        let file = self.data.path().join("blobs/sha256").join(hex);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !file.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "blob {digest} not committed within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let file = self.blob_file(digest);
+        let what = format!("blob {digest} committed to the cache");
+        eventually(&what, Duration::from_secs(30), || async { file.exists() }).await;
     }
 
     /// The value of a counter in berth's `/metrics` (summed over series matching `labels`).
@@ -154,26 +123,71 @@ impl Berth {
 
     /// `GET /metrics`, whole.
     pub async fn metrics_text(&self) -> String {
-        reqwest::get(self.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        let (status, text) = self.get_text("/metrics").await;
+        assert_eq!(status, 200, "GET /metrics: {text}");
+        text
     }
 }
 
-/// `[upstreams."<name>"]` with `url` and extra lines.
-pub fn upstream_table(name: &str, url: &str, extra: &str) -> String {
-    format!("[upstreams.{name:?}]\nurl = {url:?}\n{extra}\n")
-}
-
+/// The tests' HTTP client: no proxy, a 120 s bound on every request.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap()
+}
+
+/// `GET url`, sent (headers received); panics naming the URL if the request fails.
+pub async fn get(url: &str) -> reqwest::Response {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// `GET url`: the status, the body read and dropped.
+pub async fn status_of(url: &str) -> u16 {
+    let response = get(url).await;
+    let status = response.status().as_u16();
+    let _ = response.bytes().await;
+    status
+}
+
+/// `GET url`: status and whole body.
+pub async fn get_bytes(url: &str) -> (u16, bytes::Bytes) {
+    let response = get(url).await;
+    let status = response.status().as_u16();
+    let body = response
+        .bytes()
+        .await
+        .unwrap_or_else(|e| panic!("body of GET {url}: {e}"));
+    (status, body)
+}
+
+/// `GET url`: status and body as text.
+pub async fn get_text(url: &str) -> (u16, String) {
+    let (status, body) = get_bytes(url).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// `GET url` with `Accept: application/json`: status and the body parsed as JSON.
+pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let response = client()
+        .get(url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    let text = response
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("body of GET {url}: {e}"));
+    let json = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("GET {url} ({status}): not JSON ({e}): {text}"));
+    (status, json)
 }
 
 pub fn sha256(bytes: &[u8]) -> String {

@@ -31,12 +31,12 @@ pub fn require_tool(tool: &str) -> bool {
     require_tools(&[tool])
 }
 
-/// containerd needs root (mounts, chown); same rule.
-pub fn require_root() -> bool {
+/// Root, for `why` (containerd mounts snapshots, network namespaces, a tmpfs ...); same rule.
+pub fn require_root(why: &str) -> bool {
     use std::os::unix::fs::MetadataExt;
     // /proc/self belongs to the effective uid; avoids unsafe libc calls.
     let euid = std::fs::metadata("/proc/self")
         .map(|m| m.uid())
         .unwrap_or(u32::MAX);
-    euid == 0 || missing("root (containerd mounts snapshots)")
+    euid == 0 || missing(&format!("root ({why})"))
 }

@@ -29,6 +29,8 @@ struct ConnCtl {
     kill: AtomicBool,
     /// Completed flushes: hyper's write buffer fully handed to the socket this many times.
     flushes: AtomicU64,
+    /// Woken at each completed flush.
+    flushed: tokio::sync::Notify,
 }
 
 /// Per-connection handle, reachable from handlers as `ConnectInfo<ConnHandle>`.
@@ -47,13 +49,19 @@ impl ConnHandle {
     /// really lets N bytes reach the socket first.
     async fn flushed(&self) {
         let seen = self.ctl.flushes.load(Ordering::SeqCst);
-        for _ in 0..2000 {
-            tokio::task::yield_now().await;
-            if self.ctl.flushes.load(Ordering::SeqCst) > seen {
-                return;
+        let next_flush = async {
+            loop {
+                let woken = self.ctl.flushed.notified();
+                tokio::pin!(woken);
+                // Registered before the check, so a flush in between still wakes us.
+                woken.as_mut().enable();
+                if self.ctl.flushes.load(Ordering::SeqCst) > seen {
+                    return;
+                }
+                woken.await;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), next_flush).await;
     }
 }
 
@@ -74,7 +82,8 @@ impl Listener for KillableListener {
                         addr,
                     );
                 }
-                // e.g. EMFILE: back off briefly like axum's own listener does.
+                // e.g. EMFILE: back off briefly like axum's own listener does (a backoff, not a
+                // wait for a condition).
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
@@ -144,6 +153,7 @@ impl AsyncWrite for KillableIo {
         let r = Pin::new(&mut this.inner).poll_flush(cx);
         if r.is_ready() {
             this.ctl.flushes.fetch_add(1, Ordering::SeqCst);
+            this.ctl.flushed.notify_waiters();
         }
         r
     }
@@ -191,6 +201,7 @@ pub fn faulty_body(
             if let Some((_, pause, reset)) = due {
                 s.cut = None;
                 if !pause.is_zero() {
+                    // The injected stall itself: the fake upstream goes silent mid-body.
                     tokio::time::sleep(pause).await;
                 }
                 if reset {

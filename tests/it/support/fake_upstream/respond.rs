@@ -78,6 +78,7 @@ pub async fn header_fault(shared: &Shared, target: &Target<'_>) -> Option<Respon
     let action = lock(&shared.faults).take(Stage::Headers, target)?;
     match action {
         Action::DelayHeaders(d) => {
+            // The injected fault itself: a slow upstream holding its answer.
             tokio::time::sleep(d).await;
             None
         }

@@ -45,6 +45,7 @@ impl TlsFront {
                 let (acceptor, h) = (acceptor.clone(), h.clone());
                 tokio::spawn(async move {
                     if let Some(delay) = delay {
+                        // The injected fault itself: a handshake that hangs.
                         tokio::time::sleep(delay).await;
                     }
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
