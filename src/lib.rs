@@ -54,6 +54,7 @@
 //! uses `mirror` only for shared types (pin names).
 
 pub mod api;
+pub mod app;
 pub mod cli;
 pub mod coalesce;
 pub mod config;
@@ -66,7 +67,6 @@ pub mod oci;
 pub mod prewarm;
 pub mod probe;
 pub mod pulls;
-pub mod serve;
 pub mod server;
 pub mod status;
 pub mod store;

@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 use super::ApiError;
 use super::record::PullTarget;
-use crate::mirror::{BlobBody, BlobQuery, ListingBody, Lookup, Mirror, MirrorError};
+use crate::mirror::{BlobBody, BlobQuery, ListingBody, Lookup, Manifest, Mirror, MirrorError};
 use crate::oci::{ByteRange, Digest, Endpoint, ErrorCode, OciPath, Want};
 
 const DIGEST_HEADER: &str = "docker-content-digest";
@@ -41,71 +41,34 @@ async fn handle(
     headers: &HeaderMap,
     pulled: &mut Option<PullTarget>,
 ) -> Result<Response, ApiError> {
-    if method != Method::GET && method != Method::HEAD {
-        let mut response = ApiError::new(
-            ErrorCode::Unsupported,
-            format!("{method} is not supported: berth is a read-only mirror"),
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return Ok(response);
-    }
+    let want = match *method {
+        Method::GET => Want::Body,
+        Method::HEAD => Want::Headers,
+        _ => return Ok(read_only(method)),
+    };
     let (name, endpoint) = match OciPath::parse(uri.path())? {
         OciPath::Base => return Ok(axum::Json(serde_json::json!({})).into_response()),
         OciPath::Endpoint { name, endpoint } => (name, endpoint),
     };
-    let query = Query::parse(uri.query());
-    let kind = endpoint.kind();
-    let reference = match &endpoint {
-        Endpoint::Manifest(r) => r.to_string(),
-        Endpoint::Blob(d) | Endpoint::Referrers(d) => d.to_string(),
-        Endpoint::Tags => String::new(),
-    };
+    let query = Query::parse(uri.query())?;
     // Until routing succeeds, the registry is what the client named.
-    *pulled = Some(PullTarget {
-        registry: query.ns.clone().unwrap_or_else(|| {
-            name.split_once('/')
-                .map_or("-", |(first, _)| first)
-                .to_string()
-        }),
-        repository: name.clone(),
-        reference,
-        kind,
-    });
+    *pulled = Some(PullTarget::named(&name, &endpoint, query.ns.as_deref()));
     let target = mirror.route(&name, query.ns.as_deref())?;
     if let Some(pulled) = pulled.as_mut() {
         pulled.registry = target.upstream_name().to_string();
         pulled.repository = target.repo.to_string();
     }
-    let want = if method == Method::HEAD {
-        Want::Headers
-    } else {
-        Want::Body
-    };
     let lookup = lookup(headers);
     match endpoint {
         Endpoint::Tags | Endpoint::Referrers(_) if lookup == Lookup::CacheOnly => {
             Err(MirrorError::NotCached("tag lists and referrers are never cached".into()).into())
         }
         Endpoint::Manifest(reference) => {
+            let accept = accept_list(headers);
             let manifest = mirror
-                .manifest(&target, &reference, &accept_list(headers), lookup)
+                .manifest(&target, &reference, &accept, lookup)
                 .await?;
-            let content_type = media_type_header(&manifest.media_type).ok_or_else(|| {
-                ApiError::hidden(StatusCode::BAD_GATEWAY,
-                    "the upstream gave this manifest an invalid media type (details in berth's log)",
-                    format!("invalid manifest media type {:?}", manifest.media_type),
-                )
-            })?;
-            built(
-                Response::builder()
-                    .header(CONTENT_TYPE, content_type)
-                    .header(CONTENT_LENGTH, manifest.bytes.len())
-                    .header(DIGEST_HEADER, manifest.digest.to_string())
-                    .body(Body::from(manifest.bytes.clone())),
-            )
+            manifest_response(&manifest)
         }
         Endpoint::Blob(digest) => {
             let range = headers
@@ -117,19 +80,8 @@ async fn handle(
                 range,
                 lookup,
             };
-            let mut blob = mirror.blob(&target, &digest, query).await?;
-            if let Some(stream) = blob.body.take() {
-                let served = mirror.metrics().served_bytes.clone();
-                blob.body = Some(Box::pin(futures::StreamExt::inspect(
-                    stream,
-                    move |chunk| {
-                        if let Ok(bytes) = chunk {
-                            served.inc_by(bytes.len() as u64);
-                        }
-                    },
-                )));
-            }
-            built(blob_response(&digest, blob))
+            let blob = mirror.blob(&target, &digest, query).await?;
+            built(blob_response(&digest, counted(mirror, blob)))
         }
         Endpoint::Tags => {
             let listing = mirror
@@ -141,12 +93,55 @@ async fn handle(
             let listing = mirror
                 .referrers(&target, &digest, query.referrers_query().as_deref())
                 .await?;
-            built(passthrough_response(
-                listing,
-                "application/vnd.oci.image.index.v1+json",
-            ))
+            built(passthrough_response(listing, crate::oci::OCI_INDEX))
         }
     }
+}
+
+/// 405 for anything but GET and HEAD, saying which methods there are.
+fn read_only(method: &Method) -> Response {
+    let mut response = ApiError::new(
+        ErrorCode::Unsupported,
+        format!("{method} is not supported: berth is a read-only mirror"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    response
+}
+
+fn manifest_response(manifest: &Manifest) -> Result<Response, ApiError> {
+    let content_type = media_type_header(&manifest.media_type).ok_or_else(|| {
+        ApiError::hidden(
+            StatusCode::BAD_GATEWAY,
+            "the upstream gave this manifest an invalid media type (details in berth's log)",
+            format!("invalid manifest media type {:?}", manifest.media_type),
+        )
+    })?;
+    built(
+        Response::builder()
+            .header(CONTENT_TYPE, content_type)
+            .header(CONTENT_LENGTH, manifest.bytes.len())
+            .header(DIGEST_HEADER, manifest.digest.to_string())
+            .body(Body::from(manifest.bytes.clone())),
+    )
+}
+
+/// The blob's body, counted into `berth_served_bytes_total` as it goes out.
+fn counted(mirror: &Mirror, mut blob: BlobBody) -> BlobBody {
+    if let Some(stream) = blob.body.take() {
+        let served = mirror.metrics().served_bytes.clone();
+        blob.body = Some(Box::pin(futures::StreamExt::inspect(
+            stream,
+            move |chunk| {
+                if let Ok(bytes) = chunk {
+                    served.inc_by(bytes.len() as u64);
+                }
+            },
+        )));
+    }
+    blob
 }
 
 /// A response, or a 500 naming the failure: a builder error never becomes an empty 200.
@@ -273,7 +268,9 @@ struct Query {
 }
 
 impl Query {
-    fn parse(query: Option<&str>) -> Query {
+    /// The parameters berth reads; a `?ns=` that is not a registry host name is refused
+    /// before it reaches a log, a record or an error message.
+    fn parse(query: Option<&str>) -> Result<Query, ApiError> {
         let mut q = Query {
             ns: None,
             n: None,
@@ -289,7 +286,16 @@ impl Query {
                 _ => {}
             }
         }
-        q
+        if q.ns
+            .as_deref()
+            .is_some_and(|ns| !crate::oci::is_registry_name(ns))
+        {
+            return Err(ApiError::new(
+                ErrorCode::NameInvalid,
+                "the ns query parameter is not a registry host name (such as docker.io or registry.local:5000)",
+            ));
+        }
+        Ok(q)
     }
 
     fn tags_query(&self) -> Option<String> {

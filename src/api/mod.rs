@@ -23,7 +23,6 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use door::Door;
 pub use error::ApiError;
-pub use status::parse_since;
 
 use crate::mirror::Mirror;
 

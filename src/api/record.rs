@@ -22,6 +22,7 @@ use super::error::FailureFact;
 use crate::coalesce::ReaderError;
 use crate::failure::ErrorClass;
 use crate::mirror::Mirror;
+use crate::oci::Endpoint;
 use crate::pulls::Pull;
 use crate::server::PeerAddr;
 use crate::trace::{self, Trace};
@@ -33,6 +34,25 @@ pub struct PullTarget {
     pub repository: String,
     pub reference: String,
     pub kind: &'static str,
+}
+
+impl PullTarget {
+    /// What the client named, before routing: the registry of `?ns=` (already checked to be
+    /// a registry name) or of the path's first component.
+    pub fn named(name: &str, endpoint: &Endpoint, ns: Option<&str>) -> PullTarget {
+        let reference = match endpoint {
+            Endpoint::Manifest(r) => r.to_string(),
+            Endpoint::Blob(d) | Endpoint::Referrers(d) => d.to_string(),
+            Endpoint::Tags => String::new(),
+        };
+        let registry = ns.unwrap_or_else(|| name.split_once('/').map_or("-", |(first, _)| first));
+        PullTarget {
+            registry: registry.to_string(),
+            repository: name.to_string(),
+            reference,
+            kind: endpoint.kind(),
+        }
+    }
 }
 
 pub async fn record(State(mirror): State<Arc<Mirror>>, request: Request, next: Next) -> Response {

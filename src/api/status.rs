@@ -3,7 +3,6 @@
 //! past. Served to loopback clients, or to anyone with the admin token.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
@@ -12,9 +11,6 @@ use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use super::ApiError;
 use crate::mirror::Mirror;
 use crate::oci::ErrorCode;
-
-/// `--since` beyond this is "since start" anyway for a ring of 10,000 requests.
-const MAX_SINCE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub async fn status(State(mirror): State<Arc<Mirror>>, request: Request) -> Response {
     if let Err(denied) = authorize(&mirror, &request) {
@@ -32,7 +28,7 @@ pub async fn status(State(mirror): State<Arc<Mirror>>, request: Request) -> Resp
     {
         match key.as_ref() {
             "format" => json = value == "json",
-            "since" => match parse_since(&value) {
+            "since" => match crate::units::parse_window(&value, crate::status::MAX_SINCE) {
                 Some(d) => since = Some(d),
                 None => {
                     let message = format!(
@@ -61,25 +57,6 @@ pub async fn status(State(mirror): State<Arc<Mirror>>, request: Request) -> Resp
     }
 }
 
-/// `90s`, `30m`, `2h`, `1d`, or plain seconds.
-pub fn parse_since(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let seconds = match unit {
-        "" | "s" => number,
-        "m" => number.checked_mul(60)?,
-        "h" => number.checked_mul(3600)?,
-        "d" => number.checked_mul(86_400)?,
-        _ => return None,
-    };
-    let since = Duration::from_secs(seconds);
-    (since <= MAX_SINCE && seconds > 0).then_some(since)
-}
-
 /// The admin endpoints' rules: the admin token when one is configured; else, with
 /// `admin_listen`, whoever reaches that listener (this route is only there then); else
 /// loopback clients only (the page names client addresses and images).
@@ -101,31 +78,5 @@ fn authorize(mirror: &Mirror, request: &Request) -> Result<(), ApiError> {
              [server] admin_listen in berth.toml to reach it from elsewhere",
         )
         .with_status(http::StatusCode::FORBIDDEN))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn since_takes_seconds_minutes_hours_days() {
-        assert_eq!(parse_since("90s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_since("30m"), Some(Duration::from_secs(1800)));
-        assert_eq!(parse_since("2h"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_since("1d"), Some(Duration::from_secs(86_400)));
-        assert_eq!(parse_since("45"), Some(Duration::from_secs(45)));
-        for bad in [
-            "",
-            "m",
-            "0",
-            "-1m",
-            "8d",
-            "99999999999999999999d",
-            "1w",
-            "1.5h",
-        ] {
-            assert_eq!(parse_since(bad), None, "{bad}");
-        }
     }
 }

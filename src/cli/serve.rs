@@ -39,7 +39,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 config.listen
             )
         })?;
-        crate::serve::run(config, listener, shutdown_signal()).await
+        crate::app::run(config, listener, shutdown_signal()).await
     })
 }
 

@@ -65,7 +65,7 @@ fn run(args: StatusArgs) -> anyhow::Result<StatusReport> {
     url.set_path("/_berth/status");
     url.set_query(None);
     if let Some(since) = &args.since {
-        if crate::api::parse_since(since).is_none() {
+        if crate::units::parse_window(since, crate::status::MAX_SINCE).is_none() {
             bail!(
                 "--since `{since}` is not a duration; write e.g. 90s, 30m, 2h or 1d (at most 7d)"
             );

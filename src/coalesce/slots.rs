@@ -59,11 +59,6 @@ impl Slots {
         }
     }
 
-    /// Slots in use.
-    pub fn in_use(&self, cap: usize) -> usize {
-        cap.saturating_sub(self.slots.available_permits())
-    }
-
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Acquire)
     }

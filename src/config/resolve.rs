@@ -146,7 +146,8 @@ pub(super) fn read_secret_file(key: &str, path: &std::path::Path) -> Result<Stri
 pub(super) fn check_pem_certificates(key: &str, path: &std::path::Path) -> Result<(), ConfigError> {
     let pem = std::fs::read(path)
         .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+    use rustls::pki_types::pem::PemObject as _;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
         .filter(|c| c.is_ok())
         .count();
     if certs == 0 {

@@ -217,10 +217,8 @@ fn parse_admin_listen(text: &str) -> Option<SocketAddr> {
 fn check_pem_private_key(key: &str, path: &Path) -> Result<(), ConfigError> {
     let pem = std::fs::read(path)
         .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))?;
-    if !matches!(
-        rustls_pemfile::private_key(&mut pem.as_slice()),
-        Ok(Some(_))
-    ) {
+    use rustls::pki_types::pem::PemObject as _;
+    if rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem).is_err() {
         return Err(ConfigError::new(
             key,
             format!("{} holds no PEM private key", path.display()),

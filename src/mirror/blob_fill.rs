@@ -223,10 +223,18 @@ impl<'a> FillJob<'a> {
             ))
         };
         let max_size = target.upstream.config().max_blob_size;
-        let mut stream = target
+        let fetched = target
             .upstream
             .fetch_blob(&target.repo, digest, max_size, writer.written())
-            .await
+            .await;
+        // An upstream without the blob is remembered briefly: a loop of requests for it
+        // costs one upstream request.
+        let what = What::Blob(digest.as_str());
+        let mut stream = self
+            .blobs
+            .core
+            .missing
+            .note(target, what, fetched)
             .map_err(failed)?;
         // No announced size: never more than the whole cache may hold.
         if let Some(cap) = self.blobs.core.config.store.max_size {

@@ -395,7 +395,7 @@ fn upstream_accept(client: &[String]) -> Vec<&str> {
 /// For upstreams that send no Content-Type: the manifest's own `mediaType`, else OCI manifest.
 fn sniff_media_type(bytes: &[u8]) -> String {
     crate::oci::ManifestDoc::declared_media_type(bytes)
-        .unwrap_or_else(|| crate::oci::MANIFEST_MEDIA_TYPES[1].to_string())
+        .unwrap_or_else(|| crate::oci::OCI_MANIFEST.to_string())
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::{self, PemObject as _};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
@@ -156,7 +157,7 @@ fn read_pem(path: &Path, key: &str) -> Result<Vec<u8>, String> {
 }
 
 fn parse_certs(pem: &[u8]) -> Vec<CertificateDer<'static>> {
-    rustls_pemfile::certs(&mut &pem[..])
+    CertificateDer::pem_slice_iter(pem)
         .filter_map(Result::ok)
         .collect()
 }
@@ -171,9 +172,10 @@ fn certified_key(
     if chain.is_empty() {
         return Err("server.tls_cert_file holds no PEM certificate".into());
     }
-    let key = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|e| format!("server.tls_key_file: {e}"))?
-        .ok_or("server.tls_key_file holds no PEM private key")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => "server.tls_key_file holds no PEM private key".to_string(),
+        e => format!("server.tls_key_file: {e}"),
+    })?;
     CertifiedKey::from_der(chain, key, provider)
         .map_err(|e| format!("server.tls_key_file does not go with server.tls_cert_file ({e})"))
 }

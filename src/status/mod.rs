@@ -13,6 +13,9 @@ pub use text::render_text;
 /// Seconds between refreshes of the HTML page.
 pub const REFRESH_SECONDS: u32 = 10;
 
+/// A `since` window longer than this is "since start" anyway for a ring of 10,000 requests.
+pub const MAX_SINCE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
     pub version: String,

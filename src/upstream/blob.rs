@@ -80,11 +80,6 @@ impl BlobStream {
         }
     }
 
-    /// Bytes delivered so far.
-    pub fn received(&self) -> u64 {
-        self.received
-    }
-
     /// The URL the bytes come from after redirects (a CDN for most registries).
     pub fn source(&self) -> Option<&url::Url> {
         self.source.as_ref()

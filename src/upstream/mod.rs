@@ -365,8 +365,7 @@ fn accept_header(types: &[&str]) -> HeaderValue {
         }
         text.push_str(t);
     }
-    HeaderValue::from_str(&text)
-        .unwrap_or_else(|_| HeaderValue::from_static(crate::oci::MANIFEST_MEDIA_TYPES[0]))
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(crate::oci::OCI_INDEX))
 }
 
 fn content_length(response: &Response<Incoming>) -> Option<u64> {

@@ -6,6 +6,7 @@
 //! `max_connections` wait, then are refused; a stuck client never keeps berth from stopping; the
 //! admin side checks its token before reading a body.
 
+use rustls::pki_types::pem::PemObject as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -69,9 +70,7 @@ fn https_client(ca: &TestCa, identity: Option<(&Path, &Path)>) -> reqwest::Clien
         Some((cert, key)) => {
             let chain = vec![der(cert).into()];
             let key_pem = std::fs::read(key).unwrap();
-            let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-                .unwrap()
-                .unwrap();
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key_pem).unwrap();
             builder.with_client_auth_cert(chain, key).unwrap()
         }
         None => builder.with_no_client_auth(),
@@ -107,7 +106,7 @@ async fn https_metric(
 
 fn der(pem_file: &Path) -> Vec<u8> {
     let pem = std::fs::read(pem_file).unwrap();
-    rustls_pemfile::certs(&mut pem.as_slice())
+    rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
         .next()
         .unwrap()
         .unwrap()

@@ -81,19 +81,6 @@ pub fn objects(root: &Path) -> std::io::Result<Vec<StoredObject>> {
     Ok(out)
 }
 
-/// Names of the regular files directly under `dir` (none if it does not exist).
-pub fn file_names(dir: &Path) -> std::io::Result<Vec<String>> {
-    let mut names = Vec::new();
-    for entry in read_dir_or_empty(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            names.push(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
 /// Regular files anywhere under `dir`, recursively (tag records live at varying depths).
 pub fn count_files(dir: &Path) -> std::io::Result<u64> {
     let mut count = 0;

@@ -124,7 +124,7 @@ impl BerthBuilder {
         format!("{default}{}{tables}", self.top)
     }
 
-    /// berth served from this test process (`berth::serve::run`); stopped on drop.
+    /// berth served from this test process (`berth::app::run`); stopped on drop.
     pub async fn start(self) -> Berth {
         let toml = self.toml();
         let data = match self.data {

@@ -1,4 +1,4 @@
-//! berth served from this test process (`berth::serve::run`), stopped on drop or `shutdown()`;
+//! berth served from this test process (`berth::app::run`), stopped on drop or `shutdown()`;
 //! started with [`Berth::builder`]. Also the tests' small HTTP helpers ([`client`], [`get`],
 //! [`status_of`], [`get_json`] ...), as free functions on a URL and as methods on a `Berth` path.
 
@@ -24,7 +24,7 @@ impl Berth {
     }
 
     /// Serves `config_body` (TOML without `data_dir`) from `data` on `listen`. The one call of
-    /// `berth::serve::run` in the tests: a rename there is a change here only.
+    /// `berth::app::run` in the tests: a rename there is a change here only.
     pub(super) async fn serve(
         config_body: String,
         data: tempfile::TempDir,
@@ -44,7 +44,7 @@ impl Berth {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            berth::serve::run(config, listener, shutdown).await.unwrap();
+            berth::app::run(config, listener, shutdown).await.unwrap();
         });
         Berth {
             addr,

@@ -2,6 +2,7 @@
 //! the bytes to `backend`. It can hold the next handshakes, as a path that drops the server's
 //! first flight does: the TCP connect succeeds, the ClientHello goes unanswered.
 
+use rustls::pki_types::pem::PemObject as _;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -99,11 +100,11 @@ impl Drop for TlsFront {
 }
 
 fn server_config(ca: &TestCa) -> rustls::ServerConfig {
-    let certs = rustls_pemfile::certs(&mut std::fs::read(&ca.cert_pem).unwrap().as_slice())
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&ca.cert_pem)
+        .unwrap()
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
-    let key = rustls_pemfile::private_key(&mut std::fs::read(&ca.key_pem).unwrap().as_slice())
-        .unwrap()
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&ca.key_pem)
         .expect("a private key in the test CA's key file");
     rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
