@@ -11,7 +11,10 @@ mod reference;
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::{ErrorBody, ErrorCode, ErrorEntry};
 pub use manifest::{Descriptor, ManifestDoc, References};
-pub use media::{MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, accepts};
+pub use media::{
+    DOCKER_LIST, DOCKER_MANIFEST, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, OCI_INDEX, OCI_MANIFEST,
+    accepts, is_docker_schema1,
+};
 pub use path::{Endpoint, OciPath, PathError};
 pub use platform::{Platform, PlatformError};
 pub use reference::{NameError, Reference, Repository, Tag};
