@@ -116,11 +116,15 @@ impl Mirror {
             .time_to_live(MISSING_TTL)
             .build();
         let fleet = match (&config.advertise_url, &config.store.kind) {
-            (Some(url), crate::config::StoreKind::S3(_)) => Some(crate::fleet::Fleet::new(
-                url.clone(),
-                store.clone(),
-                FLEET_STALL_TIMEOUT,
-            )),
+            (Some(url), crate::config::StoreKind::S3(_)) => Some(
+                crate::fleet::Fleet::new(
+                    url.clone(),
+                    &config.server,
+                    store.clone(),
+                    FLEET_STALL_TIMEOUT,
+                )
+                .map_err(std::io::Error::other)?,
+            ),
             _ => None,
         };
         let cap = config.max_fills as usize;
