@@ -5,12 +5,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustls::RootCertStore;
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier as _;
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
@@ -86,9 +88,9 @@ impl Access {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<Access, ClientError> {
-        rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider()).map_err(
-            |e| ClientError::Setup(format!("the key does not go with the certificate ({e})")),
-        )?;
+        CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider()).map_err(|e| {
+            ClientError::Setup(format!("the key does not go with the certificate ({e})"))
+        })?;
         self.identity = Some(Identity { chain, key });
         Ok(self)
     }
@@ -114,6 +116,10 @@ impl Access {
 
     pub(super) fn admin_token(&self) -> Option<&str> {
         self.admin_token.as_deref()
+    }
+
+    pub(super) fn presents_certificate(&self) -> bool {
+        self.identity.is_some()
     }
 
     /// Would a client with this access accept `chain` from a server reached as `host`? The
@@ -142,20 +148,31 @@ impl Access {
             })
     }
 
-    /// The TLS configuration of every connection: the roots, the client certificate, ALPN.
-    pub(super) fn tls_config(&self) -> Result<rustls::ClientConfig, ClientError> {
-        let builder = rustls::ClientConfig::builder_with_provider(provider())
+    /// The TLS configuration of every connection: the roots, the client certificate, ALPN;
+    /// and a flag set once a server asks for a client certificate (TLS 1.3 says "refused" only
+    /// after the handshake, and over HTTP/2 often as a bare broken pipe: the flag explains it).
+    pub(super) fn tls_config(
+        &self,
+    ) -> Result<(rustls::ClientConfig, CertificateAsked), ClientError> {
+        let provider = provider();
+        let identity = match &self.identity {
+            Some(identity) => Some(Arc::new(
+                CertifiedKey::from_der(identity.chain.clone(), identity.key.clone_key(), &provider)
+                    .map_err(|e| ClientError::Setup(format!("client certificate: {e}")))?,
+            )),
+            None => None,
+        };
+        let asked = CertificateAsked::default();
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| ClientError::Setup(format!("TLS setup: {e}")))?
-            .with_root_certificates(self.root_store()?);
-        let mut config = match &self.identity {
-            Some(identity) => builder
-                .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
-                .map_err(|e| ClientError::Setup(format!("client certificate: {e}")))?,
-            None => builder.with_no_client_auth(),
-        };
+            .with_root_certificates(self.root_store()?)
+            .with_client_cert_resolver(Arc::new(ClientCertificate {
+                identity,
+                asked: asked.clone(),
+            }));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(config)
+        Ok((config, asked))
     }
 
     fn root_store(&self) -> Result<RootCertStore, ClientError> {
@@ -167,6 +184,38 @@ impl Access {
                 .map_err(|e| ClientError::Setup(format!("not a CA certificate: {e}")))?;
         }
         Ok(roots)
+    }
+}
+
+/// Set once a server asked this client for a certificate (a `CertificateRequest`).
+#[derive(Debug, Clone, Default)]
+pub(super) struct CertificateAsked(Arc<AtomicBool>);
+
+impl CertificateAsked {
+    pub(super) fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Presents the identity (if any) when a server asks, and notes that it asked.
+#[derive(Debug)]
+struct ClientCertificate {
+    identity: Option<Arc<CertifiedKey>>,
+    asked: CertificateAsked,
+}
+
+impl ResolvesClientCert for ClientCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.asked.0.store(true, Ordering::Relaxed);
+        self.identity.clone()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.identity.is_some()
     }
 }
 

@@ -88,37 +88,58 @@ enum TlsProblem {
     ClientCertificate,
 }
 
-/// The rustls error inside a reqwest error, if the handshake (or the server's verdict on our
-/// certificate, which TLS 1.3 sends after it) failed. An `io::Error` hides its inner error from
-/// `source()`, so each link is also looked into.
+/// The alerts a server sends when it wants a client certificate or refuses ours.
+const CLIENT_CERTIFICATE_ALERTS: [rustls::AlertDescription; 8] = [
+    rustls::AlertDescription::CertificateRequired,
+    rustls::AlertDescription::BadCertificate,
+    rustls::AlertDescription::UnknownCA,
+    rustls::AlertDescription::CertificateUnknown,
+    rustls::AlertDescription::CertificateExpired,
+    rustls::AlertDescription::UnsupportedCertificate,
+    rustls::AlertDescription::AccessDenied,
+    rustls::AlertDescription::HandshakeFailure,
+];
+
+/// Did the handshake fail on the server's certificate, or the server (TLS 1.3 says so after the
+/// handshake) on ours? The rustls error is found in the chain, looking into `io::Error`s, which
+/// hide their inner error from `source()` (hyper wraps tokio-rustls' `io::Error` in another).
+/// Over HTTP/2, h2 keeps only the error's text, which rustls' own `Display` is compared to.
 fn tls_problem(e: &(dyn std::error::Error + 'static)) -> Option<TlsProblem> {
-    use rustls::AlertDescription as Alert;
     let mut current = Some(e);
     while let Some(e) = current {
-        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        match tls {
+        match rustls_error(e) {
             Some(rustls::Error::InvalidCertificate(_)) => {
                 return Some(TlsProblem::ServerCertificate);
             }
-            Some(rustls::Error::AlertReceived(
-                Alert::CertificateRequired
-                | Alert::BadCertificate
-                | Alert::UnknownCA
-                | Alert::CertificateUnknown
-                | Alert::CertificateExpired
-                | Alert::UnsupportedCertificate
-                | Alert::AccessDenied
-                | Alert::HandshakeFailure,
-            )) => return Some(TlsProblem::ClientCertificate),
+            Some(rustls::Error::AlertReceived(alert))
+                if CLIENT_CERTIFICATE_ALERTS.contains(alert) =>
+            {
+                return Some(TlsProblem::ClientCertificate);
+            }
             _ => {}
         }
         current = e.source();
     }
-    None
+    let message = innermost(e);
+    if message.starts_with("invalid peer certificate") {
+        return Some(TlsProblem::ServerCertificate);
+    }
+    CLIENT_CERTIFICATE_ALERTS
+        .iter()
+        .any(|alert| message == rustls::Error::AlertReceived(*alert).to_string())
+        .then_some(TlsProblem::ClientCertificate)
+}
+
+/// `e` as a rustls error, looking through (nested) `io::Error`s.
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut e = e;
+    loop {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+        e = inner;
+    }
 }
 
 /// The innermost cause ("Connection refused (os error 111)"), not reqwest's wrapper.
@@ -147,8 +168,10 @@ mod tests {
         }
     }
 
+    /// What hyper hands reqwest: tokio-rustls' `io::Error` inside another.
     fn wrapped(tls: rustls::Error) -> Wrapper {
-        Wrapper(std::io::Error::new(std::io::ErrorKind::InvalidData, tls))
+        let tls = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        Wrapper(std::io::Error::other(tls))
     }
 
     #[test]
@@ -162,6 +185,16 @@ mod tests {
         ));
         let refused = wrapped(rustls::Error::AlertReceived(
             rustls::AlertDescription::CertificateRequired,
+        ));
+        assert!(matches!(
+            tls_problem(&refused),
+            Some(TlsProblem::ClientCertificate)
+        ));
+        // h2 hands on the text alone.
+        let text = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        let refused = Wrapper(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            text.to_string(),
         ));
         assert!(matches!(
             tls_problem(&refused),

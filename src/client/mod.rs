@@ -47,6 +47,9 @@ pub struct BerthClient {
     admin_token: Option<String>,
     /// The longest wait for a response head or for the next bytes of a body.
     idle: Duration,
+    /// Whether this client presents a certificate, and whether a server asked for one.
+    presents_certificate: bool,
+    certificate_asked: access::CertificateAsked,
 }
 
 /// Sets up a [`BerthClient`]: its [`Access`], admin URL and timeouts.
@@ -102,10 +105,21 @@ impl BerthClient {
         request: reqwest::RequestBuilder,
         url: &Url,
     ) -> Result<reqwest::Response, ClientError> {
-        request
-            .send()
-            .await
-            .map_err(|e| ClientError::from_send(url.as_str(), &e))
+        request.send().await.map_err(|e| {
+            match ClientError::from_send(url.as_str(), &e) {
+                // A server that asked for a certificate we do not have and then hung up refused
+                // us for it, however the refusal reached us.
+                ClientError::Unreachable { url, cause }
+                    if self.certificate_asked.get() && !self.presents_certificate =>
+                {
+                    ClientError::ClientCertificate {
+                        url,
+                        cause: format!("it asked for one, none was given: {cause}"),
+                    }
+                }
+                e => e,
+            }
+        })
     }
 
     /// Passes a 2xx response on; otherwise the berth's OCI error message (or the body's start).
@@ -172,9 +186,10 @@ impl BerthClientBuilder {
             Some(url) => directory(url)?,
             None => base.clone(),
         };
+        let (tls, certificate_asked) = self.access.tls_config()?;
         let http = reqwest::Client::builder()
             .no_proxy() // a berth is on the private network, never behind the egress proxy
-            .use_preconfigured_tls(self.access.tls_config()?)
+            .use_preconfigured_tls(tls)
             .user_agent(self.user_agent)
             .connect_timeout(self.connect_timeout)
             .read_timeout(self.read_timeout)
@@ -187,6 +202,8 @@ impl BerthClientBuilder {
             basic: self.access.basic().cloned(),
             admin_token: self.access.admin_token().map(str::to_string),
             idle: self.read_timeout,
+            presents_certificate: self.access.presents_certificate(),
+            certificate_asked,
         })
     }
 }
