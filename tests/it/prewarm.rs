@@ -40,6 +40,7 @@ fn berth_cli(args: &[&str]) -> Ran {
     let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(args)
         .env_remove("BERTH_ADMIN_TOKEN")
+        .env_remove("BERTH_MIRROR_URL")
         .env_remove("BERTH_CONFIG")
         .env("BERTH_LOG", "warn")
         .stdin(Stdio::null())
