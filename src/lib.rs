@@ -53,8 +53,8 @@
 //!
 //! Two HTTP clients, on purpose: `upstream` is hyper on berth's own socket2/rustls connector
 //! (it needs TCP_MAXSEG before connect, the address checks after DNS, its own timeouts);
-//! `client` is reqwest (the only module naming it), an ordinary client of berth itself that may
-//! run on another host; `prewarm`, `fleet` and `cli` call it.
+//! `client` is an off-the-shelf HTTP client library (named in no other module), an ordinary
+//! client of berth itself that may run on another host; `prewarm`, `fleet` and `cli` call it.
 
 pub mod api;
 pub mod cli;
