@@ -27,8 +27,11 @@
 //!   status     the status report's types and renderings (HTML page, `berth status` text)
 //!   config     file → env → flags, validated once into typed config
 //!   generate   K3s registries.yaml and containerd hosts.toml writers
-//!   prewarm    a client of a running berth: pulls image groups as containerd would, pins
-//!              them (/_berth/pins), checks offline readiness (Cache-Control: only-if-cached)
+//!   prewarm    pulls image groups through a running berth as containerd would, pins them,
+//!              checks offline readiness (only-if-cached) — over `client`
+//!   client     the one client of berth's own API (prewarm, status, cache stats, fleet peer
+//!              fills): typed calls, no URLs or headers in callers; TLS, client certificate,
+//!              Basic user and admin token in one `Access`
 //!   server     the front door: accept loop, connection cap, header/idle deadlines, TLS (ALPN,
 //!              cert reload, client CAs), htpasswd users; serves any tower service
 //!   probe      `berth probe`: timed requests per address (DNS/connect/TLS/TTFB), bulk transfers
@@ -50,12 +53,13 @@
 //!
 //! Two HTTP clients, on purpose: `upstream` is hyper on berth's own socket2/rustls connector
 //! (it needs TCP_MAXSEG before connect, the address checks after DNS, its own timeouts);
-//! `prewarm` is reqwest, an ordinary client of berth itself that may run on another host and
-//! uses `mirror` only for shared types (pin names).
+//! `client` is an off-the-shelf HTTP client library (named in no other module), an ordinary
+//! client of berth itself that may run on another host; `prewarm`, `fleet` and `cli` call it.
 
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod coalesce;
 pub mod config;
 pub mod failure;

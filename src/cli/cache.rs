@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::client::BerthClient;
 use crate::config::{Config, Overrides, parse_size};
 use crate::store::DiskStore;
 use crate::store::evict::{Evictor, Plan};
@@ -150,17 +151,17 @@ async fn stats(args: StatsArgs) -> anyhow::Result<()> {
 
 /// Hits / lookups from a running berth's `berth_cache_lookups_total`.
 async fn hit_ratio(mirror: &str) -> anyhow::Result<Option<f64>> {
-    let url = format!("{}/metrics", mirror.trim_end_matches('/'));
-    let text = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?
-        .get(&url)
-        .send()
+    let url = url::Url::parse(mirror)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .with_context(|| {
+            format!("--mirror `{mirror}` is not an http(s) URL; write e.g. http://127.0.0.1:5000")
+        })?;
+    let client = BerthClient::builder(url).build()?;
+    let text = client
+        .metrics_text()
         .await
-        .and_then(|r| r.error_for_status())
-        .with_context(|| format!("cannot read {url}"))?
-        .text()
-        .await?;
+        .map_err(|e| anyhow::anyhow!("cannot read the metrics of {mirror}: {}", e.detail()))?;
     let (mut hits, mut total) = (0.0, 0.0);
     for line in text
         .lines()

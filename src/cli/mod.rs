@@ -2,6 +2,7 @@
 
 mod cache;
 mod generate;
+mod mirror_access;
 mod prewarm;
 mod probe;
 mod serve;

@@ -8,13 +8,16 @@ use anyhow::{Context as _, bail};
 
 use crate::config::{Config, DEFAULT_PLATFORMS};
 use crate::oci::Platform;
-use crate::prewarm::{self, Group, Groups, MirrorClient, Mode, Plan, Progress};
+use crate::prewarm::{self, Group, Groups, Mode, Plan, Progress};
+
+use super::mirror_access::MirrorAccess;
+
+const USER_AGENT: &str = concat!("berth-prewarm/", env!("CARGO_PKG_VERSION"));
 
 #[derive(Debug, clap::Args)]
 pub struct PrewarmArgs {
-    /// URL of a running berth, e.g. http://10.27.27.10:5000.
-    #[arg(long, env = "BERTH_MIRROR")]
-    mirror: Option<String>,
+    #[command(flatten)]
+    access: MirrorAccess,
     /// Group file (TOML, `[groups.<name>] images = [...]`) [default: the built-in groups].
     #[arg(long)]
     groups_file: Option<PathBuf>,
@@ -39,9 +42,6 @@ pub struct PrewarmArgs {
     /// Print one JSON document instead of the table.
     #[arg(long)]
     json: bool,
-    /// File holding the mirror's admin token, to pin what was prewarmed.
-    #[arg(long, value_name = "FILE")]
-    admin_token_file: Option<PathBuf>,
 }
 
 /// Exit 0: all warm (or ready); 1: an image failed (or not ready); 2: usage, config or mirror error.
@@ -57,23 +57,13 @@ pub fn main(args: PrewarmArgs) -> ExitCode {
 }
 
 fn run(args: PrewarmArgs) -> anyhow::Result<bool> {
-    let mirror = args.mirror.as_deref().context(
-        "no mirror given; pass --mirror http://<host>:5000 (the URL of a running `berth serve`)",
-    )?;
-    let mirror = url::Url::parse(mirror)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-        .with_context(|| {
-            format!("--mirror `{mirror}` is not an http(s) URL; write e.g. http://10.27.27.10:5000")
-        })?;
+    let client = args.access.client(USER_AGENT)?;
     let plan = Plan {
         groups: groups(&args)?,
         platforms: platforms(&args)?,
         concurrency: args.concurrency,
         mode: if args.check { Mode::Check } else { Mode::Warm },
-        admin_token: admin_token(&args)?,
     };
-    let client = MirrorClient::new(mirror)?;
     let progress = Progress::new(std::io::stderr().is_terminal());
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = runtime.block_on(prewarm::run(&client, &plan, &progress))?;
@@ -127,16 +117,4 @@ fn platforms(args: &PrewarmArgs) -> anyhow::Result<Vec<Platform>> {
             .map(|p| p.parse().expect("valid default platform"))
             .collect()),
     }
-}
-
-fn admin_token(args: &PrewarmArgs) -> anyhow::Result<Option<String>> {
-    if let Some(path) = &args.admin_token_file {
-        let token = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --admin-token-file {}", path.display()))?;
-        return Ok(Some(token.trim().to_string()));
-    }
-    Ok(std::env::var("BERTH_ADMIN_TOKEN")
-        .ok()
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty()))
 }

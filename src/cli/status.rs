@@ -1,32 +1,24 @@
 //! `berth status`: a running berth's status report in a terminal (or as JSON), e.g. what a
 //! rebuild workflow prints when a rollout fails.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow};
 
+use super::mirror_access::{MirrorAccess, explain_refusal};
+use crate::client::ClientError;
 use crate::status::{StatusReport, render_text};
-
-/// The report is small; a mirror that takes longer is itself the news.
-const TIMEOUT: Duration = Duration::from_secs(15);
-const MAX_REPORT_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// URL of a running berth (its admin address if it has `admin_listen`).
-    #[arg(long, env = "BERTH_MIRROR")]
-    mirror: String,
+    #[command(flatten)]
+    access: MirrorAccess,
     /// Print the JSON report (stable keys) instead of text.
     #[arg(long)]
     json: bool,
     /// Only failures of this recent past, e.g. 30m, 2h [default: since berth started].
     #[arg(long, value_name = "DURATION")]
     since: Option<String>,
-    /// File holding the mirror's admin token (needed unless you are on the mirror's host).
-    #[arg(long, value_name = "FILE")]
-    admin_token_file: Option<PathBuf>,
 }
 
 /// Exit 0: no failures in the window and no upstream down; 1: the report lists failures or an
@@ -53,40 +45,19 @@ fn needs_attention(report: &StatusReport) -> bool {
 
 /// Fetches and prints the report; returns it for the exit status.
 fn run(args: StatusArgs) -> anyhow::Result<StatusReport> {
-    let mut url = url::Url::parse(&args.mirror)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-        .with_context(|| {
+    let client = args
+        .access
+        .client(concat!("berth-status/", env!("CARGO_PKG_VERSION")))?;
+    let since = match &args.since {
+        Some(since) => Some(crate::units::parse_window(since, crate::status::MAX_SINCE).with_context(|| {
             format!(
-                "--mirror `{}` is not an http(s) URL; write e.g. http://10.27.27.10:5000",
-                args.mirror
-            )
-        })?;
-    url.set_path("/_berth/status");
-    url.set_query(None);
-    if let Some(since) = &args.since {
-        if crate::units::parse_window(since, crate::status::MAX_SINCE).is_none() {
-            bail!(
                 "--since `{since}` is not a duration; write e.g. 90s, 30m, 2h or 1d (at most 7d)"
-            );
-        }
-        url.query_pairs_mut().append_pair("since", since);
-    }
-    let token = match &args.admin_token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read --admin-token-file {}", path.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => std::env::var("BERTH_ADMIN_TOKEN")
-            .ok()
-            .filter(|t| !t.trim().is_empty()),
+            )
+        })?),
+        None => None,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let body = runtime.block_on(fetch(url.clone(), token))?;
-    let report: StatusReport = serde_json::from_slice(&body)
-        .with_context(|| format!("{url} did not answer with a berth status report"))?;
+    let report = runtime.block_on(client.status(since)).map_err(explain)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -95,44 +66,36 @@ fn run(args: StatusArgs) -> anyhow::Result<StatusReport> {
     Ok(report)
 }
 
-async fn fetch(url: url::Url, token: Option<String>) -> anyhow::Result<Vec<u8>> {
-    let client = reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .build()
-        .context("cannot build an HTTP client")?;
-    let mut request = client
-        .get(url.clone())
-        .header(http::header::ACCEPT, "application/json");
-    if let Some(token) = token {
-        request = request.bearer_auth(token.trim());
+/// One line: why there is no report, and the fix.
+fn explain(e: ClientError) -> anyhow::Error {
+    if let Some(fix) = explain_refusal(&e) {
+        return anyhow!(fix);
     }
-    let mut response = request
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}; is berth running there?"))?;
-    match response.status().as_u16() {
-        200 => {}
-        401 => bail!(
+    match e {
+        ClientError::Unreachable { url, cause } => {
+            anyhow!("cannot reach {url} ({cause}); is berth running there?")
+        }
+        ClientError::Status {
+            url, status: 401, ..
+        } => anyhow!(
             "{url} wants the admin token; pass --admin-token-file (the mirror's admin_token_file)"
         ),
-        403 => bail!(
+        ClientError::Status {
+            url, status: 403, ..
+        } => anyhow!(
             "{url} serves its status to loopback only; run this on the mirror's host or set admin_token_file there and pass --admin-token-file"
         ),
-        404 => bail!("{url} has no status page; is it berth 0.1 or later?"),
-        s => bail!("{url} answered HTTP {s}"),
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .with_context(|| format!("the answer from {url} broke off"))?
-    {
-        if body.len() + chunk.len() > MAX_REPORT_BYTES {
-            bail!("{url} sent more than {MAX_REPORT_BYTES} bytes; that is not a status report");
+        ClientError::Status {
+            url, status: 404, ..
+        } => anyhow!(
+            "{url} has no status page; is it berth 0.1 or later, and if it has admin_listen, did you pass --admin-url?"
+        ),
+        ClientError::Status { url, status, .. } => anyhow!("{url} answered HTTP {status}"),
+        ClientError::Invalid { url, message } => {
+            anyhow!("{url} did not answer with a berth status report: {message}")
         }
-        body.extend_from_slice(&chunk);
+        e => anyhow!("{e}"),
     }
-    Ok(body)
 }
 
 #[cfg(test)]

@@ -10,6 +10,10 @@
 //! fills and deletes it when done; a lease not renewed within [`LEASE_TTL`] is dead, and the
 //! next replica that meets it deletes it.
 //!
+//! Followers call the leader with the one client of berth's API ([`crate::client`]), trusting and
+//! presenting what the front door is set up with ([`trust`]); a fleet whose replicas could not
+//! connect so fails at start.
+//!
 //! Needs `advertise_url` (how the others reach this replica) and a store whose `create` is
 //! atomic (S3 `If-None-Match: *`). On a server that ignores that header two replicas may both
 //! lead a fill: each result is still verified, only the saving is lost; a short re-read after
@@ -17,6 +21,7 @@
 
 mod lease;
 mod peer;
+mod trust;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,9 +29,13 @@ use std::time::Duration;
 
 use url::Url;
 
+pub use crate::client::BLOB_SIZE_HEADER;
 pub use lease::{Lease, LeaseGuard};
-pub use peer::{BLOB_SIZE_HEADER, PeerError, PeerStream};
+pub use peer::{PeerError, PeerStream};
+pub use trust::FleetError;
 
+use crate::client::BerthClient;
+use crate::config::ServerConfig;
 use crate::oci::Digest;
 use crate::store::BlobStore;
 
@@ -39,10 +48,10 @@ const RENEW_EVERY: Duration = Duration::from_secs(10);
 pub struct Fleet {
     advertise_url: Url,
     store: Arc<dyn BlobStore>,
-    http: reqwest::Client,
+    /// Streams other replicas' fills; times out after the stall timeout.
+    client: BerthClient,
     /// Fills this replica leads: digest → lease token.
     leading: Arc<Mutex<HashMap<Digest, String>>>,
-    stall_timeout: Duration,
 }
 
 /// What this replica does for one cold blob.
@@ -56,20 +65,27 @@ pub enum Role {
 }
 
 impl Fleet {
-    pub fn new(advertise_url: Url, store: Arc<dyn BlobStore>, stall_timeout: Duration) -> Fleet {
-        let http = reqwest::Client::builder()
-            .no_proxy() // replicas talk on the private network
+    /// This replica's part, its client set up from `[server]` (see [`trust`]); `Err` when the
+    /// other replicas could not stream from it, or it from them.
+    pub fn new(
+        advertise_url: Url,
+        server: &ServerConfig,
+        store: Arc<dyn BlobStore>,
+        stall_timeout: Duration,
+    ) -> Result<Fleet, FleetError> {
+        let access = trust::access(&advertise_url, server)?;
+        let client = BerthClient::builder(advertise_url.clone())
+            .access(access)
             .connect_timeout(Duration::from_secs(3))
             .read_timeout(stall_timeout)
             .build()
-            .expect("a TLS-less reqwest client builds");
-        Fleet {
+            .map_err(|e| FleetError::new(e.to_string()))?;
+        Ok(Fleet {
             advertise_url,
             store,
-            http,
+            client,
             leading: Arc::default(),
-            stall_timeout,
-        }
+        })
     }
 
     pub fn advertise_url(&self) -> &Url {
@@ -91,7 +107,7 @@ impl Fleet {
         digest: &Digest,
         from: u64,
     ) -> Result<PeerStream, PeerError> {
-        peer::open(&self.http, lease, digest, from, self.stall_timeout).await
+        peer::open(&self.client, lease, digest, from).await
     }
 }
 

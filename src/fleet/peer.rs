@@ -1,13 +1,10 @@
-//! The follower's side: streaming a leader replica's in-progress fill.
-
-use std::time::Duration;
+//! The follower's side: streaming a leader replica's in-progress fill, through the one client of
+//! berth's API ([`BerthClient::peer_fill`]).
 
 use bytes::Bytes;
-use futures::StreamExt;
-use futures::stream::BoxStream;
-use url::Url;
 
 use super::Lease;
+use crate::client::{self, BerthClient, ClientError};
 use crate::oci::Digest;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,14 +15,10 @@ pub enum PeerError {
 
 /// The leader's bytes from the requested offset on; ends when the leader's fill is verified.
 pub struct PeerStream {
-    inner: BoxStream<'static, reqwest::Result<Bytes>>,
+    body: client::Body,
     total: Option<u64>,
     leader: String,
-    stall_timeout: Duration,
 }
-
-/// The whole blob's size, sent by the leader beside the (possibly partial) body.
-pub const BLOB_SIZE_HEADER: &str = "x-berth-blob-size";
 
 impl PeerStream {
     /// The blob's size, if the leader knows it.
@@ -35,59 +28,32 @@ impl PeerStream {
 
     /// The next chunk; `Ok(None)` at the end. No bytes within the stall timeout is an error.
     pub async fn next(&mut self) -> Result<Option<Bytes>, PeerError> {
-        match tokio::time::timeout(self.stall_timeout, self.inner.next()).await {
-            Err(_) => Err(self.error(format!("no bytes for {:?}", self.stall_timeout))),
-            Ok(None) => Ok(None),
-            Ok(Some(Ok(bytes))) => Ok(Some(bytes)),
-            Ok(Some(Err(e))) => Err(self.error(format!("transfer broke: {e}"))),
-        }
-    }
-
-    fn error(&self, message: String) -> PeerError {
-        PeerError::Leader {
-            leader: self.leader.clone(),
-            message,
-        }
+        self.body.next().await.map_err(|e| failed(&self.leader, &e))
     }
 }
 
+fn failed(leader: &str, e: &ClientError) -> PeerError {
+    PeerError::Leader {
+        leader: leader.to_string(),
+        message: e.detail(),
+    }
+}
+
+/// Asks the lease's leader for its fill of `digest` from byte `from` on; no answer within the
+/// stall timeout (the client's read timeout) is an error.
 pub(super) async fn open(
-    http: &reqwest::Client,
+    client: &BerthClient,
     lease: &Lease,
     digest: &Digest,
     from: u64,
-    stall_timeout: Duration,
 ) -> Result<PeerStream, PeerError> {
-    let failed = |message: String| PeerError::Leader {
-        leader: lease.leader.clone(),
-        message,
-    };
-    let base = Url::parse(&lease.leader)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https"))
-        .ok_or_else(|| failed("the lease names no http(s) URL".into()))?;
-    let mut url = base
-        .join(&format!("_berth/fills/{digest}"))
-        .map_err(|e| failed(e.to_string()))?;
-    url.query_pairs_mut().append_pair("from", &from.to_string());
-    let response = tokio::time::timeout(
-        stall_timeout,
-        http.get(url).bearer_auth(&lease.token).send(),
-    )
-    .await
-    .map_err(|_| failed("no answer".into()))?
-    .map_err(|e| failed(e.to_string()))?;
-    if !response.status().is_success() {
-        return Err(failed(format!("answered {}", response.status())));
-    }
-    let total = response
-        .headers()
-        .get(BLOB_SIZE_HEADER)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let fill = client
+        .peer_fill(&lease.leader, &lease.token, digest, from)
+        .await
+        .map_err(|e| failed(&lease.leader, &e))?;
     Ok(PeerStream {
-        total,
-        inner: response.bytes_stream().boxed(),
+        body: fill.body,
+        total: fill.total,
         leader: lease.leader.clone(),
-        stall_timeout,
     })
 }

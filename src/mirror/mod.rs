@@ -75,11 +75,15 @@ impl Mirror {
     ) -> std::io::Result<Mirror> {
         let routes = Routes::new(config.clone(), metrics.clone())?;
         let fleet = match (&config.advertise_url, &config.store.kind) {
-            (Some(url), crate::config::StoreKind::S3(_)) => Some(crate::fleet::Fleet::new(
-                url.clone(),
-                store.clone(),
-                FLEET_STALL_TIMEOUT,
-            )),
+            (Some(url), crate::config::StoreKind::S3(_)) => Some(
+                crate::fleet::Fleet::new(
+                    url.clone(),
+                    &config.server,
+                    store.clone(),
+                    FLEET_STALL_TIMEOUT,
+                )
+                .map_err(std::io::Error::other)?,
+            ),
             _ => None,
         };
         let core = Arc::new(Core::new(config, store, metrics));

@@ -8,6 +8,11 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 /// What berth asks upstreams for when the client's `Accept` is absent or too narrow.
 pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
 
+/// Docker schema 1 (`…manifest.v1+prettyjws`, unsigned `…v1+json`), which containerd 2 refuses.
+pub fn is_docker_schema1(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.docker.distribution.manifest.v1")
+}
+
 /// Larger manifests are refused (distribution's push limit; containerd's is ~4.39 MB).
 pub const MAX_MANIFEST_SIZE: u64 = 4 * 1024 * 1024;
 
@@ -36,5 +41,9 @@ mod tests {
         assert!(accepts(&["*/*".into()], "text/plain"));
         assert!(accepts(&["application/*".into()], OCI_MANIFEST));
         assert!(!accepts(&["text/*".into()], OCI_MANIFEST));
+        assert!(is_docker_schema1(
+            "application/vnd.docker.distribution.manifest.v1+prettyjws"
+        ));
+        assert!(!is_docker_schema1(DOCKER_MANIFEST));
     }
 }

@@ -3,12 +3,12 @@
 //!
 //! A client of the mirror's HTTP API (it may run on another host); the mirror's own code does
 //! the caching. Pieces: [`groups`] (group file), [`references`] (image references),
-//! [`manifests_scan`] (`--from-manifests`), [`client`] (HTTP to the mirror), [`walk`] (the
-//! containerd-like walk), [`admin`] (pins),
-//! [`report`] (table/JSON), [`progress`] (bars or lines).
+//! [`manifests_scan`] (`--from-manifests`), [`walk`] (the containerd-like walk), [`admin`]
+//! (pins), [`report`] (table/JSON), [`progress`] (bars or lines), [`error`]. The HTTP to the
+//! mirror is [`crate::client`]'s.
 
 pub mod admin;
-pub mod client;
+pub mod error;
 pub mod groups;
 pub mod manifests_scan;
 pub mod progress;
@@ -20,9 +20,10 @@ use std::time::Instant;
 
 use futures::StreamExt;
 
+use crate::client::{BerthClient, ClientError};
 use crate::oci::Platform;
 
-pub use client::{MirrorClient, PullError};
+pub use error::PullError;
 pub use groups::{Group, GroupError, Groups};
 pub use progress::Progress;
 pub use report::Report;
@@ -34,18 +35,16 @@ pub struct Plan {
     pub platforms: Vec<Platform>,
     pub concurrency: usize,
     pub mode: Mode,
-    /// The admin token, for recording pins (warm mode only).
-    pub admin_token: Option<String>,
 }
 
 /// Runs the plan; `Err` only when the mirror cannot be used at all.
 pub async fn run(
-    client: &MirrorClient,
+    client: &BerthClient,
     plan: &Plan,
     progress: &Progress,
 ) -> Result<Report, PullError> {
     let started = Instant::now();
-    client.ping().await?;
+    ping(client).await?;
     let jobs: Vec<(usize, &Group, &references::ImageRef)> = plan
         .groups
         .iter()
@@ -75,38 +74,32 @@ pub async fn run(
     images.sort_by_key(|(n, _)| *n);
     let images: Vec<walk::ImageOutcome> = images.into_iter().map(|(_, o)| o).collect();
     // The mirror going away mid-run is one error, not a table of identical failures.
-    if let Some(PullError::MirrorUnreachable { url, cause }) = images
+    if let Some(e) = images
         .iter()
         .filter_map(|i| i.error.as_ref())
-        .find(|e| matches!(e, PullError::MirrorUnreachable { .. }))
+        .find(|e| e.is_about_the_mirror())
     {
-        return Err(PullError::MirrorUnreachable {
-            url: url.clone(),
-            cause: cause.clone(),
-        });
+        return Err(e.clone());
     }
 
     let mut pins = Vec::new();
     let mut pins_skipped = None;
     if plan.mode == Mode::Warm {
-        match &plan.admin_token {
-            Some(token) => {
-                for group in &plan.groups {
-                    let digests: Vec<_> = images
-                        .iter()
-                        .filter(|i| i.group == group.name.as_str() && i.error.is_none())
-                        .flat_map(|i| i.manifests.iter().cloned())
-                        .collect();
-                    if !digests.is_empty() {
-                        pins.push(admin::record(client, token, &group.name, &digests).await);
-                    }
+        if client.has_admin_token() {
+            for group in &plan.groups {
+                let digests: Vec<_> = images
+                    .iter()
+                    .filter(|i| i.group == group.name.as_str() && i.error.is_none())
+                    .flat_map(|i| i.manifests.iter().cloned())
+                    .collect();
+                if !digests.is_empty() {
+                    pins.push(admin::record(client, &group.name, &digests).await);
                 }
             }
-            None => {
-                pins_skipped = Some(
-                    "no admin token; pass --admin-token-file FILE or set BERTH_ADMIN_TOKEN so eviction keeps these images".into(),
-                )
-            }
+        } else {
+            pins_skipped = Some(
+                "no admin token; pass --admin-token-file FILE or set BERTH_ADMIN_TOKEN so eviction keeps these images".into(),
+            );
         }
     }
     Ok(Report {
@@ -117,4 +110,15 @@ pub async fn run(
         pins_skipped,
         elapsed: started.elapsed(),
     })
+}
+
+/// Is a registry listening at the mirror URL, and does it let us in?
+async fn ping(client: &BerthClient) -> Result<(), PullError> {
+    let url = client.base().to_string();
+    match client.ping().await {
+        Ok(()) => Ok(()),
+        Err(ClientError::Status { status: 401, .. }) => Err(PullError::Unauthorized { url }),
+        Err(ClientError::Status { status, .. }) => Err(PullError::NotARegistry { url, status }),
+        Err(e) => Err(PullError::from_client(client.base(), "GET /v2/", e)),
+    }
 }

@@ -1,24 +1,18 @@
 //! The containerd-like walk over HTTP to a running berth: resolve the tag (HEAD), fetch the
 //! index, the chosen platforms' manifests, then config and layers. Every body is hashed as it
 //! streams and checked against its digest; nothing is kept. A blob the mirror already holds
-//! (HEAD with `Cache-Control: only-if-cached` → 200) is not downloaded again.
+//! (a [`Lookup::CacheOnly`] HEAD finds it) is not downloaded again. The HTTP is
+//! [`crate::client`]'s.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{Method, StatusCode};
-use url::Url;
+use crate::client::{BerthClient, ClientError, Lookup};
+use crate::oci::{Digest, Hasher, ManifestDoc, Platform, Reference, Tag, is_docker_schema1};
 
-use crate::oci::{Digest, Hasher, MAX_MANIFEST_SIZE, ManifestDoc, Platform, Reference};
-
-use super::client::{MirrorClient, PullError, cause, ok_or_status};
+use super::error::PullError;
 use super::progress::ImageProgress;
 use super::references::ImageRef;
-
-/// What containerd sends when it resolves a tag (protocol notes §1.2).
-pub const CONTAINERD_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
-const ONLY_IF_CACHED: &str = "only-if-cached";
 
 /// Warm the cache, or only ask whether it could serve everything (`--check`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +61,7 @@ impl ImageOutcome {
 
 /// Walks one image for `platforms`.
 pub async fn pull(
-    client: &MirrorClient,
+    client: &BerthClient,
     group: &str,
     image: &ImageRef,
     platforms: &[Platform],
@@ -105,7 +99,7 @@ pub async fn pull(
 
 /// One image's walk; `Err` ends it (`--check` records what is missing instead, where it can).
 struct Walk<'a> {
-    client: &'a MirrorClient,
+    client: &'a BerthClient,
     image: &'a ImageRef,
     mode: Mode,
     progress: &'a ImageProgress,
@@ -123,7 +117,7 @@ impl Walk<'_> {
     async fn run(&self, platforms: &[Platform], out: &mut ImageOutcome) -> Result<(), PullError> {
         let root = match self.image.reference() {
             Reference::Digest(d) => d,
-            Reference::Tag(tag) => match self.resolve(tag.as_str()).await? {
+            Reference::Tag(tag) => match self.resolve(&tag).await? {
                 Some(d) => d,
                 None => {
                     out.missing.push(Missing {
@@ -188,57 +182,32 @@ impl Walk<'_> {
         Ok(())
     }
 
-    fn path(&self, endpoint: &str) -> Url {
-        self.client.url(
-            &format!("v2/{}/{endpoint}", self.image.repository),
-            Some(&self.image.registry),
-        )
+    /// `--check` asks the cache alone.
+    fn lookup(&self) -> Lookup {
+        match self.mode {
+            Mode::Warm => Lookup::Pull,
+            Mode::Check => Lookup::CacheOnly,
+        }
     }
 
-    async fn send(
-        &self,
-        method: Method,
-        url: Url,
-        accept: Option<&str>,
-    ) -> Result<reqwest::Response, PullError> {
-        let mut request = self.client.http().request(method, url);
-        if let Some(accept) = accept {
-            request = request.header(ACCEPT, accept);
-        }
-        if self.mode == Mode::Check {
-            request = request.header(CACHE_CONTROL, ONLY_IF_CACHED);
-        }
-        request
-            .send()
-            .await
-            .map_err(|e| self.client.unreachable(&e))
+    fn failed(&self, what: &str, e: ClientError) -> PullError {
+        PullError::from_client(self.client.base(), what, e)
     }
 
     /// Tag → digest with a HEAD, as containerd resolves. `None`: not cached (`--check`).
-    async fn resolve(&self, tag: &str) -> Result<Option<Digest>, PullError> {
-        let what = format!("{}", self.image);
-        let url = self.path(&format!("manifests/{tag}"));
-        let mut response = self
-            .send(Method::HEAD, url.clone(), Some(CONTAINERD_ACCEPT))
-            .await?;
-        if response.status() == StatusCode::GATEWAY_TIMEOUT && self.mode == Mode::Check {
-            return Ok(None);
-        }
-        if !response.status().is_success() {
-            // A HEAD error has no body; the GET's says why (containerd, too, retries as GET).
-            response = self.send(Method::GET, url, Some(CONTAINERD_ACCEPT)).await?;
-        }
-        let response = ok_or_status(response, &what).await?;
-        let digest = response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| PullError::Invalid {
-                what,
-                message: "the mirror sent no valid Docker-Content-Digest".into(),
-            })?;
-        Ok(Some(digest))
+    async fn resolve(&self, tag: &Tag) -> Result<Option<Digest>, PullError> {
+        let image = self.image;
+        let head = self
+            .client
+            .head_manifest(
+                &image.registry,
+                &image.repository,
+                &Reference::Tag(tag.clone()),
+                self.lookup(),
+            )
+            .await
+            .map_err(|e| self.failed(&image.to_string(), e))?;
+        Ok(head.map(|h| h.digest))
     }
 
     /// GETs and verifies one manifest. `None`: not cached (`--check`, recorded as missing).
@@ -249,38 +218,24 @@ impl Walk<'_> {
         out: &mut ImageOutcome,
     ) -> Result<Option<ManifestDoc>, PullError> {
         let what = format!("{} manifest {digest}", self.image);
-        let url = self.path(&format!("manifests/{digest}"));
-        let response = self.send(Method::GET, url, Some(CONTAINERD_ACCEPT)).await?;
-        if response.status() == StatusCode::GATEWAY_TIMEOUT && self.mode == Mode::Check {
+        let fetched = self
+            .client
+            .get_manifest(
+                &self.image.registry,
+                &self.image.repository,
+                &Reference::Digest(digest.clone()),
+                self.lookup(),
+            )
+            .await
+            .map_err(|e| self.failed(&what, e))?;
+        let Some(manifest) = fetched else {
             out.missing.push(Missing {
                 what: format!("manifest {digest}"),
                 platform: platform.map(str::to_string),
             });
             return Ok(None);
-        }
-        let response = ok_or_status(response, &what).await?;
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        if response
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .is_some_and(|n| n > MAX_MANIFEST_SIZE)
-        {
-            return Err(PullError::Invalid {
-                what,
-                message: "larger than the 4 MiB manifest limit".into(),
-            });
-        }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.client.unreachable(&e))?;
-        let actual = Digest::of(digest.algorithm(), &bytes);
+        };
+        let actual = Digest::of(digest.algorithm(), &manifest.bytes);
         if &actual != digest {
             return Err(PullError::Verification {
                 what,
@@ -288,7 +243,7 @@ impl Walk<'_> {
                 expected: digest.clone(),
             });
         }
-        if content_type.starts_with("application/vnd.docker.distribution.manifest.v1") {
+        if is_docker_schema1(&manifest.media_type) {
             return Err(PullError::Invalid {
                 what,
                 message:
@@ -296,51 +251,70 @@ impl Walk<'_> {
                         .into(),
             });
         }
-        let doc = ManifestDoc::parse(&bytes).map_err(|e| PullError::Invalid {
+        let doc = ManifestDoc::parse(&manifest.bytes).map_err(|e| PullError::Invalid {
             what: what.clone(),
             message: format!("not a manifest or index: {e}"),
         })?;
         out.manifests.push(digest.clone());
-        out.size += bytes.len() as u64;
+        out.size += manifest.bytes.len() as u64;
         Ok(Some(doc))
     }
 
-    /// `HEAD` with `only-if-cached`: 200 = the mirror holds it (with the right size).
+    /// Does the mirror hold it (`only-if-cached` HEAD → 200)?
     async fn blob_cached(&self, blob: &BlobRef) -> Result<bool, PullError> {
-        let url = self.path(&format!("blobs/{}", blob.digest));
-        let response = self
+        let head = self
             .client
-            .http()
-            .head(url)
-            .header(CACHE_CONTROL, ONLY_IF_CACHED)
-            .send()
+            .head_blob(
+                &self.image.registry,
+                &self.image.repository,
+                &blob.digest,
+                Lookup::CacheOnly,
+            )
             .await
-            .map_err(|e| self.client.unreachable(&e))?;
-        match response.status() {
-            StatusCode::OK => Ok(true),
-            StatusCode::GATEWAY_TIMEOUT | StatusCode::NOT_FOUND => Ok(false),
-            _ => {
-                let what = format!("{} {} {}", self.image, blob.kind, blob.digest);
-                ok_or_status(response, &what).await.map(|_| false)
-            }
-        }
+            .map_err(|e| {
+                self.failed(&format!("{} {} {}", self.image, blob.kind, blob.digest), e)
+            })?;
+        Ok(head.is_some())
     }
 
     /// GETs a blob through the mirror (which fills its cache), hashing as it streams.
     async fn download(&self, blob: &BlobRef) -> Result<u64, PullError> {
         let what = format!("{} {} {}", self.image, blob.kind, blob.digest);
-        let url = self.path(&format!("blobs/{}", blob.digest));
-        let response = self.send(Method::GET, url, None).await?;
-        let mut response = ok_or_status(response, &what).await?;
+        let body = self
+            .client
+            .get_blob(
+                &self.image.registry,
+                &self.image.repository,
+                &blob.digest,
+                Lookup::Pull,
+            )
+            .await
+            .map_err(|e| self.failed(&what, e))?;
+        let Some(mut body) = body else {
+            return Err(PullError::Invalid {
+                what,
+                message: "the mirror does not hold it".into(),
+            });
+        };
         let mut hasher = Hasher::new(blob.digest.algorithm());
         let mut received = 0u64;
-        while let Some(chunk) = response.chunk().await.map_err(|e| PullError::Invalid {
-            what: what.clone(),
-            message: format!(
-                "transfer from the mirror broke after {received} bytes: {}",
-                cause(&e)
-            ),
-        })? {
+        loop {
+            let chunk = match body.next().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => {
+                    let cause = match e {
+                        ClientError::Broken { cause, .. } => cause,
+                        e => e.detail(),
+                    };
+                    return Err(PullError::Invalid {
+                        what,
+                        message: format!(
+                            "transfer from the mirror broke after {received} bytes: {cause}"
+                        ),
+                    });
+                }
+            };
             hasher.update(&chunk);
             received += chunk.len() as u64;
             self.progress.advance(chunk.len() as u64);

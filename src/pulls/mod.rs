@@ -46,9 +46,11 @@ pub struct Pull {
 
 impl Pull {
     /// A pull failed when the client did not get what it asked for. 401 is the auth dance of
-    /// a client that has not sent credentials yet, not a failure.
+    /// a client that has not sent credentials yet, and the 504 of a `Cache-Control:
+    /// only-if-cached` miss (what `berth prewarm` asks before each download and `--check`
+    /// asks throughout) is an answer to a question, not a failure.
     pub fn failed(&self) -> bool {
-        self.status >= 400 && self.status != 401
+        self.status >= 400 && self.status != 401 && self.error_class != Some(ErrorClass::NotCached)
     }
 
     /// `registry/repository`: what failures are grouped by.
@@ -256,6 +258,7 @@ mod tests {
         record.add(pull("10.0.0.2", "org/db", 404, Some(ErrorClass::NotFound)));
         record.add(pull("10.0.0.3", "org/db", 200, None));
         record.add(pull("10.0.0.3", "org/db", 401, None));
+        record.add(pull("10.0.0.3", "org/db", 504, Some(ErrorClass::NotCached)));
         let failures = record.failures(None);
         let app = &failures.by_image[0];
         assert_eq!(app.image, "ghcr.io/org/app");
@@ -271,10 +274,10 @@ mod tests {
         assert_eq!(node.images, ["ghcr.io/org/app", "ghcr.io/org/db"]);
         assert!(
             failures.by_node.iter().all(|n| n.node != "10.0.0.3"),
-            "a 200 and a 401 challenge are not failures"
+            "a 200, a 401 challenge and an only-if-cached miss are not failures"
         );
         let facts = &record.registries()["ghcr.io"];
-        assert_eq!((facts.requests, facts.failures), (5, 3));
+        assert_eq!((facts.requests, facts.failures), (6, 3));
         assert!(facts.last_success.is_some());
     }
 

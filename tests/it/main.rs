@@ -13,6 +13,7 @@ mod support;
 mod ansible_node;
 mod ansible_role;
 mod cache_cli;
+mod client_access;
 mod containerd_hosts;
 mod crash_safety;
 mod e2e_real;

@@ -38,6 +38,7 @@ fn berth_cli(args: &[&str]) -> Ran {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
     cmd.args(args)
         .env_remove("BERTH_ADMIN_TOKEN")
+        .env_remove("BERTH_MIRROR_URL")
         .env_remove("BERTH_CONFIG")
         .env("BERTH_LOG", "warn");
     let out = crate::support::util::run(&mut cmd, Duration::from_secs(120));
