@@ -21,6 +21,11 @@ fn fill_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.05, 2.0, 15))
 }
 
+/// An empty family of [`latency_histogram`]s.
+fn latency_family<L: Clone + std::hash::Hash + Eq>() -> Histograms<L> {
+    Family::new_with_constructor(latency_histogram)
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
     pub upstream: String,
@@ -112,177 +117,188 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("berth");
-        let upstream_requests = Family::default();
-        let upstream_blob_bytes = Family::default();
-        let tag_lookups = Family::default();
-        let cache_lookups = Family::default();
-        let served_bytes = Counter::default();
-        let verify_failures = Counter::default();
-        let cache_evictions = Counter::default();
-        let cache_bytes = Gauge::default();
-        let cache_max_bytes = Gauge::default();
-        let upstream_errors = Family::default();
-        let upstream_state = Family::default();
-        let upstream_connect_seconds: Histograms<_> =
-            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
-        let upstream_tls_handshake_seconds: Histograms<_> =
-            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
-        let upstream_first_byte_seconds: Histograms<_> =
-            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
-        let upstream_ratelimit_remaining = Family::default();
-        let upstream_resumes = Family::default();
-        let blob_fill_seconds: Histograms<_> =
-            Family::new_with_constructor(fill_histogram as fn() -> Histogram);
-        let fills_in_flight = Gauge::default();
-        let fill_waiters = Gauge::default();
-        let store_errors = Counter::default();
-        let stale_answers = Family::default();
-        let client_requests = Family::default();
-        let client_request_seconds: Histograms<_> =
-            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        // Registration order is the order of `/metrics`: the probe's families come first.
         let probe = ProbeMetrics::register(&mut registry);
-        registry.register(
-            "upstream_requests",
-            "Requests sent to upstream registries",
-            upstream_requests.clone(),
-        );
-        registry.register(
-            "upstream_blob_bytes",
-            "Blob body bytes received from upstreams",
-            upstream_blob_bytes.clone(),
-        );
-        registry.register(
-            "tag_lookups",
-            "Tag resolutions by outcome",
-            tag_lookups.clone(),
-        );
-        registry.register(
-            "cache_lookups",
-            "Cache lookups by kind and result",
-            cache_lookups.clone(),
-        );
-        registry.register(
-            "served_blob_bytes",
-            "Blob bytes sent to clients",
-            served_bytes.clone(),
-        );
-        registry.register(
-            "verify_failures",
-            "Upstream content that failed digest verification",
-            verify_failures.clone(),
-        );
-        registry.register(
-            "cache_evictions",
-            "Blobs and manifests evicted to stay under max_size",
-            cache_evictions.clone(),
-        );
-        registry.register(
-            "cache_bytes",
-            "Bytes of blobs and manifests in the cache",
-            cache_bytes.clone(),
-        );
-        registry.register(
-            "cache_max_bytes",
-            "The cache's size limit ([store] max_size; 0 = none)",
-            cache_max_bytes.clone(),
-        );
-        registry.register(
-            "upstream_errors",
-            "Upstream failures by class (dns, connect, tls_handshake, header_timeout, stall, reset, status_5xx, status_429, verify, ...)",
-            upstream_errors.clone(),
-        );
-        registry.register(
-            "upstream_state",
-            "Circuit breaker state: 0 up, 1 probing, 2 down",
-            upstream_state.clone(),
-        );
-        registry.register(
-            "upstream_connect_seconds",
-            "TCP connect time to upstreams",
-            upstream_connect_seconds.clone(),
-        );
-        registry.register(
-            "upstream_tls_handshake_seconds",
-            "TLS handshake time with upstreams",
-            upstream_tls_handshake_seconds.clone(),
-        );
-        registry.register(
-            "upstream_first_byte_seconds",
-            "Time from sending an upstream request to its response headers",
-            upstream_first_byte_seconds.clone(),
-        );
-        registry.register(
-            "upstream_ratelimit_remaining",
-            "Docker Hub ratelimit-remaining as last seen",
-            upstream_ratelimit_remaining.clone(),
-        );
-        registry.register(
-            "upstream_resumes",
-            "Range resumes of broken blob transfers",
-            upstream_resumes.clone(),
-        );
-        registry.register(
-            "blob_fill_seconds",
-            "Blob fills from upstream (download, verify, commit) by outcome",
-            blob_fill_seconds.clone(),
-        );
-        registry.register(
-            "fills_in_flight",
-            "Blob fills running now",
-            fills_in_flight.clone(),
-        );
-        registry.register(
-            "fill_waiters",
-            "Client responses following a running blob fill",
-            fill_waiters.clone(),
-        );
-        registry.register(
-            "store_errors",
-            "Failed store operations",
-            store_errors.clone(),
-        );
-        registry.register(
-            "stale_answers",
-            "Answers served from the cache because the upstream failed",
-            stale_answers.clone(),
-        );
-        registry.register(
-            "client_requests",
-            "Client requests by endpoint kind and HTTP status",
-            client_requests.clone(),
-        );
-        registry.register(
-            "client_request_seconds",
-            "Client request latency to the last byte, by endpoint kind",
-            client_request_seconds.clone(),
-        );
+        let mut metrics = Metrics::unregistered(registry, probe);
+        metrics.register_traffic();
+        metrics.register_cache();
+        metrics.register_upstream_health();
+        metrics.register_fills_and_store();
+        metrics.register_clients();
+        metrics
+    }
+}
+
+impl Metrics {
+    /// Every family empty, none registered yet (the `register_*` steps do that).
+    fn unregistered(registry: Registry, probe: ProbeMetrics) -> Metrics {
         Metrics {
             registry,
-            cache_max_bytes,
-            upstream_errors,
-            upstream_state,
-            upstream_connect_seconds,
-            upstream_tls_handshake_seconds,
-            upstream_first_byte_seconds,
-            upstream_ratelimit_remaining,
-            upstream_resumes,
-            blob_fill_seconds,
-            fills_in_flight,
-            fill_waiters,
-            store_errors,
-            stale_answers,
-            client_requests,
-            client_request_seconds,
-            upstream_requests,
-            upstream_blob_bytes,
-            tag_lookups,
-            cache_lookups,
-            served_bytes,
-            verify_failures,
-            cache_evictions,
-            cache_bytes,
+            upstream_requests: Family::default(),
+            upstream_blob_bytes: Family::default(),
+            tag_lookups: Family::default(),
+            cache_lookups: Family::default(),
+            served_bytes: Counter::default(),
+            verify_failures: Counter::default(),
+            cache_evictions: Counter::default(),
+            cache_bytes: Gauge::default(),
+            cache_max_bytes: Gauge::default(),
+            upstream_errors: Family::default(),
+            upstream_state: Family::default(),
+            upstream_connect_seconds: latency_family(),
+            upstream_tls_handshake_seconds: latency_family(),
+            upstream_first_byte_seconds: latency_family(),
+            upstream_ratelimit_remaining: Family::default(),
+            upstream_resumes: Family::default(),
+            blob_fill_seconds: Family::new_with_constructor(fill_histogram),
+            fills_in_flight: Gauge::default(),
+            fill_waiters: Gauge::default(),
+            store_errors: Counter::default(),
+            stale_answers: Family::default(),
+            client_requests: Family::default(),
+            client_request_seconds: latency_family(),
             probe,
         }
+    }
+
+    /// What flows through the mirror: upstream requests and bytes, tag and cache lookups.
+    fn register_traffic(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "upstream_requests",
+            "Requests sent to upstream registries",
+            self.upstream_requests.clone(),
+        );
+        r.register(
+            "upstream_blob_bytes",
+            "Blob body bytes received from upstreams",
+            self.upstream_blob_bytes.clone(),
+        );
+        r.register(
+            "tag_lookups",
+            "Tag resolutions by outcome",
+            self.tag_lookups.clone(),
+        );
+        r.register(
+            "cache_lookups",
+            "Cache lookups by kind and result",
+            self.cache_lookups.clone(),
+        );
+        r.register(
+            "served_blob_bytes",
+            "Blob bytes sent to clients",
+            self.served_bytes.clone(),
+        );
+    }
+
+    /// The cache: upstream content refused for failing verification, evictions, size and limit.
+    fn register_cache(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "verify_failures",
+            "Upstream content that failed digest verification",
+            self.verify_failures.clone(),
+        );
+        r.register(
+            "cache_evictions",
+            "Blobs and manifests evicted to stay under max_size",
+            self.cache_evictions.clone(),
+        );
+        r.register(
+            "cache_bytes",
+            "Bytes of blobs and manifests in the cache",
+            self.cache_bytes.clone(),
+        );
+        r.register(
+            "cache_max_bytes",
+            "The cache's size limit ([store] max_size; 0 = none)",
+            self.cache_max_bytes.clone(),
+        );
+    }
+
+    /// How each upstream answers: failures, breaker state, timings, rate limit, resumes.
+    fn register_upstream_health(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "upstream_errors",
+            "Upstream failures by class (dns, connect, tls_handshake, header_timeout, stall, reset, status_5xx, status_429, verify, ...)",
+            self.upstream_errors.clone(),
+        );
+        r.register(
+            "upstream_state",
+            "Circuit breaker state: 0 up, 1 probing, 2 down",
+            self.upstream_state.clone(),
+        );
+        r.register(
+            "upstream_connect_seconds",
+            "TCP connect time to upstreams",
+            self.upstream_connect_seconds.clone(),
+        );
+        r.register(
+            "upstream_tls_handshake_seconds",
+            "TLS handshake time with upstreams",
+            self.upstream_tls_handshake_seconds.clone(),
+        );
+        r.register(
+            "upstream_first_byte_seconds",
+            "Time from sending an upstream request to its response headers",
+            self.upstream_first_byte_seconds.clone(),
+        );
+        r.register(
+            "upstream_ratelimit_remaining",
+            "Docker Hub ratelimit-remaining as last seen",
+            self.upstream_ratelimit_remaining.clone(),
+        );
+        r.register(
+            "upstream_resumes",
+            "Range resumes of broken blob transfers",
+            self.upstream_resumes.clone(),
+        );
+    }
+
+    /// Blob fills and their waiters, the store's failures, and answers served stale.
+    fn register_fills_and_store(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "blob_fill_seconds",
+            "Blob fills from upstream (download, verify, commit) by outcome",
+            self.blob_fill_seconds.clone(),
+        );
+        r.register(
+            "fills_in_flight",
+            "Blob fills running now",
+            self.fills_in_flight.clone(),
+        );
+        r.register(
+            "fill_waiters",
+            "Client responses following a running blob fill",
+            self.fill_waiters.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Failed store operations",
+            self.store_errors.clone(),
+        );
+        r.register(
+            "stale_answers",
+            "Answers served from the cache because the upstream failed",
+            self.stale_answers.clone(),
+        );
+    }
+
+    /// Client requests by endpoint and status, and their latency.
+    fn register_clients(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "client_requests",
+            "Client requests by endpoint kind and HTTP status",
+            self.client_requests.clone(),
+        );
+        r.register(
+            "client_request_seconds",
+            "Client request latency to the last byte, by endpoint kind",
+            self.client_request_seconds.clone(),
+        );
     }
 }
 

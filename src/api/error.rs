@@ -131,18 +131,7 @@ impl From<MirrorError> for ApiError {
                 ref cause,
                 retry_after,
                 ..
-            } => ApiError::hidden(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "{upstream} is unreachable and the content is not cached: {} ({SEE_LOG})",
-                    redact(cause)
-                ),
-                message,
-            )
-            .with_header(
-                RETRY_AFTER,
-                retry_after.map_or(UNREACHABLE_RETRY_AFTER_SECS, |d| d.as_secs().max(1)),
-            ),
+            } => unreachable_upstream(upstream, cause, retry_after, message),
             MirrorError::BadUpstream {
                 ref upstream,
                 ref cause,
@@ -195,6 +184,28 @@ impl From<MirrorError> for ApiError {
         };
         error.with_class(class)
     }
+}
+
+/// A 503 with `Retry-After` (the open breaker's remaining cooldown, else a default wait): the
+/// client reads the redacted cause, the log gets the whole `message`.
+fn unreachable_upstream(
+    upstream: &str,
+    cause: &str,
+    retry_after: Option<std::time::Duration>,
+    message: String,
+) -> ApiError {
+    ApiError::hidden(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "{upstream} is unreachable and the content is not cached: {} ({SEE_LOG})",
+            redact(cause)
+        ),
+        message,
+    )
+    .with_header(
+        RETRY_AFTER,
+        retry_after.map_or(UNREACHABLE_RETRY_AFTER_SECS, |d| d.as_secs().max(1)),
+    )
 }
 
 /// The cause of an upstream failure as a client may read it: what went wrong (`TLS handshake

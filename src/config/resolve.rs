@@ -11,23 +11,13 @@ use super::patterns::UpstreamPatterns;
 use super::raw::{RawConfig, RawUpstream};
 use super::{
     AdminToken, BUILTIN_UPSTREAMS, Config, ConfigError, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
-    DEFAULT_MAX_FILLS_TOTAL, DEFAULT_PLATFORMS, Overrides,
+    DEFAULT_MAX_FILLS_TOTAL, DEFAULT_PLATFORMS, Overrides, Upstream,
 };
 use crate::oci::Platform;
 
 impl RawConfig {
     pub fn validate(self, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let listen_text = overrides
-            .listen
-            .map(|a| a.to_string())
-            .or(self.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            ConfigError::new(
-                "listen",
-                format!("`{listen_text}` is not an address like 0.0.0.0:5000"),
-            )
-        })?;
+        let listen = listen(overrides.listen, self.listen)?;
         let data_dir = overrides
             .data_dir
             .clone()
@@ -35,82 +25,33 @@ impl RawConfig {
             .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
 
         let defaults = self.upstream_defaults;
-        if let Some(key) = defaults.account_keys_set().next() {
-            return Err(ConfigError::new(
-                format!("upstream_defaults.{key}"),
-                "belongs in an [upstreams.\"<name>\"] table, not in the defaults",
-            ));
-        }
-
-        let raw_upstreams = self.upstreams.unwrap_or_else(|| {
-            BUILTIN_UPSTREAMS
-                .iter()
-                .map(|(name, url)| {
-                    (
-                        name.to_string(),
-                        RawUpstream {
-                            url: Some(url.to_string()),
-                            ..Default::default()
-                        },
-                    )
-                })
-                .collect()
-        });
-        if raw_upstreams.is_empty() {
-            return Err(ConfigError::new(
-                "upstreams",
-                "no upstream configured; add [upstreams.\"docker.io\"] or remove the empty table",
-            ));
-        }
-        let mut upstreams = BTreeMap::new();
-        for (name, raw) in raw_upstreams {
-            let upstream = raw.resolve(&name, &defaults)?;
-            upstreams.insert(name, upstream);
-        }
-
-        // What a pattern match gets: the defaults as an upstream (name and URL set per match).
-        let template = RawUpstream {
-            url: Some("https://upstream-patterns.invalid".into()),
-            ..RawUpstream::default()
-        }
-        .resolve("upstream-patterns.invalid", &defaults)?;
-        let upstream_patterns = UpstreamPatterns::new(
-            self.upstream_patterns.as_deref().unwrap_or_default(),
-            template,
+        check_upstream_defaults(&defaults)?;
+        let upstreams = upstreams(self.upstreams, &defaults)?;
+        let upstream_patterns = upstream_patterns(self.upstream_patterns.as_deref(), &defaults)?;
+        let default_upstream = default_upstream(
+            overrides.default_upstream.clone().or(self.default_upstream),
+            &upstreams,
         )?;
 
-        let default_upstream = overrides
-            .default_upstream
+        let mirror_url = overrides
+            .mirror_url
             .clone()
-            .or(self.default_upstream)
-            .unwrap_or_else(|| {
-                if upstreams.contains_key("docker.io") {
-                    "docker.io".into()
-                } else {
-                    upstreams.keys().next().cloned().unwrap_or_default()
-                }
-            });
-        if !upstreams.contains_key(&default_upstream) {
-            return Err(ConfigError::new(
-                "default_upstream",
-                format!("`{default_upstream}` is not one of the configured upstreams"),
-            ));
-        }
-
-        let mirror_url = match overrides.mirror_url.clone().or(self.mirror_url) {
-            Some(text) => Some(parse_http_url("mirror_url", &text)?),
-            None => None,
-        };
-
-        let advertise_url = match self.advertise_url {
-            Some(text) => Some(parse_http_url("advertise_url", &text)?),
-            None => None,
-        };
+            .or(self.mirror_url)
+            .map(|text| parse_http_url("mirror_url", &text))
+            .transpose()?;
+        let advertise_url = self
+            .advertise_url
+            .map(|text| parse_http_url("advertise_url", &text))
+            .transpose()?;
         let store = self.store.resolve()?;
         let server = self.server.resolve()?;
         let admin_token = admin_token(self.admin_token, self.admin_token_file)?;
         let platforms = platforms(self.platforms.as_deref())?;
         let probe = super::probe::resolve(self.probe_interval, self.probe_images)?;
+        let max_fills = match self.max_fills {
+            Some(0) => return Err(ConfigError::new("max_fills", "must be at least 1")),
+            n => n.unwrap_or(DEFAULT_MAX_FILLS_TOTAL),
+        };
 
         Ok(Config {
             listen,
@@ -121,10 +62,7 @@ impl RawConfig {
             upstreams,
             upstream_patterns,
             manifest_memory_cache: self.manifest_memory_cache_mb.unwrap_or(64) * 1024 * 1024,
-            max_fills: match self.max_fills {
-                Some(0) => return Err(ConfigError::new("max_fills", "must be at least 1")),
-                n => n.unwrap_or(DEFAULT_MAX_FILLS_TOTAL),
-            },
+            max_fills,
             store,
             server,
             admin_token,
@@ -133,6 +71,101 @@ impl RawConfig {
             access_log: self.access_log,
         })
     }
+}
+
+/// `--listen` over the file over the default.
+fn listen(flag: Option<SocketAddr>, file: Option<String>) -> Result<SocketAddr, ConfigError> {
+    let listen_text = flag
+        .map(|a| a.to_string())
+        .or(file)
+        .unwrap_or_else(|| DEFAULT_LISTEN.into());
+    listen_text.parse().map_err(|_| {
+        ConfigError::new(
+            "listen",
+            format!("`{listen_text}` is not an address like 0.0.0.0:5000"),
+        )
+    })
+}
+
+/// `[upstream_defaults]` refuses the keys of one registry's account or address (`url`,
+/// `username`, the passwords): inherited, they would go to every upstream.
+fn check_upstream_defaults(defaults: &RawUpstream) -> Result<(), ConfigError> {
+    match defaults.account_keys_set().next() {
+        Some(key) => Err(ConfigError::new(
+            format!("upstream_defaults.{key}"),
+            "belongs in an [upstreams.\"<name>\"] table, not in the defaults",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The `[upstreams]` tables (the built-in list when the file has none), each over `defaults`.
+fn upstreams(
+    tables: Option<BTreeMap<String, RawUpstream>>,
+    defaults: &RawUpstream,
+) -> Result<BTreeMap<String, Upstream>, ConfigError> {
+    let tables = tables.unwrap_or_else(|| {
+        BUILTIN_UPSTREAMS
+            .iter()
+            .map(|(name, url)| {
+                (
+                    name.to_string(),
+                    RawUpstream {
+                        url: Some(url.to_string()),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect()
+    });
+    if tables.is_empty() {
+        return Err(ConfigError::new(
+            "upstreams",
+            "no upstream configured; add [upstreams.\"docker.io\"] or remove the empty table",
+        ));
+    }
+    let mut upstreams = BTreeMap::new();
+    for (name, raw) in tables {
+        let upstream = raw.resolve(&name, defaults)?;
+        upstreams.insert(name, upstream);
+    }
+    Ok(upstreams)
+}
+
+/// `upstream_patterns`; what a match gets is the defaults as an upstream (name and URL set per
+/// match).
+fn upstream_patterns(
+    patterns: Option<&[String]>,
+    defaults: &RawUpstream,
+) -> Result<UpstreamPatterns, ConfigError> {
+    let template = RawUpstream {
+        url: Some("https://upstream-patterns.invalid".into()),
+        ..RawUpstream::default()
+    }
+    .resolve("upstream-patterns.invalid", defaults)?;
+    UpstreamPatterns::new(patterns.unwrap_or_default(), template)
+}
+
+/// The chosen one (flag, then file), else `docker.io` if configured, else the first by name;
+/// it must be one of `upstreams`.
+fn default_upstream(
+    chosen: Option<String>,
+    upstreams: &BTreeMap<String, Upstream>,
+) -> Result<String, ConfigError> {
+    let default_upstream = chosen.unwrap_or_else(|| {
+        if upstreams.contains_key("docker.io") {
+            "docker.io".into()
+        } else {
+            upstreams.keys().next().cloned().unwrap_or_default()
+        }
+    });
+    if !upstreams.contains_key(&default_upstream) {
+        return Err(ConfigError::new(
+            "default_upstream",
+            format!("`{default_upstream}` is not one of the configured upstreams"),
+        ));
+    }
+    Ok(default_upstream)
 }
 
 /// A secret kept in a file (password, S3 secret key): the contents without the trailing newline.

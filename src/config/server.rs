@@ -99,7 +99,6 @@ impl ServerConfig {
 
 impl RawServer {
     pub fn resolve(self) -> Result<ServerConfig, ConfigError> {
-        let key = |field: &str| format!("server.{field}");
         let defaults = ServerConfig::default();
         let allow = match self.allow {
             None => defaults.allow,
@@ -126,41 +125,7 @@ impl RawServer {
                 "must be at least 1",
             ));
         }
-        let tls = match (self.tls_cert_file, self.tls_key_file) {
-            (Some(cert_file), Some(key_file)) => {
-                check_pem_certificates(&key("tls_cert_file"), &cert_file)?;
-                check_pem_private_key(&key("tls_key_file"), &key_file)?;
-                if let Some(ca) = &self.client_ca_file {
-                    check_pem_certificates(&key("client_ca_file"), ca)?;
-                }
-                Some(TlsFiles {
-                    cert_file,
-                    key_file,
-                    client_ca_file: self.client_ca_file,
-                })
-            }
-            (None, None) => {
-                if self.client_ca_file.is_some() {
-                    return Err(ConfigError::new(
-                        key("client_ca_file"),
-                        "client certificates need HTTPS: set tls_cert_file and tls_key_file too",
-                    ));
-                }
-                None
-            }
-            (Some(_), None) => {
-                return Err(ConfigError::new(
-                    key("tls_key_file"),
-                    "missing: tls_cert_file is set, HTTPS needs its key too",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::new(
-                    key("tls_cert_file"),
-                    "missing: tls_key_file is set, HTTPS needs the certificate too",
-                ));
-            }
-        };
+        let tls = tls_files(self.tls_cert_file, self.tls_key_file, self.client_ca_file)?;
         if let Some(path) = &self.users_file {
             std::fs::metadata(path).map_err(|e| {
                 ConfigError::new(
@@ -187,6 +152,46 @@ impl RawServer {
             users_file: self.users_file,
             admin_listen,
         })
+    }
+}
+
+/// The key an error names: `server.<field>`.
+fn key(field: &str) -> String {
+    format!("server.{field}")
+}
+
+/// HTTPS needs both the certificate and its key; client certificates need HTTPS.
+fn tls_files(
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    client_ca_file: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert_file, key_file) {
+        (Some(cert_file), Some(key_file)) => {
+            check_pem_certificates(&key("tls_cert_file"), &cert_file)?;
+            check_pem_private_key(&key("tls_key_file"), &key_file)?;
+            if let Some(ca) = &client_ca_file {
+                check_pem_certificates(&key("client_ca_file"), ca)?;
+            }
+            Ok(Some(TlsFiles {
+                cert_file,
+                key_file,
+                client_ca_file,
+            }))
+        }
+        (None, None) if client_ca_file.is_some() => Err(ConfigError::new(
+            key("client_ca_file"),
+            "client certificates need HTTPS: set tls_cert_file and tls_key_file too",
+        )),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::new(
+            key("tls_key_file"),
+            "missing: tls_cert_file is set, HTTPS needs its key too",
+        )),
+        (None, Some(_)) => Err(ConfigError::new(
+            key("tls_cert_file"),
+            "missing: tls_key_file is set, HTTPS needs the certificate too",
+        )),
     }
 }
 

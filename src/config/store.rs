@@ -1,7 +1,12 @@
 //! The `[store]` table resolved: disk or S3, size limit, eviction interval.
 
+use std::path::PathBuf;
+
+use url::Url;
+
 use super::raw::{RawStore, RawStoreKind};
 use super::resolve::{check_pem_certificates, parse_http_url, read_secret_file};
+use super::size::RawSize;
 use super::{
     ConfigError, DEFAULT_EVICT_INTERVAL, DEFAULT_LOCAL_MAX_SIZE, DEFAULT_S3_REGION, S3Config,
     StoreConfig, StoreKind,
@@ -9,7 +14,6 @@ use super::{
 
 impl RawStore {
     pub(super) fn resolve(self) -> Result<StoreConfig, ConfigError> {
-        let key = |field: &str| format!("store.{field}");
         let max_size = self
             .max_size
             .clone()
@@ -31,29 +35,7 @@ impl RawStore {
         }
         let kind = match self.kind.unwrap_or(RawStoreKind::Disk) {
             RawStoreKind::Disk => {
-                for (field, set) in [
-                    ("bucket", self.bucket.is_some()),
-                    ("endpoint", self.endpoint.is_some()),
-                    ("region", self.region.is_some()),
-                    ("prefix", self.prefix.is_some()),
-                    ("virtual_hosted_style", self.virtual_hosted_style.is_some()),
-                    ("access_key_id", self.access_key_id.is_some()),
-                    ("secret_access_key", self.secret_access_key.is_some()),
-                    (
-                        "secret_access_key_file",
-                        self.secret_access_key_file.is_some(),
-                    ),
-                    ("allow_http", self.allow_http.is_some()),
-                    ("ca_file", self.ca_file.is_some()),
-                    ("local_max_size", self.local_max_size.is_some()),
-                ] {
-                    if set {
-                        return Err(ConfigError::new(
-                            key(field),
-                            "is an S3 setting; add kind = \"s3\" to [store] or remove it",
-                        ));
-                    }
-                }
+                self.refuse_s3_keys()?;
                 StoreKind::Disk
             }
             RawStoreKind::S3 => StoreKind::S3(Box::new(self.resolve_s3()?)),
@@ -65,99 +47,54 @@ impl RawStore {
         })
     }
 
-    fn resolve_s3(self) -> Result<S3Config, ConfigError> {
-        let key = |field: &str| format!("store.{field}");
-        let bucket = self
-            .bucket
-            .filter(|b| !b.trim().is_empty())
-            .ok_or_else(|| {
-                ConfigError::new(
-                    key("bucket"),
-                    "missing; kind = \"s3\" needs a bucket, e.g. bucket = \"berth-cache\"",
-                )
-            })?;
-        let valid_bucket = bucket.len() >= 3
-            && bucket.len() <= 63
-            && bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-        if !valid_bucket {
-            return Err(ConfigError::new(
-                key("bucket"),
-                format!("`{bucket}` is not an S3 bucket name (3-63 of a-z, 0-9, '-', '.')"),
-            ));
-        }
-        let allow_http = self.allow_http.unwrap_or(false);
-        let endpoint = match &self.endpoint {
-            Some(text) => {
-                let url = parse_http_url(&key("endpoint"), text)?;
-                if url.scheme() == "http" && !allow_http {
-                    return Err(ConfigError::new(
-                        key("endpoint"),
-                        format!("`{text}` is plain http; set allow_http = true to allow it"),
-                    ));
-                }
-                Some(url)
+    /// A disk store has no use for S3 keys: one set means `kind = "s3"` was forgotten.
+    fn refuse_s3_keys(&self) -> Result<(), ConfigError> {
+        for (field, set) in [
+            ("bucket", self.bucket.is_some()),
+            ("endpoint", self.endpoint.is_some()),
+            ("region", self.region.is_some()),
+            ("prefix", self.prefix.is_some()),
+            ("virtual_hosted_style", self.virtual_hosted_style.is_some()),
+            ("access_key_id", self.access_key_id.is_some()),
+            ("secret_access_key", self.secret_access_key.is_some()),
+            (
+                "secret_access_key_file",
+                self.secret_access_key_file.is_some(),
+            ),
+            ("allow_http", self.allow_http.is_some()),
+            ("ca_file", self.ca_file.is_some()),
+            ("local_max_size", self.local_max_size.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError::new(
+                    key(field),
+                    "is an S3 setting; add kind = \"s3\" to [store] or remove it",
+                ));
             }
-            None => None,
-        };
+        }
+        Ok(())
+    }
+
+    fn resolve_s3(self) -> Result<S3Config, ConfigError> {
+        let bucket = s3_bucket(self.bucket)?;
+        let allow_http = self.allow_http.unwrap_or(false);
+        let endpoint = self
+            .endpoint
+            .as_deref()
+            .map(|text| s3_endpoint(text, allow_http))
+            .transpose()?;
         let region = self.region.unwrap_or_else(|| DEFAULT_S3_REGION.to_string());
         if region.trim().is_empty() {
             return Err(ConfigError::new(key("region"), "must not be empty"));
         }
-        let prefix = match self.prefix.as_deref().map(|p| p.trim_matches('/')) {
-            None | Some("") => None,
-            Some(p) => {
-                if p.split('/')
-                    .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-                {
-                    return Err(ConfigError::new(
-                        key("prefix"),
-                        format!("`{p}` has an empty, `.` or `..` path segment"),
-                    ));
-                }
-                Some(p.to_string())
-            }
-        };
-        let secret_access_key = match (self.secret_access_key, self.secret_access_key_file) {
-            (Some(s), None) => Some(s),
-            (None, Some(path)) => Some(read_secret_file(&key("secret_access_key_file"), &path)?),
-            (None, None) => None,
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    key("secret_access_key"),
-                    "set only one of secret_access_key, secret_access_key_file",
-                ));
-            }
-        };
-        match (&self.access_key_id, &secret_access_key) {
-            (Some(_), None) => {
-                return Err(ConfigError::new(
-                    key("secret_access_key"),
-                    "access_key_id is set but no secret_access_key (or secret_access_key_file)",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::new(
-                    key("access_key_id"),
-                    "a secret access key is set but no access_key_id",
-                ));
-            }
-            _ => {}
-        }
+        let prefix = s3_prefix(self.prefix.as_deref())?;
+        let secret_access_key =
+            s3_secret_access_key(self.secret_access_key, self.secret_access_key_file)?;
+        check_s3_key_pair(self.access_key_id.as_deref(), secret_access_key.as_deref())?;
         if let Some(path) = &self.ca_file {
             check_pem_certificates(&key("ca_file"), path)?;
         }
-        // "0" turns the hot tier off.
-        let local_max_size = match &self.local_max_size {
-            None => Some(DEFAULT_LOCAL_MAX_SIZE),
-            Some(size) => Some(
-                size.clone()
-                    .bytes()
-                    .map_err(|message| ConfigError::new(key("local_max_size"), message))?,
-            )
-            .filter(|&n| n > 0),
-        };
+        let local_max_size = local_max_size(self.local_max_size.as_ref())?;
         Ok(S3Config {
             local_max_size,
             bucket,
@@ -170,6 +107,110 @@ impl RawStore {
             allow_http,
             ca_file: self.ca_file,
         })
+    }
+}
+
+/// The key an error names: `store.<field>`.
+fn key(field: &str) -> String {
+    format!("store.{field}")
+}
+
+/// Required, and a valid S3 bucket name.
+fn s3_bucket(bucket: Option<String>) -> Result<String, ConfigError> {
+    let bucket = bucket.filter(|b| !b.trim().is_empty()).ok_or_else(|| {
+        ConfigError::new(
+            key("bucket"),
+            "missing; kind = \"s3\" needs a bucket, e.g. bucket = \"berth-cache\"",
+        )
+    })?;
+    let valid_bucket = bucket.len() >= 3
+        && bucket.len() <= 63
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !valid_bucket {
+        return Err(ConfigError::new(
+            key("bucket"),
+            format!("`{bucket}` is not an S3 bucket name (3-63 of a-z, 0-9, '-', '.')"),
+        ));
+    }
+    Ok(bucket)
+}
+
+/// An http(s) URL; plain http only with `allow_http = true`.
+fn s3_endpoint(text: &str, allow_http: bool) -> Result<Url, ConfigError> {
+    let url = parse_http_url(&key("endpoint"), text)?;
+    if url.scheme() == "http" && !allow_http {
+        return Err(ConfigError::new(
+            key("endpoint"),
+            format!("`{text}` is plain http; set allow_http = true to allow it"),
+        ));
+    }
+    Ok(url)
+}
+
+/// Without its outer slashes; `None` when nothing is left. No empty, `.` or `..` segment.
+fn s3_prefix(prefix: Option<&str>) -> Result<Option<String>, ConfigError> {
+    match prefix.map(|p| p.trim_matches('/')) {
+        None | Some("") => Ok(None),
+        Some(p) => {
+            if p.split('/')
+                .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+            {
+                return Err(ConfigError::new(
+                    key("prefix"),
+                    format!("`{p}` has an empty, `.` or `..` path segment"),
+                ));
+            }
+            Ok(Some(p.to_string()))
+        }
+    }
+}
+
+/// Inline or from a file, not both.
+fn s3_secret_access_key(
+    inline: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<String>, ConfigError> {
+    match (inline, file) {
+        (Some(s), None) => Ok(Some(s)),
+        (None, Some(path)) => read_secret_file(&key("secret_access_key_file"), &path).map(Some),
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            key("secret_access_key"),
+            "set only one of secret_access_key, secret_access_key_file",
+        )),
+    }
+}
+
+/// Both halves of the static credentials, or neither.
+fn check_s3_key_pair(
+    access_key_id: Option<&str>,
+    secret_access_key: Option<&str>,
+) -> Result<(), ConfigError> {
+    match (access_key_id, secret_access_key) {
+        (Some(_), None) => Err(ConfigError::new(
+            key("secret_access_key"),
+            "access_key_id is set but no secret_access_key (or secret_access_key_file)",
+        )),
+        (None, Some(_)) => Err(ConfigError::new(
+            key("access_key_id"),
+            "a secret access key is set but no access_key_id",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The local hot tier's size: the default when unset, `None` (off) for "0".
+fn local_max_size(size: Option<&RawSize>) -> Result<Option<u64>, ConfigError> {
+    match size {
+        None => Ok(Some(DEFAULT_LOCAL_MAX_SIZE)),
+        Some(size) => {
+            let bytes = size
+                .bytes()
+                .map_err(|message| ConfigError::new(key("local_max_size"), message))?;
+            Ok(Some(bytes).filter(|&n| n > 0))
+        }
     }
 }
 

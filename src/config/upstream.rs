@@ -71,7 +71,6 @@ impl RawUpstream {
         name: &str,
         defaults: &RawUpstream,
     ) -> Result<Upstream, ConfigError> {
-        let key = |field: &str| format!("upstreams.{name}.{field}");
         if !is_registry_name(name) {
             return Err(ConfigError::new(
                 format!("upstreams.{name}"),
@@ -79,54 +78,84 @@ impl RawUpstream {
             ));
         }
         let raw = self.over(defaults);
-        let url_text = raw.url.ok_or_else(|| {
-            ConfigError::new(key("url"), "missing; e.g. url = \"https://ghcr.io\"")
+        let url_text = raw.url.as_deref().ok_or_else(|| {
+            ConfigError::new(key(name, "url"), "missing; e.g. url = \"https://ghcr.io\"")
         })?;
-        let url = parse_http_url(&key("url"), &url_text)?;
+        let url = parse_http_url(&key(name, "url"), url_text)?;
+        let credentials = raw.credentials(name)?;
+        if let Some(path) = &raw.ca_file {
+            check_pem_certificates(&key(name, "ca_file"), path)?;
+        }
+        let transport = raw.transport(name)?;
+        let trusted_hosts = raw.trusted_hosts(name)?;
+        let max_blob_size = raw
+            .max_blob_size
+            .map(|size| size.bytes())
+            .transpose()
+            .map_err(|e| ConfigError::new(key(name, "max_blob_size"), e))?;
+        let max_fills = raw.max_fills.unwrap_or(DEFAULT_MAX_FILLS);
+        if max_fills == 0 {
+            return Err(ConfigError::new(
+                key(name, "max_fills"),
+                "must be at least 1",
+            ));
+        }
 
-        let password = match (raw.password, raw.password_env, raw.password_file) {
-            (Some(p), None, None) => Some(p),
-            (None, Some(var), None) => Some(std::env::var(&var).map_err(|_| {
+        let is_docker_hub = name == "docker.io" || url.host_str() == Some("registry-1.docker.io");
+        Ok(Upstream {
+            name: name.to_string(),
+            url,
+            credentials,
+            ca_file: raw.ca_file,
+            trusted_hosts,
+            max_blob_size,
+            max_fills,
+            tag_ttl: raw.tag_ttl.unwrap_or(DEFAULT_TAG_TTL),
+            official_images_prefix: raw.official_images_prefix.unwrap_or(is_docker_hub),
+            transport,
+        })
+    }
+
+    /// A username with exactly one source of its password (inline, environment, file), or
+    /// neither.
+    fn credentials(&self, name: &str) -> Result<Option<Credentials>, ConfigError> {
+        let password = match (&self.password, &self.password_env, &self.password_file) {
+            (Some(p), None, None) => Some(p.clone()),
+            (None, Some(var), None) => Some(std::env::var(var).map_err(|_| {
                 ConfigError::new(
-                    key("password_env"),
+                    key(name, "password_env"),
                     format!("environment variable `{var}` is not set"),
                 )
             })?),
-            (None, None, Some(path)) => Some(read_secret_file(&key("password_file"), &path)?),
+            (None, None, Some(path)) => Some(read_secret_file(&key(name, "password_file"), path)?),
             (None, None, None) => None,
             _ => {
                 return Err(ConfigError::new(
-                    key("password"),
+                    key(name, "password"),
                     "set only one of password, password_env, password_file",
                 ));
             }
         };
-        let credentials = match (raw.username, password) {
-            (Some(username), Some(password)) => Some(Credentials { username, password }),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(ConfigError::new(
-                    key("password"),
-                    "username is set but no password",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::new(
-                    key("username"),
-                    "a password is set but no username",
-                ));
-            }
-        };
-
-        let ca_file = raw.ca_file;
-        if let Some(path) = &ca_file {
-            check_pem_certificates(&key("ca_file"), path)?;
+        match (self.username.clone(), password) {
+            (Some(username), Some(password)) => Ok(Some(Credentials { username, password })),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(ConfigError::new(
+                key(name, "password"),
+                "username is set but no password",
+            )),
+            (None, Some(_)) => Err(ConfigError::new(
+                key(name, "username"),
+                "a password is set but no username",
+            )),
         }
+    }
 
+    /// The transport keys over the built-in [`Transport`], then checked.
+    fn transport(&self, name: &str) -> Result<Transport, ConfigError> {
         let base = Transport::default();
         macro_rules! or_builtin {
             ($($field:ident),* $(,)?) => {
-                Transport { $($field: raw.$field.unwrap_or(base.$field),)* tcp_mss: raw.tcp_mss }
+                Transport { $($field: self.$field.unwrap_or(base.$field),)* tcp_mss: self.tcp_mss }
             };
         }
         let transport = or_builtin!(
@@ -143,71 +172,69 @@ impl RawUpstream {
             breaker_cooldown,
             retry_budget,
         );
-        if transport.breaker_threshold == 0 {
-            return Err(ConfigError::new(
-                key("breaker_threshold"),
-                "must be at least 1",
-            ));
-        }
-        if transport.max_attempts == 0 {
-            return Err(ConfigError::new(key("max_attempts"), "must be at least 1"));
-        }
-        if let Some(mss) = transport.tcp_mss {
-            if !(536..=9000).contains(&mss) {
-                return Err(ConfigError::new(
-                    key("tcp_mss"),
-                    format!("{mss} is outside 536..=9000"),
-                ));
-            }
-        }
-        for (field, value) in [
-            ("connect_timeout", transport.connect_timeout),
-            ("tls_timeout", transport.tls_timeout),
-            ("header_timeout", transport.header_timeout),
-            ("stall_timeout", transport.stall_timeout),
-            ("min_speed_window", transport.min_speed_window),
-            ("breaker_cooldown", transport.breaker_cooldown),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError::new(key(field), "must be longer than zero"));
-            }
-        }
+        check_transport(&transport, name)?;
+        Ok(transport)
+    }
 
-        let trusted_hosts = raw.trusted_hosts.unwrap_or_default();
+    /// `trusted_hosts`: bare host names, kept as [`host_key`]s.
+    fn trusted_hosts(&self, name: &str) -> Result<Vec<String>, ConfigError> {
+        let trusted_hosts = self.trusted_hosts.as_deref().unwrap_or_default();
         if let Some(bad) = trusted_hosts
             .iter()
             .find(|h| host_key(h).is_empty() || h.contains(['/', ':', ' ', '@']))
         {
             return Err(ConfigError::new(
-                key("trusted_hosts"),
+                key(name, "trusted_hosts"),
                 format!("`{bad}` is not a bare host name like \"auth.example.com\""),
             ));
         }
-        let trusted_hosts = trusted_hosts.iter().map(|h| host_key(h)).collect();
-        let max_blob_size = raw
-            .max_blob_size
-            .map(|size| size.bytes())
-            .transpose()
-            .map_err(|e| ConfigError::new(key("max_blob_size"), e))?;
-        let max_fills = raw.max_fills.unwrap_or(DEFAULT_MAX_FILLS);
-        if max_fills == 0 {
-            return Err(ConfigError::new(key("max_fills"), "must be at least 1"));
-        }
-
-        let is_docker_hub = name == "docker.io" || url.host_str() == Some("registry-1.docker.io");
-        Ok(Upstream {
-            name: name.to_string(),
-            url,
-            credentials,
-            ca_file,
-            trusted_hosts,
-            max_blob_size,
-            max_fills,
-            tag_ttl: raw.tag_ttl.unwrap_or(DEFAULT_TAG_TTL),
-            official_images_prefix: raw.official_images_prefix.unwrap_or(is_docker_hub),
-            transport,
-        })
+        Ok(trusted_hosts.iter().map(|h| host_key(h)).collect())
     }
+}
+
+/// Counts of at least one, an MSS within 536..=9000, no zero durations.
+fn check_transport(transport: &Transport, name: &str) -> Result<(), ConfigError> {
+    if transport.breaker_threshold == 0 {
+        return Err(ConfigError::new(
+            key(name, "breaker_threshold"),
+            "must be at least 1",
+        ));
+    }
+    if transport.max_attempts == 0 {
+        return Err(ConfigError::new(
+            key(name, "max_attempts"),
+            "must be at least 1",
+        ));
+    }
+    if let Some(mss) = transport.tcp_mss {
+        if !(536..=9000).contains(&mss) {
+            return Err(ConfigError::new(
+                key(name, "tcp_mss"),
+                format!("{mss} is outside 536..=9000"),
+            ));
+        }
+    }
+    for (field, value) in [
+        ("connect_timeout", transport.connect_timeout),
+        ("tls_timeout", transport.tls_timeout),
+        ("header_timeout", transport.header_timeout),
+        ("stall_timeout", transport.stall_timeout),
+        ("min_speed_window", transport.min_speed_window),
+        ("breaker_cooldown", transport.breaker_cooldown),
+    ] {
+        if value.is_zero() {
+            return Err(ConfigError::new(
+                key(name, field),
+                "must be longer than zero",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The key an error names: `upstreams.<name>.<field>`.
+fn key(name: &str, field: &str) -> String {
+    format!("upstreams.{name}.{field}")
 }
 
 /// A host name as berth compares hosts (trusted_hosts, realms, redirect targets, the address

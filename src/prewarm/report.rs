@@ -33,6 +33,19 @@ impl Report {
     /// The plain-text report for stdout.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        self.write_failures(&mut out);
+        if self.failures() > 0 {
+            out.push('\n');
+        }
+        write_table(&mut out, &self.table_rows());
+        out.push('\n');
+        self.write_pins(&mut out);
+        let _ = writeln!(out, "{}", self.verdict());
+        out
+    }
+
+    /// Each failed image's error and missing pieces, one line each, above the table.
+    fn write_failures(&self, out: &mut String) {
         for image in self.images.iter().filter(|i| i.failed()) {
             if let Some(e) = &image.error {
                 let _ = writeln!(out, "FAILED  {} {}: {e}", image.group, image.image);
@@ -50,61 +63,37 @@ impl Report {
                 );
             }
         }
-        if self.failures() > 0 {
-            out.push('\n');
-        }
-        let header = [
-            "GROUP",
-            "IMAGE",
-            "DIGEST",
-            "PLATFORMS",
-            "SIZE",
-            "RESULT",
-            "TIME",
-        ];
-        let mut rows: Vec<[String; 7]> = Vec::new();
+    }
+
+    /// One row of [`TABLE_HEADER`] per image.
+    fn table_rows(&self) -> Vec<[String; 7]> {
         let mut sorted: Vec<&ImageOutcome> = self.images.iter().collect();
         sorted.sort_by_key(|i| !i.failed()); // stable: failures first, else input order
-        for i in sorted {
-            rows.push([
-                i.group.clone(),
-                i.image.to_string(),
-                i.digest
-                    .as_ref()
-                    .map(|d| format!("{}:{}", d.algorithm().as_str(), &d.hex()[..12]))
-                    .unwrap_or_else(|| "-".into()),
-                if i.platforms.is_empty() {
-                    "-".into()
-                } else {
-                    i.platforms.join(",")
-                },
-                human_bytes(i.size),
-                result(i, self.mode),
-                format!("{:.1}s", i.elapsed.as_secs_f64()),
-            ]);
-        }
-        let widths: Vec<usize> = (0..header.len())
-            .map(|c| {
-                rows.iter()
-                    .map(|r| r[c].len())
-                    .chain([header[c].len()])
-                    .max()
-                    .unwrap_or(0)
+        sorted
+            .into_iter()
+            .map(|i| {
+                [
+                    i.group.clone(),
+                    i.image.to_string(),
+                    i.digest
+                        .as_ref()
+                        .map(|d| format!("{}:{}", d.algorithm().as_str(), &d.hex()[..12]))
+                        .unwrap_or_else(|| "-".into()),
+                    if i.platforms.is_empty() {
+                        "-".into()
+                    } else {
+                        i.platforms.join(",")
+                    },
+                    human_bytes(i.size),
+                    result(i, self.mode),
+                    format!("{:.1}s", i.elapsed.as_secs_f64()),
+                ]
             })
-            .collect();
-        let mut line = |cells: &[&str]| {
-            let text: Vec<String> = cells
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
-            let _ = writeln!(out, "{}", text.join("  ").trim_end());
-        };
-        line(&header);
-        for r in &rows {
-            line(&r.each_ref().map(String::as_str));
-        }
-        out.push('\n');
+            .collect()
+    }
+
+    /// Whether each group's pins were recorded, or why none were.
+    fn write_pins(&self, out: &mut String) {
         for p in &self.pins {
             let _ = writeln!(
                 out,
@@ -115,8 +104,6 @@ impl Report {
         if let Some(why) = &self.pins_skipped {
             let _ = writeln!(out, "pins not recorded: {why}");
         }
-        let _ = writeln!(out, "{}", self.verdict());
-        out
     }
 
     pub fn verdict(&self) -> String {
@@ -165,6 +152,41 @@ impl Report {
             "pins": self.pins,
             "pins_skipped": self.pins_skipped,
         })
+    }
+}
+
+const TABLE_HEADER: [&str; 7] = [
+    "GROUP",
+    "IMAGE",
+    "DIGEST",
+    "PLATFORMS",
+    "SIZE",
+    "RESULT",
+    "TIME",
+];
+
+/// The header and rows, each column as wide as its widest cell, two spaces apart.
+fn write_table(out: &mut String, rows: &[[String; 7]]) {
+    let widths: Vec<usize> = (0..TABLE_HEADER.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .chain([TABLE_HEADER[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut line = |cells: &[&str]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(&TABLE_HEADER);
+    for r in rows {
+        line(&r.each_ref().map(String::as_str));
     }
 }
 

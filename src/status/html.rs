@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{REFRESH_SECONDS, StatusReport, ago, human_bytes};
+use super::{CacheStatus, FillStatus, PinStatus, REFRESH_SECONDS, StatusReport, ago, human_bytes};
 
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:70rem;padding:.5rem 1rem;color:#1a1a1a;background:#fafafa}\
 h1{font-size:1.3rem;margin:.3rem 0}h2{font-size:1.05rem;margin:1.2rem 0 .3rem;border-bottom:1px solid #ccc}\
@@ -14,8 +14,21 @@ td.num{text-align:right;white-space:nowrap}.up{color:#176d1e;font-weight:600}.pr
 .none{color:#777;font-style:italic}code{font-family:ui-monospace,monospace;word-break:break-all}";
 
 pub fn render_html(report: &StatusReport) -> String {
-    let now = report.generated_at;
     let mut out = String::with_capacity(16 * 1024);
+    write_head(&mut out, report);
+    write_upstreams(&mut out, report);
+    let window = failure_window(report);
+    write_failures_by_image(&mut out, report, &window);
+    write_failures_by_node(&mut out, report, &window);
+    write_fills(&mut out, &report.fills);
+    write_cache(&mut out, &report.cache);
+    write_pins(&mut out, &report.pins);
+    out.push_str("</body></html>\n");
+    out
+}
+
+/// The document head (refresh, style) and the title line: version, uptime, request count.
+fn write_head(out: &mut String, report: &StatusReport) {
     let _ = write!(
         out,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -24,10 +37,13 @@ pub fn render_html(report: &StatusReport) -> String {
 <h1>berth status</h1><p class=\"meta\">berth {} · up since {} · {} requests · refreshed every {REFRESH_SECONDS}s · \
 <a href=\"?format=json\">JSON</a></p>",
         esc(&report.version),
-        ago(now, report.started_at),
+        ago(report.generated_at, report.started_at),
         report.requests,
     );
+}
 
+fn write_upstreams(out: &mut String, report: &StatusReport) {
+    let now = report.generated_at;
     out.push_str("<h2>Upstreams</h2><div class=\"scroll\"><table id=\"upstreams\"><tr><th>upstream</th><th>state</th><th>requests</th><th>failures</th><th>p50</th><th>last success</th><th>last error</th><th>rate limit left</th></tr>");
     for u in &report.upstreams {
         let _ = write!(
@@ -60,11 +76,17 @@ pub fn render_html(report: &StatusReport) -> String {
         );
     }
     out.push_str("</table></div>");
+}
 
-    let window = match report.since_seconds {
+/// The span the failure tables cover, for their headings: `in the last 1h`, or `since start`.
+fn failure_window(report: &StatusReport) -> String {
+    match report.since_seconds {
         Some(s) => format!("in the last {}", ago(s, 0).trim_end_matches(" ago")),
         None => "since start".into(),
-    };
+    }
+}
+
+fn write_failures_by_image(out: &mut String, report: &StatusReport, window: &str) {
     let _ = write!(
         out,
         "<h2>Failures by image ({window})</h2><div class=\"scroll\"><table id=\"failures-by-image\"><tr><th>image</th><th>count</th><th>nodes</th><th>last error</th><th>when</th></tr>"
@@ -86,13 +108,15 @@ pub fn render_html(report: &StatusReport) -> String {
             class_badge(f.last_error_class),
             esc(&f.last_error),
             f.last_status,
-            ago(now, f.last_at),
+            ago(report.generated_at, f.last_at),
             image = esc(&f.image),
             reference = esc(&f.last_reference),
         );
     }
     out.push_str("</table></div>");
+}
 
+fn write_failures_by_node(out: &mut String, report: &StatusReport, window: &str) {
     let _ = write!(
         out,
         "<h2>Failures by node ({window})</h2><div class=\"scroll\"><table id=\"failures-by-node\"><tr><th>node</th><th>count</th><th>images</th><th>when</th></tr>"
@@ -110,17 +134,19 @@ pub fn render_html(report: &StatusReport) -> String {
                 .map(|i| esc(i))
                 .collect::<Vec<_>>()
                 .join("<br>"),
-            ago(now, n.last_at),
+            ago(report.generated_at, n.last_at),
             node = esc(&n.node),
         );
     }
     out.push_str("</table></div>");
+}
 
+fn write_fills(out: &mut String, fills: &[FillStatus]) {
     out.push_str("<h2>Fills in progress</h2><div class=\"scroll\"><table id=\"fills\"><tr><th>blob</th><th>received</th><th>done</th><th>speed</th><th>waiters</th><th>running</th></tr>");
-    if report.fills.is_empty() {
+    if fills.is_empty() {
         out.push_str("<tr><td colspan=\"6\" class=\"none\">nothing is being filled</td></tr>");
     }
-    for f in &report.fills {
+    for f in fills {
         let _ = write!(
             out,
             "<tr><td><code>{}</code></td><td class=\"num\">{} / {}</td><td class=\"num\">{}</td><td class=\"num\">{}/s</td><td class=\"num\">{}</td><td class=\"num\">{:.0}s</td></tr>",
@@ -136,8 +162,9 @@ pub fn render_html(report: &StatusReport) -> String {
         );
     }
     out.push_str("</table></div>");
+}
 
-    let c = &report.cache;
+fn write_cache(out: &mut String, c: &CacheStatus) {
     let _ = write!(
         out,
         "<h2>Cache</h2><table id=\"cache\"><tr><th>size</th><td class=\"num\">{}</td></tr><tr><th>limit</th><td class=\"num\">{}</td></tr>\
@@ -150,12 +177,14 @@ pub fn render_html(report: &StatusReport) -> String {
         c.hits,
         c.misses,
     );
+}
 
+fn write_pins(out: &mut String, pins: &[PinStatus]) {
     out.push_str("<h2>Pin sets</h2><div class=\"scroll\"><table id=\"pins\"><tr><th>name</th><th>manifests</th><th>in cache</th></tr>");
-    if report.pins.is_empty() {
+    if pins.is_empty() {
         out.push_str("<tr><td colspan=\"3\" class=\"none\">no pin sets</td></tr>");
     }
-    for p in &report.pins {
+    for p in pins {
         let state = if p.complete {
             "<span class=\"up\">complete</span>".to_string()
         } else {
@@ -168,8 +197,7 @@ pub fn render_html(report: &StatusReport) -> String {
             p.manifests
         );
     }
-    out.push_str("</table></div></body></html>\n");
-    out
+    out.push_str("</table></div>");
 }
 
 fn class_badge(class: Option<crate::failure::ErrorClass>) -> String {

@@ -2,18 +2,29 @@
 
 use std::fmt::Write as _;
 
-use super::{StatusReport, ago, human_bytes};
+use super::{FillStatus, StatusReport, ago, human_bytes};
 
 pub fn render_text(report: &StatusReport) -> String {
-    let now = report.generated_at;
     let mut out = String::new();
     let _ = writeln!(
         out,
         "berth {} · up since {} · {} requests",
         report.version,
-        ago(now, report.started_at),
+        ago(report.generated_at, report.started_at),
         report.requests
     );
+    write_upstreams(&mut out, report);
+    let window = failure_window(report);
+    write_failures_by_image(&mut out, report, &window);
+    write_failures_by_node(&mut out, report, &window);
+    write_fills(&mut out, &report.fills);
+    write_cache_and_pins(&mut out, report);
+    out
+}
+
+/// One line per upstream, plus its last error and rate limit when there are any.
+fn write_upstreams(out: &mut String, report: &StatusReport) {
+    let now = report.generated_at;
     let _ = writeln!(out, "\nUpstreams");
     for u in &report.upstreams {
         let p50 = u
@@ -42,10 +53,17 @@ pub fn render_text(report: &StatusReport) -> String {
             let _ = writeln!(out, "  {:<22} rate limit remaining: {left}", "");
         }
     }
-    let window = match report.since_seconds {
+}
+
+/// The span the failure sections cover, for their headings: `in the last 1h`, or `since start`.
+fn failure_window(report: &StatusReport) -> String {
+    match report.since_seconds {
         Some(s) => format!("in the last {}", ago(s, 0).trim_end_matches(" ago")),
         None => "since start".into(),
-    };
+    }
+}
+
+fn write_failures_by_image(out: &mut String, report: &StatusReport, window: &str) {
     let _ = writeln!(out, "\nFailed pulls by image ({window})");
     if report.failures.by_image.is_empty() {
         let _ = writeln!(out, "  none");
@@ -61,9 +79,12 @@ pub fn render_text(report: &StatusReport) -> String {
             f.nodes.join(", "),
             f.last_status,
             f.last_error,
-            ago(now, f.last_at),
+            ago(report.generated_at, f.last_at),
         );
     }
+}
+
+fn write_failures_by_node(out: &mut String, report: &StatusReport, window: &str) {
     let _ = writeln!(out, "\nFailed pulls by node ({window})");
     if report.failures.by_node.is_empty() {
         let _ = writeln!(out, "  none");
@@ -71,23 +92,32 @@ pub fn render_text(report: &StatusReport) -> String {
     for n in &report.failures.by_node {
         let _ = writeln!(out, "  {:<16} {}× {}", n.node, n.count, n.images.join(", "));
     }
-    if !report.fills.is_empty() {
-        let _ = writeln!(out, "\nFills in progress");
-        for f in &report.fills {
-            let _ = writeln!(
-                out,
-                "  {}  {} of {} ({}), {}/s, {} waiting",
-                short_reference(&f.digest),
-                human_bytes(f.bytes),
-                f.total.map(human_bytes).unwrap_or_else(|| "?".into()),
-                f.percent
-                    .map(|p| format!("{p:.0}%"))
-                    .unwrap_or_else(|| "–".into()),
-                human_bytes(f.bytes_per_second),
-                f.waiters
-            );
-        }
+}
+
+/// Only while fills run (the HTML page shows an empty table instead).
+fn write_fills(out: &mut String, fills: &[FillStatus]) {
+    if fills.is_empty() {
+        return;
     }
+    let _ = writeln!(out, "\nFills in progress");
+    for f in fills {
+        let _ = writeln!(
+            out,
+            "  {}  {} of {} ({}), {}/s, {} waiting",
+            short_reference(&f.digest),
+            human_bytes(f.bytes),
+            f.total.map(human_bytes).unwrap_or_else(|| "?".into()),
+            f.percent
+                .map(|p| format!("{p:.0}%"))
+                .unwrap_or_else(|| "–".into()),
+            human_bytes(f.bytes_per_second),
+            f.waiters
+        );
+    }
+}
+
+/// The cache line, then one line per pin set.
+fn write_cache_and_pins(out: &mut String, report: &StatusReport) {
     let c = &report.cache;
     let _ = writeln!(
         out,
@@ -108,7 +138,6 @@ pub fn render_text(report: &StatusReport) -> String {
         };
         let _ = writeln!(out, "Pins   {}: {} manifests, {state}", p.name, p.manifests);
     }
-    out
 }
 
 /// `sha256:0123456789ab…` is enough to tell digests apart on a terminal line.
