@@ -74,6 +74,7 @@ pub mod pulls;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod text;
 pub mod trace;
 pub mod units;
 pub mod upstream;

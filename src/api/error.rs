@@ -11,6 +11,14 @@ use crate::failure::ErrorClass;
 use crate::mirror::MirrorError;
 use crate::oci::{ErrorBody, ErrorCode, ErrorEntry, PathError};
 
+/// Longest message a client reads (and the pull record keeps).
+const MAX_MESSAGE_BYTES: usize = crate::pulls::MAX_ERROR_BYTES;
+
+fn clipped(mut message: String) -> String {
+    crate::text::clip_owned(&mut message, MAX_MESSAGE_BYTES);
+    message
+}
+
 /// Where the cause of a failure is, for the client.
 const SEE_LOG: &str = "details in berth's log";
 
@@ -37,12 +45,13 @@ pub struct FailureFact {
 }
 
 impl ApiError {
+    /// `message` may quote what the client sent: it is clipped to a few hundred bytes.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::from_u16(code.status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code: code.as_str(),
-            message: message.into(),
+            message: clipped(message.into()),
             detail: None,
             headers: Vec::new(),
             class: None,
@@ -54,7 +63,7 @@ impl ApiError {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "UNKNOWN",
-            message: message.into(),
+            message: clipped(message.into()),
             detail: None,
             headers: Vec::new(),
             class: None,
@@ -74,7 +83,7 @@ impl ApiError {
             } else {
                 ErrorCode::Unavailable.as_str()
             },
-            message: message.into(),
+            message: clipped(message.into()),
             detail: Some(detail),
             headers: Vec::new(),
             class: None,
@@ -121,6 +130,9 @@ impl From<MirrorError> for ApiError {
                 ApiError::new(ErrorCode::ManifestUnknown, message)
             }
             MirrorError::BlobUnknown { .. } => ApiError::new(ErrorCode::BlobUnknown, message),
+            // OCI 1.1 clients fall back (to the referrers tag schema) on a 404 only.
+            MirrorError::ListingUnknown { .. } => ApiError::new(ErrorCode::NameUnknown, message),
+            MirrorError::Unwalkable { .. } => ApiError::new(ErrorCode::ManifestInvalid, message),
             MirrorError::Denied { .. } => ApiError::new(ErrorCode::NameUnknown, message),
             MirrorError::RateLimited { retry_after, .. } => {
                 let wait = retry_after.map_or(60, |d| d.as_secs().max(1));

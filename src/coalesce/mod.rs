@@ -229,6 +229,15 @@ where
         self.inflight.lock().unwrap().get(key).cloned()
     }
 
+    /// A running fill whose key satisfies `wanted` (a scan: fills in flight are few).
+    pub fn find(&self, wanted: impl Fn(&K) -> bool) -> Option<Arc<Fill<E>>> {
+        let inflight = self.inflight.lock().unwrap();
+        inflight
+            .iter()
+            .find(|(key, _)| wanted(key))
+            .map(|(_, fill)| fill.clone())
+    }
+
     pub fn in_flight(&self) -> usize {
         self.inflight.lock().unwrap().len()
     }

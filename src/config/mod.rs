@@ -176,13 +176,17 @@ pub struct Upstream {
     pub name: String,
     /// Where its API lives: `https://registry-1.docker.io`.
     pub url: Url,
+    /// The `upstream` label of its metric series: its name, or for a registry that
+    /// `upstream_patterns` let in, the pattern (clients pick those names: the series stay few).
+    pub metrics_label: String,
     pub credentials: Option<Credentials>,
     /// Extra CA (PEM) trusted for this upstream's TLS, on top of the public roots.
     pub ca_file: Option<PathBuf>,
     /// Hosts besides the upstream's own that may receive its credentials as a token realm
     /// and may resolve to non-public addresses (lower-case, no port).
     pub trusted_hosts: Vec<String>,
-    /// Blobs larger than this are refused (with or without a Content-Length). `None` = no cap.
+    /// Blobs larger than this are refused (with or without a Content-Length). `None` = no cap
+    /// (only an upstream made by `Upstream::at` for the probe; configured ones have a default).
     pub max_blob_size: Option<u64>,
     /// Blob fills from this upstream running at once; more wait in a bounded queue.
     pub max_fills: u32,
@@ -197,8 +201,10 @@ impl Upstream {
     /// An upstream at `url` with the built-in settings and no credentials: what `berth probe`
     /// dials for a URL that no configured upstream owns.
     pub fn at(url: Url) -> Upstream {
+        let name = url.host_str().unwrap_or_default().to_string();
         Upstream {
-            name: url.host_str().unwrap_or_default().to_string(),
+            metrics_label: name.clone(),
+            name,
             url,
             credentials: None,
             ca_file: None,
@@ -242,7 +248,8 @@ pub struct Transport {
     pub http1_only: bool,
     /// Which address family to try first when a host has both.
     pub ip_preference: IpPreference,
-    /// A body slower than this (bytes/s) over `min_speed_window` counts as stalled. 0 = off.
+    /// A body slower than this (bytes/s) over `min_speed_window` counts as stalled (and is
+    /// resumed): a transfer that trickles never quite stalls. 0 = off.
     pub min_speed: u64,
     pub min_speed_window: Duration,
     /// Consecutive failures that open the circuit breaker.
@@ -273,7 +280,7 @@ impl Default for Transport {
             tcp_mss: None,
             http1_only: false,
             ip_preference: IpPreference::Auto,
-            min_speed: 0,
+            min_speed: DEFAULT_MIN_SPEED,
             min_speed_window: Duration::from_secs(30),
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(30),
@@ -287,6 +294,11 @@ pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_S3_REGION: &str = "us-east-1";
 pub const DEFAULT_MAX_FILLS: u32 = 32;
+/// The largest layers in the wild (CUDA, ML models) are a few tens of GiB; a blob past this
+/// is refused unless `max_blob_size` says more.
+pub const DEFAULT_MAX_BLOB_SIZE: u64 = 64 << 30;
+/// 4 KiB/s averaged over 30 s: slower is a transfer that only pretends to move.
+pub const DEFAULT_MIN_SPEED: u64 = 4096;
 pub const DEFAULT_MAX_FILLS_TOTAL: u32 = 128;
 /// The hot tier in front of S3 unless `local_max_size` says otherwise.
 pub const DEFAULT_LOCAL_MAX_SIZE: u64 = 10 * 1024 * 1024 * 1024;

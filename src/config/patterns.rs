@@ -100,12 +100,14 @@ impl UpstreamPatterns {
     /// The upstream for `registry` (a `?ns=` value or a path's first component: untrusted)
     /// if a pattern allows it: `https://<registry>` with the defaults' settings.
     pub fn upstream_for(&self, registry: &str) -> Option<Upstream> {
-        if !is_registry_name(registry) || !self.patterns.iter().any(|p| p.matches(registry)) {
+        if !is_registry_name(registry) {
             return None;
         }
+        let pattern = self.patterns.iter().find(|p| p.matches(registry))?;
         let url = Url::parse(&format!("https://{registry}")).ok()?;
         Some(Upstream {
             name: registry.to_string(),
+            metrics_label: pattern.to_string(),
             url,
             ..self.template.clone()
         })
@@ -134,6 +136,12 @@ mod tests {
         ] {
             let upstream = p.upstream_for(allowed).expect(allowed);
             assert_eq!(upstream.name, allowed);
+            assert!(
+                ["*.pkg.dev", "public.ecr.aws", "registry.local:5000"]
+                    .contains(&upstream.metrics_label.as_str()),
+                "labelled by the pattern that let it in: {}",
+                upstream.metrics_label
+            );
             assert_eq!(upstream.url.as_str(), format!("https://{allowed}/"));
             assert!(upstream.credentials.is_none() && !upstream.official_images_prefix);
         }

@@ -12,6 +12,9 @@ pub(super) fn resolve(
     interval: Option<Duration>,
     images: Option<Vec<String>>,
 ) -> Result<ProbeConfig, ConfigError> {
+    if let Some(interval) = interval {
+        super::resolve::check_duration("probe_interval", interval, super::resolve::MAX_INTERVAL)?;
+    }
     if interval.is_some_and(|i| i < MIN_PROBE_INTERVAL) {
         return Err(ConfigError::new(
             "probe_interval",

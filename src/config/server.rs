@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::ConfigError;
-use super::resolve::check_pem_certificates;
+use super::resolve::{MAX_INTERVAL, check_duration, check_pem_certificates};
 
 /// Client networks allowed when `allow` is not set: loopback and the private ranges.
 pub const DEFAULT_ALLOW: [&str; 6] = [
@@ -114,9 +114,7 @@ impl RawServer {
             ("header_timeout", header_timeout),
             ("idle_timeout", idle_timeout),
         ] {
-            if value.is_zero() {
-                return Err(ConfigError::new(key(field), "must be longer than zero"));
-            }
+            check_duration(&key(field), value, MAX_INTERVAL)?;
         }
         let max_connections = self.max_connections.unwrap_or(defaults.max_connections);
         if max_connections == 0 {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use url::Url;
 
 use super::raw::{RawStore, RawStoreKind};
+use super::resolve::{MAX_INTERVAL, check_duration};
 use super::resolve::{check_pem_certificates, parse_http_url, read_secret_file};
 use super::size::RawSize;
 use super::{
@@ -27,12 +28,7 @@ impl RawStore {
             ));
         }
         let evict_interval = self.evict_interval.unwrap_or(DEFAULT_EVICT_INTERVAL);
-        if evict_interval.is_zero() {
-            return Err(ConfigError::new(
-                key("evict_interval"),
-                "must be longer than zero",
-            ));
-        }
+        check_duration(&key("evict_interval"), evict_interval, MAX_INTERVAL)?;
         let kind = match self.kind.unwrap_or(RawStoreKind::Disk) {
             RawStoreKind::Disk => {
                 self.refuse_s3_keys()?;

@@ -2,8 +2,14 @@
 //! built-in defaults, then checked.
 
 use super::raw::RawUpstream;
-use super::resolve::{check_pem_certificates, parse_http_url, read_secret_file};
-use super::{ConfigError, Credentials, DEFAULT_MAX_FILLS, DEFAULT_TAG_TTL, Transport, Upstream};
+use super::resolve::{
+    MAX_INTERVAL, MAX_TAG_TTL, check_duration, check_pem_certificates, parse_http_url,
+    read_secret_file,
+};
+use super::{
+    ConfigError, Credentials, DEFAULT_MAX_BLOB_SIZE, DEFAULT_MAX_FILLS, DEFAULT_TAG_TTL, Transport,
+    Upstream,
+};
 use crate::oci::is_registry_name;
 
 /// Keys that name one registry's account or address: never inherited from the defaults.
@@ -92,7 +98,8 @@ impl RawUpstream {
             .max_blob_size
             .map(|size| size.bytes())
             .transpose()
-            .map_err(|e| ConfigError::new(key(name, "max_blob_size"), e))?;
+            .map_err(|e| ConfigError::new(key(name, "max_blob_size"), e))?
+            .or(Some(DEFAULT_MAX_BLOB_SIZE));
         let max_fills = raw.max_fills.unwrap_or(DEFAULT_MAX_FILLS);
         if max_fills == 0 {
             return Err(ConfigError::new(
@@ -101,16 +108,19 @@ impl RawUpstream {
             ));
         }
 
+        let tag_ttl = raw.tag_ttl.unwrap_or(DEFAULT_TAG_TTL);
+        check_duration(&key(name, "tag_ttl"), tag_ttl, MAX_TAG_TTL)?;
         let is_docker_hub = name == "docker.io" || url.host_str() == Some("registry-1.docker.io");
         Ok(Upstream {
             name: name.to_string(),
+            metrics_label: name.to_string(),
             url,
             credentials,
             ca_file: raw.ca_file,
             trusted_hosts,
             max_blob_size,
             max_fills,
-            tag_ttl: raw.tag_ttl.unwrap_or(DEFAULT_TAG_TTL),
+            tag_ttl,
             official_images_prefix: raw.official_images_prefix.unwrap_or(is_docker_hub),
             transport,
         })
@@ -222,12 +232,7 @@ fn check_transport(transport: &Transport, name: &str) -> Result<(), ConfigError>
         ("min_speed_window", transport.min_speed_window),
         ("breaker_cooldown", transport.breaker_cooldown),
     ] {
-        if value.is_zero() {
-            return Err(ConfigError::new(
-                key(name, field),
-                "must be longer than zero",
-            ));
-        }
+        check_duration(&key(name, field), value, MAX_INTERVAL)?;
     }
     Ok(())
 }

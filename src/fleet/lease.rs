@@ -43,11 +43,11 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A lease is another replica's object: read only when small (an oversized one is not a lease).
 async fn read(store: &dyn BlobStore, digest: &Digest) -> Option<Lease> {
-    let bytes = store.get(&key(digest)).await.ok()??;
-    if bytes.len() > MAX_LEASE_BYTES {
-        return None;
-    }
+    let bytes = crate::store::get_small(store, &key(digest), MAX_LEASE_BYTES as u64)
+        .await
+        .ok()??;
     serde_json::from_slice(&bytes).ok()
 }
 

@@ -26,16 +26,17 @@ use crate::store::{BlobStore, keys};
 use crate::trace::{self, CacheResult};
 use crate::upstream::UpstreamError;
 
-use super::blobs::{Blobs, FillError};
+use super::blobs::{Blobs, FillError, FillKey};
 use super::error::Reference as What;
+use super::spool_budget::{NoRoom, Reservation};
 use super::{MirrorError, Target};
 
 /// How long a blob fill may wait for a slot under the `max_fills` caps before the client
 /// is told to come back, and how long it should wait then.
-const FILL_QUEUE_WAIT: Duration = Duration::from_secs(30);
+pub(super) const FILL_QUEUE_WAIT: Duration = Duration::from_secs(30);
 const BUSY_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-type Writer = FillWriter<Digest, FillError>;
+type Writer = FillWriter<FillKey, FillError>;
 
 /// The `max_fills` caps: one for all fills, one per upstream (made on first use).
 pub(super) struct FillSlots {
@@ -59,8 +60,9 @@ impl FillSlots {
         };
         let per_upstream = {
             let mut slots = self.per_upstream.lock().unwrap();
+            // By metrics label: the registries one pattern lets in share one entry and cap.
             slots
-                .entry(target.upstream_name().to_string())
+                .entry(target.upstream.label().to_string())
                 .or_insert_with(|| {
                     let cap = target.upstream.config().max_fills as usize;
                     Arc::new(Slots::new(cap, cap * 4, FILL_QUEUE_WAIT))
@@ -84,7 +86,7 @@ impl Blobs {
         // blob stored meanwhile sends that request to the store, a hit.
         trace::note(CacheResult::Miss);
         // Observed as `failed` unless marked ok: every early return below is a failure.
-        let timer = self.core.metrics.blob_fill_timer(target.upstream_name());
+        let timer = self.core.metrics.blob_fill_timer(target.upstream.label());
         let mut job = match FillJob::start(self, target, digest).await {
             Ok(job) => job,
             Err(e) => return writer.fail(e),
@@ -144,7 +146,7 @@ impl<'a> FillJob<'a> {
             .metrics
             .upstream_blob_bytes
             .get_or_create(&crate::metrics::UpstreamLabels {
-                upstream: target.upstream_name().into(),
+                upstream: target.upstream.label().into(),
                 kind: "blob",
             })
             .clone();
@@ -156,6 +158,8 @@ impl<'a> FillJob<'a> {
             spool: SpoolAccount {
                 store: blobs.core.store.as_ref(),
                 bytes: 0,
+                reservation: blobs.spool_budget.reservation(),
+                announced: None,
             },
             upstream_bytes,
             _slots: slots,
@@ -192,6 +196,7 @@ impl<'a> FillJob<'a> {
             Err(e) => e,
             Ok(mut peer) => {
                 let total = peer.total();
+                self.reserve(total).await?;
                 announced = Some(total);
                 writer.start(total);
                 loop {
@@ -240,6 +245,7 @@ impl<'a> FillJob<'a> {
         if let Some(cap) = self.blobs.core.config.store.max_size {
             stream.cap_unannounced(cap);
         }
+        self.reserve(stream.total()).await?;
         if announce {
             writer.start(stream.total());
         }
@@ -264,11 +270,38 @@ impl<'a> FillJob<'a> {
         }
     }
 
+    /// Room in the spool budget for a source that announced `total` (or did not).
+    async fn reserve(&mut self, total: Option<u64>) -> Result<(), FillError> {
+        let reserved = self.spool.expect(total).await;
+        reserved.map_err(|e| self.no_room(e))
+    }
+
+    fn no_room(&self, e: NoRoom) -> FillError {
+        let upstream = self.target.upstream_name();
+        tracing::warn!(%upstream, repo = %self.target.repo, digest = %self.digest, ?e,
+            "no room in the spool budget (half of the disk limit) for this blob");
+        FillError::Failed(match e {
+            NoRoom::Busy => MirrorError::Busy {
+                upstream: upstream.into(),
+                retry_after: BUSY_RETRY_AFTER,
+            },
+            NoRoom::TooLarge { share } => MirrorError::TooLarge {
+                upstream: upstream.into(),
+                cause: format!(
+                    "the blob needs more than the {share} bytes fills may spool at once \
+                     (half of the disk limit); raise [store] max_size"
+                ),
+            },
+        })
+    }
+
     /// Hands a received chunk to the hashing thread and the spool. An error is local (a
     /// write that failed, e.g. ENOSPC, or a thread that died): retrying the upstream cannot
     /// help, and the failed writer deletes the spool file.
     async fn keep(&mut self, writer: &mut Writer, chunk: bytes::Bytes) -> Result<(), FillError> {
-        self.spool.add(chunk.len());
+        if let Err(e) = self.spool.add(chunk.len()).await {
+            return Err(self.no_room(e));
+        }
         let kept = match self.hasher.update(chunk.clone()).await {
             Ok(()) => writer.append(chunk).await,
             Err(e) => Err(e),
@@ -296,7 +329,7 @@ impl<'a> FillJob<'a> {
         }
         let metrics = &self.blobs.core.metrics;
         metrics.verify_failures.inc();
-        metrics.upstream_error(upstream, ErrorClass::Verify);
+        metrics.upstream_error(self.target.upstream.label(), ErrorClass::Verify);
         let cause = format!("blob hashes to {actual}, expected {digest}");
         tracing::error!(%upstream, repo = %self.target.repo, %digest, %cause,
             "blob failed verification; discarded");
@@ -310,7 +343,7 @@ impl<'a> FillJob<'a> {
     /// already: the S3 store skips them), then lets go of the fleet lease.
     async fn commit(
         self,
-        verified: VerifiedFill<Digest, FillError>,
+        verified: VerifiedFill<FillKey, FillError>,
         role: Role,
         from_leader: bool,
         received: u64,
@@ -346,16 +379,34 @@ impl<'a> FillJob<'a> {
     }
 }
 
-/// A fill's spool bytes, reported to the store while the fill runs and given back on drop.
+/// A fill's spool bytes: reserved in the spool budget before they are written, reported to
+/// the store while the fill runs, and given back on drop.
 struct SpoolAccount<'a> {
     store: &'a dyn BlobStore,
     bytes: u64,
+    reservation: Reservation,
+    /// The blob's size, once a source announced it.
+    announced: Option<u64>,
 }
 
 impl SpoolAccount<'_> {
-    fn add(&mut self, n: usize) {
+    /// A source starts sending: reserve the size it announced, or a first step of an
+    /// unknown one.
+    async fn expect(&mut self, total: Option<u64>) -> Result<(), NoRoom> {
+        self.announced = total.or(self.announced);
+        match self.announced {
+            Some(total) => self.reservation.cover(total).await,
+            None => self.reservation.cover_growing(self.bytes.max(1)).await,
+        }
+    }
+
+    async fn add(&mut self, n: usize) -> Result<(), NoRoom> {
         self.bytes += n as u64;
         self.store.spooling(n as i64);
+        if self.announced.is_none_or(|total| self.bytes > total) {
+            self.reservation.cover_growing(self.bytes).await?;
+        }
+        Ok(())
     }
 }
 

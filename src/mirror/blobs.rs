@@ -15,6 +15,7 @@ use crate::trace::{self, CacheResult};
 use super::blob_fill::FillSlots;
 use super::core::Core;
 use super::error::Reference as What;
+use super::spool_budget::SpoolBudget;
 use super::{Lookup, MirrorError, Target};
 
 /// What a client asked of a blob.
@@ -66,11 +67,21 @@ pub fn fill_failure_class(e: &crate::coalesce::ReaderError) -> Option<ErrorClass
     }
 }
 
+/// A blob fill is one upstream's: a client of one registry never waits on another registry's
+/// transfer of the same digest (which may trickle).
+pub(super) type FillKey = (String, Digest);
+
+fn fill_key(target: &Target, digest: &Digest) -> FillKey {
+    (target.upstream_name().to_string(), digest.clone())
+}
+
 /// The blob flow's state: fills in flight, the `max_fills` caps, the fleet on a shared bucket.
 pub(super) struct Blobs {
     pub(super) core: Arc<Core>,
-    pub(super) fills: Fills<Digest, FillError>,
+    pub(super) fills: Fills<FillKey, FillError>,
     pub(super) slots: FillSlots,
+    /// Room on local disk for the spools of fills in progress.
+    pub(super) spool_budget: SpoolBudget,
     /// Cross-replica fills on a shared bucket (`advertise_url` with an S3 store).
     pub(super) fleet: Option<Fleet>,
 }
@@ -89,8 +100,9 @@ impl Blobs {
         for round in 0..2 {
             // A running fill is joined without a store request: the blob is not stored yet,
             // and a store that stopped answering (a frozen bucket) must not hold up followers.
-            let filling =
-                round == 0 && query.want == Want::Body && self.fills.running(digest).is_some();
+            let filling = round == 0
+                && query.want == Want::Body
+                && self.fills.running(&fill_key(target, digest)).is_some();
             let stored = if filling {
                 Ok(None)
             } else {
@@ -138,7 +150,7 @@ impl Blobs {
     ) -> Result<BlobBody, MirrorError> {
         // A fill still committing needs no store request (which could hang on an S3 bucket
         // that stopped answering); right after a prewarm its check must not call it missing.
-        if let Some(body) = self.verified_fill(digest, query)? {
+        if let Some(body) = self.verified_fill(target, digest, query)? {
             return Ok(body);
         }
         let size = self.core.store.size(&keys::blob(digest)).await?;
@@ -161,10 +173,11 @@ impl Blobs {
     /// A fill whose content matched its digest and is still syncing or uploading it.
     fn verified_fill(
         &self,
+        target: &Target,
         digest: &Digest,
         query: BlobQuery,
     ) -> Result<Option<BlobBody>, MirrorError> {
-        let Some(fill) = self.fills.running(digest) else {
+        let Some(fill) = self.fills.running(&fill_key(target, digest)) else {
             return Ok(None);
         };
         let Some(size) = fill.verified_size() else {
@@ -251,7 +264,7 @@ impl Blobs {
         digest: &Digest,
         range: Option<ByteRange>,
     ) -> Result<BlobBody, FillError> {
-        let joined = self.fills.join(digest.clone()).map_err(|e| {
+        let joined = self.fills.join(fill_key(target, digest)).map_err(|e| {
             FillError::Failed(MirrorError::Store(format!("cannot create spool file: {e}")))
         })?;
         let fill = match joined {
@@ -289,7 +302,8 @@ impl Blobs {
         if !fleet.admits(digest, token) {
             return None;
         }
-        let fill = self.fills.running(digest)?;
+        // Leases are by digest across replicas: whichever upstream this replica fills it from.
+        let fill = self.fills.find(|(_, running)| running == digest)?;
         let total = fill.started().await.ok()?;
         Some((total, fill.reader(from, None).into_stream()))
     }

@@ -26,6 +26,13 @@ pub enum MirrorError {
         repo: Repository,
         digest: String,
     },
+    /// The upstream has no tag list (or referrers) for the repository.
+    #[error("{upstream} has no {what} for {repo}")]
+    ListingUnknown {
+        upstream: String,
+        repo: Repository,
+        what: &'static str,
+    },
     #[error(
         "{upstream} refused access to {repo} (it does not exist there, or berth needs credentials for it)"
     )]
@@ -70,6 +77,9 @@ pub enum MirrorError {
     /// berth's upstream rules refused to go where the upstream pointed.
     #[error("{upstream}: {cause}")]
     Refused { upstream: String, cause: String },
+    /// A cached manifest berth cannot read as a manifest (asked to pin it, say).
+    #[error("manifest {digest} cannot be walked: {cause}")]
+    Unwalkable { digest: String, cause: String },
     /// A bug contained (a panic in shared work); the request fails, nothing stays poisoned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -97,10 +107,10 @@ impl MirrorError {
                     repo: repo.clone(),
                     digest: d.into(),
                 },
-                Reference::Other => MirrorError::BadUpstream {
+                Reference::Listing(what) => MirrorError::ListingUnknown {
                     upstream,
-                    cause: "not found".into(),
-                    class,
+                    repo: repo.clone(),
+                    what,
                 },
             },
             UpstreamError::Denied { .. } => MirrorError::Denied {
@@ -150,9 +160,9 @@ impl MirrorError {
             MirrorError::UnknownRegistry(_)
             | MirrorError::InvalidName(_)
             | MirrorError::RangeNotSatisfiable { .. } => ErrorClass::Client,
-            MirrorError::ManifestUnknown { .. } | MirrorError::BlobUnknown { .. } => {
-                ErrorClass::NotFound
-            }
+            MirrorError::ManifestUnknown { .. }
+            | MirrorError::BlobUnknown { .. }
+            | MirrorError::ListingUnknown { .. } => ErrorClass::NotFound,
             MirrorError::Denied { .. } => ErrorClass::Denied,
             MirrorError::RateLimited { .. } => ErrorClass::Status429,
             MirrorError::Unreachable { class, .. } | MirrorError::BadUpstream { class, .. } => {
@@ -165,6 +175,7 @@ impl MirrorError {
             MirrorError::Busy { .. } => ErrorClass::Busy,
             MirrorError::TooLarge { .. } => ErrorClass::TooLarge,
             MirrorError::Refused { .. } => ErrorClass::Refused,
+            MirrorError::Unwalkable { .. } => ErrorClass::Client,
             MirrorError::Internal(_) => ErrorClass::Other,
         }
     }
@@ -175,7 +186,8 @@ impl MirrorError {
 pub(crate) enum Reference<'a> {
     Manifest(&'a str),
     Blob(&'a str),
-    Other,
+    /// `tags list` or `referrers`.
+    Listing(&'static str),
 }
 
 impl Reference<'_> {
@@ -183,7 +195,7 @@ impl Reference<'_> {
     pub fn as_str(&self) -> &str {
         match self {
             Reference::Manifest(r) | Reference::Blob(r) => r,
-            Reference::Other => "",
+            Reference::Listing(what) => what,
         }
     }
 }

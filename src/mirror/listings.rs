@@ -102,6 +102,10 @@ impl Listings {
         key: ListingKey,
         mut writer: FillWriter<ListingKey, MirrorError>,
     ) {
+        let what = What::Listing(match kind {
+            ListingKind::Tags => "tag list",
+            ListingKind::Referrers(_) => "referrers",
+        });
         let mut listing = match target
             .upstream
             .fetch_listing(&target.repo, kind, query)
@@ -112,7 +116,7 @@ impl Listings {
                 writer.fail(MirrorError::from_upstream(
                     target.upstream_name(),
                     &target.repo,
-                    What::Other,
+                    what,
                     e,
                 ));
                 return;
@@ -141,7 +145,7 @@ impl Listings {
             writer.fail(MirrorError::from_upstream(
                 target.upstream_name(),
                 &target.repo,
-                What::Other,
+                what,
                 failure,
             ));
             return;

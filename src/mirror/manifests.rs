@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::oci::{Digest, MANIFEST_MEDIA_TYPES, Reference, Tag, accepts};
+use crate::oci::{Digest, MANIFEST_MEDIA_TYPES, Reference, Tag, accepts, is_media_type};
 use crate::store::{keys, manifest_form};
 use crate::trace::{self, CacheResult};
 
@@ -108,8 +108,20 @@ impl Manifests {
         tag: &Tag,
         accept: &[String],
     ) -> Result<Arc<Manifest>, MirrorError> {
-        let mut class: Vec<&str> = accept.iter().map(String::as_str).collect();
-        class.sort_unstable();
+        // The class is the known manifest types the client takes: at most 16 of them, however
+        // many distinct Accept headers clients invent.
+        let class: Vec<&str> = MANIFEST_MEDIA_TYPES
+            .iter()
+            .copied()
+            .filter(|t| accepts(accept, t))
+            .collect();
+        if class.is_empty() {
+            return Err(MirrorError::ManifestUnknown {
+                upstream: target.upstream_name().into(),
+                repo: target.repo.clone(),
+                reference: format!("{tag} (the request accepts none of {MANIFEST_MEDIA_TYPES:?})"),
+            });
+        }
         let key = (
             target.upstream_name().to_string(),
             target.repo.clone(),
@@ -125,7 +137,7 @@ impl Manifests {
             }
         }
         let manifest = self
-            .fetch_manifest(target, &Reference::Tag(tag.clone()), None, Some(accept))
+            .fetch_manifest(target, &Reference::Tag(tag.clone()), None, &class)
             .await?;
         self.narrow_tags
             .insert(key, (manifest.digest.clone(), Instant::now()));
@@ -169,7 +181,14 @@ impl Manifests {
             return Some(m);
         }
         let stored = self.core.store.get(&keys::manifest(digest)).await.ok()??;
-        let manifest = Arc::new(Manifest::decode(digest.clone(), stored)?);
+        let manifest = Manifest::decode(digest.clone(), stored)?;
+        // The store is a disk or a bucket that others write too: what it gives back is
+        // hashed again before it is served; a mismatch is fetched afresh.
+        if Digest::of(digest.algorithm(), &manifest.bytes) != *digest {
+            tracing::error!(%digest, "stored manifest does not hash to its digest; ignored");
+            return None;
+        }
+        let manifest = Arc::new(manifest);
         self.memory.insert(digest.clone(), manifest.clone()).await;
         Some(manifest)
     }
@@ -199,7 +218,7 @@ impl Manifests {
                     &target2,
                     &Reference::Digest(digest2.clone()),
                     Some(&digest2),
-                    Some(&accept),
+                    &upstream_accept(&accept),
                 )
                 .await
             })
@@ -219,7 +238,7 @@ impl Manifests {
             if record.age() < target.upstream.config().tag_ttl {
                 self.core
                     .metrics
-                    .tag_lookup(target.upstream_name(), "fresh");
+                    .tag_lookup(target.upstream.label(), "fresh");
                 return Ok(record.clone());
             }
         }
@@ -250,7 +269,7 @@ impl Manifests {
                     (Err(e), Some(stale)) => {
                         tracing::warn!(upstream = %target2.upstream_name(), repo = %target2.repo, tag = %tag2,
                             digest = %stale.digest, error = %e, "upstream failed; serving the last known digest");
-                        this.core.metrics.tag_lookup(target2.upstream_name(), "stale");
+                        this.core.metrics.tag_lookup(target2.upstream.label(), "stale");
                         trace::note(CacheResult::Stale);
                         Ok(stale)
                     }
@@ -290,13 +309,20 @@ impl Manifests {
                     ..known.clone()
                 };
                 self.remember_tag(target, tag, &record).await?;
-                self.core.metrics.tag_lookup(upstream, "revalidated");
+                self.core
+                    .metrics
+                    .tag_lookup(target.upstream.label(), "revalidated");
                 trace::note(CacheResult::Revalidated);
                 return Ok(record);
             }
         }
         let manifest = self
-            .fetch_manifest(target, &Reference::Tag(tag.clone()), None, Some(accept))
+            .fetch_manifest(
+                target,
+                &Reference::Tag(tag.clone()),
+                None,
+                &upstream_accept(accept),
+            )
             .await?;
         let record = TagRecord {
             digest: manifest.digest.clone(),
@@ -304,7 +330,9 @@ impl Manifests {
             checked: Some(Instant::now()),
         };
         self.remember_tag(target, tag, &record).await?;
-        self.core.metrics.tag_lookup(upstream, "refreshed");
+        self.core
+            .metrics
+            .tag_lookup(target.upstream.label(), "refreshed");
         Ok(record)
     }
 
@@ -314,7 +342,7 @@ impl Manifests {
         target: &Target,
         reference: &Reference,
         expected: Option<&Digest>,
-        accept: Option<&[String]>,
+        accept: &[&str],
     ) -> Result<Arc<Manifest>, MirrorError> {
         let upstream = target.upstream_name();
         let named = reference.to_string();
@@ -323,11 +351,7 @@ impl Manifests {
         trace::note(CacheResult::Miss);
         let fetched = target
             .upstream
-            .fetch_manifest(
-                &target.repo,
-                reference,
-                &upstream_accept(accept.unwrap_or_default()),
-            )
+            .fetch_manifest(&target.repo, reference, accept)
             .await;
         let fetched = self
             .core
@@ -335,8 +359,12 @@ impl Manifests {
             .note(target, what, fetched)
             .map_err(|e| MirrorError::from_upstream(upstream, &target.repo, what, e))?;
         let (bytes, header_digest) = (fetched.bytes, fetched.digest);
-        let content_type = fetched.media_type;
-        let media_type = content_type.unwrap_or_else(|| sniff_media_type(&bytes));
+        // The upstream's Content-Type, else the manifest's own `mediaType`; either only when
+        // it is a valid media type (it becomes a header, and the stored form's header).
+        let media_type = fetched
+            .media_type
+            .filter(|t| is_media_type(t))
+            .unwrap_or_else(|| sniff_media_type(&bytes));
 
         // By digest: the bytes must hash to it. By tag: to the upstream's Docker-Content-Digest.
         let digest = match (expected, &header_digest) {
@@ -349,7 +377,7 @@ impl Manifests {
             self.core.metrics.verify_failures.inc();
             self.core
                 .metrics
-                .upstream_error(upstream, crate::failure::ErrorClass::Verify);
+                .upstream_error(target.upstream.label(), crate::failure::ErrorClass::Verify);
             return Err(MirrorError::Verification {
                 upstream: upstream.into(),
                 cause: format!(
@@ -357,6 +385,11 @@ impl Manifests {
                     target.repo
                 ),
             });
+        }
+        // The first verified media type of a digest stays: another upstream (or a later
+        // answer) serving the same bytes under another type does not change what clients get.
+        if let Some(known) = self.cached_manifest(&digest).await {
+            return Ok(known);
         }
         let manifest = Arc::new(Manifest {
             digest: digest.clone(),
@@ -392,9 +425,11 @@ fn upstream_accept(client: &[String]) -> Vec<&str> {
     types
 }
 
-/// For upstreams that send no Content-Type: the manifest's own `mediaType`, else OCI manifest.
+/// For upstreams that send no (valid) Content-Type: the manifest's own `mediaType` when it is
+/// a valid media type, else OCI manifest.
 fn sniff_media_type(bytes: &[u8]) -> String {
     crate::oci::ManifestDoc::declared_media_type(bytes)
+        .filter(|t| is_media_type(t))
         .unwrap_or_else(|| crate::oci::OCI_MANIFEST.to_string())
 }
 

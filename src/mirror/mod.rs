@@ -19,6 +19,7 @@ mod listings;
 mod manifests;
 mod pins;
 mod routing;
+mod spool_budget;
 mod status;
 mod tags;
 
@@ -44,6 +45,7 @@ use core::Core;
 use listings::Listings;
 use manifests::Manifests;
 use routing::Routes;
+use spool_budget::SpoolBudget;
 
 /// A leader replica that sends no bytes for this long is given up for the upstream.
 const FLEET_STALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,9 +90,15 @@ impl Mirror {
         };
         let core = Arc::new(Core::new(config, store, metrics));
         let spool_dir = core.config.data_dir.join("spool");
+        // Spools live on local disk: bounded by the disk cache's limit, or the hot tier's.
+        let disk_limit = match &core.config.store.kind {
+            crate::config::StoreKind::Disk => core.config.store.max_size,
+            crate::config::StoreKind::S3(s3) => s3.local_max_size,
+        };
         let blobs = Blobs {
             fills: crate::coalesce::Fills::new(&spool_dir)?,
             slots: FillSlots::new(core.config.max_fills as usize),
+            spool_budget: SpoolBudget::new(disk_limit, blob_fill::FILL_QUEUE_WAIT),
             fleet,
             core: core.clone(),
         };

@@ -25,7 +25,8 @@ impl From<PinError> for MirrorError {
 }
 
 impl Mirror {
-    /// Replaces the pin set `name` with `manifests` (sorted, deduplicated).
+    /// Replaces the pin set `name` with `manifests` (sorted, deduplicated). A cached manifest
+    /// berth cannot walk is refused, naming it: pinning it would keep none of its layers.
     pub async fn put_pins(
         &self,
         name: PinName,
@@ -33,6 +34,13 @@ impl Mirror {
     ) -> Result<PinSet, MirrorError> {
         manifests.sort();
         manifests.dedup();
+        let walked = pins::walk(self.core.store.as_ref(), &manifests).await?;
+        if let Some((digest, cause)) = walked.unreadable.into_iter().next() {
+            return Err(MirrorError::Unwalkable {
+                digest: digest.to_string(),
+                cause,
+            });
+        }
         let set = PinSet {
             name,
             manifests,

@@ -47,11 +47,19 @@ impl Routes {
             metrics.announce_upstream(name);
             upstreams.insert(name.clone(), Arc::new(client));
         }
+        // Each pattern is one series from the start (its registries' clients come and go).
+        for pattern in config.upstream_patterns.patterns() {
+            metrics.announce_upstream(&pattern.to_string());
+        }
         Ok(Routes {
             config,
             metrics,
             upstreams,
-            patterns: moka::sync::Cache::new(PATTERN_CLIENTS),
+            // Least recently used goes, as the docs say (moka's default admits by frequency).
+            patterns: moka::sync::Cache::builder()
+                .max_capacity(PATTERN_CLIENTS)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
         })
     }
 

@@ -50,7 +50,7 @@ impl Mirror {
                     .metrics
                     .upstream_ratelimit_remaining
                     .get(&UpstreamNameLabels {
-                        upstream: name.to_string(),
+                        upstream: client.label().to_string(),
                     })
                     .map(|g| g.get());
                 UpstreamStatus {
@@ -85,15 +85,23 @@ impl Mirror {
     }
 
     /// Gauges that are a view of live state, brought up to date for a scrape or a report.
+    /// A pattern's series shows the worst state among the registries it let in that have a
+    /// client now; with none, it is up.
     pub fn refresh_gauges(&self) {
+        let mut states = std::collections::BTreeMap::new();
+        for pattern in self.core.config.upstream_patterns.patterns() {
+            states.insert(pattern.to_string(), 0);
+        }
         for client in self.routes.clients() {
+            let state = states.entry(client.label().to_string()).or_insert(0);
+            *state = (*state).max(client.state().gauge());
+        }
+        for (upstream, state) in states {
             self.core
                 .metrics
                 .upstream_state
-                .get_or_create(&UpstreamNameLabels {
-                    upstream: client.name().to_string(),
-                })
-                .set(client.state().gauge());
+                .get_or_create(&UpstreamNameLabels { upstream })
+                .set(state);
         }
         let fills = self.blobs.fills.progress();
         self.core.metrics.fills_in_flight.set(fills.len() as i64);
@@ -111,7 +119,7 @@ impl Mirror {
             .fills
             .progress()
             .into_iter()
-            .map(|(digest, p)| {
+            .map(|((_, digest), p)| {
                 let seconds = p.age.as_secs_f64();
                 FillStatus {
                     digest: digest.to_string(),
@@ -181,7 +189,7 @@ impl Mirror {
                 (Ok(Some(set)), Ok(pinned)) => (set, pinned),
                 _ => continue,
             };
-            let mut missing = pinned.missing.len() as u64;
+            let mut missing = (pinned.missing.len() + pinned.unreadable.len()) as u64;
             for key in pinned
                 .keys
                 .iter()

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use super::{Digest, Platform};
 
@@ -22,7 +22,7 @@ pub struct ManifestDoc {
     /// Present (even empty) on an index or manifest list.
     pub manifests: Option<Vec<Descriptor>>,
     pub config: Option<Descriptor>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub layers: Vec<Descriptor>,
     pub subject: Option<Descriptor>,
 }
@@ -30,17 +30,27 @@ pub struct ManifestDoc {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub media_type: String,
     pub digest: Digest,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub size: u64,
     pub platform: Option<Platform>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub annotations: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub urls: Vec<String>,
     pub artifact_type: Option<String>,
+}
+
+/// `null` reads as the field's default: registries and tools write `"annotations": null` and
+/// `"urls": null`, which mean "none".
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// What a manifest points to: child manifests (of an index) and blobs (config and layers).
@@ -197,6 +207,21 @@ mod tests {
         let only_attestation = index(vec![entry("unknown/unknown", &[])]);
         let any: Vec<Platform> = vec!["unknown/unknown".parse().unwrap()];
         assert!(only_attestation.choose(&any)[0].1.is_none());
+    }
+
+    #[test]
+    fn null_lists_and_maps_read_as_empty() {
+        let doc = format!(
+            r#"{{"schemaVersion":2,"annotations":null,"layers":null,
+              "config":{{"mediaType":null,"digest":"sha256:{a}","size":1,"annotations":null,"urls":null}},
+              "manifests":null}}"#,
+            a = "a".repeat(64)
+        );
+        let doc = ManifestDoc::parse(doc.as_bytes()).unwrap();
+        let config = doc.config.as_ref().unwrap();
+        assert!(config.annotations.is_empty() && config.urls.is_empty());
+        assert!(doc.layers.is_empty() && !doc.is_index());
+        assert_eq!(doc.references().blobs.len(), 1);
     }
 
     #[test]

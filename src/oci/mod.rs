@@ -14,7 +14,7 @@ pub use error::{ErrorBody, ErrorCode, ErrorEntry};
 pub use manifest::{Descriptor, ManifestDoc, References};
 pub use media::{
     DOCKER_LIST, DOCKER_MANIFEST, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, OCI_INDEX, OCI_MANIFEST,
-    accepts, is_docker_schema1,
+    accepts, is_docker_schema1, is_media_type,
 };
 pub use path::{Endpoint, OciPath, PathError};
 pub use platform::{Platform, PlatformError};

@@ -1,20 +1,24 @@
 //! The optional access log (`access_log` in berth.toml): one JSON object per client request,
 //! written by its own task so a slow disk never delays a response. Lines that do not fit the
-//! bounded queue are dropped and counted, never buffered without limit.
+//! queue, bounded in lines and in bytes, are dropped and counted, never buffered without limit.
 
 use std::io::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::Pull;
 
 /// Lines waiting for the writer; beyond this they are dropped.
 const QUEUE: usize = 8_192;
+/// Bytes waiting for the writer at most (each line's fields are clipped, so a line is small).
+const QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct AccessLog {
-    lines: mpsc::Sender<String>,
+    lines: mpsc::Sender<(String, OwnedSemaphorePermit)>,
+    budget: Arc<Semaphore>,
     dropped: AtomicU64,
 }
 
@@ -31,12 +35,12 @@ impl AccessLog {
                     .open(path)?,
             )
         };
-        let (lines, mut rx) = mpsc::channel::<String>(QUEUE);
+        let (lines, mut rx) = mpsc::channel::<(String, OwnedSemaphorePermit)>(QUEUE);
         tokio::task::spawn_blocking(move || {
-            while let Some(line) = rx.blocking_recv() {
+            while let Some((line, _permit)) = rx.blocking_recv() {
                 let mut batch = line;
-                // Whatever queued meanwhile goes out in the same write.
-                while let Ok(more) = rx.try_recv() {
+                // Whatever queued meanwhile goes out in the same write (at most the budget).
+                while let Ok((more, _permit)) = rx.try_recv() {
                     batch.push_str(&more);
                 }
                 if let Err(e) = out.write_all(batch.as_bytes()).and_then(|()| out.flush()) {
@@ -46,6 +50,7 @@ impl AccessLog {
         });
         Ok(AccessLog {
             lines,
+            budget: Arc::new(Semaphore::new(QUEUE_BYTES)),
             dropped: AtomicU64::new(0),
         })
     }
@@ -53,7 +58,11 @@ impl AccessLog {
     pub fn write(&self, pull: &Pull) {
         let mut line = line(pull);
         line.push('\n');
-        if self.lines.try_send(line).is_err() {
+        let queued = u32::try_from(line.len())
+            .ok()
+            .and_then(|n| self.budget.clone().try_acquire_many_owned(n).ok())
+            .map(|permit| self.lines.try_send((line, permit)));
+        if !matches!(queued, Some(Ok(()))) {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 tracing::warn!(

@@ -18,6 +18,11 @@ use crate::failure::ErrorClass;
 use crate::trace::CacheResult;
 use failures::FailureTable;
 
+/// Longest registry, repository or reference a record keeps (OCI names stop at 255).
+const MAX_NAME_BYTES: usize = 256;
+/// Longest error message a record keeps.
+pub const MAX_ERROR_BYTES: usize = 512;
+
 /// Requests kept for `--since` queries and latency percentiles.
 pub const RING_CAPACITY: usize = 10_000;
 
@@ -51,6 +56,18 @@ impl Pull {
     /// asks throughout) is an answer to a question, not a failure.
     pub fn failed(&self) -> bool {
         self.status >= 400 && self.status != 401 && self.error_class != Some(ErrorClass::NotCached)
+    }
+
+    /// Bounds every string a client or an upstream chose, before it is kept or logged (the
+    /// API validates names; this is the record's own guarantee).
+    fn clip(&mut self) {
+        use crate::text::clip_owned;
+        clip_owned(&mut self.registry, MAX_NAME_BYTES);
+        clip_owned(&mut self.repository, MAX_NAME_BYTES);
+        clip_owned(&mut self.reference, MAX_NAME_BYTES);
+        if let Some(error) = &mut self.error {
+            clip_owned(error, MAX_ERROR_BYTES);
+        }
     }
 
     /// `registry/repository`: what failures are grouped by.
@@ -115,7 +132,8 @@ impl PullRecord {
         let _ = self.access_log.set(log);
     }
 
-    pub fn add(&self, pull: Pull) {
+    pub fn add(&self, mut pull: Pull) {
+        pull.clip();
         if let Some(log) = self.access_log.get() {
             log.write(&pull);
         }

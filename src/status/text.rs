@@ -3,13 +3,14 @@
 use std::fmt::Write as _;
 
 use super::{FillStatus, StatusReport, ago, human_bytes};
+use crate::text::{first_chars, printable as p};
 
 pub fn render_text(report: &StatusReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "berth {} · up since {} · {} requests",
-        report.version,
+        p(&report.version),
         ago(report.generated_at, report.started_at),
         report.requests
     );
@@ -38,15 +39,19 @@ fn write_upstreams(out: &mut String, report: &StatusReport) {
         let _ = writeln!(
             out,
             "  {:<22} {:<8} {} requests, {} failed, {p50}, {last_ok}",
-            u.name, u.state, u.requests, u.failures
+            p(&u.name),
+            p(&u.state),
+            u.requests,
+            u.failures
         );
         if let (Some(error), Some(at)) = (&u.last_error, u.last_error_at) {
             let words = u.last_error_class.map(|c| c.in_words()).unwrap_or("failed");
             let _ = writeln!(
                 out,
-                "  {:<22} last error {}: {words}: {error}",
+                "  {:<22} last error {}: {words}: {}",
                 "",
-                ago(now, at)
+                ago(now, at),
+                p(error)
             );
         }
         if let Some(left) = u.ratelimit_remaining {
@@ -73,12 +78,12 @@ fn write_failures_by_image(out: &mut String, report: &StatusReport, window: &str
         let _ = writeln!(
             out,
             "  {}:{}  {}× on {}\n      {words} (HTTP {}): {}  [{}]",
-            f.image,
+            p(&f.image),
             short_reference(&f.last_reference),
             f.count,
-            f.nodes.join(", "),
+            p(&f.nodes.join(", ")),
             f.last_status,
-            f.last_error,
+            p(&f.last_error),
             ago(report.generated_at, f.last_at),
         );
     }
@@ -90,7 +95,13 @@ fn write_failures_by_node(out: &mut String, report: &StatusReport, window: &str)
         let _ = writeln!(out, "  none");
     }
     for n in &report.failures.by_node {
-        let _ = writeln!(out, "  {:<16} {}× {}", n.node, n.count, n.images.join(", "));
+        let _ = writeln!(
+            out,
+            "  {:<16} {}× {}",
+            p(&n.node),
+            n.count,
+            p(&n.images.join(", "))
+        );
     }
 }
 
@@ -130,22 +141,69 @@ fn write_cache_and_pins(out: &mut String, report: &StatusReport) {
             .map(|r| format!("{:.1}%", r * 100.0))
             .unwrap_or_else(|| "–".into())
     );
-    for p in &report.pins {
-        let state = if p.complete {
+    for pin in &report.pins {
+        let state = if pin.complete {
             "complete".to_string()
         } else {
-            format!("{} missing", p.missing)
+            format!("{} missing", pin.missing)
         };
-        let _ = writeln!(out, "Pins   {}: {} manifests, {state}", p.name, p.manifests);
+        let _ = writeln!(
+            out,
+            "Pins   {}: {} manifests, {state}",
+            p(&pin.name),
+            pin.manifests
+        );
     }
 }
 
-/// `sha256:0123456789ab…` is enough to tell digests apart on a terminal line.
+/// `sha256:0123456789ab…` is enough to tell digests apart on a terminal line. The reference
+/// comes from a remote report: escaped, and cut by characters, not bytes.
 fn short_reference(reference: &str) -> String {
     match reference.split_once(':') {
-        Some((algo, hex)) if hex.len() > 12 && algo.starts_with("sha") => {
-            format!("{algo}:{}…", &hex[..12])
+        Some((algo, hex)) if hex.chars().count() > 12 && algo.starts_with("sha") => {
+            format!("{}:{}…", p(algo), p(first_chars(hex, 12)))
         }
-        _ => reference.to_string(),
+        _ => p(reference).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{Failures, ImageFailures};
+
+    #[test]
+    fn strings_from_the_report_cannot_forge_lines_or_panic() {
+        let report = StatusReport {
+            version: "0".into(),
+            generated_at: 100,
+            started_at: 0,
+            since_seconds: None,
+            requests: 1,
+            upstreams: vec![],
+            failures: Failures {
+                by_image: vec![ImageFailures {
+                    image: "ghcr.io/org/app\r\n  all good\u{1b}[32m".into(),
+                    count: 1,
+                    nodes: vec!["10.0.0.1".into()],
+                    last_error_class: None,
+                    last_error: "boom\nforged line".into(),
+                    last_reference: format!("sha256:{}", "é".repeat(40)),
+                    last_status: 502,
+                    last_at: 90,
+                }],
+                by_node: vec![],
+            },
+            fills: vec![],
+            cache: crate::status::CacheStatus::default(),
+            pins: vec![],
+        };
+        let text = render_text(&report);
+        assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text}");
+        assert!(
+            !text.contains("\n  all good"),
+            "a client string started a line: {text}"
+        );
+        assert!(text.contains("sha256:éééééééééééé…"), "{text}");
     }
 }

@@ -85,6 +85,33 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError>;
 }
 
+/// A small object written by someone else (another replica, over a shared bucket), read only
+/// when it is at most `max` bytes: its size is asked first and at most that is read, so an
+/// object that grew meanwhile is not loaded whole either. `Ok(None)`: none, or too big.
+pub async fn get_small(
+    store: &dyn BlobStore,
+    key: &str,
+    max: u64,
+) -> Result<Option<Bytes>, StoreError> {
+    use futures::StreamExt as _;
+    let Some(size) = store.size(key).await? else {
+        return Ok(None);
+    };
+    if size > max {
+        return Ok(None);
+    }
+    let mut stream = store.read(key, 0..size).await?;
+    let mut bytes = bytes::BytesMut::with_capacity(size as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| StoreError::io(key, e))?;
+        if (bytes.len() + chunk.len()) as u64 > max {
+            return Ok(None);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Some(bytes.freeze()))
+}
+
 /// One object found by [`BlobStore::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {

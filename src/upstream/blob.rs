@@ -129,7 +129,7 @@ impl BlobStream {
                         ));
                         self.client
                             .metrics
-                            .upstream_error(self.client.name(), e.class());
+                            .upstream_error(self.client.label(), e.class());
                         self.failed(e).await?;
                     }
                     _ => return Ok(None),
@@ -150,7 +150,7 @@ impl BlobStream {
                     .metrics
                     .upstream_resumes
                     .get_or_create(&crate::metrics::UpstreamNameLabels {
-                        upstream: self.client.name().to_string(),
+                        upstream: self.client.label().to_string(),
                     })
                     .inc();
             }

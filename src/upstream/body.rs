@@ -61,16 +61,29 @@ impl BodyReader {
         result
     }
 
-    /// Reads the whole body, refusing more than `limit` bytes (manifests, tokens).
-    pub async fn read_to_end(mut self, limit: u64) -> Result<Bytes, UpstreamError> {
-        let mut buf = BytesMut::new();
-        while let Some(chunk) = self.next().await? {
-            if (buf.len() as u64).saturating_add(chunk.len() as u64) > limit {
-                return Err(UpstreamError::TooLarge { limit });
+    /// Reads the whole body (manifests, tokens: small ones), refusing more than `limit`
+    /// bytes or longer than `deadline` in all: a drip that never quite stalls cannot hold a
+    /// request.
+    pub async fn read_to_end(
+        mut self,
+        limit: u64,
+        deadline: Duration,
+    ) -> Result<Bytes, UpstreamError> {
+        let read = async {
+            let mut buf = BytesMut::new();
+            while let Some(chunk) = self.next().await? {
+                if (buf.len() as u64).saturating_add(chunk.len() as u64) > limit {
+                    return Err(UpstreamError::TooLarge { limit });
+                }
+                buf.extend_from_slice(&chunk);
             }
-            buf.extend_from_slice(&chunk);
-        }
-        Ok(buf.freeze())
+            Ok(buf.freeze())
+        };
+        tokio::time::timeout(deadline, read).await.map_err(|_| {
+            UpstreamError::Timeout(format!(
+                "the response body was not complete within {deadline:?}"
+            ))
+        })?
     }
 
     async fn next_inner(&mut self) -> Result<Option<Bytes>, UpstreamError> {

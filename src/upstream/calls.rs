@@ -53,7 +53,7 @@ impl UpstreamClient {
         let media_type = content_type(&response);
         let bytes = self
             .body(response.into_body())
-            .read_to_end(MAX_MANIFEST_SIZE)
+            .read_to_end(MAX_MANIFEST_SIZE, self.config.transport.header_timeout)
             .await?;
         Ok(FetchedManifest {
             bytes,

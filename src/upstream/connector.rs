@@ -74,9 +74,13 @@ impl Connector {
 pub struct AddressRule {
     home_host: String,
     trusted_hosts: Vec<String>,
-    /// The upstream itself lives at a non-public address (set once its name resolves so):
-    /// then its redirects may too.
-    home_private: AtomicBool,
+    /// The upstream is written as a non-public address (a literal, `localhost`): its
+    /// redirects may lead into non-public ranges too.
+    home_literal_private: bool,
+    /// The upstream's own name resolved into a non-public range at its latest resolution:
+    /// re-evaluated at every resolution, so one private answer (a rebinding) does not open
+    /// the private network to its redirects for good.
+    home_resolved_private: AtomicBool,
 }
 
 impl AddressRule {
@@ -84,7 +88,8 @@ impl AddressRule {
         let home_host = host_key(upstream.url.host_str().unwrap_or(""));
         let literal_private = home_host.parse::<IpAddr>().is_ok_and(|ip| !is_public(ip));
         AddressRule {
-            home_private: AtomicBool::new(literal_private || home_host == "localhost"),
+            home_literal_private: literal_private || home_host == "localhost",
+            home_resolved_private: AtomicBool::new(false),
             trusted_hosts: upstream.trusted_hosts.clone(),
             home_host,
         }
@@ -94,12 +99,14 @@ impl AddressRule {
     pub fn filter(&self, host: &str, addrs: Vec<SocketAddr>) -> io::Result<Vec<SocketAddr>> {
         let host = host_key(host);
         if host == self.home_host {
-            if addrs.iter().any(|a| !is_public(a.ip())) {
-                self.home_private.store(true, Ordering::Relaxed);
-            }
+            let private = addrs.iter().any(|a| !is_public(a.ip()));
+            self.home_resolved_private.store(private, Ordering::Relaxed);
             return Ok(addrs);
         }
-        if self.trusted_hosts.contains(&host) || self.home_private.load(Ordering::Relaxed) {
+        if self.trusted_hosts.contains(&host)
+            || self.home_literal_private
+            || self.home_resolved_private.load(Ordering::Relaxed)
+        {
             return Ok(addrs);
         }
         let public: Vec<SocketAddr> = addrs.into_iter().filter(|a| is_public(a.ip())).collect();
@@ -116,11 +123,13 @@ impl AddressRule {
     }
 }
 
-/// Globally routable, as far as berth is concerned.
+/// Globally routable, as far as berth is concerned: not loopback, private, link-local,
+/// shared (CGNAT), benchmarking, documentation, reserved, multicast or unspecified; an IPv6
+/// address that carries an IPv4 one (mapped, NAT64, 6to4) is judged by that IPv4 address.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -128,18 +137,45 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_broadcast()
                 || v4.is_unspecified()
                 || a == 0
-                || (a == 100 && (64..128).contains(&b)))
+                || a >= 240
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (18..20).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 192 && b == 0 && c == 2)
+                || (a == 198 && b == 51 && c == 100)
+                || (a == 203 && b == 0 && c == 113))
         }
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                IpAddr::V4(std::net::Ipv4Addr::new(
+                    (hi >> 8) as u8,
+                    hi as u8,
+                    (lo >> 8) as u8,
+                    lo as u8,
+                ))
+            };
+            // NAT64 (64:ff9b::/96) reaches the IPv4 address in its last 32 bits; the
+            // local-use NAT64 prefix (64:ff9b:1::/48) is private by definition.
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_public(embedded(s[6], s[7]));
+            }
+            if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+                return false;
+            }
+            // 6to4 (2002::/16) carries its IPv4 address in bits 16..48.
+            if s[0] == 0x2002 {
+                return is_public(embedded(s[1], s[2]));
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80)
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8))
         }
     }
 }
@@ -487,10 +523,28 @@ mod tests {
             "fd00::1",
             "ff02::1",
             "::ffff:127.0.0.1",
+            "198.18.0.1",
+            "198.19.255.254",
+            "240.0.0.1",
+            "255.255.255.254",
+            "192.0.2.1",
+            "64:ff9b::a00:1",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::1",
+            "2002:a00:1::1",
+            "2002:c0a8:101::1",
+            "2001:db8::1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
-        for public in ["1.1.1.1", "140.82.112.34", "2606:4700::1111"] {
+        for public in [
+            "1.1.1.1",
+            "140.82.112.34",
+            "2606:4700::1111",
+            "64:ff9b::101:101",
+            "2002:101:101::1",
+            "198.20.0.1",
+        ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
     }
@@ -530,7 +584,14 @@ mod tests {
             .unwrap();
         assert!(
             named.filter("cdn.lan", addrs(&["10.0.0.5:80"])).is_ok(),
-            "once the upstream's own name resolved into a private range"
+            "while the upstream's own name resolves into a private range"
+        );
+        named
+            .filter("registry.lan", addrs(&["1.2.3.4:5000"]))
+            .unwrap();
+        assert!(
+            named.filter("cdn.lan", addrs(&["10.0.0.5:80"])).is_err(),
+            "a private answer once does not open the private network for good"
         );
     }
 }

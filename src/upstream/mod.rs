@@ -119,8 +119,8 @@ pub struct UpstreamClient {
 impl UpstreamClient {
     pub fn new(config: Upstream, metrics: Arc<Metrics>) -> io::Result<UpstreamClient> {
         let tls = connector::tls_config(config.ca_file.as_deref(), config.transport.http1_only)?;
-        let connector =
-            Connector::new(&config, Arc::new(tls)).with_metrics(metrics.clone(), &config.name);
+        let connector = Connector::new(&config, Arc::new(tls))
+            .with_metrics(metrics.clone(), &config.metrics_label);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(16)
@@ -147,6 +147,11 @@ impl UpstreamClient {
         &self.config.name
     }
 
+    /// The `upstream` label of this client's metric series (its name, or its pattern).
+    pub fn label(&self) -> &str {
+        &self.config.metrics_label
+    }
+
     pub fn config(&self) -> &Upstream {
         &self.config
     }
@@ -166,7 +171,7 @@ impl UpstreamClient {
             body,
             &self.config.transport,
             self.health.clone(),
-            (self.metrics.clone(), self.config.name.clone()),
+            (self.metrics.clone(), self.config.metrics_label.clone()),
         )
     }
 
@@ -182,7 +187,7 @@ impl UpstreamClient {
             self.metrics
                 .upstream_ratelimit_remaining
                 .get_or_create(&crate::metrics::UpstreamNameLabels {
-                    upstream: self.config.name.clone(),
+                    upstream: self.config.metrics_label.clone(),
                 })
                 .set(remaining);
         }
@@ -271,7 +276,7 @@ impl UpstreamClient {
         let request = builder
             .body(Empty::new())
             .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-        self.metrics.upstream_request(&self.config.name, req.kind());
+        self.metrics.upstream_request(self.label(), req.kind());
         tracing::debug!(upstream = %self.config.name, method = %req.method, url = %redacted(url), "upstream request");
         self.roundtrip(request, url).await
     }
@@ -287,7 +292,7 @@ impl UpstreamClient {
             Ok(Ok(response)) => {
                 Metrics::upstream_histogram(
                     &self.metrics.upstream_first_byte_seconds,
-                    &self.config.name,
+                    self.label(),
                     sent.elapsed().as_secs_f64(),
                 );
                 self.note_ratelimit(&response);
@@ -332,12 +337,12 @@ impl UpstreamClient {
         let http_request = builder
             .body(Empty::new())
             .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-        self.metrics.upstream_request(&self.config.name, "token");
+        self.metrics.upstream_request(self.label(), "token");
         let realm = redacted(&request.url);
         let response = check_status(self.roundtrip(http_request, &request.url).await?)?;
         let body = self
             .body(response.into_body())
-            .read_to_end(MAX_TOKEN_BODY)
+            .read_to_end(MAX_TOKEN_BODY, self.config.transport.header_timeout)
             .await?;
         let parsed: tokens::TokenResponse = serde_json::from_slice(&body).map_err(|e| {
             UpstreamError::Protocol(format!("token endpoint {realm} sent bad JSON: {e}"))

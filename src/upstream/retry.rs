@@ -82,7 +82,7 @@ impl UpstreamClient {
     fn count_error<T>(&self, result: &Result<T, UpstreamError>) {
         if let Err(e) = result {
             if !matches!(e, UpstreamError::NotFound) {
-                self.metrics.upstream_error(&self.config.name, e.class());
+                self.metrics.upstream_error(self.label(), e.class());
             }
         }
     }

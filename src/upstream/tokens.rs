@@ -16,18 +16,26 @@ const MAX_TOKENS: usize = 10_000;
 pub struct TokenResponse {
     pub token: Option<String>,
     pub access_token: Option<String>,
-    /// Signed and fractional numbers occur in the wild; anything unusable means the default.
-    pub expires_in: Option<serde_json::Number>,
+    /// Signed and fractional numbers occur in the wild, and strings (`"300"`); anything
+    /// unusable means the default.
+    #[serde(default)]
+    pub expires_in: Option<serde_json::Value>,
 }
 
 impl TokenResponse {
     pub fn into_token(self) -> Option<(String, Duration)> {
         let token = self.token.or(self.access_token).filter(|t| !t.is_empty())?;
         // 60 s when absent, per the token spec; clamped to [1 s, MAX_TOKEN_LIFETIME].
-        let secs = self
-            .expires_in
-            .and_then(|n| n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)))
-            .unwrap_or(60);
+        let secs = match self.expires_in {
+            Some(serde_json::Value::Number(n)) => {
+                n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64))
+            }
+            Some(serde_json::Value::String(s)) => {
+                s.trim().parse::<f64>().ok().map(|f| f.max(0.0) as u64)
+            }
+            _ => None,
+        }
+        .unwrap_or(60);
         let lifetime = Duration::from_secs(secs.clamp(1, MAX_TOKEN_LIFETIME.as_secs()));
         Some((token, lifetime))
     }
@@ -76,6 +84,34 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expires_in_as_a_string_or_garbage_falls_back_sensibly() {
+        let parse = |json: &str| {
+            serde_json::from_str::<TokenResponse>(json)
+                .unwrap()
+                .into_token()
+                .unwrap()
+                .1
+        };
+        assert_eq!(
+            parse(r#"{"token":"t","expires_in":"300"}"#),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            parse(r#"{"token":"t","expires_in":"soon"}"#),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            parse(r#"{"token":"t","expires_in":[1]}"#),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            parse(r#"{"token":"t","expires_in":-5}"#),
+            Duration::from_secs(1)
+        );
+        assert_eq!(parse(r#"{"token":"t"}"#), Duration::from_secs(60));
+    }
 
     fn key(scope: &str) -> TokenKey {
         TokenKey {

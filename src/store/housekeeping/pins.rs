@@ -107,6 +107,10 @@ pub struct Pinned {
     pub keys: HashSet<String>,
     /// Pinned manifests that are not cached (yet): nothing of theirs can be protected.
     pub missing: Vec<Digest>,
+    /// Pinned manifests that are cached but cannot be walked (not a manifest berth can read):
+    /// what they reference is not protected, and the pin set says so instead of keeping
+    /// nothing quietly.
+    pub unreadable: Vec<(Digest, String)>,
 }
 
 impl Pinned {
@@ -173,6 +177,15 @@ pub async fn resolve(store: &dyn BlobStore, names: &[PinName]) -> Result<Pinned,
     Ok(pinned)
 }
 
+/// What pinning `manifests` would keep (a pin set before it is written).
+pub async fn walk(store: &dyn BlobStore, manifests: &[Digest]) -> Result<Pinned, StoreError> {
+    let mut pinned = Pinned::default();
+    for digest in manifests {
+        keep_manifest(store, digest, 0, &mut pinned).await?;
+    }
+    Ok(pinned)
+}
+
 async fn keep_manifest(
     store: &dyn BlobStore,
     digest: &Digest,
@@ -187,7 +200,13 @@ async fn keep_manifest(
         pinned.missing.push(digest.clone());
         return Ok(());
     };
-    let references = references(&stored);
+    let references = match references(&stored) {
+        Ok(references) => references,
+        Err(cause) => {
+            pinned.unreadable.push((digest.clone(), cause));
+            return Ok(());
+        }
+    };
     for child in references.manifests {
         Box::pin(keep_manifest(store, &child, depth + 1, pinned)).await?;
     }
@@ -197,12 +216,13 @@ async fn keep_manifest(
     Ok(())
 }
 
-/// Parses a stored manifest (`<media type>\n<bytes>`). Unparseable content references nothing.
-pub fn references(stored: &[u8]) -> References {
-    manifest_form::split(stored)
-        .and_then(|(_, body)| ManifestDoc::parse(body).ok())
-        .map(|doc| doc.references())
-        .unwrap_or_default()
+/// What a stored manifest (see `manifest_form`) references, or why it cannot be read.
+pub fn references(stored: &[u8]) -> Result<References, String> {
+    let (_, body) =
+        manifest_form::split(stored).ok_or("the stored object has no valid manifest header")?;
+    let doc =
+        ManifestDoc::parse(body).map_err(|e| format!("not a manifest berth can read: {e}"))?;
+    Ok(doc.references())
 }
 
 #[cfg(test)]
@@ -280,9 +300,9 @@ mod tests {
     }
 
     #[test]
-    fn garbage_references_nothing() {
-        assert_eq!(references(b"no newline"), References::default());
-        assert_eq!(references(b"t\n{not json"), References::default());
+    fn garbage_is_an_error_not_an_empty_list() {
+        assert!(references(b"no newline").is_err());
+        assert!(references(b"application/json\n{not json").is_err());
     }
 
     #[test]

@@ -1,0 +1,160 @@
+//! The local disk's share for fills in progress. A fill reserves the bytes it will spool before
+//! it writes them: the size the upstream announced, or, for a blob of unknown size, a step at a
+//! time as it grows. Fills together may hold at most half of the disk limit (`max_size`, or
+//! the hot tier's `local_max_size`); the evictor keeps committed content at no less than the
+//! other half. So spools cannot evict the whole cache, and cache plus spools stay within the
+//! limit: a fill that cannot get room waits a while, then its client is asked to come back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Reservations are counted in units of this many bytes (a semaphore counts in `u32`s).
+const UNIT: u64 = 64 * 1024;
+/// A blob of unknown size reserves this much at a time.
+pub(super) const UNANNOUNCED_STEP: u64 = 64 * 1024 * 1024;
+
+/// Why a fill got no room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoRoom {
+    /// Other fills hold the share now: try again shortly.
+    Busy,
+    /// Larger than the whole share: it can never be spooled here.
+    TooLarge { share: u64 },
+}
+
+pub(super) struct SpoolBudget {
+    /// `None` without a disk limit: every reservation is granted at once.
+    share: Option<(u64, Arc<Semaphore>)>,
+    wait: Duration,
+}
+
+impl SpoolBudget {
+    /// Half of `disk_limit` for fills in progress; waits up to `wait` for room.
+    pub fn new(disk_limit: Option<u64>, wait: Duration) -> SpoolBudget {
+        let share = disk_limit.map(|limit| {
+            let share = (limit / 2).max(UNIT);
+            let units = usize::try_from(share / UNIT).unwrap_or(Semaphore::MAX_PERMITS);
+            (
+                share,
+                Arc::new(Semaphore::new(units.min(Semaphore::MAX_PERMITS))),
+            )
+        });
+        SpoolBudget { share, wait }
+    }
+
+    /// An empty reservation, grown with [`Reservation::cover`].
+    pub fn reservation(&self) -> Reservation {
+        Reservation {
+            share: self.share.clone(),
+            wait: self.wait,
+            reserved: 0,
+            permits: Vec::new(),
+        }
+    }
+}
+
+/// Bytes a fill may spool; given back when it drops (the fill committed or failed).
+pub(super) struct Reservation {
+    share: Option<(u64, Arc<Semaphore>)>,
+    wait: Duration,
+    reserved: u64,
+    permits: Vec<OwnedSemaphorePermit>,
+}
+
+impl Reservation {
+    /// Makes sure `total` bytes are reserved, waiting (up to the budget's wait) for room.
+    pub async fn cover(&mut self, total: u64) -> Result<(), NoRoom> {
+        let Some((share, semaphore)) = &self.share else {
+            self.reserved = self.reserved.max(total);
+            return Ok(());
+        };
+        if total <= self.reserved {
+            return Ok(());
+        }
+        if total > *share {
+            return Err(NoRoom::TooLarge { share: *share });
+        }
+        let units = (total - self.reserved).div_ceil(UNIT);
+        let units = u32::try_from(units).map_err(|_| NoRoom::TooLarge { share: *share })?;
+        let acquired =
+            tokio::time::timeout(self.wait, semaphore.clone().acquire_many_owned(units)).await;
+        match acquired {
+            Ok(Ok(permit)) => {
+                self.permits.push(permit);
+                self.reserved += u64::from(units) * UNIT;
+                Ok(())
+            }
+            _ => Err(NoRoom::Busy),
+        }
+    }
+
+    /// Covers `received` bytes of a blob of unknown size, a step ahead.
+    pub async fn cover_growing(&mut self, received: u64) -> Result<(), NoRoom> {
+        if received <= self.reserved {
+            return Ok(());
+        }
+        let wanted = received.saturating_add(UNANNOUNCED_STEP);
+        match &self.share {
+            Some((share, _)) => self.cover(wanted.min(*share).max(received)).await,
+            None => self.cover(wanted).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[tokio::test(start_paused = true)]
+    async fn fills_share_half_the_limit_and_wait_for_room() {
+        let budget = SpoolBudget::new(Some(40 * MIB), Duration::from_secs(30));
+        let mut first = budget.reservation();
+        first.cover(15 * MIB).await.unwrap();
+        let mut second = budget.reservation();
+        assert_eq!(
+            second.cover(10 * MIB).await,
+            Err(NoRoom::Busy),
+            "20 MiB is the share; 15 are held"
+        );
+        assert_eq!(
+            budget.reservation().cover(21 * MIB).await,
+            Err(NoRoom::TooLarge { share: 20 * MIB })
+        );
+        let waiting = tokio::spawn(async move {
+            let mut third = budget.reservation();
+            third.cover(10 * MIB).await.map(|()| third)
+        });
+        tokio::task::yield_now().await;
+        drop(first);
+        assert!(
+            waiting.await.unwrap().is_ok(),
+            "room freed by a finished fill"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blob_of_unknown_size_reserves_step_by_step_up_to_the_share() {
+        let budget = SpoolBudget::new(Some(200 * MIB), Duration::from_secs(1));
+        let mut growing = budget.reservation();
+        growing.cover_growing(1).await.unwrap();
+        assert_eq!(growing.reserved, UNANNOUNCED_STEP + UNIT);
+        growing.cover_growing(99 * MIB).await.unwrap();
+        assert_eq!(growing.reserved, 100 * MIB, "capped at the share");
+        assert_eq!(
+            growing.cover_growing(100 * MIB + 1).await,
+            Err(NoRoom::TooLarge { share: 100 * MIB })
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_limit_everything_fits() {
+        let budget = SpoolBudget::new(None, Duration::from_secs(1));
+        let mut r = budget.reservation();
+        r.cover(u64::MAX / 2).await.unwrap();
+        r.cover_growing(u64::MAX / 2 + 1).await.unwrap();
+    }
+}
