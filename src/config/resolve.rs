@@ -408,6 +408,41 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn what_a_review_found_is_refused_at_load() {
+        let cases = [
+            // Credentials in a URL were ignored, then shown on the status page.
+            (
+                "[upstreams.\"r.io\"]\nurl = \"https://me:secret@r.io\"",
+                "upstreams.r.io.url",
+            ),
+            // An absurd duration panicked under the breaker's lock at the first failure.
+            (
+                "[upstream_defaults]\nbreaker_cooldown = \"300000000000y\"",
+                "breaker_cooldown",
+            ),
+            (
+                "[upstreams.\"r.io\"]\nurl = \"https://r.io\"\ntag_ttl = \"2000y\"",
+                "tag_ttl",
+            ),
+            ("[server]\nidle_timeout = \"30d\"", "server.idle_timeout"),
+            ("probe_interval = \"9999d\"", "probe_interval"),
+        ];
+        assert_errors_name_the_key(&cases);
+        let config = Config::from_toml("").unwrap();
+        assert!(
+            config
+                .upstreams
+                .values()
+                .all(|u| u.max_blob_size == Some(crate::config::DEFAULT_MAX_BLOB_SIZE)),
+            "a finite default max_blob_size"
+        );
+        assert_eq!(
+            config.upstreams["docker.io"].transport.min_speed,
+            crate::config::DEFAULT_MIN_SPEED
+        );
+    }
+
+    #[test]
     fn admin_token_and_platforms() {
         let config = Config::from_toml("admin_token = \"0123456789abcdef\"").unwrap();
         assert!(config.admin_token.unwrap().matches("0123456789abcdef"));

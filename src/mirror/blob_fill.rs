@@ -22,7 +22,7 @@ use crate::coalesce::{FillWriter, HashingThread, Slot, Slots, VerifiedFill};
 use crate::failure::ErrorClass;
 use crate::fleet::{Fleet, Lease, Role};
 use crate::oci::Digest;
-use crate::store::{BlobStore, keys};
+use crate::store::keys;
 use crate::trace::{self, CacheResult};
 use crate::upstream::UpstreamError;
 
@@ -124,7 +124,7 @@ struct FillJob<'a> {
     target: &'a Target,
     digest: &'a Digest,
     hasher: HashingThread,
-    spool: SpoolAccount<'a>,
+    spool: SpoolAccount,
     upstream_bytes: Counter,
     _slots: (Slot, Slot),
 }
@@ -156,7 +156,6 @@ impl<'a> FillJob<'a> {
             digest,
             hasher,
             spool: SpoolAccount {
-                store: blobs.core.store.as_ref(),
                 bytes: 0,
                 reservation: blobs.spool_budget.reservation(),
                 announced: None,
@@ -379,17 +378,16 @@ impl<'a> FillJob<'a> {
     }
 }
 
-/// A fill's spool bytes: reserved in the spool budget before they are written, reported to
-/// the store while the fill runs, and given back on drop.
-struct SpoolAccount<'a> {
-    store: &'a dyn BlobStore,
+/// A fill's spool bytes, reserved in the spool budget before they are written (the store
+/// counts the reservation; it is given back when the fill ends).
+struct SpoolAccount {
     bytes: u64,
     reservation: Reservation,
     /// The blob's size, once a source announced it.
     announced: Option<u64>,
 }
 
-impl SpoolAccount<'_> {
+impl SpoolAccount {
     /// A source starts sending: reserve the size it announced, or a first step of an
     /// unknown one.
     async fn expect(&mut self, total: Option<u64>) -> Result<(), NoRoom> {
@@ -402,17 +400,9 @@ impl SpoolAccount<'_> {
 
     async fn add(&mut self, n: usize) -> Result<(), NoRoom> {
         self.bytes += n as u64;
-        self.store.spooling(n as i64);
         if self.announced.is_none_or(|total| self.bytes > total) {
             self.reservation.cover_growing(self.bytes).await?;
         }
         Ok(())
-    }
-}
-
-impl Drop for SpoolAccount<'_> {
-    fn drop(&mut self) {
-        self.store
-            .spooling(-(i64::try_from(self.bytes).unwrap_or(i64::MAX)));
     }
 }

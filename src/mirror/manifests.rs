@@ -108,20 +108,13 @@ impl Manifests {
         tag: &Tag,
         accept: &[String],
     ) -> Result<Arc<Manifest>, MirrorError> {
-        // The class is the known manifest types the client takes: at most 16 of them, however
+        // The class is the known manifest types the client takes: at most 16 classes, however
         // many distinct Accept headers clients invent.
         let class: Vec<&str> = MANIFEST_MEDIA_TYPES
             .iter()
             .copied()
             .filter(|t| accepts(accept, t))
             .collect();
-        if class.is_empty() {
-            return Err(MirrorError::ManifestUnknown {
-                upstream: target.upstream_name().into(),
-                repo: target.repo.clone(),
-                reference: format!("{tag} (the request accepts none of {MANIFEST_MEDIA_TYPES:?})"),
-            });
-        }
         let key = (
             target.upstream_name().to_string(),
             target.repo.clone(),
@@ -137,7 +130,12 @@ impl Manifests {
             }
         }
         let manifest = self
-            .fetch_manifest(target, &Reference::Tag(tag.clone()), None, &class)
+            .fetch_manifest(
+                target,
+                &Reference::Tag(tag.clone()),
+                None,
+                &upstream_accept(accept),
+            )
             .await?;
         self.narrow_tags
             .insert(key, (manifest.digest.clone(), Instant::now()));

@@ -98,7 +98,11 @@ impl Mirror {
         let blobs = Blobs {
             fills: crate::coalesce::Fills::new(&spool_dir)?,
             slots: FillSlots::new(core.config.max_fills as usize),
-            spool_budget: SpoolBudget::new(disk_limit, blob_fill::FILL_QUEUE_WAIT),
+            spool_budget: SpoolBudget::new(
+                disk_limit,
+                core.store.clone(),
+                blob_fill::FILL_QUEUE_WAIT,
+            ),
             fleet,
             core: core.clone(),
         };

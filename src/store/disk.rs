@@ -329,12 +329,9 @@ impl BlobStore for DiskStore {
 
     fn spooling(&self, delta: i64) {
         if delta >= 0 {
-            // Wake the evictor every 16 MiB of spool growth, not on every chunk.
-            const STEP: u64 = 16 << 20;
-            let old = self.spooled.fetch_add(delta as u64, Ordering::Relaxed);
-            if old / STEP != (old + delta as u64) / STEP {
-                self.grew.notify_one();
-            }
+            // A reservation: the evictor makes room for it now.
+            self.spooled.fetch_add(delta as u64, Ordering::Relaxed);
+            self.grew.notify_one();
         } else {
             let d = delta.unsigned_abs();
             let _ = self
@@ -347,6 +344,10 @@ impl BlobStore for DiskStore {
 
     fn touch(&self, key: &str) {
         self.access.record(key);
+    }
+
+    fn local_usage(&self) -> u64 {
+        self.usage()
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

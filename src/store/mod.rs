@@ -78,9 +78,15 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Notes a use served from memory in front of the store, for LRU eviction. No I/O.
     fn touch(&self, _key: &str) {}
-    /// Bytes of fills in progress on local disk (spool files) grew (`+`) or went (`-`): a
-    /// size-bounded store counts them against its limit, so fills cannot overrun it.
+    /// Room reserved on local disk for fills in progress (spool files) grew (`+`) or went
+    /// (`-`): a size-bounded store counts it against its limit (and evicts to make it), so
+    /// fills cannot overrun the limit.
     fn spooling(&self, _delta: i64) {}
+    /// Bytes of committed content on local disk (what the evictor bounds); 0 for a store
+    /// with no local disk.
+    fn local_usage(&self) -> u64 {
+        0
+    }
     /// Every object under the key path `prefix` (e.g. `blobs/sha256`), sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError>;
 }

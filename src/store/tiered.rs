@@ -250,6 +250,10 @@ impl BlobStore for TieredStore {
         self.local.spooling(delta);
     }
 
+    fn local_usage(&self) -> u64 {
+        self.local.usage()
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
         self.remote.list(prefix).await
     }

@@ -403,7 +403,28 @@ async fn create_writes_only_when_absent(store: Arc<dyn BlobStore>, _dir: tempfil
     );
 }
 
+/// Another replica's small object (a fill lease) is read only when small: an oversized one is
+/// not loaded whole to find out.
+async fn small_objects_are_read_only_when_small(
+    store: Arc<dyn BlobStore>,
+    _dir: tempfile::TempDir,
+) {
+    let key = "fills/sha256/lease";
+    store.put(key, Bytes::from_static(b"{\"leader\":1}")).await.unwrap();
+    let small = berth::store::get_small(&*store, key, 4096).await.unwrap();
+    assert_eq!(small.as_deref(), Some(&b"{\"leader\":1}"[..]));
+    store.put(key, Bytes::from(vec![b'x'; 64 * 1024])).await.unwrap();
+    assert_eq!(berth::store::get_small(&*store, key, 4096).await.unwrap(), None);
+    assert_eq!(
+        berth::store::get_small(&*store, "fills/sha256/absent", 4096)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
 conformance!(
+    small_objects_are_read_only_when_small,
     create_writes_only_when_absent,
     put_get_size_and_range_reads,
     absent_keys_are_none,

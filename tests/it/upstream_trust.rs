@@ -5,7 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::fake_upstream::{FakeUpstream, Fault, Kind, Options, Role, TlsFront};
+use crate::support::fake_upstream::{
+    AfterStall, FakeUpstream, Fault, Kind, Options, Role, TlsFront,
+};
 use crate::support::images::{self, Format};
 use crate::support::inprocess::{Berth, client, get, status_of};
 use crate::support::real::TestCa;
@@ -640,4 +642,106 @@ async fn identical_concurrent_tag_lists_share_one_upstream_request() {
             .count(),
         2
     );
+}
+
+#[tokio::test]
+async fn invented_accept_headers_cost_one_upstream_get_per_known_class() {
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let image = images::multi_arch(73, Format::Oci);
+    fake.push("library/app", "1", &image);
+    let berth = Berth::builder().upstream(&fake).start().await;
+    let url = berth.url("/v2/library/app/manifests/1");
+    // The tag is an index; each client takes single OCI manifests and names a type of its own.
+    for i in 0..20 {
+        let accept =
+            format!("application/vnd.oci.image.manifest.v1+json, application/x-made-up-{i}");
+        let response = client()
+            .get(&url)
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let gets = fake.count(Role::Registry, Kind::Manifest, Method::GET);
+    assert!(
+        gets <= 2,
+        "one GET for the shared record and one for the one class, got {gets}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_repositorys_tag_list_and_referrers_are_404() {
+    let fake = FakeUpstream::start(Options::plain()).await;
+    let berth = Berth::builder().upstream(&fake).start().await;
+    let response = berth.get("/v2/library/nothing-here/tags/list").await;
+    assert_eq!(response.status(), 404, "OCI clients fall back on 404 only");
+    let body = response.text().await.unwrap();
+    assert!(body.contains("NAME_UNKNOWN"), "{body}");
+    let referrers = format!(
+        "/v2/library/nothing-here/referrers/sha256:{}",
+        "a".repeat(64)
+    );
+    assert_eq!(berth.status_of(&referrers).await, 404);
+}
+
+/// A blob that one registry trickles and another serves at once: a client of the second never
+/// waits on the first's transfer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_one_registry_never_waits_on_another_registrys_trickle() {
+    let (evil, good) = (
+        FakeUpstream::start(Options::plain()).await,
+        FakeUpstream::start(Options::plain()).await,
+    );
+    let blob = images::big_blob(2, 74);
+    evil.put_blob("library/app", &blob);
+    good.put_blob("library/app", &blob);
+    evil.inject(Fault::stall(1, Duration::from_secs(60), AfterStall::Continue).kind(Kind::Blob));
+    let berth = Berth::builder()
+        .upstream_named("evil.test", &evil.url())
+        .upstream_named("good.test", &good.url())
+        .start()
+        .await;
+    let path = |registry: &str| format!("/v2/{registry}/library/app/blobs/{}", blob.digest);
+    // The first client starts the trickling fill and waits on it.
+    let evil_url = berth.url(&path("evil.test"));
+    let trickling = tokio::spawn(async move { get(&evil_url).await });
+    eventually(
+        "the trickling transfer to start",
+        Duration::from_secs(10),
+        || async { evil.fired_faults().len() == 1 },
+    )
+    .await;
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(30), berth.get_bytes(&path("good.test")))
+            .await
+            .expect("the good registry's client is served without waiting on the trickle");
+    assert_eq!(status, 200);
+    assert_eq!(crate::support::inprocess::sha256(&body), blob.digest);
+    trickling.abort();
+}
+
+/// A token realm that sends its answer one byte at a time never quite stalls; the whole
+/// answer still has a deadline (the upstream's header_timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_realm_that_drips_cannot_hold_a_request() {
+    let fake = FakeUpstream::start(Options {
+        token_drip: Some(Duration::from_secs(2)),
+        ..Options::default()
+    })
+    .await;
+    let image = images::multi_arch(75, Format::Oci);
+    fake.push("library/app", "1", &image);
+    let berth = Berth::builder()
+        .upstream(&fake)
+        .config("header_timeout = \"3s\"\nstall_timeout = \"20s\"\nmax_attempts = 1")
+        .start()
+        .await;
+    let answered = tokio::time::timeout(
+        Duration::from_secs(30),
+        berth.status_of("/v2/library/app/manifests/1"),
+    )
+    .await
+    .expect("the request ends long before the realm finishes dripping (~5 min)");
+    assert!(answered >= 500, "the pull fails: {answered}");
 }

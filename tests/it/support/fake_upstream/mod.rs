@@ -69,6 +69,8 @@ pub struct Options {
     pub chunked_blobs: bool,
     /// Docker Hub's `ratelimit-remaining: <n>;w=21600` on manifest answers, when set.
     pub ratelimit_remaining: Option<u32>,
+    /// The token endpoint sends its answer one byte per this interval (a realm that drips).
+    pub token_drip: Option<Duration>,
 }
 
 impl Default for Options {
@@ -87,6 +89,7 @@ impl Default for Options {
             public_cdn_url: None,
             chunked_blobs: false,
             ratelimit_remaining: None,
+            token_drip: None,
         }
     }
 }

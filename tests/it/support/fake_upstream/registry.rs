@@ -204,7 +204,7 @@ fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
         .flat_map(|v| v.split(','))
         .map(|v| v.split(';').next().unwrap_or("").trim())
         .peekable();
-    if listed.peek().is_none() {
+    if listed.peek().is_none() || media_type.is_empty() {
         return true;
     }
     listed.any(|t| t == "*/*" || t == media_type)

@@ -144,7 +144,11 @@ pub fn serve_bytes(
     } else {
         "application/octet-stream"
     };
-    headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+    // A manifest stored without a media type goes out without Content-Type (berth then
+    // reads the manifest's own mediaType).
+    if !content_type.is_empty() {
+        headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+    }
     if !(shared.opts.chunked_blobs && target.kind == Kind::Blob) {
         headers.insert(header::CONTENT_LENGTH, data.len().into());
     }

@@ -58,12 +58,38 @@ async fn issue(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) 
         "expires_in": shared.opts.token_expires_in.as_secs(),
         "issued_at": rfc3339_now(),
     });
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    let body = body.to_string();
+    match shared.opts.token_drip {
+        None => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        Some(every) => {
+            // One byte, then one more per `every`: the body never stalls for long, never ends soon.
+            let bytes = body.into_bytes();
+            let drip = futures::stream::unfold(0usize, move |i| {
+                let byte = bytes.get(i).copied();
+                async move {
+                    let byte = byte?;
+                    if i > 0 {
+                        tokio::time::sleep(every).await;
+                    }
+                    Some((
+                        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![byte])),
+                        i + 1,
+                    ))
+                }
+            });
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                axum::body::Body::from_stream(drip),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// `None` if the request carries a live token whose scopes allow pulling `name` (any token for
