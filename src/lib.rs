@@ -1,60 +1,58 @@
 //! berth — a pull-through OCI registry mirror for flaky egress.
 //!
 //! ```text
-//!   containerd / podman / curl
-//!            │  OCI pull API  (?ns=<registry>, /v2/<registry>/<repo>/…, or default upstream)
-//!            ▼
-//!   api        the only module that names axum: routing, handlers, OCI error JSON; records
-//!            │ every request to its last byte (pull record, client metrics), /_berth/status
-//!   mirror     the use case: tag freshness, manifest and blob flows, stale serving;
-//!              routing to an [upstreams] entry or an `upstream_patterns` host, else 404
-//!      │    \
-//!      │     coalesce   one upstream fill, spooled to disk, streamed to every waiter;
-//!      │      │         singleflight, fill caps (bounded queue) — all drop/panic safe
-//!      ▼      │
-//!   upstream   the only HTTP client of upstreams and the owner of its protocol: typed fetches
-//!              (manifest, blob with Range resume, listings), the one retry loop, circuit
-//!              breaker, token auth and credential rules, redirects, own TCP/TLS connector
-//!   store      backends: content-addressed blobs, manifests and tag records (disk or S3);
-//!              housekeeping: scan → pins → LRU plan → evict, access times, verify, stats
-//!   oci        pure types, no I/O: Digest, Reference, Repository, OciPath, ErrorCode, the
-//!              manifest model (ManifestDoc, Descriptor), the OCI error body
-//!
-//!   pulls      the bounded record of client requests (ring of 10,000, failures by image
-//!              and by node); owned by the mirror, fed by api
-//!   trace      one request's cache result and upstream attempts, written by mirror,
-//!              coalesce and upstream into the task-local trace api opens per request
-//!   status     the status report's types and renderings (HTML page, `berth status` text)
-//!   config     file → env → flags, validated once into typed config
-//!   generate   K3s registries.yaml and containerd hosts.toml writers
-//!   prewarm    pulls image groups through a running berth as containerd would, pins them,
-//!              checks offline readiness (only-if-cached) — over `client`
-//!   client     the one client of berth's own API (prewarm, status, cache stats, fleet peer
-//!              fills): typed calls, no URLs or headers in callers; TLS, client certificate,
-//!              Basic user and admin token in one `Access`
-//!   server     the front door: accept loop, connection cap, header/idle deadlines, TLS (ALPN,
-//!              cert reload, client CAs), htpasswd users; serves any tower service
-//!   probe      `berth probe`: timed requests per address (DNS/connect/TLS/TTFB), bulk transfers
-//!              at several MSS through `upstream`, path facts and DF path-MTU probes, verdicts
-//!              (a pure function) with evidence and fix, text/JSON report, `compare`
-//!   serve      wiring: store (+ evictor task on disk) + mirror + api + server; drains fills
-//!              on shutdown
-//!   cli        one file per subcommand (serve, cache, prewarm, probe, status, generators);
-//!              glue only
+//!   containerd / podman / curl                       berth prewarm · berth status · peer replicas
+//!            │  OCI pull API (?ns=, /v2/<registry>/…)            │  (client: the one client of
+//!            ▼                                                   │   berth's own API)
+//!   server     the front door: accept (allow, per-client cap), TLS (ALPN, reload, client CAs),
+//!            │ Basic users, header/idle deadlines; serves any tower service, knows no axum
+//!   api        the only module that names axum: one /v2/ route parsed into an OciPath, handlers
+//!            │ (extract, one call into mirror, a response), OCI error JSON, the pull record,
+//!            │ /_berth/status, pins, fills for peers, /metrics
+//!   mirror     the use case, one type per flow over a shared core:
+//!            │   blobs (store → running fill → new fill; blob_fill: slots, leader replica,
+//!            │   download, verify, commit; spool_budget), manifests + tags (freshness, stale
+//!            │   serving, verified media types), listings (tag lists, referrers); routing
+//!      ┌─────┼──────────┬──────────────┐
+//!   upstream  coalesce   store         fleet
+//!   the only  one fill,  disk, S3, hot  one fill per blob across replicas on a bucket:
+//!   HTTP      spooled,   tier; house-   leases in the store, a leader's fill streamed
+//!   client of streamed   keeping (scan, through `client`
+//!   upstreams to every   pins, evict,
+//!   (auth,    reader;    verify)
+//!   retry,    single-
+//!   resume,   flight,
+//!   connector) slots
+//!      └─────┴──────────┴──────────────┘
+//!   oci        pure types, no I/O: Digest, Reference, Repository, OciPath, ByteRange, Want,
+//!              media types, the manifest model, the OCI error body
 //! ```
 //!
-//! Dependency rule: `cli → api/generate/prewarm/probe → mirror → upstream/store/coalesce → oci`,
-//! plus `cli → store` for the offline cache commands (`berth cache stats|verify|gc`); `api` also
-//! uses `server`'s policy types (peer address, users), and `server` knows no axum. `probe` uses
-//! `upstream` directly (its connector, token auth, redirects) and `prewarm` only for image
-//! references. Every layer reads `config` and `metrics` and may write to `trace`; `pulls`, `status` and `metrics` name
-//! `upstream::ErrorClass` (the failure classes are the upstream client's). `oci` imports
-//! nothing of ours.
+//! Beside the pull path:
+//! - `app`: the wiring of `berth serve` (store + evictor, mirror, api, server; drains fills).
+//! - `cli`: one file per subcommand, glue only (`serve`, `k3s-registries`, `containerd-hosts`,
+//!   `cache`, `prewarm`, `probe`, `status`).
+//! - `client`: the one client of berth's own API (registry calls as containerd makes them,
+//!   status, pins, metrics, peer fills), with TLS trust, client certificate, Basic user and
+//!   admin token in one place; the only module that names reqwest.
+//! - `prewarm`: pulls image groups through a running berth, pins them, checks readiness.
+//! - `probe`: `berth probe` (timed requests and bulk transfers through the upstream
+//!   connector, path facts, DF probes, verdicts) and `berth serve`'s light probe.
+//! - `generate`: K3s `registries.yaml` and containerd `hosts.toml` writers.
+//! - `pulls` (the bounded record of client requests, the access log), `status` (the report's
+//!   types, HTML page and terminal text), `metrics` (Prometheus), `trace` (one request's
+//!   cache result and upstream attempts).
+//! - Leaves every layer may use: `config` (file → env → flags, validated once), `failure`
+//!   (the one failure vocabulary: `ErrorClass`, `Failure`), `text` (clipping and escaping
+//!   outside strings), `units` (bytes and time windows as people write them).
 //!
-//! Two HTTP clients, on purpose: `upstream` is hyper on berth's own socket2/rustls connector
-//! (it needs TCP_MAXSEG before connect, the address checks after DNS, its own timeouts);
-//! `client` is an off-the-shelf HTTP client library (named in no other module), an ordinary
-//! client of berth itself that may run on another host; `prewarm`, `fleet` and `cli` call it.
+//! Dependency rule — arrows only run down: `cli → app → api → mirror → upstream / coalesce /
+//! store / fleet → oci`; `cli → prewarm / probe / generate / client`; `prewarm → client`
+//! (and `mirror` for pin names), `probe → upstream` (its connector) and `prewarm` (image
+//! references); `fleet → client` (peer fills) and `store` (leases); `api → server` (peer
+//! address) and `status`; `mirror → pulls, status, metrics, trace`. The leaves (`oci`,
+//! `failure`, `text`, `units`, `trace`) import nothing of berth's; `config` imports `oci`
+//! only. No module imports one above it, and no two modules import each other.
 
 pub mod api;
 pub mod app;

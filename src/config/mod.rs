@@ -3,6 +3,7 @@
 //! The file is parsed into `raw` types (every key optional, unknown keys refused), then
 //! validated once into [`Config`]. Nothing downstream re-checks strings.
 
+mod limits;
 mod patterns;
 mod probe;
 mod raw;

@@ -13,7 +13,7 @@ pub(super) fn resolve(
     images: Option<Vec<String>>,
 ) -> Result<ProbeConfig, ConfigError> {
     if let Some(interval) = interval {
-        super::resolve::check_duration("probe_interval", interval, super::resolve::MAX_INTERVAL)?;
+        super::limits::check_duration("probe_interval", interval, super::limits::MAX_INTERVAL)?;
     }
     if interval.is_some_and(|i| i < MIN_PROBE_INTERVAL) {
         return Err(ConfigError::new(

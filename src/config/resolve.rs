@@ -5,8 +5,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use std::time::Duration;
-
 use url::Url;
 
 use super::patterns::UpstreamPatterns;
@@ -245,30 +243,6 @@ pub(super) fn platforms(raw: Option<&[String]>) -> Result<Vec<Platform>, ConfigE
                 .map_err(|e| ConfigError::new("platforms", e.to_string()))
         })
         .collect()
-}
-
-/// Longest timeout, cooldown or interval berth accepts: past a day it is a typo, and an instant
-/// plus such a duration can overflow (a panic under a lock would fail every request).
-pub(super) const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
-/// Longest a tag answer may be trusted without asking.
-pub(super) const MAX_TAG_TTL: Duration = Duration::from_secs(365 * 86_400);
-
-/// A duration key that must be longer than zero and at most `max`.
-pub(super) fn check_duration(key: &str, value: Duration, max: Duration) -> Result<(), ConfigError> {
-    if value.is_zero() {
-        return Err(ConfigError::new(key, "must be longer than zero"));
-    }
-    if value > max {
-        return Err(ConfigError::new(
-            key,
-            format!(
-                "{} is longer than {}, the longest berth accepts",
-                humantime_serde::re::humantime::format_duration(value),
-                humantime_serde::re::humantime::format_duration(max)
-            ),
-        ));
-    }
-    Ok(())
 }
 
 pub(super) fn parse_http_url(key: &str, text: &str) -> Result<Url, ConfigError> {

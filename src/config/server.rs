@@ -10,7 +10,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::ConfigError;
-use super::resolve::{MAX_INTERVAL, check_duration, check_pem_certificates};
+use super::limits::{MAX_INTERVAL, check_duration};
+use super::resolve::check_pem_certificates;
 
 /// Client networks allowed when `allow` is not set: loopback and the private ranges.
 pub const DEFAULT_ALLOW: [&str; 6] = [

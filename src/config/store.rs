@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use url::Url;
 
+use super::limits::{MAX_INTERVAL, check_duration};
 use super::raw::{RawStore, RawStoreKind};
-use super::resolve::{MAX_INTERVAL, check_duration};
 use super::resolve::{check_pem_certificates, parse_http_url, read_secret_file};
 use super::size::RawSize;
 use super::{

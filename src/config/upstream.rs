@@ -1,11 +1,9 @@
 //! One upstream's keys resolved: the table's own keys over `[upstream_defaults]` over the
 //! built-in defaults, then checked.
 
+use super::limits::{MAX_INTERVAL, MAX_TAG_TTL, check_duration};
 use super::raw::RawUpstream;
-use super::resolve::{
-    MAX_INTERVAL, MAX_TAG_TTL, check_duration, check_pem_certificates, parse_http_url,
-    read_secret_file,
-};
+use super::resolve::{check_pem_certificates, parse_http_url, read_secret_file};
 use super::{
     ConfigError, Credentials, DEFAULT_MAX_BLOB_SIZE, DEFAULT_MAX_FILLS, DEFAULT_TAG_TTL, Transport,
     Upstream,

@@ -1,6 +1,6 @@
 //! The leader's work for one cold blob, in named steps:
 //!
-//! 1. [`FillJob::start`]: a slot under the upstream's and the global `max_fills` caps, the
+//! 1. [`FillJob::start`]: a slot under the `max_fills` caps (`fill_slots.rs`), the
 //!    hashing thread, the spool's account against the store's size limit;
 //! 2. [`FillJob::receive`]: every byte into the spool and the hasher — on a shared bucket first
 //!    what a leader replica streams ([`FillJob::follow_leader`]), then the rest from the
@@ -12,13 +12,9 @@
 //! Every failure fails the fill's writer: its readers wake with the error, and nothing
 //! partial stays in the spool or the store.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
 use prometheus_client::metrics::counter::Counter;
 
-use crate::coalesce::{FillWriter, HashingThread, Slot, Slots, VerifiedFill};
+use crate::coalesce::{FillWriter, HashingThread, Slot, VerifiedFill};
 use crate::failure::ErrorClass;
 use crate::fleet::{Fleet, Lease, Role};
 use crate::oci::Digest;
@@ -28,52 +24,11 @@ use crate::upstream::UpstreamError;
 
 use super::blobs::{Blobs, FillError, FillKey};
 use super::error::Reference as What;
+use super::fill_slots::BUSY_RETRY_AFTER;
 use super::spool_budget::{NoRoom, Reservation};
 use super::{MirrorError, Target};
 
-/// How long a blob fill may wait for a slot under the `max_fills` caps before the client
-/// is told to come back, and how long it should wait then.
-pub(super) const FILL_QUEUE_WAIT: Duration = Duration::from_secs(30);
-const BUSY_RETRY_AFTER: Duration = Duration::from_secs(5);
-
 type Writer = FillWriter<FillKey, FillError>;
-
-/// The `max_fills` caps: one for all fills, one per upstream (made on first use).
-pub(super) struct FillSlots {
-    global: Slots,
-    per_upstream: Mutex<HashMap<String, Arc<Slots>>>,
-}
-
-impl FillSlots {
-    pub fn new(max_fills: usize) -> FillSlots {
-        FillSlots {
-            global: Slots::new(max_fills, max_fills * 4, FILL_QUEUE_WAIT),
-            per_upstream: Mutex::default(),
-        }
-    }
-
-    /// Slots under the upstream's and the global cap, waiting in their bounded queues.
-    async fn acquire(&self, target: &Target) -> Result<(Slot, Slot), MirrorError> {
-        let busy = |_| MirrorError::Busy {
-            upstream: target.upstream_name().into(),
-            retry_after: BUSY_RETRY_AFTER,
-        };
-        let per_upstream = {
-            let mut slots = self.per_upstream.lock().unwrap();
-            // By metrics label: the registries one pattern lets in share one entry and cap.
-            slots
-                .entry(target.upstream.label().to_string())
-                .or_insert_with(|| {
-                    let cap = target.upstream.config().max_fills as usize;
-                    Arc::new(Slots::new(cap, cap * 4, FILL_QUEUE_WAIT))
-                })
-                .clone()
-        };
-        let upstream_slot = per_upstream.acquire().await.map_err(busy)?;
-        let global_slot = self.global.acquire().await.map_err(busy)?;
-        Ok((upstream_slot, global_slot))
-    }
-}
 
 impl Blobs {
     /// The leader's work (in its own task). Readers follow the writer's spool as it grows.
@@ -278,7 +233,7 @@ impl<'a> FillJob<'a> {
     fn no_room(&self, e: NoRoom) -> FillError {
         let upstream = self.target.upstream_name();
         tracing::warn!(%upstream, repo = %self.target.repo, digest = %self.digest, ?e,
-            "no room in the spool budget (half of the disk limit) for this blob");
+            "no room in the spool budget (three quarters of the disk limit) for this blob");
         FillError::Failed(match e {
             NoRoom::Busy => MirrorError::Busy {
                 upstream: upstream.into(),
@@ -288,7 +243,7 @@ impl<'a> FillJob<'a> {
                 upstream: upstream.into(),
                 cause: format!(
                     "the blob needs more than the {share} bytes fills may spool at once \
-                     (half of the disk limit); raise [store] max_size"
+                     (three quarters of the disk limit); raise [store] max_size"
                 ),
             },
         })

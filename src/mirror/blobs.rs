@@ -12,9 +12,9 @@ use crate::oci::{ByteRange, Digest, Want};
 use crate::store::{ByteStream, keys};
 use crate::trace::{self, CacheResult};
 
-use super::blob_fill::FillSlots;
 use super::core::Core;
 use super::error::Reference as What;
+use super::fill_slots::FillSlots;
 use super::spool_budget::SpoolBudget;
 use super::{Lookup, MirrorError, Target};
 

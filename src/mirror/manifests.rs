@@ -12,7 +12,7 @@ use crate::trace::{self, CacheResult};
 
 use super::core::Core;
 use super::error::Reference as What;
-use super::tags::TagRecord;
+use super::tags::{TagRecord, Tags};
 use super::{Lookup, MirrorError, Target};
 use crate::coalesce::Singleflight;
 
@@ -49,7 +49,7 @@ pub(super) struct Manifests {
     memory: moka::future::Cache<Digest, Arc<Manifest>>,
     flights: Singleflight<(String, Digest), Result<Arc<Manifest>, MirrorError>>,
     /// Last known tag → digest answers (also persisted in the store).
-    pub(super) tags: moka::sync::Cache<(String, crate::oci::Repository, Tag), TagRecord>,
+    tags: Tags,
     tag_flights:
         Singleflight<(String, crate::oci::Repository, Tag), Result<TagRecord, MirrorError>>,
     /// What a tag gave clients whose Accept excludes the shared record's type, per Accept class.
@@ -66,10 +66,10 @@ impl Manifests {
             .max_capacity(core.config.manifest_memory_cache)
             .build();
         Manifests {
-            core,
             memory,
             flights: Singleflight::default(),
-            tags: moka::sync::Cache::builder().max_capacity(100_000).build(),
+            tags: Tags::new(core.clone()),
+            core,
             tag_flights: Singleflight::default(),
             narrow_tags: moka::sync::Cache::builder().max_capacity(10_000).build(),
         }
@@ -153,7 +153,7 @@ impl Manifests {
         let digest = match reference {
             Reference::Digest(digest) => digest.clone(),
             Reference::Tag(tag) => {
-                let record = self.known_tag(target, tag).await.ok_or_else(not_cached)?;
+                let record = self.tags.known(target, tag).await.ok_or_else(not_cached)?;
                 if !accepts(accept, &record.media_type) {
                     return Err(not_cached());
                 }
@@ -231,7 +231,7 @@ impl Manifests {
         tag: &Tag,
         accept: &[String],
     ) -> Result<TagRecord, MirrorError> {
-        let known = self.known_tag(target, tag).await;
+        let known = self.tags.known(target, tag).await;
         if let Some(record) = &known {
             if record.age() < target.upstream.config().tag_ttl {
                 self.core
@@ -306,7 +306,7 @@ impl Manifests {
                     checked: Some(Instant::now()),
                     ..known.clone()
                 };
-                self.remember_tag(target, tag, &record).await?;
+                self.tags.remember(target, tag, &record).await?;
                 self.core
                     .metrics
                     .tag_lookup(target.upstream.label(), "revalidated");
@@ -327,7 +327,7 @@ impl Manifests {
             media_type: manifest.media_type.clone(),
             checked: Some(Instant::now()),
         };
-        self.remember_tag(target, tag, &record).await?;
+        self.tags.remember(target, tag, &record).await?;
         self.core
             .metrics
             .tag_lookup(target.upstream.label(), "refreshed");

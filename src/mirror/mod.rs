@@ -15,6 +15,7 @@ mod blob_fill;
 mod blobs;
 mod core;
 mod error;
+mod fill_slots;
 mod listings;
 mod manifests;
 mod pins;
@@ -39,9 +40,9 @@ use crate::oci::{Digest, Reference};
 use crate::pulls::PullRecord;
 use crate::store::{BlobStore, ByteStream};
 use crate::upstream::ListingKind;
-use blob_fill::FillSlots;
 use blobs::Blobs;
 use core::Core;
+use fill_slots::FillSlots;
 use listings::Listings;
 use manifests::Manifests;
 use routing::Routes;
@@ -101,7 +102,7 @@ impl Mirror {
             spool_budget: SpoolBudget::new(
                 disk_limit,
                 core.store.clone(),
-                blob_fill::FILL_QUEUE_WAIT,
+                fill_slots::FILL_QUEUE_WAIT,
             ),
             fleet,
             core: core.clone(),

@@ -1,8 +1,8 @@
 //! The local disk's share for fills in progress. A fill reserves the bytes it will spool before
 //! it writes them: the size the upstream announced, or, for a blob of unknown size, a step at a
-//! time as it grows. Fills together may hold at most half of the disk limit (`max_size`, or
-//! the hot tier's `local_max_size`); the evictor keeps committed content at no less than the
-//! other half. A reservation is counted by the store at once (its evictor makes room for it)
+//! time as it grows. Fills together may hold at most three quarters of the disk limit
+//! (`max_size`, or the hot tier's `local_max_size`); the evictor keeps committed content at no
+//! less than the last quarter. A reservation is counted by the store at once (its evictor makes room for it)
 //! and is granted once committed content plus every reservation fits the limit. So spools
 //! cannot evict the whole cache, and cache plus spools stay within the limit: a fill that
 //! cannot get room waits a while, then its client is asked to come back.
@@ -47,10 +47,11 @@ pub(super) struct SpoolBudget {
 }
 
 impl SpoolBudget {
-    /// Half of `disk_limit` for fills in progress, counted by `store`; waits up to `wait`.
+    /// Three quarters of `disk_limit` for fills in progress, counted by `store`; waits up to
+    /// `wait`.
     pub fn new(disk_limit: Option<u64>, store: Arc<dyn BlobStore>, wait: Duration) -> SpoolBudget {
         let share = disk_limit.map(|limit| {
-            let bytes = (limit / 2).max(UNIT);
+            let bytes = (limit - limit / 4).max(UNIT);
             let units = usize::try_from(bytes / UNIT).unwrap_or(Semaphore::MAX_PERMITS);
             Share {
                 limit,
@@ -121,8 +122,8 @@ impl Reservation {
     }
 
     /// Waits until committed content plus every reservation fits the limit (the evictor
-    /// frees the rest down to its floor, half the limit; the share keeps reservations within
-    /// the other half).
+    /// frees the rest down to its floor, a quarter of the limit; the share keeps reservations
+    /// within the other three quarters).
     async fn room(&self, share: &Share, deadline: tokio::time::Instant) -> Result<(), NoRoom> {
         loop {
             let free = share.permits.available_permits() as u64 * UNIT;
@@ -164,19 +165,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn fills_share_half_the_limit_and_wait_for_room() {
+    async fn fills_share_three_quarters_of_the_limit_and_wait_for_room() {
         let (budget, _dir) = budget(Some(40 * MIB), Duration::from_secs(30));
         let mut first = budget.reservation();
-        first.cover(15 * MIB).await.unwrap();
+        first.cover(25 * MIB).await.unwrap();
         let mut second = budget.reservation();
         assert_eq!(
             second.cover(10 * MIB).await,
             Err(NoRoom::Busy),
-            "20 MiB is the share; 15 are held"
+            "30 MiB is the share; 25 are held"
         );
         assert_eq!(
-            budget.reservation().cover(21 * MIB).await,
-            Err(NoRoom::TooLarge { share: 20 * MIB })
+            budget.reservation().cover(31 * MIB).await,
+            Err(NoRoom::TooLarge { share: 30 * MIB })
         );
         let waiting = tokio::spawn(async move {
             let mut third = budget.reservation();
@@ -197,10 +198,10 @@ mod tests {
         growing.cover_growing(1).await.unwrap();
         assert_eq!(growing.reserved, UNANNOUNCED_STEP + UNIT);
         growing.cover_growing(99 * MIB).await.unwrap();
-        assert_eq!(growing.reserved, 100 * MIB, "capped at the share");
+        assert_eq!(growing.reserved, 150 * MIB, "capped at the share");
         assert_eq!(
-            growing.cover_growing(100 * MIB + 1).await,
-            Err(NoRoom::TooLarge { share: 100 * MIB })
+            growing.cover_growing(150 * MIB + 1).await,
+            Err(NoRoom::TooLarge { share: 150 * MIB })
         );
     }
 

@@ -9,7 +9,9 @@ use tokio::time::Instant;
 use crate::oci::{Digest, Tag};
 use crate::store::keys;
 
-use super::manifests::Manifests;
+use std::sync::Arc;
+
+use super::core::Core;
 use super::{MirrorError, Target};
 
 #[derive(Debug, Clone)]
@@ -46,33 +48,46 @@ impl TagRecord {
     }
 }
 
-impl Manifests {
+/// Last known tag → digest answers: in memory, and persisted in the store.
+pub(super) struct Tags {
+    core: Arc<Core>,
+    memory: moka::sync::Cache<(String, crate::oci::Repository, Tag), TagRecord>,
+}
+
+impl Tags {
+    pub(super) fn new(core: Arc<Core>) -> Tags {
+        Tags {
+            core,
+            memory: moka::sync::Cache::builder().max_capacity(100_000).build(),
+        }
+    }
+
     /// The last known record for a tag: memory while it is fresh, else the store, where
     /// another replica sharing the store may have written a fresher one.
-    pub(super) async fn known_tag(&self, target: &Target, tag: &Tag) -> Option<TagRecord> {
+    pub(super) async fn known(&self, target: &Target, tag: &Tag) -> Option<TagRecord> {
         let key = (
             target.upstream_name().to_string(),
             target.repo.clone(),
             tag.clone(),
         );
-        let in_memory = self.tags.get(&key);
+        let in_memory = self.memory.get(&key);
         if let Some(record) = &in_memory {
             if record.age() < target.upstream.config().tag_ttl {
                 return in_memory;
             }
         }
-        let stored = self.stored_tag(target, tag).await;
+        let stored = self.stored(target, tag).await;
         match (in_memory, stored) {
             (Some(memory), Some(stored)) if stored.age() >= memory.age() => Some(memory),
             (_, Some(stored)) => {
-                self.tags.insert(key, stored.clone());
+                self.memory.insert(key, stored.clone());
                 Some(stored)
             }
             (memory, None) => memory,
         }
     }
 
-    async fn stored_tag(&self, target: &Target, tag: &Tag) -> Option<TagRecord> {
+    async fn stored(&self, target: &Target, tag: &Tag) -> Option<TagRecord> {
         let key = keys::tag(target.upstream_name(), &target.repo, tag);
         let bytes = match self.core.store.get(&key).await {
             Ok(found) => found?,
@@ -94,7 +109,7 @@ impl Manifests {
         })
     }
 
-    pub(super) async fn remember_tag(
+    pub(super) async fn remember(
         &self,
         target: &Target,
         tag: &Tag,
@@ -105,7 +120,7 @@ impl Manifests {
             target.repo.clone(),
             tag.clone(),
         );
-        self.tags.insert(key, record.clone());
+        self.memory.insert(key, record.clone());
         let checked = unix_now().saturating_sub(record.age());
         let stored = StoredTag {
             digest: record.digest.to_string(),

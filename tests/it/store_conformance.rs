@@ -410,11 +410,20 @@ async fn small_objects_are_read_only_when_small(
     _dir: tempfile::TempDir,
 ) {
     let key = "fills/sha256/lease";
-    store.put(key, Bytes::from_static(b"{\"leader\":1}")).await.unwrap();
+    store
+        .put(key, Bytes::from_static(b"{\"leader\":1}"))
+        .await
+        .unwrap();
     let small = berth::store::get_small(&*store, key, 4096).await.unwrap();
     assert_eq!(small.as_deref(), Some(&b"{\"leader\":1}"[..]));
-    store.put(key, Bytes::from(vec![b'x'; 64 * 1024])).await.unwrap();
-    assert_eq!(berth::store::get_small(&*store, key, 4096).await.unwrap(), None);
+    store
+        .put(key, Bytes::from(vec![b'x'; 64 * 1024]))
+        .await
+        .unwrap();
+    assert_eq!(
+        berth::store::get_small(&*store, key, 4096).await.unwrap(),
+        None
+    );
     assert_eq!(
         berth::store::get_small(&*store, "fills/sha256/absent", 4096)
             .await

@@ -177,13 +177,13 @@ impl Evictor {
             .map_err(|e| EvictError::Task(e.to_string()))?
     }
 
-    /// What committed content may use: `max_size` less the spool files of running fills, so
-    /// a fill that lands is already paid for, but never less than half of it: fills may
-    /// spool at most the other half (the mirror's spool budget), so they cannot empty the
-    /// cache to make room.
+    /// What committed content may use: `max_size` less the room reserved for running fills,
+    /// so a fill that lands is already paid for, but never less than a quarter of it: fills
+    /// may reserve at most the other three quarters (the mirror's spool budget), so they
+    /// cannot empty the cache to make room.
     fn limit(&self) -> Option<u64> {
         self.max_size
-            .map(|max| max.saturating_sub(self.store.spooled()).max(max / 2).max(1))
+            .map(|max| max.saturating_sub(self.store.spooled()).max(max / 4).max(1))
     }
 
     fn over_limit(&self) -> bool {
