@@ -20,6 +20,9 @@ const FILL_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(
 /// How long a graceful shutdown lets clients finish their requests; then their connections close.
 const CONNECTION_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How often the pull history is written when it changed.
+const HISTORY_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves the mirror on `listener` until `shutdown` resolves. Shared by `berth serve` and tests.
 pub async fn run(
     config: Config,
@@ -27,6 +30,61 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    create_data_dir(&config)?;
+    let metrics = Arc::new(Metrics::default());
+    let history = Arc::new(crate::history::History::open(&config.data_dir));
+    let opened = open_store(&config, &metrics, &history)?;
+    // Off unless `probe_interval` is set; stops when this function returns.
+    let _light_probe = crate::probe::light::spawn(&config, metrics.clone());
+    let mirror = Arc::new(Mirror::new(
+        config.clone(),
+        opened.store,
+        metrics,
+        history.clone(),
+    )?);
+    if let Some(path) = &config.access_log {
+        let log = crate::pulls::AccessLog::open(path).with_context(|| {
+            format!(
+                "cannot open access_log {}; fix the path or remove the key",
+                path.display()
+            )
+        })?;
+        mirror.pulls().log_to(log);
+    }
+    let history_saver = history.spawn_saver(HISTORY_SAVE_INTERVAL);
+
+    let front = FrontDoor::open(&config.server)?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    });
+    serve_until_stopped(
+        &config,
+        &front,
+        mirror.clone(),
+        listener,
+        &opened.location,
+        &stop,
+    )
+    .await?;
+
+    mirror.drain(FILL_DRAIN_DEADLINE).await;
+    history_saver.abort();
+    if let Err(e) = tokio::task::spawn_blocking(move || history.save()).await? {
+        tracing::warn!(error = %e, "cannot write the pull history");
+    }
+    // Last access times reach the files even when serving ended with an error.
+    if let Some(evictor) = opened.evictor {
+        evictor.shutdown().await;
+    }
+    Ok(())
+}
+
+fn create_data_dir(config: &Config) -> anyhow::Result<()> {
     std::os::unix::fs::DirBuilderExt::mode(
         std::fs::DirBuilder::new().recursive(true),
         crate::store::disk::DIR_MODE,
@@ -37,67 +95,83 @@ pub async fn run(
             "cannot create data_dir {}; pick another with --data-dir",
             config.data_dir.display()
         )
-    })?;
-    let metrics = Arc::new(Metrics::default());
-    // Eviction works on local disk (the cache, or S3's hot tier); a bucket is sized by its own
-    // lifecycle rules.
-    let (store, store_location, evictor): (Arc<dyn BlobStore>, String, Option<EvictorTask>) =
-        match &config.store.kind {
-            StoreKind::Disk => {
-                let store = Arc::new(DiskStore::open(&config.data_dir).with_context(|| {
-                    format!("cannot open the cache in {}", config.data_dir.display())
-                })?);
-                let evictor = EvictorTask::spawn(
-                    Evictor::new(store.clone(), config.store.max_size),
-                    config.store.evict_interval,
-                    metrics.clone(),
-                );
-                (store, config.data_dir.display().to_string(), Some(evictor))
-            }
-            StoreKind::S3(s3) => {
-                let remote = S3Store::open(s3)
-                    .context("cannot set up the S3 store ([store] in the config)")?;
-                let location = remote.location().to_string();
-                match s3.local_max_size {
-                    None => (Arc::new(remote), location, None),
-                    Some(limit) => {
-                        let local =
-                            Arc::new(DiskStore::open(&config.data_dir).with_context(|| {
-                                format!("cannot open the hot tier in {}", config.data_dir.display())
-                            })?);
-                        let evictor = EvictorTask::spawn(
-                            Evictor::new(local.clone(), Some(limit)),
-                            config.store.evict_interval,
-                            metrics.clone(),
-                        );
-                        let tiered = TieredStore::new(local, Arc::new(remote))
-                            .context("cannot prepare the hot tier's promote directory")?;
-                        let location =
-                            format!("{location} (hot tier in {})", config.data_dir.display());
-                        (Arc::new(tiered), location, Some(evictor))
-                    }
-                }
-            }
-        };
-    // Off unless `probe_interval` is set; stops when this function returns.
-    let _light_probe = crate::probe::light::spawn(&config, metrics.clone());
-    let mirror = Arc::new(Mirror::new(config.clone(), store, metrics)?);
-    if let Some(path) = &config.access_log {
-        let log = crate::pulls::AccessLog::open(path).with_context(|| {
-            format!(
-                "cannot open access_log {}; fix the path or remove the key",
-                path.display()
-            )
-        })?;
-        mirror.pulls().log_to(log);
-    }
-    let front = FrontDoor::open(&config.server)?;
+    })
+}
+
+/// The store, where it is (for the log), and its evictor when it has local disk.
+struct OpenStore {
+    store: Arc<dyn BlobStore>,
+    location: String,
+    evictor: Option<EvictorTask>,
+}
+
+/// Eviction works on local disk (the cache, or S3's hot tier); a bucket is sized by its own
+/// lifecycle rules.
+fn open_store(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    history: &Arc<crate::history::History>,
+) -> anyhow::Result<OpenStore> {
+    let evictor = |disk: &Arc<DiskStore>, limit: Option<u64>| {
+        let mut evictor = Evictor::new(disk.clone(), limit);
+        if let Some(window) = config.store.pin_history {
+            // What the cluster pulled within the window stays, as if pinned.
+            let history = history.clone();
+            evictor = evictor.keeping(Arc::new(move || history.digests(window)));
+        }
+        EvictorTask::spawn(evictor, config.store.evict_interval, metrics.clone())
+    };
+    let open_disk = |what: &str| {
+        DiskStore::open(&config.data_dir)
+            .map(Arc::new)
+            .with_context(|| format!("cannot open the {what} in {}", config.data_dir.display()))
+    };
+    let s3 = match &config.store.kind {
+        StoreKind::Disk => {
+            let disk = open_disk("cache")?;
+            return Ok(OpenStore {
+                evictor: Some(evictor(&disk, config.store.max_size)),
+                store: disk,
+                location: config.data_dir.display().to_string(),
+            });
+        }
+        StoreKind::S3(s3) => s3,
+    };
+    let remote = S3Store::open(s3).context("cannot set up the S3 store ([store] in the config)")?;
+    let location = remote.location().to_string();
+    let Some(limit) = s3.local_max_size else {
+        return Ok(OpenStore {
+            store: Arc::new(remote),
+            location,
+            evictor: None,
+        });
+    };
+    let local = open_disk("hot tier")?;
+    let evictor = evictor(&local, Some(limit));
+    let tiered = TieredStore::new(local, Arc::new(remote))
+        .context("cannot prepare the hot tier's promote directory")?;
+    Ok(OpenStore {
+        store: Arc::new(tiered),
+        location: format!("{location} (hot tier in {})", config.data_dir.display()),
+        evictor: Some(evictor),
+    })
+}
+
+/// The API behind the front door on `listener` (and the admin endpoints on `admin_listen`)
+/// until `stop` is cancelled; both listeners drained.
+async fn serve_until_stopped(
+    config: &Config,
+    front: &FrontDoor,
+    mirror: Arc<Mirror>,
+    listener: TcpListener,
+    store_location: &str,
+    stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
     let door = Arc::new(crate::api::Door {
         server: config.server.clone(),
         users: front.users.clone(),
     });
-    let (public, admin) = crate::api::front_door(mirror.clone(), door);
-    let stop = tokio_util::sync::CancellationToken::new();
+    let (public, admin) = crate::api::front_door(mirror, door);
     let limits = Limits {
         header_timeout: config.server.header_timeout,
         idle_timeout: config.server.idle_timeout,
@@ -129,13 +203,6 @@ pub async fn run(
     if let Some(users) = &front.users {
         users.spawn_reloader(stop.clone());
     }
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            shutdown.await;
-            stop.cancel();
-        }
-    });
     tracing::info!(listen = %local, scheme = if acceptor.is_some() { "https" } else { "http" },
         client_certificates = config.server.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()),
         users = front.users.as_ref().map_or(0, |u| u.len()),
@@ -145,11 +212,6 @@ pub async fn run(
     stop.cancel();
     if let Some(admin) = admin_task {
         let _ = admin.await;
-    }
-    mirror.drain(FILL_DRAIN_DEADLINE).await;
-    // Last access times reach the files even when serving ended with an error.
-    if let Some(evictor) = evictor {
-        evictor.shutdown().await;
     }
     Ok(())
 }

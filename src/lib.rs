@@ -63,6 +63,7 @@ pub mod config;
 pub mod failure;
 pub mod fleet;
 pub mod generate;
+pub mod history;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;

@@ -7,6 +7,16 @@ pub fn human_bytes(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()
 }
 
+/// Seconds as people say them: `30d`, `2h`, `45m`, `90s` (the largest whole unit).
+pub fn human_duration(seconds: u64) -> String {
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if seconds >= size && seconds % size == 0 {
+            return format!("{}{unit}", seconds / size);
+        }
+    }
+    format!("{seconds}s")
+}
+
 /// A window of the recent past: `90s`, `30m`, `2h`, `1d` (humantime's units, as the config
 /// file takes them) or plain seconds; longer than zero and at most `max`.
 pub fn parse_window(text: &str, max: Duration) -> Option<Duration> {

@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 use super::ApiError;
 use super::record::PullTarget;
+use crate::history::ManifestPull;
 use crate::mirror::{BlobBody, BlobQuery, ListingBody, Lookup, Manifest, Mirror, MirrorError};
 use crate::oci::{ByteRange, Digest, Endpoint, ErrorCode, OciPath, Want};
 
@@ -19,12 +20,21 @@ const DIGEST_HEADER: &str = "docker-content-digest";
 
 pub async fn dispatch(
     State(mirror): State<Arc<Mirror>>,
+    peer: Option<axum::Extension<crate::server::PeerAddr>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     let mut pulled = None;
-    let mut response = match handle(&mirror, &method, &uri, &headers, &mut pulled).await {
+    let client =
+        peer.map(|axum::Extension(crate::server::PeerAddr(addr))| addr.ip().to_canonical());
+    let request = Incoming {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        client,
+    };
+    let mut response = match handle(&mirror, &request, &mut pulled).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
@@ -34,13 +44,30 @@ pub async fn dispatch(
     response
 }
 
+/// What a `/v2/` request is, as the handler reads it.
+struct Incoming<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    client: Option<std::net::IpAddr>,
+}
+
+impl Incoming<'_> {
+    /// `berth prewarm` warms and checks the cache: not a pull of the cluster's.
+    fn is_prewarm(&self) -> bool {
+        self.headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ua| ua.starts_with("berth-prewarm/"))
+    }
+}
+
 async fn handle(
     mirror: &Arc<Mirror>,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
+    request: &Incoming<'_>,
     pulled: &mut Option<PullTarget>,
 ) -> Result<Response, ApiError> {
+    let (method, uri, headers) = (request.method, request.uri, request.headers);
     let want = match *method {
         Method::GET => Want::Body,
         Method::HEAD => Want::Headers,
@@ -68,6 +95,19 @@ async fn handle(
             let manifest = mirror
                 .manifest(&target, &reference, &accept, lookup)
                 .await?;
+            if !request.is_prewarm() {
+                mirror.history().record(ManifestPull {
+                    registry: target.upstream_name(),
+                    repository: target.repo.as_str(),
+                    tag: match &reference {
+                        crate::oci::Reference::Tag(tag) => Some(tag.as_str()),
+                        crate::oci::Reference::Digest(_) => None,
+                    },
+                    digest: &manifest.digest,
+                    bytes: &manifest.bytes,
+                    client: request.client,
+                });
+            }
             manifest_response(&manifest)
         }
         Endpoint::Blob(digest) => {

@@ -87,6 +87,7 @@ fn admin_routes() -> Router<Arc<Mirror>> {
         .route("/_berth/pins", get(admin::list_pins))
         .route("/_berth/pins/{name}", put(admin::put_pins))
         .route("/_berth/status", get(status::status))
+        .route("/_berth/history", get(status::history))
 }
 
 fn layered(router: Router, mirror: Arc<Mirror>) -> Router {

@@ -64,6 +64,9 @@ pub async fn record(State(mirror): State<Arc<Mirror>>, request: Request, next: N
     let mut response = trace::scope(trace.clone(), next.run(request)).await;
     let target = response.extensions_mut().remove::<PullTarget>();
     let failure = response.extensions_mut().remove::<FailureFact>();
+    let node = client
+        .and_then(|ip| mirror.config().nodes.name(ip))
+        .map(str::to_string);
     let pending = Pending {
         mirror,
         started,
@@ -73,6 +76,7 @@ pub async fn record(State(mirror): State<Arc<Mirror>>, request: Request, next: N
         pull: target.map(|t| Pull {
             at,
             client,
+            node,
             registry: t.registry,
             repository: t.repository,
             reference: t.reference,

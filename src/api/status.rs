@@ -57,6 +57,33 @@ pub async fn status(State(mirror): State<Arc<Mirror>>, request: Request) -> Resp
     }
 }
 
+/// `GET /_berth/history[?since=30d]`: the images the cluster pulled (JSON), under the status
+/// page's access rules.
+pub async fn history(State(mirror): State<Arc<Mirror>>, request: Request) -> Response {
+    if let Err(denied) = authorize(&mirror, &request) {
+        return denied.into_response();
+    }
+    let mut since = None;
+    for (key, value) in url::form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+    {
+        if key == "since" {
+            match crate::units::parse_window(&value, crate::config::MAX_HISTORY) {
+                Some(d) => since = Some(d),
+                None => {
+                    let message = format!(
+                        "since={value:?} is not a duration: use e.g. 2h, 7d or 30d (at most 366d)"
+                    );
+                    return ApiError::new(ErrorCode::Unsupported, message)
+                        .with_status(http::StatusCode::BAD_REQUEST)
+                        .into_response();
+                }
+            }
+        }
+    }
+    let report = mirror.history().report(since, &mirror.config().nodes);
+    ([(CACHE_CONTROL, "no-store")], axum::Json(report)).into_response()
+}
+
 /// The admin endpoints' rules: the admin token when one is configured; else, with
 /// `admin_listen`, whoever reaches that listener (this route is only there then); else
 /// loopback clients only (the page names client addresses and images).

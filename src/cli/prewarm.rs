@@ -27,6 +27,15 @@ pub struct PrewarmArgs {
     /// Also (with --group) or only prewarm the `image:` references in rendered YAML under DIR.
     #[arg(long, value_name = "DIR")]
     from_manifests: Option<PathBuf>,
+    /// Also (with --group) or only prewarm what the cluster pulled through the mirror (its pull
+    /// history), each image for the platforms the cluster fetched; with --check, the gate
+    /// before a rebuild.
+    #[arg(long)]
+    from_history: bool,
+    /// With --from-history: only what was pulled in this recent past, e.g. 30d, 12h
+    /// [default: all the mirror remembers].
+    #[arg(long, value_name = "DURATION", requires = "from_history")]
+    since: Option<String>,
     /// Platform to fetch (repeatable) [default: `platforms` of --config, else linux/amd64 and linux/arm64].
     #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
     platforms: Vec<String>,
@@ -58,14 +67,45 @@ pub fn main(args: PrewarmArgs) -> ExitCode {
 
 fn run(args: PrewarmArgs) -> anyhow::Result<bool> {
     let client = args.access.client(USER_AGENT)?;
+    let since = args
+        .since
+        .as_deref()
+        .map(|text| {
+            crate::units::parse_window(text, crate::config::MAX_HISTORY).with_context(|| {
+                format!(
+                    "--since `{text}` is not a duration; write e.g. 12h, 7d or 30d (at most 366d)"
+                )
+            })
+        })
+        .transpose()?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let mut groups = groups(&args)?;
+    let mut image_platforms = std::collections::HashMap::new();
+    if args.from_history {
+        let history = runtime
+            .block_on(client.history(since))
+            .map_err(|e| anyhow::anyhow!("cannot read the mirror's pull history: {e}"))?;
+        let (group, platforms) = prewarm::history_group(&history);
+        if group.images.is_empty() && groups.is_empty() {
+            bail!(
+                "the mirror's pull history has no image{}; pull through it first, or name a --group",
+                since.map_or(String::new(), |s| format!(
+                    " from the last {}",
+                    crate::units::human_duration(s.as_secs())
+                ))
+            );
+        }
+        groups.push(group);
+        image_platforms = platforms;
+    }
     let plan = Plan {
-        groups: groups(&args)?,
+        groups,
         platforms: platforms(&args)?,
+        image_platforms,
         concurrency: args.concurrency,
         mode: if args.check { Mode::Check } else { Mode::Warm },
     };
     let progress = Progress::new(std::io::stderr().is_terminal());
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = runtime.block_on(prewarm::run(&client, &plan, &progress))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
@@ -80,9 +120,10 @@ fn groups(args: &PrewarmArgs) -> anyhow::Result<Vec<Group>> {
         Some(path) => Groups::load(path)?,
         None => Groups::shipped()?,
     };
-    let mut chosen = match (&args.from_manifests, args.groups.is_empty()) {
-        // Only the derived group, unless groups were named too.
-        (Some(_), true) => Vec::new(),
+    let derived = args.from_manifests.is_some() || args.from_history;
+    let mut chosen = match (derived, args.groups.is_empty()) {
+        // Only the derived groups, unless groups were named too.
+        (true, true) => Vec::new(),
         _ => file.select(&args.groups)?,
     };
     if let Some(dir) = &args.from_manifests {
@@ -93,7 +134,7 @@ fn groups(args: &PrewarmArgs) -> anyhow::Result<Vec<Group>> {
             images,
         });
     }
-    if chosen.iter().all(|g| g.images.is_empty()) {
+    if !args.from_history && chosen.iter().all(|g| g.images.is_empty()) {
         bail!("no images chosen; name a group with --group (see --groups-file)");
     }
     Ok(chosen)

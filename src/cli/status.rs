@@ -146,6 +146,7 @@ mod tests {
         let failed = Failures {
             by_image: vec![],
             by_node: vec![NodeFailures {
+                name: None,
                 node: "10.0.0.1".into(),
                 count: 1,
                 images: vec!["docker.io/library/app".into()],

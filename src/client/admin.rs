@@ -6,6 +6,7 @@ use http::header::ACCEPT;
 use url::Url;
 
 use super::{BerthClient, ClientError, read_bounded};
+use crate::history::HistoryReport;
 use crate::oci::Digest;
 use crate::status::StatusReport;
 use crate::store::pins::PinName;
@@ -44,6 +45,26 @@ impl BerthClient {
         serde_json::from_slice(&body).map_err(|e| ClientError::Invalid {
             url: url.to_string(),
             message: format!("not a berth status report ({e})"),
+        })
+    }
+
+    /// `GET /_berth/history[?since=…]`: the images the cluster pulled (all the berth
+    /// remembers without `since`).
+    pub async fn history(&self, since: Option<Duration>) -> Result<HistoryReport, ClientError> {
+        let mut url = BerthClient::url(&self.admin, &["_berth", "history"]);
+        if let Some(since) = since {
+            url.query_pairs_mut()
+                .append_pair("since", &format!("{}s", since.as_secs()));
+        }
+        let request = self
+            .admin_request(reqwest::Method::GET, &url)
+            .header(ACCEPT, "application/json")
+            .timeout(STATUS_TIMEOUT);
+        let response = BerthClient::ok(self.send(request, &url).await?).await?;
+        let body = read_bounded(response, MAX_STATUS_BYTES).await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Invalid {
+            url: url.to_string(),
+            message: format!("not a berth pull history ({e})"),
         })
     }
 

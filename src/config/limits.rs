@@ -8,6 +8,8 @@ use super::ConfigError;
 /// Longest timeout, cooldown or interval berth accepts: past a day it is a typo, and an instant
 /// plus such a duration can overflow (a panic under a lock would fail every request).
 pub const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
+/// The longest window of pull history berth keeps out of eviction or is asked about.
+pub const MAX_HISTORY: Duration = Duration::from_secs(366 * 86_400);
 /// Longest a tag answer may be trusted without asking.
 pub const MAX_TAG_TTL: Duration = Duration::from_secs(365 * 86_400);
 

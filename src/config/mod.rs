@@ -4,6 +4,8 @@
 //! validated once into [`Config`]. Nothing downstream re-checks strings.
 
 mod limits;
+
+pub use limits::MAX_HISTORY;
 mod patterns;
 mod probe;
 mod raw;
@@ -58,6 +60,31 @@ pub struct Config {
     pub server: ServerConfig,
     /// `berth probe` defaults and the light probe of `berth serve`.
     pub probe: ProbeConfig,
+    /// Node names by client address (`[nodes]`): shown wherever an address would be.
+    pub nodes: NodeNames,
+}
+
+/// `[nodes]`: client addresses and the names people know them by.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeNames(BTreeMap<std::net::IpAddr, String>);
+
+impl NodeNames {
+    pub fn new(names: BTreeMap<std::net::IpAddr, String>) -> NodeNames {
+        NodeNames(names)
+    }
+
+    /// The node's name, if `[nodes]` gives one.
+    pub fn name(&self, address: std::net::IpAddr) -> Option<&str> {
+        self.0.get(&address.to_canonical()).map(String::as_str)
+    }
+
+    /// `cp1 (10.27.27.21)` where the name is known, else the address.
+    pub fn label(&self, address: &str) -> String {
+        match address.parse().ok().and_then(|ip| self.name(ip)) {
+            Some(name) => format!("{name} ({address})"),
+            None => address.to_string(),
+        }
+    }
 }
 
 /// `probe_interval` and `probe_images`.
@@ -86,6 +113,8 @@ pub struct StoreConfig {
     pub max_size: Option<u64>,
     /// How often the evictor checks the size even when nothing was filled.
     pub evict_interval: Duration,
+    /// Keep what the cluster pulled within this window out of eviction, as pins are.
+    pub pin_history: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -141,6 +170,7 @@ impl Default for StoreConfig {
             kind: StoreKind::Disk,
             max_size: None,
             evict_interval: DEFAULT_EVICT_INTERVAL,
+            pin_history: None,
         }
     }
 }

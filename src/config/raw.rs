@@ -36,6 +36,8 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub server: super::RawServer,
+    /// `"10.27.27.21" = "cp1"`: client addresses to node names.
+    pub nodes: Option<BTreeMap<String, String>>,
 }
 
 /// The `[store]` table.
@@ -46,6 +48,8 @@ pub struct RawStore {
     pub max_size: Option<RawSize>,
     #[serde(default, with = "humantime_serde")]
     pub evict_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub pin_history: Option<Duration>,
     pub bucket: Option<String>,
     pub endpoint: Option<String>,
     pub region: Option<String>,

@@ -48,6 +48,7 @@ impl RawConfig {
         let admin_token = admin_token(self.admin_token, self.admin_token_file)?;
         let platforms = platforms(self.platforms.as_deref())?;
         let probe = super::probe::resolve(self.probe_interval, self.probe_images)?;
+        let nodes = nodes(self.nodes)?;
         let max_fills = match self.max_fills {
             Some(0) => return Err(ConfigError::new("max_fills", "must be at least 1")),
             n => n.unwrap_or(DEFAULT_MAX_FILLS_TOTAL),
@@ -69,8 +70,43 @@ impl RawConfig {
             platforms,
             probe,
             access_log: self.access_log,
+            nodes,
         })
     }
+}
+
+/// Longest node name, and how many nodes `[nodes]` may name.
+const MAX_NODE_NAME: usize = 64;
+const MAX_NODES: usize = 4096;
+
+/// `[nodes]`: each key an IP address, each value a short printable name.
+fn nodes(raw: Option<BTreeMap<String, String>>) -> Result<super::NodeNames, ConfigError> {
+    let raw = raw.unwrap_or_default();
+    if raw.len() > MAX_NODES {
+        return Err(ConfigError::new(
+            "nodes",
+            format!("{} entries; at most {MAX_NODES}", raw.len()),
+        ));
+    }
+    let mut names = BTreeMap::new();
+    for (address, name) in raw {
+        let key = format!("nodes.{address}");
+        let ip: std::net::IpAddr = address.parse().map_err(|_| {
+            ConfigError::new(
+                &key,
+                "the key is not an IP address; write e.g. \"10.27.27.21\" = \"cp1\"",
+            )
+        })?;
+        let printable = name.chars().all(|c| c.is_ascii_graphic());
+        if name.is_empty() || name.len() > MAX_NODE_NAME || !printable {
+            return Err(ConfigError::new(
+                &key,
+                format!("a node name is 1 to {MAX_NODE_NAME} visible ASCII characters, like cp1"),
+            ));
+        }
+        names.insert(ip.to_canonical(), name);
+    }
+    Ok(super::NodeNames::new(names))
 }
 
 /// `--listen` over the file over the default.

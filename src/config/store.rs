@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use url::Url;
 
-use super::limits::{MAX_INTERVAL, check_duration};
+use super::limits::{MAX_HISTORY, MAX_INTERVAL, check_duration};
 use super::raw::{RawStore, RawStoreKind};
 use super::resolve::{check_pem_certificates, parse_http_url, read_secret_file};
 use super::size::RawSize;
@@ -29,6 +29,10 @@ impl RawStore {
         }
         let evict_interval = self.evict_interval.unwrap_or(DEFAULT_EVICT_INTERVAL);
         check_duration(&key("evict_interval"), evict_interval, MAX_INTERVAL)?;
+        let pin_history = self.pin_history;
+        if let Some(window) = pin_history {
+            check_duration(&key("pin_history"), window, MAX_HISTORY)?;
+        }
         let kind = match self.kind.unwrap_or(RawStoreKind::Disk) {
             RawStoreKind::Disk => {
                 self.refuse_s3_keys()?;
@@ -40,6 +44,7 @@ impl RawStore {
             kind,
             max_size,
             evict_interval,
+            pin_history,
         })
     }
 

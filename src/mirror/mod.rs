@@ -67,6 +67,8 @@ pub struct Mirror {
     listings: Arc<Listings>,
     /// Every client request, for `/_berth/status` (`status.rs`).
     pulls: PullRecord,
+    /// Every image the cluster pulled, for the rebuild gate and `pin_history`.
+    history: Arc<crate::history::History>,
     pin_check: status::PinCheck,
 }
 
@@ -75,6 +77,7 @@ impl Mirror {
         config: Arc<Config>,
         store: Arc<dyn BlobStore>,
         metrics: Arc<Metrics>,
+        history: Arc<crate::history::History>,
     ) -> std::io::Result<Mirror> {
         let routes = Routes::new(config.clone(), metrics.clone())?;
         let fleet = match (&config.advertise_url, &config.store.kind) {
@@ -114,6 +117,7 @@ impl Mirror {
             listings: Arc::new(Listings::new(core.clone())?),
             core,
             pulls: PullRecord::default(),
+            history,
             pin_check: status::PinCheck::default(),
         })
     }
@@ -189,6 +193,10 @@ impl Mirror {
                 "blob fills still running at shutdown are abandoned; they will be fetched again"
             );
         }
+    }
+
+    pub fn history(&self) -> &crate::history::History {
+        &self.history
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -77,11 +77,35 @@ impl Mirror {
             since_seconds: since.map(|d| d.as_secs()),
             requests: pulls.requests(),
             upstreams,
-            failures: pulls.failures(since),
+            failures: self.named(pulls.failures(since)),
             fills: self.fill_status(),
             cache: self.cache_status(),
             pins: self.pin_status().await,
         }
+    }
+
+    /// Failures with node names where `[nodes]` knows them: by node, the name beside the
+    /// address; by image, the names instead of the addresses.
+    fn named(&self, mut failures: crate::status::Failures) -> crate::status::Failures {
+        let names = &self.core.config.nodes;
+        let name_of = |address: &str| {
+            address
+                .parse()
+                .ok()
+                .and_then(|ip| names.name(ip))
+                .map(str::to_string)
+        };
+        for node in &mut failures.by_node {
+            node.name = name_of(&node.node);
+        }
+        for image in &mut failures.by_image {
+            for node in &mut image.nodes {
+                if let Some(name) = name_of(node) {
+                    *node = name;
+                }
+            }
+        }
+        failures
     }
 
     /// Gauges that are a view of live state, brought up to date for a scrape or a report.

@@ -33,8 +33,51 @@ pub use walk::Mode;
 pub struct Plan {
     pub groups: Vec<Group>,
     pub platforms: Vec<Platform>,
+    /// Images to fetch for other platforms than `platforms` (what the history says the
+    /// cluster pulled of them).
+    pub image_platforms: std::collections::HashMap<references::ImageRef, Vec<Platform>>,
     pub concurrency: usize,
     pub mode: Mode,
+}
+
+/// The group of what the cluster pulled in a window (`--from-history`): each image as it was
+/// pulled (by tag, or by digest), with the platforms fetched of it.
+pub fn history_group(
+    report: &crate::history::HistoryReport,
+) -> (
+    Group,
+    std::collections::HashMap<references::ImageRef, Vec<Platform>>,
+) {
+    let mut images = Vec::new();
+    let mut platforms = std::collections::HashMap::new();
+    for pulled in &report.images {
+        let Some(image) = references::ImageRef::pulled(pulled) else {
+            continue;
+        };
+        let of_image: Vec<Platform> = pulled
+            .platforms
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if !of_image.is_empty() {
+            platforms.insert(image.clone(), of_image);
+        }
+        if !images.contains(&image) {
+            images.push(image);
+        }
+    }
+    let group = Group {
+        name: "history".parse().expect("a valid group name"),
+        description: match report.since_seconds {
+            Some(s) => format!(
+                "what the cluster pulled in the last {}",
+                crate::units::human_duration(s)
+            ),
+            None => "what the cluster pulled".into(),
+        },
+        images,
+    };
+    (group, platforms)
 }
 
 /// Runs the plan; `Err` only when the mirror cannot be used at all.
@@ -55,11 +98,12 @@ pub async fn run(
     let mut images: Vec<(usize, walk::ImageOutcome)> = futures::stream::iter(jobs)
         .map(|(n, group, image)| async move {
             let bar = progress.image(&format!("{} {image}", group.name));
+            let platforms = plan.image_platforms.get(image).unwrap_or(&plan.platforms);
             let outcome = walk::pull(
                 client,
                 group.name.as_str(),
                 image,
-                &plan.platforms,
+                platforms,
                 plan.mode,
                 &bar,
             )

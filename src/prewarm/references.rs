@@ -27,6 +27,23 @@ pub struct ReferenceError {
 }
 
 impl ImageRef {
+    /// An image as the history says it was pulled: by its tag, or by its digest; `None` when
+    /// the history's names are not valid ones.
+    pub fn pulled(image: &crate::history::ImageReport) -> Option<ImageRef> {
+        Some(ImageRef {
+            registry: image.registry.clone(),
+            repository: image.repository.parse().ok()?,
+            tag: match &image.tag {
+                Some(tag) => Some(tag.parse().ok()?),
+                None => None,
+            },
+            digest: match &image.tag {
+                Some(_) => None,
+                None => Some(image.digest.parse().ok()?),
+            },
+        })
+    }
+
     /// What to ask the registry for: the digest when pinned, else the tag.
     pub fn reference(&self) -> Reference {
         match (&self.digest, &self.tag) {

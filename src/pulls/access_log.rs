@@ -83,6 +83,7 @@ fn line(pull: &Pull) -> String {
     serde_json::json!({
         "time": time,
         "client": pull.client.map(|c| c.to_string()),
+        "node": pull.node,
         "registry": pull.registry,
         "repository": pull.repository,
         "reference": pull.reference,
@@ -112,6 +113,7 @@ mod tests {
             log.write(&Pull {
                 at: SystemTime::now(),
                 client: Some("10.27.27.21".parse().unwrap()),
+                node: Some("cp1".into()),
                 registry: "ghcr.io".into(),
                 repository: "fluxcd/flux-cli".into(),
                 reference: "v2.3.0".into(),
@@ -139,6 +141,7 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert_eq!(lines[0]["client"], "10.27.27.21");
+        assert_eq!(lines[0]["node"], "cp1");
         assert_eq!(lines[0]["reference"], "v2.3.0");
         assert_eq!(lines[0]["error_class"], serde_json::Value::Null);
         assert_eq!(lines[1]["status"], 502);

@@ -41,6 +41,9 @@ pub struct ImageFailures {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeFailures {
     pub node: String,
+    /// The node's name from `[nodes]`, where berth knows one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub count: u64,
     pub images: Vec<String>,
     pub last_at: u64,
@@ -165,6 +168,7 @@ impl FailureTable {
             .nodes
             .iter()
             .map(|(node, g)| NodeFailures {
+                name: None,
                 node: node.to_string(),
                 count: g.count,
                 images: g.images.keys().cloned().collect(),
@@ -206,6 +210,7 @@ mod tests {
             let pull = Pull {
                 at: start + Duration::from_secs(i as u64),
                 client: Some(IpAddr::from([10, 0, (i / 256) as u8, (i % 256) as u8])),
+                node: None,
                 registry: "docker.io".into(),
                 repository: format!("junk/{i}"),
                 reference: "x".repeat(10_000),

@@ -31,6 +31,8 @@ pub const RING_CAPACITY: usize = 10_000;
 pub struct Pull {
     pub at: SystemTime,
     pub client: Option<IpAddr>,
+    /// The client's name from `[nodes]`, where berth knows one.
+    pub node: Option<String>,
     pub registry: String,
     pub repository: String,
     /// Tag or digest (blobs: the digest).
@@ -233,6 +235,7 @@ mod tests {
         Pull {
             at: SystemTime::now(),
             client: Some(client.parse().unwrap()),
+            node: None,
             registry: "ghcr.io".into(),
             repository: repo.into(),
             reference: "v1".into(),

@@ -127,7 +127,7 @@ fn write_failures_by_node(out: &mut String, report: &StatusReport, window: &str)
     for n in &report.failures.by_node {
         let _ = write!(
             out,
-            "<tr class=\"failure\" data-node=\"{node}\"><td><b>{node}</b></td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr class=\"failure\" data-node=\"{node}\"><td><b>{label}</b></td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
             n.count,
             n.images
                 .iter()
@@ -136,6 +136,10 @@ fn write_failures_by_node(out: &mut String, report: &StatusReport, window: &str)
                 .join("<br>"),
             ago(report.generated_at, n.last_at),
             node = esc(&n.node),
+            label = match &n.name {
+                Some(name) => format!("{} ({})", esc(name), esc(&n.node)),
+                None => esc(&n.node).to_string(),
+            },
         );
     }
     out.push_str("</table></div>");

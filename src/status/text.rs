@@ -95,13 +95,11 @@ fn write_failures_by_node(out: &mut String, report: &StatusReport, window: &str)
         let _ = writeln!(out, "  none");
     }
     for n in &report.failures.by_node {
-        let _ = writeln!(
-            out,
-            "  {:<16} {}× {}",
-            p(&n.node),
-            n.count,
-            p(&n.images.join(", "))
-        );
+        let node = match &n.name {
+            Some(name) => format!("{} ({})", p(name), p(&n.node)),
+            None => p(&n.node).into_owned(),
+        };
+        let _ = writeln!(out, "  {node:<16} {}× {}", n.count, p(&n.images.join(", ")));
     }
 }
 

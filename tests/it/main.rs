@@ -25,6 +25,7 @@ mod faults;
 mod fleet;
 mod front_door;
 mod generate;
+mod history;
 mod mss_blackhole;
 mod observe;
 mod oci_model;

@@ -119,15 +119,30 @@ pub fn plan(
     }
 }
 
+/// Manifests kept out of eviction besides the pin sets (what the cluster pulled, for
+/// `pin_history`), asked at each run.
+pub type ExtraPins = Arc<dyn Fn() -> Vec<crate::oci::Digest> + Send + Sync>;
+
 /// Eviction over one disk store.
 pub struct Evictor {
     store: Arc<DiskStore>,
     max_size: Option<u64>,
+    extra_pins: Option<ExtraPins>,
 }
 
 impl Evictor {
     pub fn new(store: Arc<DiskStore>, max_size: Option<u64>) -> Evictor {
-        Evictor { store, max_size }
+        Evictor {
+            store,
+            max_size,
+            extra_pins: None,
+        }
+    }
+
+    /// Also keeps `pins()` (and what they reference) as if a pin set named them.
+    pub fn keeping(mut self, pins: ExtraPins) -> Evictor {
+        self.extra_pins = Some(pins);
+        self
     }
 
     pub fn store(&self) -> &Arc<DiskStore> {
@@ -148,7 +163,11 @@ impl Evictor {
         let names = pins::names(self.store.as_ref())
             .await
             .map_err(PinError::Store)?;
-        let pinned = pins::resolve(self.store.as_ref(), &names).await?;
+        let mut pinned = pins::resolve(self.store.as_ref(), &names).await?;
+        if let Some(extra) = &self.extra_pins {
+            let kept = pins::walk(self.store.as_ref(), &extra()).await?;
+            pinned.keys.extend(kept.keys);
+        }
         let plan = plan(
             objects,
             &pinned,
