@@ -98,10 +98,13 @@ pub async fn run(
     });
     let (public, admin) = crate::api::front_door(mirror.clone(), door);
     let stop = tokio_util::sync::CancellationToken::new();
+    // One set of rules for both listeners: `allow` is checked at accept on admin_listen too.
     let limits = Limits {
+        allow: config.server.allow.clone().into(),
         header_timeout: config.server.header_timeout,
         idle_timeout: config.server.idle_timeout,
         max_connections: config.server.max_connections,
+        max_connections_per_client: config.server.max_connections_per_client,
         shutdown_deadline: CONNECTION_DRAIN_DEADLINE,
     };
     let acceptor = front.tls.as_ref().map(|t| t.acceptor.clone());
@@ -115,7 +118,7 @@ pub async fn run(
                 admin_listener,
                 router,
                 acceptor.clone(),
-                limits,
+                limits.clone(),
                 stop.clone(),
             )))
         }
