@@ -32,8 +32,10 @@
 //!   client     the one client of berth's own API (prewarm, status, cache stats, fleet peer
 //!              fills): typed calls, no URLs or headers in callers; TLS, client certificate,
 //!              Basic user and admin token in one `Access`
-//!   server     the front door: accept loop, connection cap, header/idle deadlines, TLS (ALPN,
-//!              cert reload, client CAs), htpasswd users; serves any tower service
+//!   server     the front door: accept loop (allow and per-client caps checked at accept),
+//!              connection cap, header/idle deadlines (HTTP/2 stalled bodies too), TLS (ALPN,
+//!              cert reload, client CAs), htpasswd users (bounded login queue, per-client
+//!              throttle); serves any tower service
 //!   probe      `berth probe`: timed requests per address (DNS/connect/TLS/TTFB), bulk transfers
 //!              at several MSS through `upstream`, path facts and DF path-MTU probes, verdicts
 //!              (a pure function) with evidence and fix, text/JSON report, `compare`
