@@ -374,19 +374,22 @@ impl Shared {
             async move {
                 let Some(ticket) = ticket else {
                     guard.response_ready();
-                    let body = Either::Right(Full::new(Bytes::from_static(TOO_MANY_REQUESTS)));
-                    return Ok::<_, Infallible>(
-                        Response::builder()
-                            .status(http::StatusCode::TOO_MANY_REQUESTS)
-                            .header(http::header::CONTENT_TYPE, "application/json")
-                            .header(http::header::RETRY_AFTER, "1")
-                            .body(Guarded {
-                                body,
-                                guard,
-                                _ticket: None,
-                            })
-                            .unwrap_or_else(|_| unreachable!("a static response")),
+                    let mut response = Response::new(Guarded {
+                        body: Either::Right(Full::new(Bytes::from_static(TOO_MANY_REQUESTS))),
+                        guard,
+                        _ticket: None,
+                    });
+                    *response.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+                    let headers = response.headers_mut();
+                    headers.insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
                     );
+                    headers.insert(
+                        http::header::RETRY_AFTER,
+                        http::HeaderValue::from_static("1"),
+                    );
+                    return Ok::<_, Infallible>(response);
                 };
                 let response = service.oneshot(request).await?;
                 guard.response_ready();
@@ -597,6 +600,28 @@ mod tests {
         (addr, stop.drop_guard())
     }
 
+    /// `serve` with a service that answers `ok` once `gate` lets each request through,
+    /// counting requests that reached it in `entered`.
+    async fn gated(
+        limits: Limits,
+        gate: Arc<Semaphore>,
+        entered: Arc<AtomicU64>,
+    ) -> (SocketAddr, tokio_util::sync::DropGuard) {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = tower::service_fn(move |_request: Request<Incoming>| {
+            let (gate, entered) = (gate.clone(), entered.clone());
+            async move {
+                entered.fetch_add(1, Ordering::SeqCst);
+                gate.acquire().await.unwrap().forget();
+                Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from("ok"))))
+            }
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, service, None, limits, stop.clone()));
+        (addr, stop.drop_guard())
+    }
+
     async fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket
@@ -621,6 +646,70 @@ mod tests {
             }
         }
         String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// One HTTP/2 connection carries many requests: they count against the client's share
+    /// as connections do, and one past it is answered 429 at once; the share comes back as
+    /// responses finish.
+    #[tokio::test]
+    async fn http2_requests_past_the_clients_share_are_answered_429() {
+        let (gate, entered) = (Arc::new(Semaphore::new(0)), Arc::new(AtomicU64::new(0)));
+        let (addr, _stop) = gated(limits("127.0.0.0/8", 2), gate.clone(), entered.clone()).await;
+        let tcp = connect_from("127.0.0.1", addr).await;
+        let (mut send, connection) = hyper::client::conn::http2::handshake::<
+            _,
+            _,
+            http_body_util::Empty<Bytes>,
+        >(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let request = || {
+            Request::get(format!("http://{addr}/v2/"))
+                .body(http_body_util::Empty::new())
+                .unwrap()
+        };
+        let first = tokio::spawn(send.send_request(request()));
+        let second = tokio::spawn(send.send_request(request()));
+        let in_service = tokio::time::timeout(Duration::from_secs(10), async {
+            while entered.load(Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        in_service.await.expect("two requests in the service");
+        let third = send.send_request(request()).await.unwrap();
+        assert_eq!(third.status(), http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(third.headers()[http::header::RETRY_AFTER], "1");
+        let body = http_body_util::BodyExt::collect(third.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(body.starts_with(br#"{"errors":[{"code":"TOOMANYREQUESTS""#));
+        assert_eq!(
+            entered.load(Ordering::SeqCst),
+            2,
+            "the third reached the service"
+        );
+        gate.add_permits(3);
+        for answer in [first, second] {
+            let answer = answer.await.unwrap().unwrap();
+            assert_eq!(answer.status(), 200);
+            http_body_util::BodyExt::collect(answer.into_body())
+                .await
+                .unwrap();
+        }
+        // The places come back when the server drops the finished bodies (just after their
+        // last frame): await that, a few tries at most.
+        let mut statuses = Vec::new();
+        for _ in 0..100 {
+            let status = send.send_request(request()).await.unwrap().status();
+            statuses.push(status);
+            if status == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(statuses.last(), Some(&http::StatusCode::OK), "{statuses:?}");
     }
 
     #[test]
