@@ -172,10 +172,13 @@ async fn serve_until_stopped(
         users: front.users.clone(),
     });
     let (public, admin) = crate::api::front_door(mirror, door);
+    // One set of rules for both listeners: `allow` is checked at accept on admin_listen too.
     let limits = Limits {
+        allow: config.server.allow.clone().into(),
         header_timeout: config.server.header_timeout,
         idle_timeout: config.server.idle_timeout,
         max_connections: config.server.max_connections,
+        max_connections_per_client: config.server.max_connections_per_client,
         shutdown_deadline: CONNECTION_DRAIN_DEADLINE,
     };
     let acceptor = front.tls.as_ref().map(|t| t.acceptor.clone());
@@ -189,7 +192,7 @@ async fn serve_until_stopped(
                 admin_listener,
                 router,
                 acceptor.clone(),
-                limits,
+                limits.clone(),
                 stop.clone(),
             )))
         }

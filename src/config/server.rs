@@ -1,5 +1,5 @@
 //! The `[server]` table: who may reach berth, how (HTTP or HTTPS, client certificates, Basic
-//! users), and the client-side limits (timeouts, connection cap). Self-contained: the raw
+//! users), and the client-side limits (timeouts, connection caps). Self-contained: the raw
 //! table, its defaults and its validation live here.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -25,6 +25,9 @@ pub const DEFAULT_ALLOW: [&str; 6] = [
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Connections one client address (an IPv6 /64) may hold: containerd pulls a few layers at once
+/// per image and K3s starts several pods' pulls together, well under this.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 64;
 
 /// The `[server]` table as written.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -36,6 +39,7 @@ pub struct RawServer {
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
     pub client_ca_file: Option<PathBuf>,
@@ -46,7 +50,8 @@ pub struct RawServer {
 /// The validated `[server]` table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
-    /// Client networks that may use the API, `/metrics` and `/healthz`.
+    /// Client networks that may connect (to `listen` and `admin_listen`); others are closed at
+    /// accept.
     pub allow: Vec<IpNet>,
     /// A client must send a request head within this (and finish the TLS handshake).
     pub header_timeout: Duration,
@@ -54,6 +59,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Connections served at once; beyond it new ones wait up to `header_timeout`, then are closed.
     pub max_connections: usize,
+    /// Connections one client address (IPv6: its /64) may have open or waiting at once; beyond
+    /// it new ones are closed at accept.
+    pub max_connections_per_client: usize,
     /// HTTPS instead of HTTP.
     pub tls: Option<TlsFiles>,
     /// htpasswd file (bcrypt): clients authenticate with Basic.
@@ -77,6 +85,7 @@ impl Default for ServerConfig {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             tls: None,
             users_file: None,
             admin_listen: None,
@@ -124,6 +133,15 @@ impl RawServer {
                 "must be at least 1",
             ));
         }
+        let max_connections_per_client = self
+            .max_connections_per_client
+            .unwrap_or(defaults.max_connections_per_client);
+        if max_connections_per_client == 0 {
+            return Err(ConfigError::new(
+                key("max_connections_per_client"),
+                "must be at least 1",
+            ));
+        }
         let tls = tls_files(self.tls_cert_file, self.tls_key_file, self.client_ca_file)?;
         if let Some(path) = &self.users_file {
             std::fs::metadata(path).map_err(|e| {
@@ -147,6 +165,7 @@ impl RawServer {
             header_timeout,
             idle_timeout,
             max_connections,
+            max_connections_per_client,
             tls,
             users_file: self.users_file,
             admin_listen,
@@ -282,6 +301,10 @@ mod tests {
             ("allow = [\"lan\"]", "server.allow"),
             ("header_timeout = \"0s\"", "server.header_timeout"),
             ("max_connections = 0", "server.max_connections"),
+            (
+                "max_connections_per_client = 0",
+                "server.max_connections_per_client",
+            ),
             ("tls_cert_file = \"/x\"", "server.tls_key_file"),
             ("client_ca_file = \"/x\"", "server.client_ca_file"),
             ("users_file = \"/nonexistent/users\"", "server.users_file"),

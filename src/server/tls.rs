@@ -3,7 +3,8 @@
 //!
 //! Every handshake asks [`CurrentCert`] for the pair loaded last. A reload that fails (a file
 //! half written, a key that does not match the certificate) keeps serving the previous pair and
-//! logs why, so rotating the two files one after the other never breaks a handshake.
+//! logs why, once per cause (not every [`RELOAD_INTERVAL`]), so rotating the two files one after
+//! the other never breaks a handshake and a missing file does not fill the log.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -101,6 +102,8 @@ impl Tls {
         let mut loaded = self.loaded.clone();
         tokio::spawn(async move {
             let mut failed: Option<(Vec<u8>, Vec<u8>)> = None;
+            // Why the files cannot be read, as last logged: logged again only when it changes.
+            let mut unreadable: Option<String> = None;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -117,11 +120,17 @@ impl Tls {
                 let pems = match read {
                     Ok(Ok(pems)) => pems,
                     Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "cannot re-read the TLS files; still serving the previous certificate");
+                        if unreadable.as_ref() != Some(&e) {
+                            tracing::warn!(error = %e, "cannot re-read the TLS files; still serving the previous certificate (logged again only when this changes)");
+                            unreadable = Some(e);
+                        }
                         continue;
                     }
                     Err(_) => continue,
                 };
+                if unreadable.take().is_some() {
+                    tracing::info!("the TLS files can be read again");
+                }
                 if pems == loaded || failed.as_ref() == Some(&pems) {
                     continue;
                 }
@@ -178,4 +187,70 @@ fn certified_key(
     })?;
     CertifiedKey::from_der(chain, key, provider)
         .map_err(|e| format!("server.tls_key_file does not go with server.tls_cert_file ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    /// Log lines written while the test runs (this thread's, which runs the reloader).
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn count(&self, needle: &str) -> usize {
+            let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+            text.lines().filter(|l| l.contains(needle)).count()
+        }
+    }
+
+    /// A certificate file gone for many reload intervals is one warning, and its return one
+    /// line more (the reloader used to warn every 2 s).
+    #[tokio::test(start_paused = true)]
+    async fn an_unreadable_certificate_is_logged_once_and_its_return_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let files = TlsFiles {
+            cert_file: dir.path().join("tls.crt"),
+            key_file: dir.path().join("tls.key"),
+            client_ca_file: None,
+        };
+        std::fs::write(&files.cert_file, pair.cert.pem()).unwrap();
+        std::fs::write(&files.key_file, pair.key_pair.serialize_pem()).unwrap();
+        let tls = Tls::load(&files).unwrap();
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _logging = tracing::subscriber::set_default(subscriber);
+        let stop = CancellationToken::new();
+        let reloader = tls.spawn_reloader(stop.clone());
+
+        let away = dir.path().join("tls.crt.away");
+        std::fs::rename(&files.cert_file, &away).unwrap();
+        // Ten reload intervals on the paused clock (each check's file read holds the clock
+        // still while it runs, so every interval's check happens).
+        tokio::time::sleep(RELOAD_INTERVAL * 10 + RELOAD_INTERVAL / 2).await;
+        assert_eq!(log.count("cannot re-read the TLS files"), 1);
+        std::fs::rename(&away, &files.cert_file).unwrap();
+        tokio::time::sleep(RELOAD_INTERVAL * 3).await;
+        assert_eq!(log.count("the TLS files can be read again"), 1);
+        assert_eq!(log.count("cannot re-read the TLS files"), 1);
+        stop.cancel();
+        reloader.await.unwrap();
+    }
 }

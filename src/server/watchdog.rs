@@ -8,21 +8,29 @@
 //! - a connection that moves no bytes for `idle_timeout` is closed when it has no request in
 //!   progress (idle keep-alive, an HTTP/2 connection with nothing to do) or when berth's writes
 //!   to it are blocked (a client that stopped reading). A request waiting for an upstream is not
-//!   idle: the upstream's own timeouts bound it.
+//!   idle: the upstream's own timeouts bound it;
+//! - on HTTP/2 a client that stops reading blocks no socket write: it grants a stream no
+//!   flow-control window, and hyper simply stops asking that response body for data while
+//!   pings and other streams keep bytes moving. So each response body has a clock: it runs from
+//!   when the body handed hyper a frame (or the response was ready) until hyper asks for the
+//!   next one, and a body hyper has not asked for more for `idle_timeout` closes the
+//!   connection. A body waiting for its own source (an upstream fill) stops its clock.
 //!
 //! [`Activity`] is shared by the IO wrapper ([`Watched`]), which records bytes, and the request
-//! wrapper ([`RequestGuard`]), which records requests between head and end of response.
+//! wrapper ([`RequestGuard`]), which records requests between head and end of response and
+//! keeps its body's clock.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// No-head marker in `head_started_ms`.
+/// No-head marker in `head_started_ms`; a stopped body clock.
 const NONE: u64 = u64::MAX;
 
 /// What a connection has been doing, in milliseconds since it was accepted.
@@ -39,6 +47,10 @@ pub struct Activity {
     http2: AtomicBool,
     /// The last write could not go out (the client's receive window is full).
     write_blocked: AtomicBool,
+    /// The body clock of every request in progress (see the module doc), by request number.
+    /// At most one per stream: hyper caps streams per connection.
+    bodies: Mutex<HashMap<u64, Arc<AtomicU64>>>,
+    next_request: AtomicU64,
 }
 
 /// Why the watchdog closed a connection.
@@ -50,6 +62,9 @@ pub enum Expired {
     SlowHead,
     /// No bytes either way for `idle_timeout`.
     Idle,
+    /// An HTTP/2 response body hyper has not asked for more for `idle_timeout` (the client
+    /// grants its stream no window).
+    Stalled,
 }
 
 impl Expired {
@@ -58,6 +73,9 @@ impl Expired {
             Expired::NoRequest => "no request within header_timeout",
             Expired::SlowHead => "request head not complete within header_timeout",
             Expired::Idle => "idle for idle_timeout",
+            Expired::Stalled => {
+                "a response body the client took nothing of for idle_timeout (HTTP/2 flow control)"
+            }
         }
     }
 }
@@ -72,6 +90,8 @@ impl Activity {
             served_any: AtomicBool::new(false),
             http2: AtomicBool::new(false),
             write_blocked: AtomicBool::new(false),
+            bodies: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(0),
         })
     }
 
@@ -114,7 +134,26 @@ impl Activity {
         self.active.fetch_add(1, Ordering::AcqRel);
         self.served_any.store(true, Ordering::Relaxed);
         self.head_started_ms.store(NONE, Ordering::Relaxed);
-        RequestGuard(self.clone())
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let clock = Arc::new(AtomicU64::new(NONE));
+        self.bodies_locked().insert(id, clock.clone());
+        RequestGuard {
+            activity: self.clone(),
+            id,
+            clock,
+        }
+    }
+
+    fn bodies_locked(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicU64>>> {
+        self.bodies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether some response body has waited `idle_ms` or longer for hyper to ask for more.
+    fn body_stalled(&self, now: u64, idle_ms: u64) -> bool {
+        self.bodies_locked().values().any(|clock| {
+            let since = clock.load(Ordering::Relaxed);
+            since != NONE && now.saturating_sub(since) >= idle_ms
+        })
     }
 
     /// `Some` when the connection is past one of its deadlines now.
@@ -132,23 +171,52 @@ impl Activity {
             return Some(Expired::SlowHead);
         }
         let last = self.last_io_ms.load(Ordering::Relaxed);
+        let idle_ms = idle_timeout.as_millis() as u64;
         let waiting_on_client =
             self.active.load(Ordering::Acquire) == 0 || self.write_blocked.load(Ordering::Relaxed);
-        if waiting_on_client && now.saturating_sub(last) >= idle_timeout.as_millis() as u64 {
+        if waiting_on_client && now.saturating_sub(last) >= idle_ms {
             return Some(Expired::Idle);
+        }
+        // HTTP/1 has the blocked write above; the body clock is for HTTP/2, where a stalled
+        // stream blocks nothing.
+        if self.http2.load(Ordering::Relaxed) && self.body_stalled(now, idle_ms) {
+            return Some(Expired::Stalled);
         }
         None
     }
 }
 
-/// Held from a request's head until its response body is finished (or dropped).
-pub struct RequestGuard(Arc<Activity>);
+/// Held from a request's head until its response body is finished (or dropped); keeps the
+/// body's clock.
+pub struct RequestGuard {
+    activity: Arc<Activity>,
+    id: u64,
+    clock: Arc<AtomicU64>,
+}
+
+impl RequestGuard {
+    /// The response is ready: hyper sends its head and asks the body for data. Its clock runs.
+    pub fn response_ready(&self) {
+        self.clock.store(self.activity.now_ms(), Ordering::Relaxed);
+    }
+
+    /// hyper asked the body for a frame and got `polled`: a frame handed over starts the clock
+    /// (until hyper asks again); a body waiting for its source, or done, stops it.
+    pub fn body_polled<T>(&self, polled: &Poll<Option<T>>) {
+        let now = match polled {
+            Poll::Ready(Some(_)) => self.activity.now_ms(),
+            Poll::Ready(None) | Poll::Pending => NONE,
+        };
+        self.clock.store(now, Ordering::Relaxed);
+    }
+}
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        self.activity.bodies_locked().remove(&self.id);
         // The idle clock starts when the response is done, not when its last byte was queued.
-        self.0.on_write();
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.activity.on_write();
+        self.activity.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -298,6 +366,68 @@ mod tests {
         assert_eq!(activity.expired(HEADER, IDLE), None);
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(activity.expired(HEADER, IDLE), Some(Expired::Idle));
+        drop(request);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_body_the_client_takes_nothing_of_expires_although_pings_move_bytes() {
+        let activity = Activity::new(Instant::now());
+        activity.set_http2();
+        let request = activity.request_started();
+        // The handler waits for the upstream: no clock yet.
+        tokio::time::advance(Duration::from_secs(200)).await;
+        assert_eq!(activity.expired(HEADER, IDLE), None);
+        request.response_ready();
+        request.body_polled(&Poll::Ready(Some(())));
+        // hyper does not ask for more (no window); PINGs and their ACKs keep bytes moving.
+        for _ in 0..8 {
+            tokio::time::advance(Duration::from_secs(11)).await;
+            activity.on_write();
+            activity.on_read(b"\0\0\x08\x06");
+            assert_eq!(activity.expired(HEADER, IDLE), None);
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(activity.expired(HEADER, IDLE), Some(Expired::Stalled));
+        drop(request);
+        assert_eq!(activity.expired(HEADER, IDLE), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_waiting_for_its_source_or_asked_again_is_not_stalled() {
+        let activity = Activity::new(Instant::now());
+        activity.set_http2();
+        let request = activity.request_started();
+        request.response_ready();
+        // hyper asks, the body waits for the fill: the source's own timeouts bound that.
+        request.body_polled::<()>(&Poll::Pending);
+        tokio::time::advance(Duration::from_secs(300)).await;
+        activity.on_read(b"\0\0\x08\x06");
+        assert_eq!(activity.expired(HEADER, IDLE), None);
+        // Frames taken as fast as they come, for longer than idle_timeout in all.
+        for _ in 0..20 {
+            request.body_polled(&Poll::Ready(Some(())));
+            tokio::time::advance(Duration::from_secs(10)).await;
+            activity.on_write();
+            assert_eq!(activity.expired(HEADER, IDLE), None);
+        }
+        request.body_polled::<()>(&Poll::Ready(None));
+        tokio::time::advance(Duration::from_secs(300)).await;
+        activity.on_write();
+        assert_eq!(activity.expired(HEADER, IDLE), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_body_clock_is_for_http2_http1_has_its_blocked_write() {
+        let activity = Activity::new(Instant::now());
+        let request = activity.request_started();
+        request.response_ready();
+        request.body_polled(&Poll::Ready(Some(())));
+        for _ in 0..20 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            // A slow reader: the socket takes a little now and then.
+            activity.on_write();
+            assert_eq!(activity.expired(HEADER, IDLE), None);
+        }
         drop(request);
     }
 
