@@ -106,6 +106,11 @@ pub fn note(result: CacheResult) {
     let _ = CURRENT.try_with(|t| t.note(result));
 }
 
+/// What the current request's trace says so far (`None` outside a request, or nothing noted).
+pub fn current_result() -> Option<CacheResult> {
+    CURRENT.try_with(|t| t.cache_result()).ok().flatten()
+}
+
 /// Counts one upstream attempt (a request sent, the breaker having let it out).
 pub fn attempt() {
     let _ = CURRENT.try_with(|t| t.attempts.fetch_add(1, Ordering::Relaxed));

@@ -133,6 +133,7 @@ impl From<MirrorError> for ApiError {
             // OCI 1.1 clients fall back (to the referrers tag schema) on a 404 only.
             MirrorError::ListingUnknown { .. } => ApiError::new(ErrorCode::NameUnknown, message),
             MirrorError::Unwalkable { .. } => ApiError::new(ErrorCode::ManifestInvalid, message),
+            MirrorError::RepositoryRefused { .. } => ApiError::new(ErrorCode::Denied, message),
             MirrorError::Denied { .. } => ApiError::new(ErrorCode::NameUnknown, message),
             MirrorError::RateLimited { retry_after, .. } => {
                 let wait = retry_after.map_or(60, |d| d.as_secs().max(1));

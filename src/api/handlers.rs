@@ -41,6 +41,16 @@ pub async fn dispatch(
     if let Some(pulled) = pulled {
         response.extensions_mut().insert(pulled);
     }
+    // The upstream failed (or no longer has a pinned tag) and the last known answer was
+    // served: say so (RFC 9111's stale warning), as the log and the metrics do.
+    if response.status().is_success()
+        && crate::trace::current_result() == Some(crate::trace::CacheResult::Stale)
+    {
+        response.headers_mut().insert(
+            http::header::WARNING,
+            HeaderValue::from_static("110 berth \"Response is Stale\""),
+        );
+    }
     response
 }
 

@@ -170,39 +170,7 @@ impl<E: Clone + Display + Send + Sync + 'static> FillReader<E> {
     }
 
     async fn read_at(&self, offset: u64, len: u64) -> io::Result<Bytes> {
-        let buf = match read_cached(&self.spool, offset, vec![0u8; len as usize]) {
-            Ok(bytes) => return Ok(bytes),
-            Err(buf) => buf,
-        };
-        let file = self.spool.clone();
-        tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            let mut buf = buf;
-            file.read_exact_at(&mut buf, offset)?;
-            Ok(Bytes::from(buf))
-        })
-        .await
-        .map_err(io::Error::other)?
-    }
-}
-
-/// Reads from the page cache without blocking (`preadv2` with `RWF_NOWAIT`), on the runtime
-/// thread: the spool was just written, so its pages are almost always there, and a read that
-/// needs no disk costs less than a hop to the blocking pool. Gives the buffer back when the
-/// kernel would have to wait for the disk (or cannot say): then the caller reads on the
-/// blocking pool, which also reports any real error.
-fn read_cached(file: &std::fs::File, offset: u64, mut buf: Vec<u8>) -> Result<Bytes, Vec<u8>> {
-    let read = rustix::io::preadv2(
-        file,
-        &mut [io::IoSliceMut::new(&mut buf)],
-        offset,
-        rustix::io::ReadWriteFlags::NOWAIT,
-    );
-    match read {
-        Ok(n) if n > 0 => {
-            buf.truncate(n);
-            Ok(Bytes::from(buf))
-        }
-        _ => Err(buf),
+        // The spool was just written: its pages are almost always in the page cache.
+        crate::store::page_cache::read_at(&self.spool, offset, len as usize).await
     }
 }

@@ -216,6 +216,8 @@ pub struct Upstream {
     /// Hosts besides the upstream's own that may receive its credentials as a token realm
     /// and may resolve to non-public addresses (lower-case, no port).
     pub trusted_hosts: Vec<String>,
+    /// Which repositories may be pulled through this upstream.
+    pub repositories: RepositoryRules,
     /// Blobs larger than this are refused (with or without a Content-Length). `None` = no cap
     /// (only an upstream made by `Upstream::at` for the probe; configured ones have a default).
     pub max_blob_size: Option<u64>,
@@ -240,12 +242,69 @@ impl Upstream {
             credentials: None,
             ca_file: None,
             trusted_hosts: Vec::new(),
+            repositories: RepositoryRules::default(),
             max_blob_size: None,
             max_fills: DEFAULT_MAX_FILLS,
             tag_ttl: DEFAULT_TAG_TTL,
             official_images_prefix: false,
             transport: Transport::default(),
         }
+    }
+}
+
+/// `allow_repositories` / `deny_repositories`: checked before any upstream connection.
+#[derive(Debug, Clone, Default)]
+pub struct RepositoryRules {
+    /// Only these may be pulled (when given).
+    pub allow: Option<(Vec<String>, globset::GlobSet)>,
+    /// These may not be, even when allowed.
+    pub deny: Option<(Vec<String>, globset::GlobSet)>,
+}
+
+impl PartialEq for RepositoryRules {
+    fn eq(&self, other: &Self) -> bool {
+        let patterns = |r: &RepositoryRules| {
+            (
+                r.allow.as_ref().map(|(p, _)| p.clone()),
+                r.deny.as_ref().map(|(p, _)| p.clone()),
+            )
+        };
+        patterns(self) == patterns(other)
+    }
+}
+
+impl RepositoryRules {
+    /// Compiles glob patterns (`*` within one component, `**` across them).
+    pub fn compile(patterns: &[String]) -> Result<(Vec<String>, globset::GlobSet), String> {
+        let mut set = globset::GlobSetBuilder::new();
+        for pattern in patterns {
+            let glob = globset::GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("`{pattern}` is not a glob: {e}"))?;
+            set.add(glob);
+        }
+        let set = set.build().map_err(|e| e.to_string())?;
+        Ok((patterns.to_vec(), set))
+    }
+
+    /// `Err(why)` when `repository` may not be pulled: the rule that refused it.
+    pub fn check(&self, repository: &str) -> Result<(), String> {
+        if let Some((patterns, set)) = &self.deny {
+            if set.is_match(repository) {
+                let hit = set.matches(repository);
+                return Err(format!("deny_repositories has `{}`", patterns[hit[0]]));
+            }
+        }
+        if let Some((patterns, set)) = &self.allow {
+            if !set.is_match(repository) {
+                return Err(format!(
+                    "allow_repositories ({}) does not name it",
+                    patterns.join(", ")
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -105,6 +105,8 @@ pub struct RawUpstream {
     pub trusted_hosts: Option<Vec<String>>,
     pub max_blob_size: Option<RawSize>,
     pub max_fills: Option<u32>,
+    pub allow_repositories: Option<Vec<String>>,
+    pub deny_repositories: Option<Vec<String>>,
 }
 
 impl RawConfig {

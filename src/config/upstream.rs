@@ -5,8 +5,8 @@ use super::limits::{MAX_INTERVAL, MAX_TAG_TTL, check_duration};
 use super::raw::RawUpstream;
 use super::resolve::{check_pem_certificates, parse_http_url, read_secret_file};
 use super::{
-    ConfigError, Credentials, DEFAULT_MAX_BLOB_SIZE, DEFAULT_MAX_FILLS, DEFAULT_TAG_TTL, Transport,
-    Upstream,
+    ConfigError, Credentials, DEFAULT_MAX_BLOB_SIZE, DEFAULT_MAX_FILLS, DEFAULT_TAG_TTL,
+    RepositoryRules, Transport, Upstream,
 };
 use crate::oci::is_registry_name;
 
@@ -51,7 +51,9 @@ impl RawUpstream {
             retry_budget,
             trusted_hosts,
             max_blob_size,
-            max_fills
+            max_fills,
+            allow_repositories,
+            deny_repositories
         )
     }
 
@@ -92,6 +94,7 @@ impl RawUpstream {
         }
         let transport = raw.transport(name)?;
         let trusted_hosts = raw.trusted_hosts(name)?;
+        let repositories = raw.repository_rules(name)?;
         let max_blob_size = raw
             .max_blob_size
             .map(|size| size.bytes())
@@ -116,6 +119,7 @@ impl RawUpstream {
             credentials,
             ca_file: raw.ca_file,
             trusted_hosts,
+            repositories,
             max_blob_size,
             max_fills,
             tag_ttl,
@@ -182,6 +186,21 @@ impl RawUpstream {
         );
         check_transport(&transport, name)?;
         Ok(transport)
+    }
+
+    /// `allow_repositories` / `deny_repositories`: glob lists (`*` within one path component,
+    /// `**` across components), compiled once.
+    fn repository_rules(&self, name: &str) -> Result<RepositoryRules, ConfigError> {
+        let compile = |field: &str, list: &Option<Vec<String>>| {
+            list.as_ref()
+                .map(|patterns| RepositoryRules::compile(patterns))
+                .transpose()
+                .map_err(|e| ConfigError::new(key(name, field), e))
+        };
+        Ok(RepositoryRules {
+            allow: compile("allow_repositories", &self.allow_repositories)?,
+            deny: compile("deny_repositories", &self.deny_repositories)?,
+        })
     }
 
     /// `trusted_hosts`: bare host names, kept as [`host_key`]s.

@@ -21,6 +21,8 @@ pub(super) struct Core {
     pub config: Arc<Config>,
     pub store: Arc<dyn BlobStore>,
     pub metrics: Arc<Metrics>,
+    /// Every image the cluster pulled (what `pin_history` keeps).
+    pub history: Arc<crate::history::History>,
     pub missing: Missing,
     /// Blob fills and shared listings run in their own tasks (a client that hangs up does not
     /// cancel them for the others); a graceful shutdown waits for them here.
@@ -28,13 +30,38 @@ pub(super) struct Core {
 }
 
 impl Core {
-    pub fn new(config: Arc<Config>, store: Arc<dyn BlobStore>, metrics: Arc<Metrics>) -> Core {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn BlobStore>,
+        metrics: Arc<Metrics>,
+        history: Arc<crate::history::History>,
+    ) -> Core {
         Core {
             config,
             store,
             metrics,
+            history,
             missing: Missing::new(),
             tasks: TaskTracker::new(),
+        }
+    }
+}
+
+impl Core {
+    /// Is `digest` (a manifest) kept on purpose: named by a pin set, or pulled by the cluster
+    /// within `pin_history`? Such content outlives its tag upstream.
+    pub async fn is_pinned(&self, digest: &crate::oci::Digest) -> bool {
+        if let Some(window) = self.config.store.pin_history {
+            if self.history.digests(window).contains(digest) {
+                return true;
+            }
+        }
+        match crate::store::pins::read_all(self.store.as_ref()).await {
+            Ok(sets) => sets.iter().any(|set| set.manifests.contains(digest)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the pin sets");
+                false
+            }
         }
     }
 }

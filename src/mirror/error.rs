@@ -77,6 +77,15 @@ pub enum MirrorError {
     /// berth's upstream rules refused to go where the upstream pointed.
     #[error("{upstream}: {cause}")]
     Refused { upstream: String, cause: String },
+    /// `allow_repositories` / `deny_repositories` of the upstream refuse the repository.
+    #[error(
+        "{repo} may not be pulled through this mirror from {upstream}: upstreams.{upstream}.{rule}"
+    )]
+    RepositoryRefused {
+        upstream: String,
+        repo: Repository,
+        rule: String,
+    },
     /// A cached manifest berth cannot read as a manifest (asked to pin it, say).
     #[error("manifest {digest} cannot be walked: {cause}")]
     Unwalkable { digest: String, cause: String },
@@ -176,6 +185,7 @@ impl MirrorError {
             MirrorError::TooLarge { .. } => ErrorClass::TooLarge,
             MirrorError::Refused { .. } => ErrorClass::Refused,
             MirrorError::Unwalkable { .. } => ErrorClass::Client,
+            MirrorError::RepositoryRefused { .. } => ErrorClass::Refused,
             MirrorError::Internal(_) => ErrorClass::Other,
         }
     }

@@ -263,7 +263,18 @@ impl Manifests {
                 };
                 match (result, known) {
                     (Ok(record), _) => Ok(record),
-                    (Err(e @ MirrorError::ManifestUnknown { .. }), _) => Err(e),
+                    // A registry that deleted the tag: pinned content outlives it.
+                    (Err(e @ MirrorError::ManifestUnknown { .. }), Some(stale)) => {
+                        if !this.core.is_pinned(&stale.digest).await {
+                            return Err(e);
+                        }
+                        tracing::warn!(upstream = %target2.upstream_name(), repo = %target2.repo, tag = %tag2,
+                            digest = %stale.digest, "the upstream no longer has this tag; serving the pinned digest");
+                        this.core.metrics.tag_lookup(target2.upstream.label(), "stale");
+                        trace::note(CacheResult::Stale);
+                        Ok(stale)
+                    }
+                    (Err(e @ MirrorError::ManifestUnknown { .. }), None) => Err(e),
                     (Err(e), Some(stale)) => {
                         tracing::warn!(upstream = %target2.upstream_name(), repo = %target2.repo, tag = %tag2,
                             digest = %stale.digest, error = %e, "upstream failed; serving the last known digest");

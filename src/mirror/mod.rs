@@ -92,7 +92,7 @@ impl Mirror {
             ),
             _ => None,
         };
-        let core = Arc::new(Core::new(config, store, metrics));
+        let core = Arc::new(Core::new(config, store, metrics, history.clone()));
         let spool_dir = core.config.data_dir.join("spool");
         // Spools live on local disk: bounded by the disk cache's limit, or the hot tier's.
         let disk_limit = match &core.config.store.kind {

@@ -99,6 +99,14 @@ impl Routes {
         if upstream.config().official_images_prefix {
             repo = repo.with_library_prefix();
         }
+        // Before any upstream connection: a repository the rules refuse costs nothing.
+        if let Err(rule) = upstream.config().repositories.check(repo.as_str()) {
+            return Err(MirrorError::RepositoryRefused {
+                upstream: upstream.name().to_string(),
+                repo,
+                rule,
+            });
+        }
         Ok(Target { upstream, repo })
     }
 

@@ -14,3 +14,8 @@ pub fn manifest(digest: &Digest) -> String {
 pub fn tag(upstream: &str, repo: &Repository, tag: &Tag) -> String {
     format!("tags/{upstream}/{repo}/_tags/{tag}")
 }
+
+/// The last tag list an upstream gave for a repository (served when the upstream is down).
+pub fn tag_list(upstream: &str, repo: &Repository) -> String {
+    format!("tags/{upstream}/{repo}/_list")
+}

@@ -13,6 +13,7 @@ pub mod disk;
 pub mod housekeeping;
 pub mod keys;
 pub mod manifest_form;
+pub mod page_cache;
 mod s3;
 mod tiered;
 

@@ -28,6 +28,7 @@ pub struct Listing {
 }
 
 /// Which listing to fetch.
+#[derive(Debug, Clone)]
 pub enum ListingKind {
     Tags,
     Referrers(Digest),

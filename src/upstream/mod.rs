@@ -416,7 +416,8 @@ fn check_status(response: Response<Incoming>) -> Result<Response<Incoming>, Upst
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|secs| Duration::from_secs(secs.min(86_400)));
     Err(match status.as_u16() {
-        404 => UpstreamError::NotFound,
+        // 410: a registry that retired the content says so for good.
+        404 | 410 => UpstreamError::NotFound,
         401 | 403 => UpstreamError::Denied {
             status: status.as_u16(),
         },

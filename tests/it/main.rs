@@ -29,6 +29,7 @@ mod history;
 mod mss_blackhole;
 mod observe;
 mod oci_model;
+mod outlive_upstream;
 mod parsers;
 mod podman;
 mod prewarm;

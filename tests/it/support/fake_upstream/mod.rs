@@ -247,6 +247,14 @@ impl FakeUpstream {
             .insert(tag.into(), digest.into());
     }
 
+    /// Removes `tag` (a vendor retiring an image): the registry then answers 404 for it.
+    pub fn untag(&self, repo: &str, tag: &str) {
+        let mut repos = lock(&self.shared.repos);
+        if let Some(repo) = repos.get_mut(repo) {
+            repo.tags.remove(tag);
+        }
+    }
+
     /// Queues a fault (see [`faults`] for matching rules).
     pub fn inject(&self, fault: Fault) {
         lock(&self.shared.faults).push(fault);
