@@ -200,6 +200,11 @@ async fn serve_until_stopped(
     };
     let local = listener.local_addr()?;
     warn_if_open_to_everyone(local, &config.server);
+    for addr in std::iter::once(local).chain(config.server.admin_listen) {
+        if let Some(user) = k3s_port(addr.port()) {
+            tracing::warn!(listen = %addr, "this port is {user} on a K3s node; on a node, pick another port for berth");
+        }
+    }
     if let Some(tls) = &front.tls {
         tls.spawn_reloader(stop.clone());
     }
@@ -244,6 +249,16 @@ impl FrontDoor {
     }
 }
 
+/// The ports a K3s node uses itself, and for what (berth on a node must stay off them).
+fn k3s_port(port: u16) -> Option<&'static str> {
+    match port {
+        5001 => Some("the embedded registry mirror's peer-to-peer port (Spegel)"),
+        6443 => Some("the API server's and the embedded registry mirror's"),
+        10250 => Some("the kubelet's"),
+        _ => None,
+    }
+}
+
 /// Listening beyond the private networks with `allow` covering everyone lends berth's upstream
 /// credentials and pull quota to the internet: say so.
 fn warn_if_open_to_everyone(listen: std::net::SocketAddr, server: &ServerConfig) {
@@ -263,6 +278,29 @@ fn open_to_everyone(listen: std::net::SocketAddr, server: &ServerConfig) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ports_a_k3s_node_uses_are_named_and_the_shipped_ones_are_free() {
+        assert!(k3s_port(5001).is_some() && k3s_port(6443).is_some());
+        let shipped =
+            crate::config::Config::from_toml(include_str!("../config/berth.toml")).unwrap();
+        assert!(k3s_port(shipped.listen.port()).is_none());
+        let example = include_str!("../config/berth.toml")
+            .lines()
+            .find_map(|l| l.strip_prefix("# admin_listen = "))
+            .expect("the example names an admin_listen");
+        let port: u16 = example
+            .trim_matches('"')
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            k3s_port(port).is_none(),
+            "the example admin_listen {example} is K3s's"
+        );
+    }
 
     #[test]
     fn warns_only_for_a_public_listener_open_to_everyone() {

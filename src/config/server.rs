@@ -156,7 +156,7 @@ impl RawServer {
             Some(text) => Some(parse_admin_listen(&text).ok_or_else(|| {
                 ConfigError::new(
                     key("admin_listen"),
-                    format!("`{text}` is not an address like 127.0.0.1:5001 (or a port: 5001)"),
+                    format!("`{text}` is not an address like 127.0.0.1:5080 (or a port: 5080)"),
                 )
             })?),
         };

@@ -12,6 +12,7 @@ mod support;
 
 mod ansible_node;
 mod ansible_role;
+mod artifacts;
 mod cache_cli;
 mod cache_integrity;
 mod client_access;
