@@ -87,7 +87,7 @@ fn every_documented_key_is_a_real_key() {
     assert_eq!(config.server.users_file.as_deref(), Some(users.as_path()));
     assert_eq!(
         config.server.admin_listen,
-        Some("127.0.0.1:5001".parse().unwrap())
+        Some("127.0.0.1:5080".parse().unwrap())
     );
     assert_eq!(config.upstreams["docker.io"].transport.tcp_mss, Some(1360));
     assert!(config.upstreams["docker.io"].credentials.is_some());
