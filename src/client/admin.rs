@@ -23,7 +23,23 @@ impl BerthClient {
     /// since the berth started. A non-200 answer is `Err(Status)` (401: the admin token is
     /// missing or wrong; 403: loopback only; 404: no status page here).
     pub async fn status(&self, since: Option<Duration>) -> Result<StatusReport, ClientError> {
-        let mut url = BerthClient::url(&self.admin, &["_berth", "status"]);
+        self.admin_report("status", since, "a status report").await
+    }
+
+    /// `GET /_berth/history[?since=…]`: the images the cluster pulled (all the berth
+    /// remembers without `since`).
+    pub async fn history(&self, since: Option<Duration>) -> Result<HistoryReport, ClientError> {
+        self.admin_report("history", since, "a pull history").await
+    }
+
+    /// `GET /_berth/<endpoint>[?since=…]` as JSON: one of berth's reports, bounded in size.
+    async fn admin_report<T: serde::de::DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        since: Option<Duration>,
+        what: &str,
+    ) -> Result<T, ClientError> {
+        let mut url = BerthClient::url(&self.admin, &["_berth", endpoint]);
         if let Some(since) = since {
             url.query_pairs_mut()
                 .append_pair("since", &format!("{}s", since.as_secs()));
@@ -38,33 +54,13 @@ impl BerthClient {
             .map_err(|e| match e {
                 ClientError::Invalid { url, message } => ClientError::Invalid {
                     url,
-                    message: format!("{message}; that is not a status report"),
+                    message: format!("{message}; that is not {what}"),
                 },
                 e => e,
             })?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Invalid {
             url: url.to_string(),
-            message: format!("not a berth status report ({e})"),
-        })
-    }
-
-    /// `GET /_berth/history[?since=…]`: the images the cluster pulled (all the berth
-    /// remembers without `since`).
-    pub async fn history(&self, since: Option<Duration>) -> Result<HistoryReport, ClientError> {
-        let mut url = BerthClient::url(&self.admin, &["_berth", "history"]);
-        if let Some(since) = since {
-            url.query_pairs_mut()
-                .append_pair("since", &format!("{}s", since.as_secs()));
-        }
-        let request = self
-            .admin_request(reqwest::Method::GET, &url)
-            .header(ACCEPT, "application/json")
-            .timeout(STATUS_TIMEOUT);
-        let response = BerthClient::ok(self.send(request, &url).await?).await?;
-        let body = read_bounded(response, MAX_STATUS_BYTES).await?;
-        serde_json::from_slice(&body).map_err(|e| ClientError::Invalid {
-            url: url.to_string(),
-            message: format!("not a berth pull history ({e})"),
+            message: format!("not {what} of berth's ({e})"),
         })
     }
 

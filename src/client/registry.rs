@@ -80,25 +80,16 @@ impl BerthClient {
         lookup: Lookup,
     ) -> Result<Option<ManifestHead>, ClientError> {
         let url = self.manifest_url(registry, repo, reference);
-        let mut response = self
-            .send(
-                self.manifest_request(reqwest::Method::HEAD, &url, lookup),
-                &url,
-            )
-            .await?;
-        if lookup == Lookup::CacheOnly && response.status() == StatusCode::GATEWAY_TIMEOUT {
+        let head = self.manifest_request(reqwest::Method::HEAD, &url, lookup);
+        let Some(mut response) = self.looked_up(head, &url, lookup).await? else {
             return Ok(None);
-        }
+        };
         if !response.status().is_success() {
-            response = self
-                .send(
-                    self.manifest_request(reqwest::Method::GET, &url, lookup),
-                    &url,
-                )
-                .await?;
-            if lookup == Lookup::CacheOnly && response.status() == StatusCode::GATEWAY_TIMEOUT {
+            let get = self.manifest_request(reqwest::Method::GET, &url, lookup);
+            let Some(again) = self.looked_up(get, &url, lookup).await? else {
                 return Ok(None);
-            }
+            };
+            response = again;
         }
         let response = BerthClient::ok(response).await?;
         let digest = header(&response, DIGEST_HEADER)
@@ -124,15 +115,10 @@ impl BerthClient {
         lookup: Lookup,
     ) -> Result<Option<Manifest>, ClientError> {
         let url = self.manifest_url(registry, repo, reference);
-        let response = self
-            .send(
-                self.manifest_request(reqwest::Method::GET, &url, lookup),
-                &url,
-            )
-            .await?;
-        if lookup == Lookup::CacheOnly && response.status() == StatusCode::GATEWAY_TIMEOUT {
+        let get = self.manifest_request(reqwest::Method::GET, &url, lookup);
+        let Some(response) = self.looked_up(get, &url, lookup).await? else {
             return Ok(None);
-        }
+        };
         let response = BerthClient::ok(response).await?;
         let too_big = || ClientError::Invalid {
             url: url.to_string(),
@@ -199,17 +185,27 @@ impl BerthClient {
         lookup: Lookup,
     ) -> Result<Option<Body>, ClientError> {
         let url = self.blob_url(registry, repo, digest);
-        let response = self
-            .send(
-                self.lookup_request(reqwest::Method::GET, &url, lookup),
-                &url,
-            )
-            .await?;
+        let get = self.lookup_request(reqwest::Method::GET, &url, lookup);
+        let Some(response) = self.looked_up(get, &url, lookup).await? else {
+            return Ok(None);
+        };
+        let response = BerthClient::ok(response).await?;
+        Ok(Some(Body::new(response, self.idle)))
+    }
+
+    /// Sends `request`; `None` when a [`Lookup::CacheOnly`] request was answered "not cached"
+    /// (504, RFC 9111's answer to `only-if-cached`).
+    async fn looked_up(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &Url,
+        lookup: Lookup,
+    ) -> Result<Option<reqwest::Response>, ClientError> {
+        let response = self.send(request, url).await?;
         if lookup == Lookup::CacheOnly && response.status() == StatusCode::GATEWAY_TIMEOUT {
             return Ok(None);
         }
-        let response = BerthClient::ok(response).await?;
-        Ok(Some(Body::new(response, self.idle)))
+        Ok(Some(response))
     }
 
     /// `/v2/<repo>/<tail…>?ns=<registry>`, as containerd addresses a mirror.

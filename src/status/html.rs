@@ -156,10 +156,8 @@ fn write_fills(out: &mut String, fills: &[FillStatus]) {
             "<tr><td><code>{}</code></td><td class=\"num\">{} / {}</td><td class=\"num\">{}</td><td class=\"num\">{}/s</td><td class=\"num\">{}</td><td class=\"num\">{:.0}s</td></tr>",
             esc(&f.digest),
             human_bytes(f.bytes),
-            f.total.map(human_bytes).unwrap_or_else(|| "?".into()),
-            f.percent
-                .map(|p| format!("{p:.0}%"))
-                .unwrap_or_else(|| "–".into()),
+            f.total_text(),
+            f.percent_text(),
             human_bytes(f.bytes_per_second),
             f.waiters,
             f.seconds,

@@ -63,6 +63,20 @@ pub struct FillStatus {
     pub seconds: f64,
 }
 
+impl FillStatus {
+    /// The blob's size as people read it (`?` when the upstream did not say).
+    pub fn total_text(&self) -> String {
+        self.total.map(human_bytes).unwrap_or_else(|| "?".into())
+    }
+
+    /// How far along, `42%` (`–` without a size).
+    pub fn percent_text(&self) -> String {
+        self.percent
+            .map(|p| format!("{p:.0}%"))
+            .unwrap_or_else(|| "–".into())
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CacheStatus {
     pub bytes: u64,

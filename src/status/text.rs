@@ -115,10 +115,8 @@ fn write_fills(out: &mut String, fills: &[FillStatus]) {
             "  {}  {} of {} ({}), {}/s, {} waiting",
             short_reference(&f.digest),
             human_bytes(f.bytes),
-            f.total.map(human_bytes).unwrap_or_else(|| "?".into()),
-            f.percent
-                .map(|p| format!("{p:.0}%"))
-                .unwrap_or_else(|| "–".into()),
+            f.total_text(),
+            f.percent_text(),
             human_bytes(f.bytes_per_second),
             f.waiters
         );
