@@ -57,6 +57,15 @@ fn write_upstreams(out: &mut String, report: &StatusReport) {
         if let Some(left) = u.ratelimit_remaining {
             let _ = writeln!(out, "  {:<22} rate limit remaining: {left}", "");
         }
+        if let Some(hole) = &u.black_hole {
+            let _ = writeln!(
+                out,
+                "  {:<22} black hole: {}; confirm with `{}`",
+                "",
+                p(&hole.describe(now)),
+                super::CONFIRM_BLACK_HOLE
+            );
+        }
     }
 }
 

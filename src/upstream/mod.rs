@@ -13,6 +13,7 @@
 //! challenges) and the HTTP plumbing.
 
 mod auth;
+mod black_hole;
 mod blob;
 mod body;
 mod calls;
@@ -40,6 +41,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use url::Url;
 
+pub use black_hole::Clamp;
 pub use blob::BlobStream;
 pub use body::BodyReader;
 pub use calls::{FetchedManifest, Listing, ListingKind};
@@ -114,6 +116,7 @@ pub struct UpstreamClient {
     auth: Auth,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    black_holes: Arc<black_hole::BlackHoles>,
 }
 
 impl UpstreamClient {
@@ -121,6 +124,7 @@ impl UpstreamClient {
         let tls = connector::tls_config(config.ca_file.as_deref(), config.transport.http1_only)?;
         let connector = Connector::new(&config, Arc::new(tls))
             .with_metrics(metrics.clone(), &config.metrics_label);
+        let black_holes = connector.black_holes();
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(16)
@@ -140,6 +144,7 @@ impl UpstreamClient {
             http,
             health,
             metrics,
+            black_holes,
         })
     }
 
@@ -158,6 +163,11 @@ impl UpstreamClient {
 
     pub fn state(&self) -> BreakerState {
         self.health.state()
+    }
+
+    /// The MSS clamp berth put on this upstream's connections after a PMTU black hole, if any.
+    pub fn black_hole(&self) -> Option<Clamp> {
+        self.black_holes.latest()
     }
 
     /// Is the circuit breaker open (the upstream marked down)?
@@ -299,10 +309,16 @@ impl UpstreamClient {
                 Ok(response)
             }
             Ok(Err(e)) => Err(UpstreamError::from_hyper(e)),
-            Err(_) => Err(UpstreamError::Timeout(format!(
-                "no response headers from {} within {timeout:?}",
-                authority(url)
-            ))),
+            Err(_) => {
+                // The first response bytes never arrived: one sign of a PMTU black hole.
+                if let Some(key) = black_hole::key_of(url) {
+                    self.black_holes.stalled_before_first_byte(&key);
+                }
+                Err(UpstreamError::Timeout(format!(
+                    "no response headers from {} within {timeout:?}",
+                    authority(url)
+                )))
+            }
         }
     }
 
