@@ -389,11 +389,15 @@ fn handshake_black_holes(e: &Evidence, out: &mut Vec<Verdict>) {
             kind: "pmtu_black_hole".into(),
             target: t.host.clone(),
             evidence: format!(
-                "TCP connects but TLS handshakes with {} at {} time out at the default MSS and \
+                "TCP connects but TLS handshakes with {}{} time out at the default MSS and \
                  complete with a clamp ({}): the server's certificate flight is lost in \
                  full-size segments{mtu}",
                 t.host,
-                h.address,
+                if h.address == t.host {
+                    String::new()
+                } else {
+                    format!(" at {}", h.address)
+                },
                 h.summary()
             ),
             fix: clamp_fix(mss),
@@ -429,15 +433,30 @@ fn tls_timeouts(e: &Evidence, out: &mut Vec<Verdict>) {
         .join(", ");
     match hosts.len() {
         0 => {}
-        1 => out.push(verdict(
-            "tls_handshake_timeouts",
-            hosts[0],
-            format!("TLS handshakes timed out after the TCP connect succeeded: {detail}"),
-            "the server's certificate flight is not arriving: if bulk transfers also stall this \
-             is the MTU (clamp MSS); else compare from another host to tell the registry from \
-             the path"
-                .into(),
-        )),
+        1 => {
+            let compared = e
+                .targets
+                .iter()
+                .filter(|t| t.host == hosts[0])
+                .find_map(|t| t.handshakes.as_ref());
+            let fix = match compared {
+                Some(h) => format!(
+                    "handshakes fail at every MSS too ({}): not the MTU; the server or a \
+                     middlebox holds them: compare from another host (berth probe compare)",
+                    h.summary()
+                ),
+                None => "the server's certificate flight is not arriving: if bulk transfers \
+                         also stall this is the MTU (clamp MSS); else compare from another host \
+                         to tell the registry from the path"
+                    .into(),
+            };
+            out.push(verdict(
+                "tls_handshake_timeouts",
+                hosts[0],
+                format!("TLS handshakes timed out after the TCP connect succeeded: {detail}"),
+                fix,
+            ))
+        }
         _ => out.push(verdict(
             "tls_handshake_timeouts",
             "*",

@@ -88,16 +88,19 @@ fn big_flight_ca() -> TestCa {
     ca
 }
 
-/// `berth probe --json` inside `ns`: (exit code, report).
+/// `berth probe` inside `ns`, the text report on stdout (shown) and the JSON one in a file:
+/// (exit code, report).
 fn probe(ns: &str, dir: &Path, config: &str, targets: &[String]) -> (i32, serde_json::Value) {
     let config_path = dir.join("probe.toml");
     std::fs::write(&config_path, config).unwrap();
+    let json_path = dir.join("probe.json");
     let mut args = vec![
         env!("CARGO_BIN_EXE_berth").to_string(),
         "probe".into(),
         "--config".into(),
         config_path.to_str().unwrap().into(),
-        "--json".into(),
+        "--out".into(),
+        json_path.to_str().unwrap().into(),
         "--no-user-named".into(),
         "--rounds".into(),
         "2".into(),
@@ -116,7 +119,9 @@ fn probe(ns: &str, dir: &Path, config: &str, targets: &[String]) -> (i32, serde_
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = in_ns(ns, &args, Duration::from_secs(180));
     assert!(!out.timed_out, "berth probe did not finish: {}", out.stderr);
-    let report: serde_json::Value = serde_json::from_str(&out.stdout)
+    eprintln!("--- berth probe\n{}", out.stdout);
+    let json = std::fs::read_to_string(&json_path).unwrap_or_default();
+    let report: serde_json::Value = serde_json::from_str(&json)
         .unwrap_or_else(|e| panic!("probe JSON: {e}\n{}\n{}", out.stdout, out.stderr));
     (out.code.unwrap_or(-1), report)
 }
@@ -310,9 +315,31 @@ fn a_handshake_black_hole_is_named_by_the_probe_and_healed_by_a_default_berth() 
         );
         berth.assert_running("berth (default config)");
         let log = berth.stderr();
+        let warning = log
+            .lines()
+            .find(|l| l.contains("path MTU black hole"))
+            .unwrap_or_else(|| panic!("the clamp is logged:\n{log}"));
+        eprintln!("berth's warning: {warning}");
         assert!(
-            log.contains("path MTU black hole") && log.contains("1360"),
-            "the clamp is logged with the MSS:\n{log}"
+            warning.contains("1360") && warning.contains("lab.registry"),
+            "{warning}"
+        );
+        let status = in_ns(
+            &lab.berth,
+            &[
+                env!("CARGO_BIN_EXE_berth"),
+                "status",
+                "--mirror",
+                &format!("http://127.0.0.1:{BERTH_PORT}"),
+            ],
+            Duration::from_secs(20),
+        );
+        eprintln!("--- berth status\n{}", status.stdout);
+        assert!(
+            status.stdout.contains("black hole: clamped to MSS 1360"),
+            "{}{}",
+            status.stdout,
+            status.stderr
         );
         let metrics = get_text(
             &lab.berth,
