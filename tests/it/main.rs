@@ -11,6 +11,7 @@
 mod support;
 
 mod ansible_node;
+mod ansible_report;
 mod ansible_role;
 mod artifacts;
 mod cache_cli;
