@@ -387,11 +387,14 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
                 matches!(http_get(addr, "/v2/"), Some((200, _))).then_some(())
             },
         );
-        // The service user writes the access log where the role made room for it.
+        // The service user writes the access log where the role made room for it. A pull of
+        // a registry berth does not serve: logged, and nothing leaves this host.
+        let refused = http_get(addr, "/v2/role-test/app/manifests/1?ns=unknown.example");
+        assert!(matches!(refused, Some((404, _))), "{refused:?}");
         wait_until("the access log line", BERTH_READY_TIMEOUT, || {
             std::fs::read_to_string(log_dir.join("access.jsonl"))
                 .ok()
-                .filter(|log| log.contains("\"status\":200"))
+                .filter(|log| log.contains("role-test/app"))
         });
     }));
     kill_child(&mut child);

@@ -37,6 +37,7 @@ mod podman;
 mod prewarm;
 mod probe;
 mod pull_through;
+mod rebuild_drill;
 mod registries;
 mod s3_replicas;
 mod store_conformance;

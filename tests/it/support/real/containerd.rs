@@ -21,12 +21,24 @@ pub struct Containerd {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub snapshotter: String,
+    /// The network namespace containerd and `ctr` run in (`ctr images pull` fetches itself).
+    netns: Option<String>,
     child: Child,
 }
 
 impl Containerd {
     /// Starts containerd and waits (≤ 30 s) until `ctr version` reaches it.
     pub fn start() -> Containerd {
+        Containerd::start_in(None)
+    }
+
+    /// Like [`Containerd::start`], inside network namespace `netns` (a node of a test network),
+    /// where every `ctr` command of it runs too.
+    pub fn start_in_netns(netns: &str) -> Containerd {
+        Containerd::start_in(Some(netns))
+    }
+
+    fn start_in(netns: Option<&str>) -> Containerd {
         // Short path: the socket must fit in sun_path (108 bytes).
         let dir = tempfile::Builder::new()
             .prefix("ctd")
@@ -46,7 +58,16 @@ impl Containerd {
             opt = d.join("opt").display(),
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
-        let child = Command::new("containerd")
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "containerd"]);
+                c
+            }
+            None => Command::new("containerd"),
+        };
+        // `ip netns exec` execs containerd: the child is containerd itself.
+        let child = command
             .arg("--config")
             .arg(d.join("config.toml"))
             .stdin(Stdio::null())
@@ -60,6 +81,7 @@ impl Containerd {
             dir,
             socket,
             snapshotter,
+            netns: netns.map(String::from),
             child,
         };
         wait_until(
@@ -77,7 +99,14 @@ impl Containerd {
 
     /// `ctr --address <sock> --namespace berth-test <args>` (2 min timeout).
     pub fn ctr(&self, args: &[&str]) -> CmdOutput {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "ctr"]);
+                c
+            }
+            None => Command::new("ctr"),
+        };
         cmd.arg("--address")
             .arg(&self.socket)
             .args(["--namespace", NAMESPACE])
