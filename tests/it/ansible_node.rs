@@ -312,7 +312,10 @@ fn fresh_node_without_a_runtime_gets_the_files_and_restarts_nothing() {
         let (changed, out) = node.apply_ok(&vars);
         assert!(changed >= 2, "{flavor}: changed {changed}:\n{}", out.stdout);
         assert!(node.path(file).is_file(), "{flavor}: no {file}");
-        let restart = task_output(&out, "berth_node : Restart the container runtime when it runs");
+        let restart = task_output(
+            &out,
+            "berth_node : Restart the container runtime when it runs",
+        );
         assert!(
             restart.contains("skipping"),
             "{flavor}: restarted a runtime that is not there:\n{restart}"

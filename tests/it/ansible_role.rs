@@ -263,7 +263,10 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
     // What a production mirror needs: a bounded store (the role's default), the history pinned,
     // the admin token, the access log, the probe, and the inventory's nodes by name.
     assert_eq!(loaded.store.max_size, Some(50 << 30), "{rendered}");
-    assert_eq!(loaded.store.pin_history, Some(Duration::from_secs(30 * 86_400)));
+    assert_eq!(
+        loaded.store.pin_history,
+        Some(Duration::from_secs(30 * 86_400))
+    );
     assert!(
         loaded
             .admin_token

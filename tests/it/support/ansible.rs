@@ -65,10 +65,15 @@ pub fn task_output<'a>(out: &'a CmdOutput, name: &str) -> &'a str {
         .find(&header)
         .unwrap_or_else(|| panic!("no task `{name}` in:\n{}", out.stdout));
     let rest = &out.stdout[start + header.len()..];
-    let end = ["\nTASK [", "\nRUNNING HANDLER [", "\nPLAY [", "\nPLAY RECAP"]
-        .iter()
-        .filter_map(|h| rest.find(h))
-        .min()
-        .unwrap_or(rest.len());
+    let end = [
+        "\nTASK [",
+        "\nRUNNING HANDLER [",
+        "\nPLAY [",
+        "\nPLAY RECAP",
+    ]
+    .iter()
+    .filter_map(|h| rest.find(h))
+    .min()
+    .unwrap_or(rest.len());
     &rest[..end]
 }
