@@ -7,19 +7,18 @@
 //! ```
 //!
 //! 1. First boot: the `berth_node` role (containerd flavour, the real systemd restart path: no
-//!    runtime installed) writes each node's certs.d before its containerd first starts; each node
-//!    pulls a K3s-like bootstrap set with `ctr` through the role's hosts dir.
+//!    runtime installed) writes each node's certs.d and config.toml before its containerd first
+//!    starts; each node pulls a K3s-like bootstrap set through berth: cp1 as the kubelet does,
+//!    CRI `PullImage` with the CRI plugin's `config_path` taken from the role's config.toml;
+//!    worker1 with `ctr` and the role's hosts dir.
 //! 2. `berth prewarm --check --from-history` says ready.
 //! 3. The upstream is cut: packets dropped in berth's namespace, not refused.
 //! 4. Destroy (each node's containerd state wiped) and rebuild (role first, then containerd):
 //!    every pull succeeds from berth's cache alone (no upstream request), and `report.yml` is
 //!    clean and names the nodes.
 //! 5. One cached layer removed: the gate fails naming the image and the layer; a fresh node's
-//!    pull then fails, and the report fails naming the image, the node and the class, with the
-//!    node's MTU, default route and resolvers.
-//!
-//! Only containerd's transfer path through `ctr` is driven; the CRI image service (what the
-//! kubelet calls) is not, yet.
+//!    CRI pull then fails, and the report fails naming the image, the node and the class, with
+//!    the node's MTU, default route and resolvers.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,7 +31,7 @@ use crate::support::fake_upstream::{FakeUpstream, Options};
 use crate::support::images::{self, Format, ImageIndex};
 use crate::support::netns::{InNetns, Netns, Proc, in_ns, ip, unique_id};
 use crate::support::prereq::{require_root, require_tools};
-use crate::support::real::{Containerd, PullPlatform};
+use crate::support::real::{CRI_NAMESPACE, Containerd, PullPlatform, cri};
 use crate::support::util::{CmdOutput, run, wait_until};
 
 const BERTH_IP: &str = "10.27.27.10";
@@ -291,27 +290,58 @@ fn hosts_dir(dir: &Path, n: usize) -> PathBuf {
     node_root(dir, n).join("etc/containerd/certs.d")
 }
 
-/// Pulls `reference` on `node` through the role's hosts dir; returns the output.
-fn pull(node: &Containerd, dir: &Path, n: usize, reference: &str) -> CmdOutput {
-    node.pull(reference, &hosts_dir(dir, n), PullPlatform::One(PLATFORM))
+/// The node that pulls as the kubelet does (CRI); the others pull with `ctr`.
+const CRI_NODE: usize = 0;
+
+/// Starts node `n`'s containerd in its namespace, after the role wrote its files. The CRI
+/// node's registry hosts come from the `config_path` the role wrote into config.toml.
+fn start_node(net: &DrillNet, dir: &Path, n: usize) -> Containerd {
+    if n != CRI_NODE {
+        return Containerd::start_in_netns(&net.nodes[n]);
+    }
+    let config = node_root(dir, n).join("etc/containerd/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let parsed: toml::Value = toml::from_str(&text).unwrap();
+    let config_path = parsed["plugins"]["io.containerd.grpc.v1.cri"]["registry"]["config_path"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no CRI config_path in {}:\n{text}", config.display()));
+    assert_eq!(Path::new(config_path), hosts_dir(dir, n));
+    Containerd::start_in_netns_with_cri(&net.nodes[n], Path::new(config_path))
+}
+
+/// Pulls `reference` on node `n`: CRI `PullImage` on the CRI node (`Ok(image id)`), else `ctr`
+/// through the role's hosts dir (`Ok("")`).
+fn pull(node: &Containerd, dir: &Path, n: usize, reference: &str) -> Result<String, String> {
+    if n == CRI_NODE {
+        return cri::pull_image(&node.socket, reference);
+    }
+    let out = node.pull(reference, &hosts_dir(dir, n), PullPlatform::One(PLATFORM));
+    if out.success {
+        Ok(String::new())
+    } else {
+        Err(format!("{}\n{}", out.stdout, out.stderr))
+    }
 }
 
 /// Every bootstrap image pulled on `node`: each succeeds, with the pushed digests.
 fn pull_bootstrap_set(node: &Containerd, dir: &Path, n: usize, images: &[ImageIndex]) {
     for ((repository, tag), index) in BOOTSTRAP.iter().zip(images) {
         let reference = format!("docker.io/{repository}:{tag}");
-        let out = pull(node, dir, n, &reference);
-        assert!(
-            out.success,
-            "{}: {reference}: {}\n{}",
-            NODES[n].0, out.stdout, out.stderr
-        );
+        let image_id = pull(node, dir, n, &reference)
+            .unwrap_or_else(|e| panic!("{}: {reference}: {e}", NODES[n].0));
+        let image = index.image_for("amd64");
+        let namespace = if n == CRI_NODE {
+            // The kubelet's answer: the image id is the platform's config digest.
+            assert_eq!(image_id, image.config.digest, "{reference}");
+            CRI_NAMESPACE
+        } else {
+            crate::support::real::containerd::NAMESPACE
+        };
         assert_eq!(
-            node.image_digest(&reference).as_deref(),
+            node.image_digest_in(namespace, &reference).as_deref(),
             Some(index.index.digest.as_str())
         );
-        let have = node.content_digests();
-        let image = index.image_for("amd64");
+        let have = node.content_digests_in(namespace);
         for blob in std::iter::once(&image.manifest)
             .chain(std::iter::once(&image.config))
             .chain(&image.layers)
@@ -381,11 +411,7 @@ fn rebuild_drill_first_boot_gate_cut_rebuild_from_cache_and_report() {
 
     // (1) First boot: the role, then containerd, then the bootstrap pulls through berth.
     apply_node_role(dir, &berth_config);
-    let mut nodes: Vec<Containerd> = net
-        .nodes
-        .iter()
-        .map(|ns| Containerd::start_in_netns(ns))
-        .collect();
+    let mut nodes: Vec<Containerd> = (0..NODES.len()).map(|n| start_node(&net, dir, n)).collect();
     for (n, node) in nodes.iter().enumerate() {
         pull_bootstrap_set(node, dir, n, &images);
     }
@@ -438,11 +464,7 @@ fn rebuild_drill_first_boot_gate_cut_rebuild_from_cache_and_report() {
         std::fs::remove_dir_all(node_root(dir, n)).unwrap();
     }
     apply_node_role(dir, &berth_config);
-    nodes = net
-        .nodes
-        .iter()
-        .map(|ns| Containerd::start_in_netns(ns))
-        .collect();
+    nodes = (0..NODES.len()).map(|n| start_node(&net, dir, n)).collect();
     for (n, node) in nodes.iter().enumerate() {
         pull_bootstrap_set(node, dir, n, &images);
     }
@@ -498,9 +520,9 @@ fn rebuild_drill_first_boot_gate_cut_rebuild_from_cache_and_report() {
     nodes.remove(0);
     std::fs::remove_dir_all(node_root(dir, 0)).unwrap();
     apply_node_role(dir, &berth_config);
-    let cp1 = Containerd::start_in_netns(&net.nodes[0]);
-    let out = pull(&cp1, dir, 0, &coredns);
-    assert!(!out.success, "pulled without the layer: {}", out.stdout);
+    let cp1 = start_node(&net, dir, CRI_NODE);
+    let out = pull(&cp1, dir, CRI_NODE, &coredns);
+    assert!(out.is_err(), "pulled without the layer: {out:?}");
     let vars = serde_json::json!({
         "berth_report_binary": env!("CARGO_BIN_EXE_berth"),
         "berth_report_mirror": format!("http://127.0.0.1:{BERTH_PORT}"),
