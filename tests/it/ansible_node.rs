@@ -771,7 +771,7 @@ fn playbooks_pass_syntax_check() {
     if !require_tools(&["ansible-playbook"]) {
         return;
     }
-    for playbook in ["site.yml", "prewarm.yml"] {
+    for playbook in ["site.yml", "prewarm.yml", "report.yml"] {
         let out = run(
             Command::new("ansible-playbook")
                 .args(["--syntax-check", "-i", "inventory.example.ini", playbook])
