@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::ansible::recap;
+use crate::support::ansible::{recap, task_output};
 use crate::support::fake_upstream::{FakeUpstream, Options};
 use crate::support::images::{self, Content, Format};
 use crate::support::inprocess::Berth;
@@ -287,6 +287,110 @@ fn k3s_and_rke2_nodes_get_what_berth_k3s_registries_prints_and_restart_only_on_c
         berth(&["k3s-registries", "--mirror-url", mirror], None)
     );
     assert_eq!(rke2.restarts(), ["rke2-server"]);
+}
+
+#[test]
+#[ignore = "needs root, ansible: run by scripts/test"]
+fn fresh_node_without_a_runtime_gets_the_files_and_restarts_nothing() {
+    if !require_tools(&["ansible-playbook"]) || !require_root("the role chowns files to root") {
+        return;
+    }
+    let mirror = "http://10.27.27.10:5000";
+    // The real restart path (systemd, service_facts), on a host where neither k3s nor
+    // containerd is installed: the node before the K3s install role runs.
+    for (flavor, file) in [
+        ("k3s", "/etc/rancher/k3s/registries.yaml"),
+        ("containerd", "/etc/containerd/certs.d/docker.io/hosts.toml"),
+    ] {
+        let node = Node::new();
+        assert!(!node.root.exists(), "a fresh root: no directories yet");
+        let vars = serde_json::json!({
+            "berth_node_flavor": flavor,
+            "berth_node_mirror_url": mirror,
+            "berth_node_restart_command": [],
+        });
+        let (changed, out) = node.apply_ok(&vars);
+        assert!(changed >= 2, "{flavor}: changed {changed}:\n{}", out.stdout);
+        assert!(node.path(file).is_file(), "{flavor}: no {file}");
+        let restart = task_output(
+            &out,
+            "berth_node : Restart the container runtime when it runs",
+        );
+        assert!(
+            restart.contains("skipping"),
+            "{flavor}: restarted a runtime that is not there:\n{restart}"
+        );
+        assert!(node.restarts().is_empty());
+        if flavor == "containerd" {
+            let config = node.path("/etc/containerd/config.toml");
+            assert_eq!(
+                config_path(&config, "io.containerd.grpc.v1.cri").as_deref(),
+                Some(node.path("/etc/containerd/certs.d").to_str().unwrap()),
+                "containerd's first start reads the hosts dir"
+            );
+        }
+        let (changed, second) = node.apply_ok(&vars);
+        assert_eq!(changed, 0, "second run not idempotent:\n{}", second.stdout);
+    }
+
+    // A restart command with a running check: a stopped runtime is left alone (it reads the
+    // files when it starts), a running one restarts.
+    for (running, restarts) in [("false", 0), ("true", 1)] {
+        let node = Node::new();
+        node.apply_ok(&serde_json::json!({
+            "berth_node_flavor": "k3s",
+            "berth_node_k3s_role": "agent",
+            "berth_node_mirror_url": mirror,
+            "berth_node_running_command": [running],
+        }));
+        assert!(node.path("/etc/rancher/k3s/registries.yaml").is_file());
+        assert_eq!(node.restarts().len(), restarts, "running check `{running}`");
+    }
+}
+
+#[test]
+#[ignore = "needs ansible: run by scripts/test"]
+fn site_yml_takes_the_group_names_of_common_k3s_inventories() {
+    if !require_tools(&["ansible-playbook"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // k3s-io/k3s-ansible's group names, a host listed in both groups.
+    let inventory = dir.path().join("hosts.ini");
+    std::fs::write(
+        &inventory,
+        "[berth_mirrors]\nmirror ansible_host=10.27.27.10\n\n\
+         [server]\ncp1 ansible_host=10.27.27.11\ncp2 ansible_host=10.27.27.12\n\n\
+         [agent]\nworker1 ansible_host=10.27.27.21\ncp2\n\n\
+         [k3s_cluster:children]\nserver\nagent\n",
+    )
+    .unwrap();
+    let out = run(
+        Command::new("ansible-playbook")
+            .args(["--list-hosts", "-i"])
+            .arg(&inventory)
+            .arg(ansible_dir().join("site.yml"))
+            .env("ANSIBLE_NOCOLOR", "1"),
+        ANSIBLE_TIMEOUT,
+    );
+    out.expect_success();
+    let plays: Vec<&str> = out.stdout.split("play #").skip(1).collect();
+    assert_eq!(plays.len(), 3, "{}", out.stdout);
+    let hosts = |play: &str| -> Vec<String> {
+        let mut hosts: Vec<String> = play
+            .split_once("hosts (")
+            .map(|(_, rest)| rest.lines().skip(1).map(|l| l.trim().to_string()))
+            .into_iter()
+            .flatten()
+            .filter(|l| !l.is_empty() && !l.starts_with('['))
+            .collect();
+        hosts.sort();
+        hosts
+    };
+    assert_eq!(hosts(plays[0]), ["mirror"]);
+    assert_eq!(hosts(plays[1]), ["cp1", "cp2"], "{}", plays[1]);
+    assert!(plays[1].contains("one at a time"));
+    assert_eq!(hosts(plays[2]), ["worker1"], "a server is not an agent too");
 }
 
 /// Every file under `dir`, relative, sorted.
@@ -667,7 +771,7 @@ fn playbooks_pass_syntax_check() {
     if !require_tools(&["ansible-playbook"]) {
         return;
     }
-    for playbook in ["site.yml", "prewarm.yml"] {
+    for playbook in ["site.yml", "prewarm.yml", "report.yml"] {
         let out = run(
             Command::new("ansible-playbook")
                 .args(["--syntax-check", "-i", "inventory.example.ini", playbook])

@@ -37,7 +37,7 @@ fn write_playbook(path: &Path, vars: &serde_json::Value) {
     // JSON is YAML: no quoting surprises in paths or secrets.
     let play = serde_json::json!([{
         "name": "Apply the berth role",
-        "hosts": "all",
+        "hosts": "localhost",
         "gather_facts": false,
         "roles": [{ "role": "berth", "vars": vars }],
     }]);
@@ -45,10 +45,15 @@ fn write_playbook(path: &Path, vars: &serde_json::Value) {
 }
 
 fn ansible_playbook(dir: &Path, playbook: &Path) -> CmdOutput {
+    ansible_playbook_with(dir, playbook, "localhost,")
+}
+
+/// Like [`ansible_playbook`], with an inventory (a file, or `host,` lists).
+fn ansible_playbook_with(dir: &Path, playbook: &Path, inventory: &str) -> CmdOutput {
     run(
         Command::new("ansible-playbook")
             // -v prints every task's result: a secret leaking through one would show.
-            .args(["-v", "-i", "localhost,", "-c", "local"])
+            .args(["-v", "-i", inventory, "-c", "local"])
             .arg(playbook)
             .current_dir(dir)
             .env("ANSIBLE_ROLES_PATH", ansible_dir().join("roles"))
@@ -111,6 +116,16 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
             .as_nanos()
     );
 
+    let admin_token = format!("admin-{secret}");
+    // The K3s nodes of the inventory become [nodes]; berth_nodes adds one by hand.
+    let inventory = tmp.path().join("hosts.ini");
+    std::fs::write(
+        &inventory,
+        "localhost ansible_connection=local\n\n[k3s_servers]\ncp1 ansible_host=10.27.27.11\n\n\
+         [agent]\nworker1 ansible_host=10.27.27.21\nworker-by-dns ansible_host=worker.example\n",
+    )
+    .unwrap();
+    let inventory = inventory.to_str().unwrap().to_string();
     let (user, group) = ("berth", "berth");
     let mut vars = serde_json::json!({
         "berth_root": root,
@@ -120,7 +135,12 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
         "berth_group": group,
         "berth_binary_src": env!("CARGO_BIN_EXE_berth"),
         "berth_mirror_url": "http://10.27.27.10:5000",
-        "berth_upstream_defaults": { "stall_timeout": "15s", "tag_ttl": "2m", "tcp_mss": 1360 },
+        "berth_upstream_defaults": { "stall_timeout": "15s", "tag_ttl": "2m" },
+        "berth_tcp_mss": 1360,
+        "berth_probe_interval": "5m",
+        "berth_store_pin_history": "30d",
+        "berth_admin_token": admin_token,
+        "berth_nodes": { "10.27.27.31": "spare" },
         "berth_upstream_patterns": ["*.pkg.dev", "public.ecr.aws"],
         "berth_upstreams": {
             "docker.io": {
@@ -139,7 +159,7 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
     write_playbook(&playbook, &vars);
 
     // First run: installs everything.
-    let first = ansible_playbook(tmp.path(), &playbook);
+    let first = ansible_playbook_with(tmp.path(), &playbook, &inventory);
     first.expect_success();
     let counts = recap(&first);
     assert_eq!(counts["failed"], 0);
@@ -164,7 +184,11 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
     let ca_file = config_dir.join("registry.example:5000.ca.pem");
     let data_dir = root.join("var/lib/berth");
     let unit = root.join("etc/systemd/system/berth.service");
+    let token_file = config_dir.join("admin-token");
+    let log_dir = root.join("var/log/berth");
     assert_file(&bin, 0o755, &root_owned);
+    assert_file(&token_file, 0o600, &account);
+    assert_file(&log_dir, 0o750, &account);
     assert_eq!(
         std::fs::metadata(&bin).unwrap().len(),
         std::fs::metadata(env!("CARGO_BIN_EXE_berth"))
@@ -190,6 +214,7 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
         !rendered.contains(&secret),
         "secret in berth.toml:\n{rendered}"
     );
+    // The admin token contains the secret: this also proves it never shows in the output.
     assert!(!first.stdout.contains(&secret) && !first.stderr.contains(&secret));
     // no_log shows a loop item as `item=None` (its label would show otherwise).
     let secret_task = first
@@ -235,6 +260,33 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
     assert_eq!(hub.transport.stall_timeout, Duration::from_secs(15));
     assert_eq!(hub.transport.tcp_mss, Some(1360));
     assert!(!hub.transport.http1_only);
+    // What a production mirror needs: a bounded store (the role's default), the history pinned,
+    // the admin token, the access log, the probe, and the inventory's nodes by name.
+    assert_eq!(loaded.store.max_size, Some(50 << 30), "{rendered}");
+    assert_eq!(
+        loaded.store.pin_history,
+        Some(Duration::from_secs(30 * 86_400))
+    );
+    assert!(
+        loaded
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.matches(&admin_token)),
+        "{rendered}"
+    );
+    assert_eq!(
+        loaded.access_log.as_deref(),
+        Some(log_dir.join("access.jsonl").as_path())
+    );
+    assert_eq!(loaded.probe.interval, Some(Duration::from_secs(300)));
+    let names = |ip: &str| loaded.nodes.name(ip.parse().unwrap()).map(String::from);
+    assert_eq!(names("10.27.27.11").as_deref(), Some("cp1"));
+    assert_eq!(names("10.27.27.21").as_deref(), Some("worker1"));
+    assert_eq!(names("10.27.27.31").as_deref(), Some("spare"));
+    assert!(
+        !rendered.contains("worker-by-dns"),
+        "[nodes] keys are addresses:\n{rendered}"
+    );
     let private = &loaded.upstreams["registry.example:5000"];
     assert_eq!(private.ca_file.as_deref(), Some(ca_file.as_path()));
     assert_eq!(private.tag_ttl, Duration::from_secs(60));
@@ -258,13 +310,26 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
         )),
         "{unit_text}"
     );
-    assert!(rendered_directives.contains(&format!("ReadWritePaths={}", data_dir.display())));
+    // Relocated, the log directory is not /var/log/berth: the unit lets berth write it.
+    assert!(
+        rendered_directives.contains(&format!(
+            "ReadWritePaths={} {}",
+            data_dir.display(),
+            log_dir.display()
+        )),
+        "{unit_text}"
+    );
     assert!(rendered_directives.contains(&format!("User={user}")));
     let reference =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/berth.service"))
             .unwrap();
     // Only the paths differ (this install is relocated; StateDirectory is for /var/lib/berth).
-    let path_keys = ["ExecStart=", "ReadWritePaths=", "StateDirectory="];
+    let path_keys = [
+        "ExecStart=",
+        "ReadWritePaths=",
+        "StateDirectory=",
+        "LogsDirectory=",
+    ];
     for line in directives(&reference) {
         if !path_keys.iter().any(|k| line.starts_with(k)) {
             assert!(
@@ -324,7 +389,16 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
                 }
                 matches!(http_get(addr, "/v2/"), Some((200, _))).then_some(())
             },
-        )
+        );
+        // The service user writes the access log where the role made room for it. A pull of
+        // a registry berth does not serve: logged, and nothing leaves this host.
+        let refused = http_get(addr, "/v2/role-test/app/manifests/1?ns=unknown.example");
+        assert!(matches!(refused, Some((404, _))), "{refused:?}");
+        wait_until("the access log line", BERTH_READY_TIMEOUT, || {
+            std::fs::read_to_string(log_dir.join("access.jsonl"))
+                .ok()
+                .filter(|log| log.contains("role-test/app"))
+        });
     }));
     kill_child(&mut child);
     if let Err(panic) = ready {
@@ -338,7 +412,7 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
     );
 
     // Second run: nothing to do.
-    let second = ansible_playbook(tmp.path(), &playbook);
+    let second = ansible_playbook_with(tmp.path(), &playbook, &inventory);
     second.expect_success();
     let counts = recap(&second);
     assert_eq!(
@@ -352,7 +426,7 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
     // A bad upstream URL is refused by validate; the live config stays as it was.
     vars["berth_upstreams"]["registry.example:5000"]["url"] = "registry.example:5000".into();
     write_playbook(&playbook, &vars);
-    let bad = ansible_playbook(tmp.path(), &playbook);
+    let bad = ansible_playbook_with(tmp.path(), &playbook, &inventory);
     assert!(
         !bad.success && !bad.timed_out,
         "bad config accepted:\n{}",

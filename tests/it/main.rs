@@ -11,6 +11,7 @@
 mod support;
 
 mod ansible_node;
+mod ansible_report;
 mod ansible_role;
 mod artifacts;
 mod cache_cli;
@@ -36,6 +37,7 @@ mod podman;
 mod prewarm;
 mod probe;
 mod pull_through;
+mod rebuild_drill;
 mod registries;
 mod s3_replicas;
 mod store_conformance;

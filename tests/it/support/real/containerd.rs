@@ -1,4 +1,5 @@
-//! A private containerd (own root, state, socket; CRI disabled) driven through `ctr`.
+//! A private containerd (own root, state, socket) driven through `ctr`; CRI disabled unless
+//! started with [`Containerd::start_in_netns_with_cri`] (then see `cri`).
 //!
 //! Needs root. Snapshotter: `overlayfs` by default, `BERTH_TEST_SNAPSHOTTER=native` to switch.
 
@@ -9,6 +10,8 @@ use std::time::Duration;
 use super::super::util::{CmdOutput, kill_child, run, wait_until};
 
 pub const NAMESPACE: &str = "berth-test";
+/// Where images pulled through the CRI (the kubelet's path) live.
+pub const CRI_NAMESPACE: &str = "k8s.io";
 
 pub enum PullPlatform<'a> {
     /// `--platform linux/amd64`
@@ -21,12 +24,30 @@ pub struct Containerd {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub snapshotter: String,
+    /// The network namespace containerd and `ctr` run in (`ctr images pull` fetches itself).
+    netns: Option<String>,
     child: Child,
 }
 
 impl Containerd {
     /// Starts containerd and waits (≤ 30 s) until `ctr version` reaches it.
     pub fn start() -> Containerd {
+        Containerd::start_in(None, None)
+    }
+
+    /// Like [`Containerd::start`], inside network namespace `netns` (a node of a test network),
+    /// where every `ctr` command of it runs too.
+    pub fn start_in_netns(netns: &str) -> Containerd {
+        Containerd::start_in(Some(netns), None)
+    }
+
+    /// Like [`Containerd::start_in_netns`], with the CRI plugin on (its socket is `socket`),
+    /// reading registry hosts from `hosts_dir` (its `config_path`), as K3s's containerd does.
+    pub fn start_in_netns_with_cri(netns: &str, hosts_dir: &Path) -> Containerd {
+        Containerd::start_in(Some(netns), Some(hosts_dir))
+    }
+
+    fn start_in(netns: Option<&str>, cri_hosts_dir: Option<&Path>) -> Containerd {
         // Short path: the socket must fit in sun_path (108 bytes).
         let dir = tempfile::Builder::new()
             .prefix("ctd")
@@ -34,9 +55,23 @@ impl Containerd {
             .unwrap();
         let d = dir.path();
         let socket = d.join("c.sock");
+        let snapshotter =
+            std::env::var("BERTH_TEST_SNAPSHOTTER").unwrap_or_else(|_| "overlayfs".into());
+        let cri = match cri_hosts_dir {
+            None => "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string(),
+            // No CNI: the image service works without pod networking.
+            Some(hosts) => format!(
+                "[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_apparmor = true\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"{snapshotter}\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"{cni}\"\n  conf_dir = \"{cni}\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"{hosts}\"\n",
+                cni = d.join("cni").display(),
+                hosts = hosts.display(),
+            ),
+        };
         let config = format!(
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             {cri}\
              [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
              [debug]\n  address = \"\"\n  level = \"debug\"\n\
              [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
@@ -46,7 +81,16 @@ impl Containerd {
             opt = d.join("opt").display(),
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
-        let child = Command::new("containerd")
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "containerd"]);
+                c
+            }
+            None => Command::new("containerd"),
+        };
+        // `ip netns exec` execs containerd: the child is containerd itself.
+        let child = command
             .arg("--config")
             .arg(d.join("config.toml"))
             .stdin(Stdio::null())
@@ -54,12 +98,11 @@ impl Containerd {
             .stderr(std::fs::File::create(d.join("containerd.log")).unwrap())
             .spawn()
             .expect("spawn containerd");
-        let snapshotter =
-            std::env::var("BERTH_TEST_SNAPSHOTTER").unwrap_or_else(|_| "overlayfs".into());
         let mut c = Containerd {
             dir,
             socket,
             snapshotter,
+            netns: netns.map(String::from),
             child,
         };
         wait_until(
@@ -77,10 +120,22 @@ impl Containerd {
 
     /// `ctr --address <sock> --namespace berth-test <args>` (2 min timeout).
     pub fn ctr(&self, args: &[&str]) -> CmdOutput {
-        let mut cmd = Command::new("ctr");
+        self.ctr_in(NAMESPACE, args)
+    }
+
+    /// `ctr` in containerd namespace `namespace` (e.g. [`CRI_NAMESPACE`]).
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> CmdOutput {
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "ctr"]);
+                c
+            }
+            None => Command::new("ctr"),
+        };
         cmd.arg("--address")
             .arg(&self.socket)
-            .args(["--namespace", NAMESPACE])
+            .args(["--namespace", namespace])
             .args(args);
         run(&mut cmd, Duration::from_secs(120))
     }
@@ -106,7 +161,12 @@ impl Containerd {
 
     /// Target digest of `reference` from `ctr images ls` (columns: REF TYPE DIGEST …).
     pub fn image_digest(&self, reference: &str) -> Option<String> {
-        let out = self.ctr(&["images", "ls"]);
+        self.image_digest_in(NAMESPACE, reference)
+    }
+
+    /// [`Containerd::image_digest`] in containerd namespace `namespace`.
+    pub fn image_digest_in(&self, namespace: &str, reference: &str) -> Option<String> {
+        let out = self.ctr_in(namespace, &["images", "ls"]);
         out.expect_success();
         out.stdout.lines().skip(1).find_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
@@ -118,7 +178,12 @@ impl Containerd {
 
     /// Every digest in the content store (`ctr content ls -q`).
     pub fn content_digests(&self) -> Vec<String> {
-        let out = self.ctr(&["content", "ls", "-q"]);
+        self.content_digests_in(NAMESPACE)
+    }
+
+    /// [`Containerd::content_digests`] in containerd namespace `namespace`.
+    pub fn content_digests_in(&self, namespace: &str) -> Vec<String> {
+        let out = self.ctr_in(namespace, &["content", "ls", "-q"]);
         out.expect_success();
         out.stdout
             .lines()
