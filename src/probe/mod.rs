@@ -3,7 +3,8 @@
 //! A run: path facts ([`path`]) → targets ([`targets`]: upstreams' `/v2/`, their token
 //! endpoints from the 401 challenge) → bulk transfers of each image's largest layer at the
 //! default MSS and each clamp ([`bulk`], which also finds the blob CDN host) → paced rounds of
-//! one timed request per target address ([`timing`], failures named by [`crate::failure`]) → path MTU
+//! one timed request per target address ([`timing`], failures named by [`crate::failure`]) →
+//! handshakes at each MSS where TLS handshakes timed out ([`handshakes`]) → path MTU
 //! by DF probes toward every address ([`pmtu`]) → verdicts ([`verdict`], a pure function) →
 //! [`report`] (text or JSON). [`compare`] sets reports from several hosts side by side;
 //! [`light`] is `berth serve`'s periodic probe of each upstream's `/v2/` (`probe_interval`).

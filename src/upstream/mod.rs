@@ -9,7 +9,8 @@
 //! Files: `calls` (typed calls), `blob` (blob download with resume), `retry` (the retry loop,
 //! backoff), `health` (breaker, retry budget), `auth` (who gets which credentials),
 //! `challenge` (WWW-Authenticate), `tokens` (token cache), `body` (stall-aware body reads),
-//! `connector` (TCP/TLS, MSS clamp, address rule), `error`; this file: one attempt (redirects,
+//! `connector` (TCP/TLS, MSS clamp, address rule), `black_hole` (which hosts need a clamped MSS,
+//! found by itself), `error`; this file: one attempt (redirects,
 //! challenges) and the HTTP plumbing.
 
 mod auth;
