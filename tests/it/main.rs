@@ -37,6 +37,7 @@ mod prewarm;
 mod probe;
 mod pull_through;
 mod registries;
+mod release;
 mod s3_replicas;
 mod store_conformance;
 mod untrusted_input;
