@@ -264,7 +264,12 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/berth.service"))
             .unwrap();
     // Only the paths differ (this install is relocated; StateDirectory is for /var/lib/berth).
-    let path_keys = ["ExecStart=", "ReadWritePaths=", "StateDirectory="];
+    let path_keys = [
+        "ExecStart=",
+        "ReadWritePaths=",
+        "StateDirectory=",
+        "WorkingDirectory=",
+    ];
     for line in directives(&reference) {
         if !path_keys.iter().any(|k| line.starts_with(k)) {
             assert!(
