@@ -57,15 +57,19 @@ fn completions_for_each_shell_name_every_subcommand() {
     for shell in ["bash", "zsh", "fish"] {
         let out = berth(&["completions", shell]);
         out.expect_success();
-        assert!(out.stdout.len() > 1000, "{shell}: {} bytes", out.stdout.len());
+        assert!(
+            out.stdout.len() > 1000,
+            "{shell}: {} bytes",
+            out.stdout.len()
+        );
         for sub in SUBCOMMANDS {
-            assert!(
-                out.stdout.contains(sub),
-                "{shell} completion lacks `{sub}`"
-            );
+            assert!(out.stdout.contains(sub), "{shell} completion lacks `{sub}`");
         }
         // Flags of a subcommand, not only the names.
-        assert!(out.stdout.contains("mirror-url"), "{shell}: no k3s-registries flags");
+        assert!(
+            out.stdout.contains("mirror-url"),
+            "{shell}: no k3s-registries flags"
+        );
     }
 }
 
@@ -73,8 +77,16 @@ fn completions_for_each_shell_name_every_subcommand() {
 fn an_unknown_shell_is_refused_naming_the_shells_there_are() {
     let out = berth(&["completions", "tcsh"]);
     assert_eq!(out.code, Some(2));
-    assert!(out.stderr.contains("invalid value 'tcsh'"), "{}", out.stderr);
-    assert!(out.stderr.contains("bash, elvish, fish, powershell, zsh"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("invalid value 'tcsh'"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("bash, elvish, fish, powershell, zsh"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -107,7 +119,11 @@ fn bash_accepts_the_completion_script_and_completes_subcommands() {
 fn the_man_page_is_roff_for_berth_1_with_every_subcommand() {
     let out = berth(&["man"]);
     out.expect_success();
-    assert!(out.stdout.starts_with(".ie \\n(.g .ds Aq"), "{}", &out.stdout[..80]);
+    assert!(
+        out.stdout.starts_with(".ie \\n(.g .ds Aq"),
+        "{}",
+        &out.stdout[..80]
+    );
     assert!(out.stdout.contains(".TH berth 1"), "no .TH berth 1");
     for sub in SUBCOMMANDS {
         // roff escapes every `-`: "berth\-k3s\-registries(1)".
@@ -141,12 +157,22 @@ fn man_renders_the_page() {
     rendered.expect_success();
     assert!(rendered.stdout.contains("NAME"), "{}", rendered.stdout);
     assert!(
-        rendered.stdout.contains("berth - A pull-through OCI registry mirror"),
+        rendered
+            .stdout
+            .contains("berth - A pull-through OCI registry mirror"),
         "{}",
         rendered.stdout
     );
-    assert!(rendered.stdout.contains("SUBCOMMANDS"), "{}", rendered.stdout);
-    assert!(rendered.stderr.trim().is_empty(), "man warned: {}", rendered.stderr);
+    assert!(
+        rendered.stdout.contains("SUBCOMMANDS"),
+        "{}",
+        rendered.stdout
+    );
+    assert!(
+        rendered.stderr.trim().is_empty(),
+        "man warned: {}",
+        rendered.stderr
+    );
 }
 
 #[tokio::test]

@@ -34,7 +34,10 @@ impl Layout {
     fn manifest_digest(&self) -> String {
         let index: Value =
             serde_json::from_slice(&std::fs::read(self.0.join("index.json")).unwrap()).unwrap();
-        index["manifests"][0]["digest"].as_str().unwrap().to_string()
+        index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// Bytes of every blob, each checked against the digest that names it.
@@ -74,7 +77,11 @@ fn hard_open_files_limit() -> u64 {
         .lines()
         .find(|l| l.starts_with("Max open files"))
         .unwrap();
-    line.split_whitespace().nth(4).unwrap().parse().unwrap_or(65536)
+    line.split_whitespace()
+        .nth(4)
+        .unwrap()
+        .parse()
+        .unwrap_or(65536)
 }
 
 /// A container started by this test, removed (by name) when dropped.
@@ -85,7 +92,10 @@ struct Container<'a> {
 
 impl Drop for Container<'_> {
     fn drop(&mut self) {
-        let _ = podman(self.podman_dir, &["rm", "--force", "--time", "5", &self.name]);
+        let _ = podman(
+            self.podman_dir,
+            &["rm", "--force", "--time", "5", &self.name],
+        );
     }
 }
 
@@ -145,7 +155,10 @@ fn podman_runs_the_image_as_berth_and_it_serves_its_own_image() {
         config["config"]["Labels"]["org.opencontainers.image.version"],
         env!("CARGO_PKG_VERSION")
     );
-    let layer_digest = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+    let layer_digest = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let listing = layer_listing(&layout.blob(&layer_digest));
     for path in [
         "usr/local/bin/berth",
@@ -172,8 +185,14 @@ fn podman_runs_the_image_as_berth_and_it_serves_its_own_image() {
     let example = std::fs::read_to_string(root.join("config/berth.toml")).unwrap();
     let config_file = dir.path().join("berth.toml");
     let ours = example
-        .replace("listen = \"0.0.0.0:5000\"", &format!("listen = \"127.0.0.1:{port}\""))
-        .replace("url = \"https://quay.io\"", &format!("url = \"{}\"", registry.url()));
+        .replace(
+            "listen = \"0.0.0.0:5000\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
+        .replace(
+            "url = \"https://quay.io\"",
+            &format!("url = \"{}\"", registry.url()),
+        );
     assert!(ours.contains(&format!(":{port}\"")) && ours.contains(&registry.url()));
     std::fs::write(&config_file, ours).unwrap();
 
@@ -218,7 +237,10 @@ fn podman_runs_the_image_as_berth_and_it_serves_its_own_image() {
     });
     if answered.is_err() {
         let logs = podman(&podman_dir, &["logs", &container.name]);
-        panic!("berth in the container never answered /v2/:\n{}{}", logs.stdout, logs.stderr);
+        panic!(
+            "berth in the container never answered /v2/:\n{}{}",
+            logs.stdout, logs.stderr
+        );
     }
 
     // It runs as berth, not root: the uid of the container's process, seen from the host.
@@ -242,19 +264,25 @@ fn podman_runs_the_image_as_berth_and_it_serves_its_own_image() {
         "application/vnd.oci.image.manifest.v1+json",
     );
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(body, layout.blob(&manifest_digest), "the manifest changed on the way");
+    assert_eq!(
+        body,
+        layout.blob(&manifest_digest),
+        "the manifest changed on the way"
+    );
     for _ in 0..2 {
         let (code, body) = curl(&format!("{base}/blobs/{layer_digest}"), "*/*");
         assert_eq!(code, 200);
-        assert!(body == layout.blob(&layer_digest), "the layer changed on the way");
+        assert!(
+            body == layout.blob(&layer_digest),
+            "the layer changed on the way"
+        );
     }
     let (_, metrics) = curl(&format!("http://{addr}/metrics"), "text/plain");
     let metrics = String::from_utf8(metrics).unwrap();
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("berth_cache_lookups_total{kind=\"blob\",result=\"hit\"}")
-                && !l.ends_with(" 0")),
+        metrics.lines().any(|l| l
+            .starts_with("berth_cache_lookups_total{kind=\"blob\",result=\"hit\"}")
+            && !l.ends_with(" 0")),
         "the second layer GET was not a cache hit:\n{metrics}"
     );
     let build_info = format!(
