@@ -31,7 +31,7 @@
 //! Beside the pull path:
 //! - `app`: the wiring of `berth serve` (store + evictor, mirror, api, server; drains fills).
 //! - `cli`: one file per subcommand, glue only (`serve`, `k3s-registries`, `containerd-hosts`,
-//!   `cache`, `prewarm`, `probe`, `status`).
+//!   `cache`, `prewarm`, `probe`, `status`, `completions` and `man`).
 //! - `client`: the one client of berth's own API (registry calls as containerd makes them,
 //!   status, pins, metrics, peer fills), with TLS trust, client certificate, Basic user and
 //!   admin token in one place; the only module that names reqwest.
@@ -42,6 +42,7 @@
 //! - `pulls` (the bounded record of client requests, the access log), `status` (the report's
 //!   types, HTML page and terminal text), `metrics` (Prometheus), `trace` (one request's
 //!   cache result and upstream attempts).
+//! - `build_info`: the version and git commit (`build.rs`), for `--version` and `/metrics`.
 //! - Leaves every layer may use: `config` (file → env → flags, validated once), `failure`
 //!   (the one failure vocabulary: `ErrorClass`, `Failure`), `text` (clipping and escaping
 //!   outside strings), `units` (bytes and time windows as people write them).
@@ -51,11 +52,12 @@
 //! (and `mirror` for pin names), `probe → upstream` (its connector) and `prewarm` (image
 //! references); `fleet → client` (peer fills) and `store` (leases); `api → server` (peer
 //! address) and `status`; `mirror → pulls, status, metrics, trace`. The leaves (`oci`,
-//! `failure`, `text`, `units`, `trace`) import nothing of berth's; `config` imports `oci`
-//! only. No module imports one above it, and no two modules import each other.
+//! `failure`, `text`, `units`, `trace`, `build_info`) import nothing of berth's; `config`
+//! imports `oci` only. No module imports one above it, and no two modules import each other.
 
 pub mod api;
 pub mod app;
+pub mod build_info;
 pub mod cli;
 pub mod client;
 pub mod coalesce;

@@ -60,6 +60,13 @@ pub struct EndpointLabels {
     pub endpoint: &'static str,
 }
 
+/// `berth_build_info{version, commit} 1`: which build a replica runs, for joins and upgrades.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub commit: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     pub kind: &'static str,
@@ -124,6 +131,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("berth");
         // Registration order is the order of `/metrics`: the probe's families come first.
         let probe = ProbeMetrics::register(&mut registry);
+        register_build_info(&mut registry);
         let mut metrics = Metrics::unregistered(registry, probe);
         metrics.register_traffic();
         metrics.register_cache();
@@ -132,6 +140,22 @@ impl Default for Metrics {
         metrics.register_clients();
         metrics
     }
+}
+
+/// Always 1; the labels carry the information (the `node_exporter` `*_build_info` idiom).
+fn register_build_info(registry: &mut Registry) {
+    let build_info = Family::<BuildLabels, Gauge>::default();
+    build_info
+        .get_or_create(&BuildLabels {
+            version: crate::build_info::VERSION,
+            commit: crate::build_info::COMMIT,
+        })
+        .set(1);
+    registry.register(
+        "build_info",
+        "The running berth's version and git commit (value 1)",
+        build_info,
+    );
 }
 
 impl Metrics {

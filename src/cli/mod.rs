@@ -1,7 +1,9 @@
 //! Command-line entry: one file per subcommand, glue only.
 
 mod cache;
+mod completions;
 mod generate;
+mod man;
 mod mirror_access;
 mod prewarm;
 mod probe;
@@ -10,12 +12,12 @@ mod status;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "berth",
-    version,
+    version = crate::build_info::LONG_VERSION,
     about = "A pull-through OCI registry mirror that survives a bad upstream path"
 )]
 struct Cli {
@@ -50,6 +52,10 @@ enum Command {
     /// no upstream down; 1 the report lists failed pulls or an upstream is down (the report is
     /// printed in full all the same); 2 no report (bad flags, mirror unreachable, 401/403).
     Status(status::StatusArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions(completions::CompletionsArgs),
+    /// Print the berth(1) man page (roff) to standard output: `berth man | man -l -`.
+    Man,
 }
 
 pub fn main() -> ExitCode {
@@ -63,6 +69,8 @@ pub fn main() -> ExitCode {
         Command::Prewarm(args) => return prewarm::main(args),
         Command::Probe(args) => return probe::main(args),
         Command::Status(args) => return status::main(args),
+        Command::Completions(args) => completions::print(args, Cli::command()),
+        Command::Man => man::print(Cli::command()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -329,6 +329,7 @@ fn role_installs_a_servable_berth_and_reruns_unchanged() {
         "ReadWritePaths=",
         "StateDirectory=",
         "LogsDirectory=",
+        "WorkingDirectory=",
     ];
     for line in directives(&reference) {
         if !path_keys.iter().any(|k| line.starts_with(k)) {

@@ -39,6 +39,7 @@ mod probe;
 mod pull_through;
 mod rebuild_drill;
 mod registries;
+mod release;
 mod s3_replicas;
 mod store_conformance;
 mod tls_black_hole;

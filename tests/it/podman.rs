@@ -33,7 +33,7 @@ fn registries_conf(berth: &str) -> String {
 
 /// podman with its own storage, run dir, registries.conf and signature policy under `dir`,
 /// so the machine's configuration and images are neither used nor touched.
-fn podman(dir: &Path, args: &[&str]) -> CmdOutput {
+pub(crate) fn podman(dir: &Path, args: &[&str]) -> CmdOutput {
     let mut cmd = Command::new("podman");
     cmd.arg("--root")
         .arg(dir.join("storage"))

@@ -204,6 +204,8 @@ async fn a_real_prometheus_evaluates_every_shipped_expression() {
     let may_be_empty = [
         // plain HTTP upstream: no TLS handshakes.
         "berth_upstream_tls_handshake_seconds",
+        // no probe_interval in this scenario: the light probe does not run.
+        "berth_probe_up",
     ];
     let mut failures = Vec::new();
     for (place, expr) in shipped_expressions() {
@@ -243,5 +245,58 @@ fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
         let mut cmd = std::process::Command::new("promtool");
         cmd.args(args).current_dir(&dir);
         crate::support::util::run(&mut cmd, Duration::from_secs(60)).expect_success();
+    }
+}
+
+/// GitHub's anchor for a Markdown heading: lower case, spaces to dashes, punctuation dropped.
+fn github_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn every_runbook_url_leads_to_a_section_of_the_docs() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root.join("deploy/prometheus/berth-alerts.yml")).unwrap(),
+    )
+    .unwrap();
+    let mut linked = Vec::new();
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            if let Some(url) = rule["annotations"]["runbook_url"].as_str() {
+                linked.push((rule["alert"].as_str().unwrap().to_string(), url.to_string()));
+            }
+        }
+    }
+    let alerts: Vec<&str> = linked.iter().map(|(alert, _)| alert.as_str()).collect();
+    for required in ["BerthDown", "BerthStoreErrors", "BerthProbeFailing"] {
+        assert!(alerts.contains(&required), "{required} has no runbook_url");
+    }
+    for (alert, url) in &linked {
+        let (file, anchor) = url
+            .split_once('#')
+            .unwrap_or_else(|| panic!("{alert}: runbook_url {url} names no section"));
+        let doc = std::fs::read_to_string(root.join(file))
+            .unwrap_or_else(|e| panic!("{alert}: runbook_url {url}: {e}"));
+        // Headings outside fenced code (a `# comment` in a shell block is no heading).
+        let mut in_fence = false;
+        let mut anchors = Vec::new();
+        for line in doc.lines() {
+            if line.starts_with("```") {
+                in_fence = !in_fence;
+            } else if let Some(heading) = line.strip_prefix('#').filter(|_| !in_fence) {
+                anchors.push(github_anchor(heading.trim_start_matches('#')));
+            }
+        }
+        assert!(
+            anchors.iter().any(|a| a == anchor),
+            "{alert}: {file} has no heading for #{anchor}"
+        );
     }
 }
