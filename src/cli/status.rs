@@ -124,6 +124,8 @@ mod tests {
                     last_error: None,
                     p50_ms: None,
                     ratelimit_remaining: None,
+                    proxy: None,
+                    fallbacks: vec![],
                 })
                 .collect(),
             failures,

@@ -67,6 +67,17 @@ impl Mirror {
                         .median_latency(name)
                         .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
                     ratelimit_remaining: remaining,
+                    proxy: client.proxy().map(str::to_string),
+                    fallbacks: client
+                        .fallback_states()
+                        .into_iter()
+                        .map(|f| crate::status::FallbackStatus {
+                            url: f.url,
+                            state: f.state.to_string(),
+                            served: f.served,
+                            last_served: f.last_served.map(unix),
+                        })
+                        .collect(),
                 }
             })
             .collect();

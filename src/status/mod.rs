@@ -49,6 +49,22 @@ pub struct UpstreamStatus {
     pub p50_ms: Option<u64>,
     /// Docker Hub's `ratelimit-remaining`, when the upstream sent one.
     pub ratelimit_remaining: Option<i64>,
+    /// The proxy its traffic goes through, `http://host:port` (never its credentials).
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// `fallback_urls`, in order, and what each served while the upstream was down.
+    #[serde(default)]
+    pub fallbacks: Vec<FallbackStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FallbackStatus {
+    pub url: String,
+    /// `up`, `probing` or `down` (its own circuit breaker).
+    pub state: String,
+    /// Requests it answered while the upstream's own path was down.
+    pub served: u64,
+    pub last_served: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -57,6 +57,23 @@ fn write_upstreams(out: &mut String, report: &StatusReport) {
         if let Some(left) = u.ratelimit_remaining {
             let _ = writeln!(out, "  {:<22} rate limit remaining: {left}", "");
         }
+        if let Some(proxy) = &u.proxy {
+            let _ = writeln!(out, "  {:<22} via proxy {}", "", p(proxy));
+        }
+        for f in &u.fallbacks {
+            let last = f
+                .last_served
+                .map(|t| format!(", last {}", ago(now, t)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {:<22} fallback {} {}, served {}{last}",
+                "",
+                p(&f.url),
+                p(&f.state),
+                f.served
+            );
+        }
     }
 }
 

@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::class::PhaseError;
+use super::proxy::ProxyRules;
 use crate::config::{IpPreference, Transport, Upstream, host_key};
 use crate::failure::ErrorClass;
 use crate::metrics::{Histograms, Metrics, UpstreamNameLabels};
@@ -46,6 +47,8 @@ pub struct Connector {
     addresses: Arc<AddressRule>,
     /// Where connect and handshake times go (`berth_upstream_connect_seconds`, ...).
     timings: Option<(Arc<Metrics>, String)>,
+    /// The HTTP proxy connections go through, when one applies (`proxy.rs`).
+    proxy: Option<Arc<ProxyRules>>,
 }
 
 impl Connector {
@@ -55,7 +58,14 @@ impl Connector {
             tls,
             addresses: Arc::new(AddressRule::new(upstream)),
             timings: None,
+            proxy: None,
         }
+    }
+
+    /// Connections to URIs the rules proxy go through a CONNECT tunnel (`proxy.rs`).
+    pub fn with_proxy(mut self, rules: Option<ProxyRules>) -> Connector {
+        self.proxy = rules.map(Arc::new);
+        self
     }
 
     pub fn with_metrics(mut self, metrics: Arc<Metrics>, upstream: &str) -> Connector {
@@ -262,9 +272,23 @@ impl Connector {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
 
         let started = Instant::now();
-        let tcp = tokio::time::timeout(self.transport.connect_timeout, self.dial(&host, port))
-            .await
-            .map_err(|_| connect_timed_out(&host, port))??;
+        // --- proxy hook (proxy.rs): through a CONNECT tunnel when a proxy applies to `uri`.
+        let tunnel = match self.proxy.as_deref() {
+            Some(rules) => rules.route(&uri).map(|route| (rules, route)),
+            None => None,
+        };
+        let tcp = if let Some((rules, route)) = tunnel {
+            let dial = |addr| self.dial_addr(addr);
+            let target = (host.as_str(), port);
+            route?
+                .tunnel(rules, &self.addresses, &self.transport, target, dial)
+                .await?
+        } else {
+            // --- end of proxy hook
+            tokio::time::timeout(self.transport.connect_timeout, self.dial(&host, port))
+                .await
+                .map_err(|_| connect_timed_out(&host, port))??
+        };
         self.observe(|m| &m.upstream_connect_seconds, started);
         if !https {
             return Ok(Conn::plain(tcp));

@@ -9,7 +9,9 @@
 //! Files: `calls` (typed calls), `blob` (blob download with resume), `retry` (the retry loop,
 //! backoff), `health` (breaker, retry budget), `auth` (who gets which credentials),
 //! `challenge` (WWW-Authenticate), `tokens` (token cache), `body` (stall-aware body reads),
-//! `connector` (TCP/TLS, MSS clamp, address rule), `error`; this file: one attempt (redirects,
+//! `fallback` (`fallback_urls`, asked while the path is down), `connector` (TCP/TLS, MSS
+//! clamp, address rule), `proxy` (HTTP proxy rules, CONNECT
+//! tunnel), `error`; this file: one attempt (redirects,
 //! challenges) and the HTTP plumbing.
 
 mod auth;
@@ -20,7 +22,9 @@ mod challenge;
 mod class;
 mod connector;
 mod error;
+mod fallback;
 mod health;
+mod proxy;
 mod retry;
 mod tokens;
 
@@ -47,6 +51,7 @@ pub use challenge::{Challenge, parse_challenges};
 pub use class::connect_failure;
 pub use connector::{Conn, Connector, PhaseTimes, tls_config};
 pub use error::UpstreamError;
+pub use fallback::{FallbackState, ServedBy};
 pub use health::BreakerState;
 
 use crate::config::Upstream;
@@ -114,13 +119,20 @@ pub struct UpstreamClient {
     auth: Auth,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    /// `fallback_urls`, in order (`fallback.rs`).
+    fallbacks: Vec<fallback::Fallback>,
+    /// `http://host:port` of the proxy the upstream's own URL goes through, if any.
+    proxy_shown: Option<String>,
 }
 
 impl UpstreamClient {
     pub fn new(config: Upstream, metrics: Arc<Metrics>) -> io::Result<UpstreamClient> {
         let tls = connector::tls_config(config.ca_file.as_deref(), config.transport.http1_only)?;
+        let proxy = proxy::ProxyRules::new(&config)?;
+        let proxy_shown = proxy.as_ref().and_then(|p| p.shown_for(&config.url));
         let connector = Connector::new(&config, Arc::new(tls))
-            .with_metrics(metrics.clone(), &config.metrics_label);
+            .with_metrics(metrics.clone(), &config.metrics_label)
+            .with_proxy(proxy);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(16)
@@ -134,12 +146,15 @@ impl UpstreamClient {
             probe_deadline,
             t.retry_budget,
         ));
+        let fallbacks = fallback::Fallback::all_for(&config, &metrics)?;
         Ok(UpstreamClient {
             auth: Auth::new(&config),
             config,
             http,
             health,
             metrics,
+            fallbacks,
+            proxy_shown,
         })
     }
 
@@ -154,6 +169,11 @@ impl UpstreamClient {
 
     pub fn config(&self) -> &Upstream {
         &self.config
+    }
+
+    /// `http://host:port` of the proxy this upstream is reached through (never credentials).
+    pub fn proxy(&self) -> Option<&str> {
+        self.proxy_shown.as_deref()
     }
 
     pub fn state(&self) -> BreakerState {
