@@ -92,7 +92,7 @@ pub(super) fn no_proxy(key: &str, list: Option<&[String]>) -> Result<Option<Stri
     };
     if let Some(bad) = list
         .iter()
-        .find(|h| h.trim().is_empty() || h.contains([',', '/', ' ', '@']) && !is_cidr(h))
+        .find(|h| h.trim().is_empty() || (h.contains([',', '/', ' ', '@']) && !is_cidr(h)))
     {
         return Err(ConfigError::new(
             key,
@@ -125,7 +125,8 @@ mod tests {
 
     #[test]
     fn a_proxy_url_never_shows_its_password() {
-        let ProxySetting::Url(url) = proxy_setting("k", Some("http://u:s3cret@proxy.lan:3128")).unwrap()
+        let ProxySetting::Url(url) =
+            proxy_setting("k", Some("http://u:s3cret@proxy.lan:3128")).unwrap()
         else {
             panic!("a URL");
         };
@@ -159,14 +160,15 @@ mod tests {
                     [upstreams.\"ghcr.io\"]\nurl = \"https://ghcr.io\"\nproxy = \"none\"\n";
         let config = Config::from_toml(text).unwrap();
         let hub = &config.upstreams["docker.io"];
-        assert!(matches!(&hub.proxy, ProxySetting::Url(u) if u.to_string() == "http://proxy.lan:3128"));
+        assert!(
+            matches!(&hub.proxy, ProxySetting::Url(u) if u.to_string() == "http://proxy.lan:3128")
+        );
         assert_eq!(hub.no_proxy.as_deref(), Some(".lan"));
         assert_eq!(hub.fallback_urls[0].as_str(), "https://mirror.gcr.io/");
         assert_eq!(config.upstreams["ghcr.io"].proxy, ProxySetting::Off);
-        let e = Config::from_toml(
-            "[upstream_defaults]\nfallback_urls = [\"https://mirror.gcr.io\"]\n",
-        )
-        .unwrap_err();
+        let e =
+            Config::from_toml("[upstream_defaults]\nfallback_urls = [\"https://mirror.gcr.io\"]\n")
+                .unwrap_err();
         assert!(e.to_string().contains("fallback_urls"), "{e}");
     }
 }

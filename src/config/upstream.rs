@@ -118,8 +118,10 @@ impl RawUpstream {
         check_duration(&key(name, "tag_ttl"), tag_ttl, MAX_TAG_TTL)?;
         let proxy = super::egress::proxy_setting(&key(name, "proxy"), raw.proxy.as_deref())?;
         let no_proxy = super::egress::no_proxy(&key(name, "no_proxy"), raw.no_proxy.as_deref())?;
-        let fallback_urls =
-            super::egress::fallback_urls(&key(name, "fallback_urls"), raw.fallback_urls.as_deref())?;
+        let fallback_urls = super::egress::fallback_urls(
+            &key(name, "fallback_urls"),
+            raw.fallback_urls.as_deref(),
+        )?;
         let is_docker_hub = name == "docker.io" || url.host_str() == Some("registry-1.docker.io");
         Ok(Upstream {
             name: name.to_string(),

@@ -84,7 +84,11 @@ fn write_upstreams(out: &mut String, report: &StatusReport) {
 fn egress_html(u: &crate::status::UpstreamStatus, now: u64) -> String {
     let mut out = String::new();
     if let Some(proxy) = &u.proxy {
-        let _ = write!(out, "<br><small>via proxy <code>{}</code></small>", esc(proxy));
+        let _ = write!(
+            out,
+            "<br><small>via proxy <code>{}</code></small>",
+            esc(proxy)
+        );
     }
     for f in &u.fallbacks {
         let last = f

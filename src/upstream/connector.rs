@@ -273,10 +273,8 @@ impl Connector {
 
         let started = Instant::now();
         // --- proxy hook (proxy.rs): through a CONNECT tunnel when a proxy applies to `uri`.
-        let tunnel = match self.proxy.as_deref() {
-            Some(rules) => rules.route(&uri).map(|route| (rules, route)),
-            None => None,
-        };
+        let tunnel =
+            (self.proxy.as_deref()).and_then(|rules| rules.route(&uri).map(|route| (rules, route)));
         let tcp = if let Some((rules, route)) = tunnel {
             let dial = |addr| self.dial_addr(addr);
             let target = (host.as_str(), port);

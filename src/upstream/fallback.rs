@@ -118,7 +118,11 @@ impl UpstreamClient {
         self.ask_in_turn(req, Ask::Attempt).await
     }
 
-    async fn ask(self: &Arc<Self>, req: &Request, how: Ask) -> Result<Response<Incoming>, UpstreamError> {
+    async fn ask(
+        self: &Arc<Self>,
+        req: &Request,
+        how: Ask,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         match how {
             Ask::Send => self.send(req).await,
             Ask::Attempt => self.admitted_attempt(req).await,

@@ -104,8 +104,11 @@ async fn pull_byte_exact(base: &str, image: &ImageIndex) {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&index));
     assert_eq!(sha256(&index), image.index.digest);
     let amd64 = image.image_for("amd64");
-    let (status, manifest) =
-        get_bytes(&format!("{base}/v2/library/app/manifests/{}", amd64.manifest.digest)).await;
+    let (status, manifest) = get_bytes(&format!(
+        "{base}/v2/library/app/manifests/{}",
+        amd64.manifest.digest
+    ))
+    .await;
     assert_eq!(status, 200);
     assert_eq!(sha256(&manifest), amd64.manifest.digest);
     for blob in std::iter::once(&amd64.config).chain(&amd64.layers) {
@@ -137,14 +140,25 @@ async fn pulls_go_through_the_proxy_and_its_credentials_stay_out_of_sight() {
     for (authority, front) in hub.authorities().iter().zip(&hub.fronts) {
         let through = tunnels.iter().filter(|t| *t == authority).count();
         assert!(through > 0, "no tunnel to {authority}: {tunnels:?}");
-        assert_eq!(front.accepted(), through, "{authority} was dialled directly");
+        // Accepted but not yet counted can only lag behind the proxy's count, never exceed it.
+        assert!(
+            front.accepted() <= through,
+            "{authority} was dialled directly"
+        );
     }
     assert!(hub.fake.count(Role::Cdn, Kind::Blob, Method::GET) > 0);
     assert!(hub.fake.tokens_issued() > 0);
 
     // The credentials went to the proxy, and nowhere a person or a scraper reads.
-    assert!(proxy.authorizations().iter().all(|a| a.starts_with("Basic ")));
-    let encoded = proxy.authorizations()[0].trim_start_matches("Basic ").to_string();
+    assert!(
+        proxy
+            .authorizations()
+            .iter()
+            .all(|a| a.starts_with("Basic "))
+    );
+    let encoded = proxy.authorizations()[0]
+        .trim_start_matches("Basic ")
+        .to_string();
     let (code, status) = berth.get_text("/_berth/status?format=json").await;
     assert_eq!(code, 200);
     assert!(
@@ -155,7 +169,12 @@ async fn pulls_go_through_the_proxy_and_its_credentials_stay_out_of_sight() {
     let metrics = berth.metrics_text().await;
     let log = logs.text();
     assert!(!log.is_empty());
-    for (what, text) in [("log", &log), ("status", &status), ("html", &html), ("metrics", &metrics)] {
+    for (what, text) in [
+        ("log", &log),
+        ("status", &status),
+        ("html", &html),
+        ("metrics", &metrics),
+    ] {
         for secret in [PASSWORD, encoded.as_str()] {
             assert!(!text.contains(secret), "{what} shows the proxy credentials");
         }
@@ -176,7 +195,11 @@ async fn a_proxy_that_wants_credentials_gives_an_error_that_names_the_fix() {
     let (status, body) = berth.get_text("/v2/library/app/manifests/1").await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("407"), "{body}");
-    assert!(body.contains("user:password"), "the fix: {body}");
+    assert!(body.contains("demands authentication"), "{body}");
+    assert!(
+        body.contains("write its user and password into the URL"),
+        "the fix: {body}"
+    );
     assert!(proxy.refused() > 0);
     assert!(proxy.tunnels().is_empty());
     assert_eq!(hub.fronts[0].accepted(), 0, "nothing reached the registry");
@@ -189,7 +212,10 @@ async fn no_proxy_sends_named_hosts_direct() {
     let berth = Berth::builder()
         .upstream_named("docker.io", &hub.url())
         .config(&hub.ca_line())
-        .config(&format!("proxy = {:?}\nno_proxy = [\"127.0.0.1\"]", proxy.url(None)))
+        .config(&format!(
+            "proxy = {:?}\nno_proxy = [\"127.0.0.1\"]",
+            proxy.url(None)
+        ))
         .start()
         .await;
     pull_byte_exact(&berth.url(""), &hub.image).await;
@@ -220,10 +246,16 @@ async fn the_address_rule_still_refuses_a_private_redirect_target_through_the_pr
         .start()
         .await;
     let (status, _) = berth.get_text("/v2/library/app/manifests/1").await;
-    assert_eq!(status, 200, "the registry itself is reached through the proxy");
+    assert_eq!(
+        status, 200,
+        "the registry itself is reached through the proxy"
+    );
     let (status, body) = berth.get_text(&blob).await;
     assert_eq!(status, 502, "{body}");
-    assert!(body.contains("non-public") || body.contains("trusted_hosts"), "{body}");
+    assert!(
+        body.contains("non-public") || body.contains("trusted_hosts"),
+        "{body}"
+    );
     let cdn = fake.cdn_addr.to_string();
     assert!(
         !proxy.tunnels().contains(&cdn),
@@ -326,8 +358,11 @@ async fn https_proxy_from_the_environment_is_used_when_the_config_is_silent() {
     let before = proxy.tunnels().len();
     let config = format!("{config}proxy = \"none\"\n");
     let served = serve_with_env(&config, &[("HTTPS_PROXY", proxy.url(None))]).await;
-    let (status, _) =
-        get_text(&format!("http://{}/v2/library/app/manifests/1", served.addr)).await;
+    let (status, _) = get_text(&format!(
+        "http://{}/v2/library/app/manifests/1",
+        served.addr
+    ))
+    .await;
     assert_eq!(status, 200);
     assert_eq!(proxy.tunnels().len(), before);
 }

@@ -136,7 +136,9 @@ async fn serve(
         return Ok(());
     }
     let Some((host, port)) = target.rsplit_once(':') else {
-        client.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await?;
+        client
+            .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            .await?;
         return Ok(());
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -145,7 +147,9 @@ async fn serve(
         None => match host.parse() {
             Ok(ip) => ip,
             Err(_) => {
-                client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await?;
+                client
+                    .write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
+                    .await?;
                 return Ok(());
             }
         },
