@@ -330,8 +330,14 @@ async fn serve_with_env(config: &str, env: &[(&str, String)]) -> Served {
         _dir: dir,
     };
     let v2 = format!("http://{addr}/v2/");
+    let client = crate::support::inprocess::client();
     eventually("berth to answer /v2/", Duration::from_secs(20), || async {
-        matches!(get_text(&v2).await, (200, _))
+        // Refused until berth listens: not an answer yet.
+        client
+            .get(&v2)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
     })
     .await;
     served
