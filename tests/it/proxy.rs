@@ -283,7 +283,14 @@ async fn the_address_rule_still_refuses_a_private_redirect_target_through_the_pr
 struct Served {
     child: std::process::Child,
     addr: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// What berth wrote to stderr (its log, at debug level) so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("berth.stderr")).unwrap_or_default()
+    }
 }
 
 impl Drop for Served {
@@ -308,7 +315,8 @@ async fn serve_with_env(config: &str, env: &[(&str, String)]) -> Served {
         .arg(dir.path().join("data"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .env("BERTH_LOG", "debug")
+        .stderr(std::fs::File::create(dir.path().join("berth.stderr")).unwrap());
     for name in [
         "HTTPS_PROXY",
         "https_proxy",
@@ -327,7 +335,7 @@ async fn serve_with_env(config: &str, env: &[(&str, String)]) -> Served {
     let served = Served {
         child: command.spawn().expect("spawn berth"),
         addr,
-        _dir: dir,
+        dir,
     };
     let v2 = format!("http://{addr}/v2/");
     let client = crate::support::inprocess::client();
@@ -346,24 +354,43 @@ async fn serve_with_env(config: &str, env: &[(&str, String)]) -> Served {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_proxy_from_the_environment_is_used_when_the_config_is_silent() {
     let hub = TlsHub::start(245).await;
-    let proxy = ConnectProxy::start(None, &[]).await;
+    let proxy = ConnectProxy::start(Some((USER, PASSWORD)), &[]).await;
     let config = format!(
         "[upstreams.\"docker.io\"]\nurl = {:?}\n{}\n",
         hub.url(),
         hub.ca_line()
     );
-    let served = serve_with_env(&config, &[("HTTPS_PROXY", proxy.url(None))]).await;
+    let env_proxy = proxy.url(Some((USER, PASSWORD)));
+    let served = serve_with_env(&config, &[("HTTPS_PROXY", env_proxy.clone())]).await;
     pull_byte_exact(&format!("http://{}", served.addr), &hub.image).await;
     let tunnels = proxy.tunnels();
     for authority in hub.authorities() {
         assert!(tunnels.contains(&authority), "{authority}: {tunnels:?}");
+    }
+    assert_eq!(
+        proxy.refused(),
+        0,
+        "the environment's credentials were sent"
+    );
+    // Its log names the proxy, never the credentials from the environment.
+    let log = served.log();
+    assert!(
+        log.contains("upstream traffic goes through a proxy")
+            && log.contains(&format!("http://{}", proxy.addr)),
+        "{log}"
+    );
+    let encoded = proxy.authorizations()[0]
+        .trim_start_matches("Basic ")
+        .to_string();
+    for secret in [PASSWORD, encoded.as_str()] {
+        assert!(!log.contains(secret), "the log shows the proxy credentials");
     }
     drop(served);
 
     // `proxy = "none"` wins over the environment: the proxy sees nothing new.
     let before = proxy.tunnels().len();
     let config = format!("{config}proxy = \"none\"\n");
-    let served = serve_with_env(&config, &[("HTTPS_PROXY", proxy.url(None))]).await;
+    let served = serve_with_env(&config, &[("HTTPS_PROXY", env_proxy)]).await;
     let (status, _) = get_text(&format!(
         "http://{}/v2/library/app/manifests/1",
         served.addr
