@@ -57,6 +57,8 @@ pub fn probe_upstream(upstream: &Upstream, mss: Option<u32>, d: &Deadlines) -> U
     u.transport.stall_timeout = d.stall;
     u.transport.tcp_mss = mss;
     u.transport.min_speed = 0;
+    // The probe measures this upstream's path: a fallback answering would hide it.
+    u.fallback_urls.clear();
     u
 }
 
