@@ -105,6 +105,11 @@ pub struct Metrics {
     pub upstream_ratelimit_remaining: Family<UpstreamNameLabels, Gauge>,
     /// Range resumes of broken blob transfers.
     pub upstream_resumes: Family<UpstreamNameLabels, Counter>,
+    /// The MSS clamp berth put on an upstream's connections after a PMTU black hole (the
+    /// smallest in force over its hosts); 0 = full-size segments.
+    pub upstream_mss: Family<UpstreamNameLabels, Gauge>,
+    /// Times a clamped connection worked where full-size segments did not.
+    pub upstream_mss_fallbacks: Family<UpstreamNameLabels, Counter>,
     /// Requests a `fallback_urls` endpoint answered while the upstream's own path was down.
     pub upstream_fallbacks: Family<UpstreamEndpointLabels, Counter>,
     /// Whole blob fills (download, verify, commit) by outcome (ok, failed).
@@ -159,6 +164,8 @@ impl Metrics {
             upstream_first_byte_seconds: latency_family(),
             upstream_ratelimit_remaining: Family::default(),
             upstream_resumes: Family::default(),
+            upstream_mss: Family::default(),
+            upstream_mss_fallbacks: Family::default(),
             upstream_fallbacks: Family::default(),
             blob_fill_seconds: Family::new_with_constructor(fill_histogram),
             fills_in_flight: Gauge::default(),
@@ -265,6 +272,16 @@ impl Metrics {
             self.upstream_resumes.clone(),
         );
         r.register(
+            "upstream_mss",
+            "MSS clamp in force after a path MTU black hole (0 = full-size segments)",
+            self.upstream_mss.clone(),
+        );
+        r.register(
+            "upstream_mss_fallbacks",
+            "Clamped connections that worked where full-size segments did not",
+            self.upstream_mss_fallbacks.clone(),
+        );
+        r.register(
             "upstream_fallback",
             "Requests a fallback_urls endpoint answered while the upstream's own path was down",
             self.upstream_fallbacks.clone(),
@@ -367,6 +384,8 @@ impl Metrics {
         let _ = self.upstream_state.get_or_create(&labels);
         let _ = self.stale_answers.get_or_create(&labels);
         let _ = self.upstream_resumes.get_or_create(&labels);
+        let _ = self.upstream_mss.get_or_create(&labels);
+        let _ = self.upstream_mss_fallbacks.get_or_create(&labels);
     }
 
     pub fn upstream_error(&self, upstream: &str, class: ErrorClass) {

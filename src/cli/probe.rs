@@ -17,13 +17,18 @@ use crate::probe::{self, Plan, Progress, compare, timing::Deadlines};
 pub struct ProbeArgs {
     #[command(subcommand)]
     command: Option<ProbeCommand>,
-    /// berth.toml: its upstreams (and their CA files, MSS, credentials) are the targets.
-    /// Without it: the built-in upstreams plus the endpoints users name (Doppler, auth.docker.io).
+    /// berth.toml: its upstreams (and their CA files, MSS, credentials) are the targets, beside
+    /// the endpoints users name (auth.docker.io, api.doppler.com, ...; see --no-user-named).
+    /// Without it: the built-in upstreams.
     #[arg(long, env = "BERTH_CONFIG")]
     config: Option<PathBuf>,
     /// Probe only this URL (repeatable); a 401/403 answer counts as a working path.
     #[arg(long = "target", value_name = "URL")]
     targets: Vec<String>,
+    /// Leave out the endpoints users name in their runbooks (ghcr.io, auth.docker.io, quay.io,
+    /// registry.k8s.io, api.doppler.com): only the config's upstreams and what they point at.
+    #[arg(long)]
+    no_user_named: bool,
     /// Image whose largest layer is downloaded at each MSS (repeatable) [default: probe_images
     /// of the config]. `--image none` skips bulk transfers.
     #[arg(long = "image", value_name = "REF")]
@@ -161,7 +166,7 @@ fn run(args: ProbeArgs) -> anyhow::Result<bool> {
         None => host_platform(),
     };
     let plan = Plan {
-        with_user_named: args.config.is_none(),
+        with_user_named: !args.no_user_named,
         discover: targets.is_empty(),
         config,
         targets,

@@ -124,6 +124,7 @@ mod tests {
                     last_error: None,
                     p50_ms: None,
                     ratelimit_remaining: None,
+                    black_hole: None,
                     proxy: None,
                     fallbacks: vec![],
                 })

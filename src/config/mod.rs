@@ -346,6 +346,10 @@ pub struct Transport {
     pub max_attempts: u32,
     /// TCP_MAXSEG clamp for upstream sockets (e.g. 1360), off when `None`.
     pub tcp_mss: Option<u32>,
+    /// Clamps tried, in order, on an address that shows the PMTU black-hole signature (a TLS
+    /// handshake or first bytes that never arrive at full size); empty = off. An explicit
+    /// `tcp_mss` wins.
+    pub mss_fallback: Vec<u32>,
     pub http1_only: bool,
     /// Which address family to try first when a host has both.
     pub ip_preference: IpPreference,
@@ -379,6 +383,7 @@ impl Default for Transport {
             stall_timeout: Duration::from_secs(20),
             max_attempts: 4,
             tcp_mss: None,
+            mss_fallback: DEFAULT_MSS_FALLBACK.to_vec(),
             http1_only: false,
             ip_preference: IpPreference::Auto,
             min_speed: DEFAULT_MIN_SPEED,
@@ -400,6 +405,9 @@ pub const DEFAULT_MAX_FILLS: u32 = 32;
 pub const DEFAULT_MAX_BLOB_SIZE: u64 = 64 << 30;
 /// 4 KiB/s averaged over 30 s: slower is a transfer that only pretends to move.
 pub const DEFAULT_MIN_SPEED: u64 = 4096;
+/// 1360 fits a 1400-byte hop (common VPN and overlay MTUs); 1200 fits most tunnels inside
+/// tunnels.
+pub const DEFAULT_MSS_FALLBACK: [u32; 2] = [1360, 1200];
 pub const DEFAULT_MAX_FILLS_TOTAL: u32 = 128;
 /// The hot tier in front of S3 unless `local_max_size` says otherwise.
 pub const DEFAULT_LOCAL_MAX_SIZE: u64 = 10 * 1024 * 1024 * 1024;

@@ -93,6 +93,7 @@ pub struct RawUpstream {
     pub stall_timeout: Option<Duration>,
     pub max_attempts: Option<u32>,
     pub tcp_mss: Option<u32>,
+    pub mss_fallback: Option<Vec<u32>>,
     pub http1_only: Option<bool>,
     pub ip_preference: Option<IpPreference>,
     pub min_speed: Option<u64>,

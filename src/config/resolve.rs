@@ -398,6 +398,14 @@ pub(super) mod tests {
                 "upstream_defaults.url",
             ),
             ("listen = \"nowhere\"", "listen"),
+            (
+                "[upstream_defaults]\nmss_fallback = [1200, 1360]",
+                "upstreams.docker.io.mss_fallback",
+            ),
+            (
+                "[upstreams.\"a.io\"]\nurl = \"https://a.io\"\nmss_fallback = [100]",
+                "upstreams.a.io.mss_fallback",
+            ),
             ("[store]\nkind = \"tape\"", "store.kind"),
             ("[store]\nmax_size = \"lots\"", "store.max_size"),
             ("[store]\nmax_size = 0", "store.max_size"),

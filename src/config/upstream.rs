@@ -43,6 +43,7 @@ impl RawUpstream {
             stall_timeout,
             max_attempts,
             tcp_mss,
+            mss_fallback,
             http1_only,
             ip_preference,
             min_speed,
@@ -181,7 +182,11 @@ impl RawUpstream {
         let base = Transport::default();
         macro_rules! or_builtin {
             ($($field:ident),* $(,)?) => {
-                Transport { $($field: self.$field.unwrap_or(base.$field),)* tcp_mss: self.tcp_mss }
+                Transport {
+                    $($field: self.$field.unwrap_or(base.$field),)*
+                    tcp_mss: self.tcp_mss,
+                    mss_fallback: self.mss_fallback.clone().unwrap_or(base.mss_fallback.clone()),
+                }
             };
         }
         let transport = or_builtin!(
@@ -255,6 +260,7 @@ fn check_transport(transport: &Transport, name: &str) -> Result<(), ConfigError>
             ));
         }
     }
+    check_mss_fallback(&transport.mss_fallback, name)?;
     for (field, value) in [
         ("connect_timeout", transport.connect_timeout),
         ("tls_timeout", transport.tls_timeout),
@@ -264,6 +270,31 @@ fn check_transport(transport: &Transport, name: &str) -> Result<(), ConfigError>
         ("breaker_cooldown", transport.breaker_cooldown),
     ] {
         check_duration(&key(name, field), value, MAX_INTERVAL)?;
+    }
+    Ok(())
+}
+
+/// `mss_fallback`: at most four clamps, each a valid MSS, largest first (each step is tried
+/// only after the one before it failed).
+fn check_mss_fallback(steps: &[u32], name: &str) -> Result<(), ConfigError> {
+    let field = key(name, "mss_fallback");
+    if steps.len() > 4 {
+        return Err(ConfigError::new(
+            field,
+            "at most 4 values, e.g. [1360, 1200]",
+        ));
+    }
+    if let Some(bad) = steps.iter().find(|m| !(536..=9000).contains(*m)) {
+        return Err(ConfigError::new(
+            field,
+            format!("{bad} is outside 536..=9000"),
+        ));
+    }
+    if steps.windows(2).any(|w| w[0] <= w[1]) {
+        return Err(ConfigError::new(
+            field,
+            "list the clamps from largest to smallest, e.g. [1360, 1200]",
+        ));
     }
     Ok(())
 }

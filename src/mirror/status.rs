@@ -8,7 +8,9 @@ use tokio::time::Instant;
 use super::Mirror;
 use crate::metrics::{CacheLabels, UpstreamNameLabels};
 use crate::pulls::PullRecord;
-use crate::status::{CacheStatus, FillStatus, PinStatus, StatusReport, UpstreamStatus};
+use crate::status::{
+    BlackHoleStatus, CacheStatus, FillStatus, PinStatus, StatusReport, UpstreamStatus,
+};
 use crate::store::pins;
 
 /// Pin completeness walks every pinned manifest: worked out at most this often.
@@ -67,6 +69,12 @@ impl Mirror {
                         .median_latency(name)
                         .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
                     ratelimit_remaining: remaining,
+                    black_hole: client.black_hole().map(|c| BlackHoleStatus {
+                        host: c.host,
+                        address: c.address,
+                        mss: c.mss,
+                        since: unix(c.since),
+                    }),
                     proxy: client.proxy().map(str::to_string),
                     fallbacks: client
                         .fallback_states()

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::report::{BulkReport, BulkRun};
+use super::report::{BulkReport, BulkRun, mss_label};
 use super::timing::{Deadlines, probe_upstream};
 use crate::config::Upstream;
 use crate::failure::{ErrorClass, Failure};
@@ -46,17 +46,7 @@ pub async fn probe_image(
         runs: Vec::new(),
         error: None,
     };
-    let resolver = match UpstreamClient::new(
-        probe_upstream(upstream, upstream.transport.tcp_mss, &plan.deadlines),
-        Arc::new(Metrics::default()),
-    ) {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            report.error = Some(format!("cannot set up a client: {e}"));
-            return report;
-        }
-    };
-    let (digest, size) = match largest_layer(&resolver, image, &plan.platform).await {
+    let (digest, size) = match find_layer(image, upstream, plan).await {
         Ok(found) => found,
         Err(e) => {
             report.error = Some(e);
@@ -75,6 +65,35 @@ pub async fn probe_image(
         on_run();
     }
     report
+}
+
+/// The largest layer, looked up at the upstream's own MSS first and then at each clamp of the
+/// plan: behind a black hole the manifest (or the token) may not arrive at full size either,
+/// and the transfers at every MSS still have to be timed.
+async fn find_layer(
+    image: &ImageRef,
+    upstream: &Upstream,
+    plan: &BulkPlan,
+) -> Result<(Digest, u64), String> {
+    let mut clamps = vec![upstream.transport.tcp_mss];
+    clamps.extend(plan.msses.iter().filter(|m| m.is_some()));
+    clamps.dedup();
+    let mut first_error = None;
+    for mss in clamps {
+        let resolver = UpstreamClient::new(
+            probe_upstream(upstream, mss, &plan.deadlines),
+            Arc::new(Metrics::default()),
+        )
+        .map_err(|e| format!("cannot set up a client: {e}"))?;
+        match largest_layer(&Arc::new(resolver), image, &plan.platform).await {
+            Ok(found) => return Ok(found),
+            Err(e) => {
+                let e = format!("{e} (at MSS {})", mss_label(mss));
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| "no MSS to try".into()))
 }
 
 async fn fetch_manifest(

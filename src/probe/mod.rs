@@ -13,6 +13,7 @@
 
 pub mod bulk;
 pub mod compare;
+pub mod handshakes;
 pub mod light;
 pub mod path;
 pub mod pmtu;
@@ -122,6 +123,11 @@ impl Dialers {
     }
 
     fn for_target(&self, t: &Target) -> Connector {
+        self.for_target_at(t, None)
+    }
+
+    /// The target's connector with an MSS clamp (`None`: the system default).
+    fn for_target_at(&self, t: &Target, mss: Option<u32>) -> Connector {
         let upstream = t
             .upstream
             .as_ref()
@@ -134,7 +140,7 @@ impl Dialers {
             .or_else(|| self.tls.get(&None))
             .cloned()
             .expect("the default TLS config is always present");
-        let upstream = timing::probe_upstream(&upstream, None, &self.deadlines);
+        let upstream = timing::probe_upstream(&upstream, mss, &self.deadlines);
         Connector::new(&upstream, tls)
     }
 }
@@ -243,6 +249,37 @@ fn target_report(t: &Target, c: &Collected) -> TargetReport {
         failures,
         families,
         addresses,
+        handshakes: None,
+    }
+}
+
+/// The handshake comparison for each https target whose handshakes timed out, at the first
+/// address where they did.
+async fn compare_handshakes(
+    list: &[Target],
+    collected: &[Collected],
+    reports: &mut [TargetReport],
+    dialers: &Dialers,
+    clamps: &[u32],
+    progress: &dyn Progress,
+) {
+    let timed_out = Failure::of_io(
+        ErrorClass::TlsHandshake,
+        &std::io::Error::from(std::io::ErrorKind::TimedOut),
+    );
+    for ((t, c), report) in list.iter().zip(collected).zip(reports) {
+        let Some(addr) = c
+            .samples
+            .iter()
+            .find(|(_, s)| s.failure == Some(timed_out))
+            .map(|(a, _)| *a)
+        else {
+            continue;
+        };
+        progress.step(&format!("handshakes at each MSS {}", t.url));
+        let comparison =
+            handshakes::compare(&t.host(), addr, clamps, |mss| dialers.for_target_at(t, mss)).await;
+        report.handshakes = Some(comparison);
     }
 }
 
@@ -426,11 +463,20 @@ pub async fn run(plan: &Plan, progress: &dyn Progress) -> anyhow::Result<Report>
         }
     };
     let ((), measured) = tokio::join!(later_rounds, destinations(first_addresses));
-    let target_reports: Vec<TargetReport> = list
+    let mut target_reports: Vec<TargetReport> = list
         .iter()
         .zip(&collected)
         .map(|(t, c)| target_report(t, c))
         .collect();
+    compare_handshakes(
+        &list,
+        &collected,
+        &mut target_reports,
+        &dialers,
+        &plan.msses,
+        progress,
+    )
+    .await;
 
     facts.destinations = measured;
     let has_v6_route = facts.default_routes.iter().any(|r| r.family == "ipv6");

@@ -104,6 +104,9 @@ pub struct TargetReport {
     /// `ipv4` / `ipv6`.
     pub families: BTreeMap<String, Timings>,
     pub addresses: Vec<AddressTimings>,
+    /// Handshakes at each MSS, when this target's TLS handshakes timed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshakes: Option<super::handshakes::HandshakeComparison>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -254,6 +257,23 @@ impl Report {
             }
             if !t.dns.addresses.is_empty() {
                 let _ = writeln!(out, "      addresses: {}", t.dns.addresses.join(" "));
+            }
+            if let Some(h) = &t.handshakes {
+                let mtu = h
+                    .path_mtu
+                    .map(|m| {
+                        format!(
+                            "; largest working MSS {} ({m} bytes on the wire)",
+                            h.largest_mss.unwrap_or(0)
+                        )
+                    })
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "      TLS handshakes to {} at each MSS: {}{mtu}",
+                    h.address,
+                    h.summary()
+                );
             }
         }
         if !self.bulk.is_empty() {

@@ -1,6 +1,6 @@
 //! Which URLs to probe: `--target`s, else every configured upstream's `/v2/` plus what it
-//! points at (its token endpoint from the 401 challenge, its blob CDN from a redirect); with
-//! no config at all, also the endpoints our users name in their runbooks.
+//! points at (its token endpoint from the 401 challenge, its blob CDN from a redirect), and
+//! the endpoints our users name in their runbooks unless `--no-user-named`.
 
 use url::Url;
 
@@ -10,7 +10,7 @@ use crate::upstream::{Challenge, parse_challenges};
 /// At most this many targets per run: rounds × targets × addresses stays bounded.
 pub const MAX_TARGETS: usize = 32;
 
-/// The endpoints our users probe by hand today (with no config file).
+/// The endpoints our users probe by hand today.
 pub const USER_NAMED: [&str; 6] = [
     "https://ghcr.io/v2/",
     "https://auth.docker.io/token",
@@ -73,7 +73,7 @@ pub fn parse_target(text: &str) -> Result<Url, String> {
 }
 
 /// The starting list: explicit targets, or each upstream's `/v2/` (+ the user-named endpoints
-/// when no config file was given).
+/// unless turned off).
 pub fn initial(config: &Config, explicit: &[Url], with_user_named: bool) -> Vec<Target> {
     let mut out: Vec<Target> = Vec::new();
     if !explicit.is_empty() {

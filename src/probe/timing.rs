@@ -56,6 +56,8 @@ pub fn probe_upstream(upstream: &Upstream, mss: Option<u32>, d: &Deadlines) -> U
     u.transport.header_timeout = d.header;
     u.transport.stall_timeout = d.stall;
     u.transport.tcp_mss = mss;
+    // The probe measures each MSS itself: berth serve's self-healing would hide the hole.
+    u.transport.mss_fallback = Vec::new();
     u.transport.min_speed = 0;
     // The probe measures this upstream's path: a fallback answering would hide it.
     u.fallback_urls.clear();

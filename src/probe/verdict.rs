@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use super::handshakes::HandshakeComparison;
 use super::report::{BulkRun, Report, Verdict, mss_label};
 
 /// What the rules look at, one entry per target host.
@@ -16,6 +17,8 @@ pub struct TargetEvidence {
     pub v4_ok: u32,
     pub v6_attempts: u32,
     pub v6_ok: u32,
+    /// Handshakes at each MSS, when this target's TLS handshakes timed out.
+    pub handshakes: Option<HandshakeComparison>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -63,6 +66,7 @@ impl Evidence {
                     v4_ok,
                     v6_attempts,
                     v6_ok,
+                    handshakes: t.handshakes.clone(),
                 }
             })
             .collect();
@@ -111,6 +115,7 @@ fn verdict(kind: &str, target: &str, evidence: String, fix: String) -> Verdict {
 pub fn verdicts(e: &Evidence) -> Vec<Verdict> {
     let mut out = Vec::new();
     pmtu_and_stalls(e, &mut out);
+    handshake_black_holes(e, &mut out);
     tls_timeouts(e, &mut out);
     for t in &e.targets {
         let dns = count(t, "dns");
@@ -298,7 +303,11 @@ fn pmtu_and_stalls(e: &Evidence, out: &mut Vec<Verdict>) {
                 let pmtu_note = e
                     .path_mtu
                     .get(&b.host)
-                    .map(|m| format!("; DF probes measured a path MTU of {m}"))
+                    .map(|m| {
+                        format!(
+                            "; DF probes: {m}-byte packets cross toward it (IP header included)"
+                        )
+                    })
                     .unwrap_or_default();
                 let runs = b
                     .runs
@@ -314,11 +323,7 @@ fn pmtu_and_stalls(e: &Evidence, out: &mut Vec<Verdict>) {
                          with a clamp ({runs}){pmtu_note}",
                         b.image
                     ),
-                    fix: format!(
-                        "clamp MSS to {mss} on the gateway for the VM subnet (iptables -t mangle \
-                         -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --set-mss {mss}, or \
-                         --clamp-mss-to-pmtu), or set tcp_mss = {mss} in berth.toml"
-                    ),
+                    fix: clamp_fix(mss),
                     recommended_mss: Some(mss),
                 });
             }
@@ -344,11 +349,70 @@ fn pmtu_and_stalls(e: &Evidence, out: &mut Vec<Verdict>) {
     }
 }
 
+/// The fix for a black hole, in every form an operator can apply.
+fn clamp_fix(mss: u32) -> String {
+    format!(
+        "clamp MSS to {mss} on the gateway for the VM subnet (iptables -t mangle -A FORWARD -p \
+         tcp --tcp-flags SYN,RST SYN -j TCPMSS --set-mss {mss}, or --clamp-mss-to-pmtu), or set \
+         tcp_mss = {mss} in berth.toml (berth serve also clamps by itself: mss_fallback), or \
+         sysctl net.ipv4.tcp_mtu_probing=1 on this host"
+    )
+}
+
+/// Handshakes that time out at full size and complete clamped: the certificate flight is what
+/// the hole eats. The MSS is the largest that completed (bisected), so the path MTU it implies
+/// and the clamp recommended are one figure.
+fn handshake_black_holes(e: &Evidence, out: &mut Vec<Verdict>) {
+    for t in &e.targets {
+        let Some(h) = t.handshakes.as_ref().filter(|h| h.is_black_hole()) else {
+            continue;
+        };
+        if out
+            .iter()
+            .any(|v| v.kind == "pmtu_black_hole" && v.target == t.host)
+        {
+            continue;
+        }
+        let Some(mss) = h.largest_mss else {
+            continue;
+        };
+        let mtu = h
+            .path_mtu
+            .map(|m| {
+                format!(
+                    "; the largest packet that crossed toward us is {m} bytes on the wire \
+                     (MSS {mss} + headers)"
+                )
+            })
+            .unwrap_or_default();
+        out.push(Verdict {
+            kind: "pmtu_black_hole".into(),
+            target: t.host.clone(),
+            evidence: format!(
+                "TCP connects but TLS handshakes with {}{} time out at the default MSS and \
+                 complete with a clamp ({}): the server's certificate flight is lost in \
+                 full-size segments{mtu}",
+                t.host,
+                if h.address == t.host {
+                    String::new()
+                } else {
+                    format!(" at {}", h.address)
+                },
+                h.summary()
+            ),
+            fix: clamp_fix(mss),
+            recommended_mss: Some(mss),
+        });
+    }
+}
+
 /// Handshake timeouts on one host may be that host; on several unrelated ones it is the path.
+/// Hosts whose handshakes were shown to be a black hole have their own verdict.
 fn tls_timeouts(e: &Evidence, out: &mut Vec<Verdict>) {
     let hit: Vec<(&str, u32, u32)> = e
         .targets
         .iter()
+        .filter(|t| !t.handshakes.as_ref().is_some_and(|h| h.is_black_hole()))
         .map(|t| {
             (
                 t.host.as_str(),
@@ -369,15 +433,30 @@ fn tls_timeouts(e: &Evidence, out: &mut Vec<Verdict>) {
         .join(", ");
     match hosts.len() {
         0 => {}
-        1 => out.push(verdict(
-            "tls_handshake_timeouts",
-            hosts[0],
-            format!("TLS handshakes timed out after the TCP connect succeeded: {detail}"),
-            "the server's certificate flight is not arriving: if bulk transfers also stall this \
-             is the MTU (clamp MSS); else compare from another host to tell the registry from \
-             the path"
-                .into(),
-        )),
+        1 => {
+            let compared = e
+                .targets
+                .iter()
+                .filter(|t| t.host == hosts[0])
+                .find_map(|t| t.handshakes.as_ref());
+            let fix = match compared {
+                Some(h) => format!(
+                    "handshakes fail at every MSS too ({}): not the MTU; the server or a \
+                     middlebox holds them: compare from another host (berth probe compare)",
+                    h.summary()
+                ),
+                None => "the server's certificate flight is not arriving: if bulk transfers \
+                         also stall this is the MTU (clamp MSS); else compare from another host \
+                         to tell the registry from the path"
+                    .into(),
+            };
+            out.push(verdict(
+                "tls_handshake_timeouts",
+                hosts[0],
+                format!("TLS handshakes timed out after the TCP connect succeeded: {detail}"),
+                fix,
+            ))
+        }
         _ => out.push(verdict(
             "tls_handshake_timeouts",
             "*",
@@ -645,6 +724,47 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{name}");
         }
+    }
+
+    #[test]
+    fn handshakes_that_work_only_clamped_are_a_black_hole() {
+        use crate::probe::handshakes::HandshakeRun;
+        let run = |mss, ok| HandshakeRun {
+            mss,
+            attempts: 2,
+            ok,
+            failure: (ok < 2).then(|| "tls_handshake_timeout".to_string()),
+        };
+        let with = |runs: Vec<HandshakeRun>, largest| TargetEvidence {
+            handshakes: Some(HandshakeComparison {
+                address: "10.0.0.2".into(),
+                runs,
+                largest_mss: largest,
+                path_mtu: largest.map(|m| m + 40),
+            }),
+            ..target("r.io", 4, &[("tls_handshake_timeout", 4)])
+        };
+        let hole = with(vec![run(None, 0), run(Some(1360), 2)], Some(1360));
+        let v = verdicts(&Evidence {
+            targets: vec![hole],
+            ..Evidence::default()
+        });
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].kind, "pmtu_black_hole");
+        assert_eq!(v[0].recommended_mss, Some(1360));
+        assert!(
+            v[0].evidence.contains("1400 bytes on the wire"),
+            "{}",
+            v[0].evidence
+        );
+        assert!(v[0].fix.contains("tcp_mtu_probing"), "{}", v[0].fix);
+        // Failing at every MSS is the server or the path, not the MTU.
+        let refusing = with(vec![run(None, 0), run(Some(1360), 0)], None);
+        let v = verdicts(&Evidence {
+            targets: vec![refusing],
+            ..Evidence::default()
+        });
+        assert_eq!(v[0].kind, "tls_handshake_timeouts", "{v:?}");
     }
 
     #[test]

@@ -48,7 +48,7 @@ fn write_upstreams(out: &mut String, report: &StatusReport) {
     for u in &report.upstreams {
         let _ = write!(
             out,
-            "<tr data-upstream=\"{name}\"><td><b>{name}</b><br><code>{url}</code>{egress}</td><td class=\"{state}\">{state}</td>\
+            "<tr data-upstream=\"{name}\"><td><b>{name}</b><br><code>{url}</code>{egress}</td><td class=\"{state}\">{state}{hole}</td>\
 <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
             u.requests,
             u.failures,
@@ -73,6 +73,15 @@ fn write_upstreams(out: &mut String, report: &StatusReport) {
             name = esc(&u.name),
             url = esc(&u.url),
             state = esc(&u.state),
+            hole = u
+                .black_hole
+                .as_ref()
+                .map(|h| format!(
+                    "<br><small class=\"black-hole\">black hole: {}<br>confirm: <code>{}</code></small>",
+                    esc(&h.describe(now)),
+                    esc(crate::status::CONFIRM_BLACK_HOLE)
+                ))
+                .unwrap_or_default(),
             egress = egress_html(u, now),
         );
     }

@@ -49,6 +49,9 @@ pub struct UpstreamStatus {
     pub p50_ms: Option<u64>,
     /// Docker Hub's `ratelimit-remaining`, when the upstream sent one.
     pub ratelimit_remaining: Option<i64>,
+    /// The MSS clamp berth put on this upstream's connections after a PMTU black hole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub black_hole: Option<BlackHoleStatus>,
     /// The proxy its traffic goes through, `http://host:port` (never its credentials).
     #[serde(default)]
     pub proxy: Option<String>,
@@ -66,6 +69,36 @@ pub struct FallbackStatus {
     pub served: u64,
     pub last_served: Option<u64>,
 }
+
+/// A clamp in force: which host showed the black-hole signature, at which address, and since
+/// when (unix seconds).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlackHoleStatus {
+    pub host: String,
+    pub address: String,
+    pub mss: u32,
+    pub since: u64,
+}
+
+impl BlackHoleStatus {
+    /// "clamped to 1360 since 3m ago (ghcr.io:443 at 140.82.121.34:443)", for both views.
+    pub fn describe(&self, now: u64) -> String {
+        let at = if self.address == self.host {
+            String::new()
+        } else {
+            format!(" at {}", self.address)
+        };
+        format!(
+            "clamped to MSS {} since {} ({}{at})",
+            self.mss,
+            ago(now, self.since),
+            self.host
+        )
+    }
+}
+
+/// What the status views suggest to confirm a clamp.
+pub const CONFIRM_BLACK_HOLE: &str = "berth probe --config <berth.toml>";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FillStatus {

@@ -57,6 +57,15 @@ fn write_upstreams(out: &mut String, report: &StatusReport) {
         if let Some(left) = u.ratelimit_remaining {
             let _ = writeln!(out, "  {:<22} rate limit remaining: {left}", "");
         }
+        if let Some(hole) = &u.black_hole {
+            let _ = writeln!(
+                out,
+                "  {:<22} black hole: {}; confirm with `{}`",
+                "",
+                p(&hole.describe(now)),
+                super::CONFIRM_BLACK_HOLE
+            );
+        }
         if let Some(proxy) = &u.proxy {
             let _ = writeln!(out, "  {:<22} via proxy {}", "", p(proxy));
         }
@@ -234,6 +243,7 @@ mod tests {
             last_error: None,
             p50_ms: None,
             ratelimit_remaining: None,
+            black_hole: None,
             proxy: Some("http://proxy.lan:3128".into()),
             fallbacks: vec![crate::status::FallbackStatus {
                 url: "https://mirror.gcr.io/".into(),

@@ -23,6 +23,9 @@ pub struct BlobStream {
     total: Option<u64>,
     max_size: Option<u64>,
     received: u64,
+    /// `received` when the current response began: a stall with nothing past it is a
+    /// transfer that never got its first full-size segment.
+    received_at_open: u64,
     body: Option<BodyReader>,
     /// Bytes of the current response that we already have (an upstream that ignored Range).
     skip: u64,
@@ -53,6 +56,7 @@ impl UpstreamClient {
             total: None,
             max_size,
             received: from,
+            received_at_open: from,
             body: None,
             skip: 0,
             failures: 0,
@@ -170,6 +174,7 @@ impl BlobStream {
         let length = content_length(&response);
         let status = response.status();
         self.skip = 0;
+        self.received_at_open = self.received;
         if self.received == 0 {
             if let (Some(len), Some(limit)) = (length, self.max_size) {
                 if len > limit {
@@ -212,6 +217,11 @@ impl BlobStream {
     /// upstream's retry budget.
     async fn failed(&mut self, e: UpstreamError) -> Result<(), UpstreamError> {
         self.body = None;
+        if matches!(e, UpstreamError::Stalled(_)) && self.received == self.received_at_open {
+            if let Some(key) = self.source.as_ref().and_then(super::black_hole::key_of) {
+                self.client.black_holes.stalled_before_first_byte(&key);
+            }
+        }
         let progressed = self.received > self.received_at_last_failure;
         if progressed {
             self.failures = 0;

@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use super::black_hole::{self, BlackHoles};
 use super::class::PhaseError;
 use super::proxy::ProxyRules;
 use crate::config::{IpPreference, Transport, Upstream, host_key};
@@ -47,6 +48,8 @@ pub struct Connector {
     addresses: Arc<AddressRule>,
     /// Where connect and handshake times go (`berth_upstream_connect_seconds`, ...).
     timings: Option<(Arc<Metrics>, String)>,
+    /// Which hosts need a clamped MSS (PMTU black holes), shared with the upstream client.
+    black_holes: Arc<BlackHoles>,
     /// The HTTP proxy connections go through, when one applies (`proxy.rs`).
     proxy: Option<Arc<ProxyRules>>,
 }
@@ -58,6 +61,7 @@ impl Connector {
             tls,
             addresses: Arc::new(AddressRule::new(upstream)),
             timings: None,
+            black_holes: Arc::new(BlackHoles::new(&upstream.transport)),
             proxy: None,
         }
     }
@@ -69,8 +73,15 @@ impl Connector {
     }
 
     pub fn with_metrics(mut self, metrics: Arc<Metrics>, upstream: &str) -> Connector {
+        self.black_holes =
+            Arc::new(BlackHoles::new(&self.transport).with_metrics(metrics.clone(), upstream));
         self.timings = Some((metrics, upstream.to_string()));
         self
+    }
+
+    /// The black-hole memory this connector dials by.
+    pub fn black_holes(&self) -> Arc<BlackHoles> {
+        self.black_holes.clone()
     }
 
     fn observe(&self, pick: fn(&Metrics) -> &Histograms<UpstreamNameLabels>, since: Instant) {
@@ -271,30 +282,123 @@ impl Connector {
             .to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
 
+        let key = black_hole::key(&host, port);
+        let clamp = self.black_holes.current(&key);
         let started = Instant::now();
         // --- proxy hook (proxy.rs): through a CONNECT tunnel when a proxy applies to `uri`.
         let tunnel =
             (self.proxy.as_deref()).and_then(|rules| rules.route(&uri).map(|route| (rules, route)));
-        let tcp = if let Some((rules, route)) = tunnel {
-            let dial = |addr| self.dial_addr(addr);
+        if let Some((rules, route)) = tunnel {
+            let dial = |addr| self.dial_addr(addr, clamp);
             let target = (host.as_str(), port);
-            route?
+            let tcp = route?
                 .tunnel(rules, &self.addresses, &self.transport, target, dial)
-                .await?
-        } else {
-            // --- end of proxy hook
-            tokio::time::timeout(self.transport.connect_timeout, self.dial(&host, port))
-                .await
-                .map_err(|_| connect_timed_out(&host, port))??
-        };
+                .await?;
+            self.observe(|m| &m.upstream_connect_seconds, started);
+            if !https {
+                return Ok(Conn::plain(tcp));
+            }
+            // No clamped races through a tunnel: fresh connections would reach the proxy, and
+            // the proxy's own segments to the upstream are beyond berth's MSS.
+            let started = Instant::now();
+            let conn = self.handshake(&host, port, tcp).await?;
+            self.observe(|m| &m.upstream_tls_handshake_seconds, started);
+            return Ok(conn);
+        }
+        // --- end of proxy hook
+        let tcp = tokio::time::timeout(
+            self.transport.connect_timeout,
+            self.dial(&host, port, clamp),
+        )
+        .await
+        .map_err(|_| connect_timed_out(&host, port))??;
         self.observe(|m| &m.upstream_connect_seconds, started);
         if !https {
             return Ok(Conn::plain(tcp));
         }
         let started = Instant::now();
-        let conn = self.handshake(&host, port, tcp).await?;
+        let conn = self
+            .handshake_healing(&host, port, &key, tcp, clamp)
+            .await?;
         self.observe(|m| &m.upstream_tls_handshake_seconds, started);
         Ok(conn)
+    }
+
+    /// The handshake, raced against clamped ones when it is slow: once a full-size handshake
+    /// has taken a third of `tls_timeout`, the `mss_fallback` steps are tried in turn on fresh
+    /// connections to the same address. A clamped handshake that completes first — or after the
+    /// full-size one timed out — is the black-hole signature, and the clamp is remembered. A
+    /// handshake that fails fast (refused, reset, bad certificate) is never raced: that is the
+    /// server, not the path.
+    async fn handshake_healing(
+        &self,
+        host: &str,
+        port: u16,
+        key: &str,
+        tcp: TcpStream,
+        from: Option<u32>,
+    ) -> io::Result<Conn> {
+        let steps = self.black_holes.steps_after(from);
+        let addr = tcp.peer_addr();
+        let (false, Ok(addr)) = (steps.is_empty(), addr) else {
+            return self.handshake(host, port, tcp).await;
+        };
+        let first = self.handshake(host, port, tcp);
+        tokio::pin!(first);
+        let patience = self.transport.tls_timeout / 3;
+        if let Ok(done) = tokio::time::timeout(patience, &mut first).await {
+            return done;
+        }
+        let clamped = self.clamped_handshakes(host, addr, steps);
+        tokio::pin!(clamped);
+        let remember = |mss: u32, why: &str| {
+            self.black_holes.clamped(key, &addr.to_string(), mss, why);
+        };
+        tokio::select! {
+            done = &mut first => match done {
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => match clamped.await {
+                    Ok((conn, mss)) => {
+                        remember(mss, "the TLS handshake timed out at full size");
+                        Ok(conn)
+                    }
+                    Err(_) => Err(e),
+                },
+                done => done,
+            },
+            done = &mut clamped => match done {
+                Ok((conn, mss)) => {
+                    remember(mss, "a clamped TLS handshake completed while the full-size one hung");
+                    Ok(conn)
+                }
+                Err(_) => first.await,
+            },
+        }
+    }
+
+    /// Fresh connections to `addr` at each clamp in turn, until a handshake completes.
+    async fn clamped_handshakes(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+        steps: Vec<u32>,
+    ) -> io::Result<(Conn, u32)> {
+        let mut last = io::Error::other("no clamp to try");
+        for mss in steps {
+            let tcp = tokio::time::timeout(
+                self.transport.connect_timeout,
+                self.dial_addr(addr, Some(mss)),
+            )
+            .await
+            .map_err(|_| connect_timed_out(host, addr.port()))?;
+            match tcp {
+                Ok(tcp) => match self.handshake(host, addr.port(), tcp).await {
+                    Ok(conn) => return Ok((conn, mss)),
+                    Err(e) => last = e,
+                },
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// One connection to `addr`, which the caller resolved `host` to (no DNS here), with TLS
@@ -314,10 +418,13 @@ impl Connector {
             .first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
         let started = Instant::now();
-        let tcp = tokio::time::timeout(self.transport.connect_timeout, self.dial_addr(addr))
-            .await
-            .map_err(|_| connect_timed_out(host, addr.port()))?
-            .map_err(|e| PhaseError::wrap(ErrorClass::Connect, e))?;
+        let tcp = tokio::time::timeout(
+            self.transport.connect_timeout,
+            self.dial_addr(addr, self.transport.tcp_mss),
+        )
+        .await
+        .map_err(|_| connect_timed_out(host, addr.port()))?
+        .map_err(|e| PhaseError::wrap(ErrorClass::Connect, e))?;
         times.connect = Some(started.elapsed());
         if !https {
             return Ok(Conn::plain(tcp));
@@ -348,8 +455,8 @@ impl Connector {
         Ok(Conn::tls(stream))
     }
 
-    /// Resolves and tries each address in turn.
-    async fn dial(&self, host: &str, port: u16) -> io::Result<TcpStream> {
+    /// Resolves and tries each address in turn, at `clamp` if the black-hole memory set one.
+    async fn dial(&self, host: &str, port: u16, clamp: Option<u32>) -> io::Result<TcpStream> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
             .await
             .map_err(|e| PhaseError::wrap(ErrorClass::Dns, e))?
@@ -369,7 +476,7 @@ impl Connector {
             ),
         );
         for addr in addrs {
-            match self.dial_addr(addr).await {
+            match self.dial_addr(addr, clamp.or(self.transport.tcp_mss)).await {
                 Ok(stream) => return Ok(stream),
                 Err(e) => last = PhaseError::wrap(ErrorClass::Connect, e),
             }
@@ -377,10 +484,10 @@ impl Connector {
         Err(last)
     }
 
-    async fn dial_addr(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+    async fn dial_addr(&self, addr: SocketAddr, mss: Option<u32>) -> io::Result<TcpStream> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_nonblocking(true)?;
-        if let Some(mss) = self.transport.tcp_mss {
+        if let Some(mss) = mss {
             // Before connect(): the clamp is then announced in our SYN, so the upstream's
             // segments toward us fit the narrow hop too.
             socket.set_mss(mss)?;

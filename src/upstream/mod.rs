@@ -15,6 +15,7 @@
 //! challenges) and the HTTP plumbing.
 
 mod auth;
+mod black_hole;
 mod blob;
 mod body;
 mod calls;
@@ -44,6 +45,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use url::Url;
 
+pub use black_hole::Clamp;
 pub use blob::BlobStream;
 pub use body::BodyReader;
 pub use calls::{FetchedManifest, Listing, ListingKind};
@@ -119,6 +121,7 @@ pub struct UpstreamClient {
     auth: Auth,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    black_holes: Arc<black_hole::BlackHoles>,
     /// `fallback_urls`, in order (`fallback.rs`).
     fallbacks: Vec<fallback::Fallback>,
     /// `http://host:port` of the proxy the upstream's own URL goes through, if any.
@@ -133,6 +136,7 @@ impl UpstreamClient {
         let connector = Connector::new(&config, Arc::new(tls))
             .with_metrics(metrics.clone(), &config.metrics_label)
             .with_proxy(proxy);
+        let black_holes = connector.black_holes();
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(16)
@@ -153,6 +157,7 @@ impl UpstreamClient {
             http,
             health,
             metrics,
+            black_holes,
             fallbacks,
             proxy_shown,
         })
@@ -178,6 +183,11 @@ impl UpstreamClient {
 
     pub fn state(&self) -> BreakerState {
         self.health.state()
+    }
+
+    /// The MSS clamp berth put on this upstream's connections after a PMTU black hole, if any.
+    pub fn black_hole(&self) -> Option<Clamp> {
+        self.black_holes.latest()
     }
 
     /// Is the circuit breaker open (the upstream marked down)?
@@ -319,10 +329,16 @@ impl UpstreamClient {
                 Ok(response)
             }
             Ok(Err(e)) => Err(UpstreamError::from_hyper(e)),
-            Err(_) => Err(UpstreamError::Timeout(format!(
-                "no response headers from {} within {timeout:?}",
-                authority(url)
-            ))),
+            Err(_) => {
+                // The first response bytes never arrived: one sign of a PMTU black hole.
+                if let Some(key) = black_hole::key_of(url) {
+                    self.black_holes.stalled_before_first_byte(&key);
+                }
+                Err(UpstreamError::Timeout(format!(
+                    "no response headers from {} within {timeout:?}",
+                    authority(url)
+                )))
+            }
         }
     }
 

@@ -41,5 +41,6 @@ mod pull_through;
 mod registries;
 mod s3_replicas;
 mod store_conformance;
+mod tls_black_hole;
 mod untrusted_input;
 mod upstream_trust;

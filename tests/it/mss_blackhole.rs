@@ -31,20 +31,20 @@ use sha2::{Digest, Sha256};
 
 const UP_PORT: u16 = 8080;
 /// berth's listen port inside its own namespace (private, so a fixed port cannot clash).
-const BERTH_PORT: u16 = 5000;
+pub(crate) const BERTH_PORT: u16 = 5000;
 const NARROW_MTU: u32 = 1400;
 const CLAMP_MSS: u32 = 1360;
 const BLOB_SIZE: usize = 16 << 20;
 const REPO_BLOB_DIR: &str = "v2/library/big/blobs";
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
 }
 
-fn random_bytes(len: usize) -> Vec<u8> {
+pub(crate) fn random_bytes(len: usize) -> Vec<u8> {
     use std::io::Read;
     let mut buf = vec![0u8; len];
     std::fs::File::open("/dev/urandom")
@@ -55,7 +55,7 @@ fn random_bytes(len: usize) -> Vec<u8> {
 }
 
 /// `curl` inside `ns`; returns (exit code or -1 on timeout, elapsed, stderr).
-fn curl(ns: &str, url: &str, out: &Path, max_time: u64) -> (i32, Duration, String) {
+pub(crate) fn curl(ns: &str, url: &str, out: &Path, max_time: u64) -> (i32, Duration, String) {
     let start = Instant::now();
     let max = max_time.to_string();
     let out = in_ns(
@@ -93,12 +93,12 @@ fn curl(ns: &str, url: &str, out: &Path, max_time: u64) -> (i32, Duration, Strin
     )
 }
 
-fn file_sha256(path: &Path) -> Option<String> {
+pub(crate) fn file_sha256(path: &Path) -> Option<String> {
     std::fs::read(path).ok().map(|b| sha256_hex(&b))
 }
 
 /// Starts berth inside `ns` and waits (≤ 30 s) for `GET /v2/` to answer 200 there.
-fn start_berth(ns: &str, dir: &Path, config: &str) -> Proc {
+pub(crate) fn start_berth(ns: &str, dir: &Path, config: &str) -> Proc {
     std::fs::create_dir_all(dir).unwrap();
     let config_path = dir.join("berth.toml");
     std::fs::write(&config_path, config).unwrap();
@@ -143,16 +143,14 @@ fn start_berth(ns: &str, dir: &Path, config: &str) -> Proc {
 }
 
 /// The config, rendered by the builder; berth itself starts inside the lab's namespace (see
-/// [`start_berth`]), which the builder's ways of starting do not reach.
-fn berth_config(mss: Option<u32>) -> String {
-    let mut berth = Berth::builder()
+/// [`start_berth`]), which the builder's ways of starting do not reach. `extra`: transport keys.
+fn berth_config(extra: &str) -> String {
+    Berth::builder()
         .default_upstream("docker.io")
         .upstream_named("docker.io", &format!("http://{UP_IP}:{UP_PORT}"))
-        .config("stall_timeout = \"2s\"\nmax_attempts = 2");
-    if let Some(mss) = mss {
-        berth = berth.config(&format!("tcp_mss = {mss}"));
-    }
-    berth.toml()
+        .config("stall_timeout = \"2s\"\nmax_attempts = 2")
+        .config(extra)
+        .toml()
 }
 
 #[test]
@@ -234,11 +232,11 @@ fn large_blob_through_pmtu_black_hole_needs_the_mss_clamp() {
 
     let blob_url = format!("http://127.0.0.1:{BERTH_PORT}/{blob_path}");
 
-    // 1. Without the clamp: berth's fill stalls, is reported as a stall, and the client's
-    //    response does not carry a correct body.
+    // 1. Without the clamp (and without the fallback that finds one): berth's fill stalls, is
+    //    reported as a stall, and the client's response does not carry a correct body.
     {
         let dir = tmp.path().join("unclamped");
-        let mut berth = start_berth(&net.berth, &dir, &berth_config(None));
+        let mut berth = start_berth(&net.berth, &dir, &berth_config("mss_fallback = []"));
         let out = dir.join("blob.out");
         let (code, took, msg) = curl(&net.berth, &blob_url, &out, 40);
         let got = file_sha256(&out);
@@ -276,7 +274,11 @@ fn large_blob_through_pmtu_black_hole_needs_the_mss_clamp() {
     // 2. With the clamp (fresh data dir): the same fetch completes and verifies.
     {
         let dir = tmp.path().join("clamped");
-        let mut berth = start_berth(&net.berth, &dir, &berth_config(Some(CLAMP_MSS)));
+        let mut berth = start_berth(
+            &net.berth,
+            &dir,
+            &berth_config(&format!("tcp_mss = {CLAMP_MSS}")),
+        );
         let out = dir.join("blob.out");
         let (code, took, msg) = curl(&net.berth, &blob_url, &out, 40);
         eprintln!(
@@ -300,6 +302,31 @@ fn large_blob_through_pmtu_black_hole_needs_the_mss_clamp() {
         assert!(
             !log.contains("stalled"),
             "with the clamp berth should not stall; berth stderr:\n{log}"
+        );
+    }
+    // 3. Default config: the transfer that stalls before its first byte is resumed on a
+    //    connection clamped to the first `mss_fallback` step, and completes.
+    {
+        let dir = tmp.path().join("default");
+        let mut berth = start_berth(&net.berth, &dir, &berth_config(""));
+        let out = dir.join("blob.out");
+        let (code, took, msg) = curl(&net.berth, &blob_url, &out, 60);
+        eprintln!(
+            "[{:?}] default-config fetch through berth: curl exit {code} after {took:?}: {msg}",
+            t0.elapsed()
+        );
+        assert_eq!(code, 0, "{msg}\nberth stderr:\n{}", berth.stderr());
+        assert_eq!(
+            file_sha256(&out).as_deref(),
+            Some(hex.as_str()),
+            "berth stderr:\n{}",
+            berth.stderr()
+        );
+        berth.assert_running("berth (default config)");
+        let log = berth.stderr();
+        assert!(
+            log.contains("path MTU black hole") && log.contains("stalled before its first byte"),
+            "the clamp is logged with its cause:\n{log}"
         );
     }
     eprintln!("[{:?}] done", t0.elapsed());

@@ -149,6 +149,7 @@ fn lab_run(id: &str, narrow_mtu: u32, dir: &Path) -> (Option<i32>, Value, String
         &[
             "--config",
             config.to_str().unwrap(),
+            "--no-user-named",
             "--image",
             IMAGE,
             "--rounds",
@@ -314,6 +315,7 @@ async fn a_tls_front_that_holds_handshakes_is_a_handshake_timeout() {
     let args: Vec<String> = [
         "--config",
         config.to_str().unwrap(),
+        "--no-user-named",
         "--image",
         "none",
         "--rounds",
