@@ -89,14 +89,21 @@ impl ProxyRules {
             home_host: host_key(upstream.url.host_str().unwrap_or("")),
         };
         // A proxy berth cannot speak to is an error at start, not a silent direct path.
+        let mut shown = Vec::new();
         for scheme in ["http", "https"] {
             let uri: Uri = format!("{scheme}://{}/", upstream.url.authority())
                 .parse()
                 .map_err(io::Error::other)?;
             if let Some(intercept) = rules.matcher.intercept(&uri) {
                 let route = Route::from_intercept(&intercept)?;
-                tracing::info!(upstream = %upstream.name, proxy = %route.shown, "upstream traffic goes through a proxy");
+                if !shown.contains(&route.shown) {
+                    shown.push(route.shown);
+                }
             }
+        }
+        if !shown.is_empty() {
+            tracing::info!(upstream = %upstream.name, url = %upstream.url, proxy = %shown.join(", "),
+                "upstream traffic goes through a proxy");
         }
         Ok(rules)
     }
