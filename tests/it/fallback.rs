@@ -126,6 +126,21 @@ async fn a_fallback_that_sends_wrong_bytes_poisons_nothing() {
         before + 1
     );
     berth.wait_committed(&layer.digest).await;
+
+    // A manifest by digest that does not hash to it is refused, not served or kept.
+    let manifest = &image.image_for("amd64").manifest;
+    let path = format!("/v2/library/app/manifests/{}", manifest.digest);
+    fallback.inject(
+        Fault::corrupt(10)
+            .kind(Kind::Manifest)
+            .reference(&manifest.digest),
+    );
+    let (status, _) = get_bytes(&berth.url(&path)).await;
+    assert_eq!(status, 502, "a manifest that does not match its digest");
+    assert_eq!(fallback.pending_faults(), 0, "the corrupt manifest was sent");
+    let (status, body) = get_bytes(&berth.url(&path)).await;
+    assert_eq!(status, 200);
+    assert_eq!(sha256(&body), manifest.digest);
 }
 
 #[tokio::test]
