@@ -137,7 +137,11 @@ async fn a_fallback_that_sends_wrong_bytes_poisons_nothing() {
     );
     let (status, _) = get_bytes(&berth.url(&path)).await;
     assert_eq!(status, 502, "a manifest that does not match its digest");
-    assert_eq!(fallback.pending_faults(), 0, "the corrupt manifest was sent");
+    assert_eq!(
+        fallback.pending_faults(),
+        0,
+        "the corrupt manifest was sent"
+    );
     let (status, body) = get_bytes(&berth.url(&path)).await;
     assert_eq!(status, 200);
     assert_eq!(sha256(&body), manifest.digest);
