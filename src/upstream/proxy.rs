@@ -453,6 +453,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_proxy_that_never_answers_connect_is_given_up_at_header_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Accepts, reads the CONNECT, says nothing: the connection stays open.
+        let silent = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        let up = upstream(&format!(
+            "proxy = \"http://{addr}\"\nheader_timeout = \"1s\""
+        ));
+        let started = std::time::Instant::now();
+        let e = open(&up, "registry.example:443").await.unwrap_err();
+        assert!(e.to_string().contains("did not answer CONNECT"), "{e}");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let took = started.elapsed();
+        assert!(took >= std::time::Duration::from_secs(1), "{took:?}");
+        assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+        silent.abort();
+    }
+
+    #[tokio::test]
     async fn an_endless_answer_is_cut_at_the_bound() {
         static HUGE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
             // One header line longer than the bound: the answer never completes within it.
