@@ -22,7 +22,9 @@
 //!   (auth,    reader;    verify)
 //!   retry,    single-
 //!   resume,   flight,
-//!   connector) slots
+//!   connector, slots
+//!   proxy,
+//!   fallbacks)
 //!      └─────┴──────────┴──────────────┘
 //!   oci        pure types, no I/O: Digest, Reference, Repository, OciPath, ByteRange, Want,
 //!              media types, the manifest model, the OCI error body

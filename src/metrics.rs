@@ -44,6 +44,13 @@ pub struct UpstreamNameLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamEndpointLabels {
+    pub upstream: String,
+    /// A `fallback_urls` entry's host (and port): from the config, so the series stay few.
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamClassLabels {
     pub upstream: String,
     pub class: &'static str,
@@ -110,6 +117,8 @@ pub struct Metrics {
     pub upstream_mss: Family<UpstreamNameLabels, Gauge>,
     /// Times a clamped connection worked where full-size segments did not.
     pub upstream_mss_fallbacks: Family<UpstreamNameLabels, Counter>,
+    /// Requests a `fallback_urls` endpoint answered while the upstream's own path was down.
+    pub upstream_fallbacks: Family<UpstreamEndpointLabels, Counter>,
     /// Whole blob fills (download, verify, commit) by outcome (ok, failed).
     pub blob_fill_seconds: Histograms<UpstreamOutcomeLabels>,
     /// Blob fills running now, and client responses following them. Set at scrape time.
@@ -181,6 +190,7 @@ impl Metrics {
             upstream_resumes: Family::default(),
             upstream_mss: Family::default(),
             upstream_mss_fallbacks: Family::default(),
+            upstream_fallbacks: Family::default(),
             blob_fill_seconds: Family::new_with_constructor(fill_histogram),
             fills_in_flight: Gauge::default(),
             fill_waiters: Gauge::default(),
@@ -294,6 +304,11 @@ impl Metrics {
             "upstream_mss_fallbacks",
             "Clamped connections that worked where full-size segments did not",
             self.upstream_mss_fallbacks.clone(),
+        );
+        r.register(
+            "upstream_fallback",
+            "Requests a fallback_urls endpoint answered while the upstream's own path was down",
+            self.upstream_fallbacks.clone(),
         );
     }
 

@@ -125,6 +125,8 @@ mod tests {
                     p50_ms: None,
                     ratelimit_remaining: None,
                     black_hole: None,
+                    proxy: None,
+                    fallbacks: vec![],
                 })
                 .collect(),
             failures,

@@ -3,6 +3,7 @@
 //! The file is parsed into `raw` types (every key optional, unknown keys refused), then
 //! validated once into [`Config`]. Nothing downstream re-checks strings.
 
+mod egress;
 mod limits;
 
 pub use limits::MAX_HISTORY;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use url::Url;
 
+pub use egress::{MAX_FALLBACKS, ProxySetting, ProxyUrl};
 pub use patterns::{HostPattern, UpstreamPatterns};
 pub use raw::RawConfig;
 pub use server::{DEFAULT_ALLOW, RawServer, ServerConfig, TlsFiles};
@@ -228,6 +230,12 @@ pub struct Upstream {
     /// One-component names get `library/` (Docker Hub's official images).
     pub official_images_prefix: bool,
     pub transport: Transport,
+    /// An HTTP proxy for all of this upstream's traffic (`proxy`), or the environment's.
+    pub proxy: ProxySetting,
+    /// `no_proxy`, joined as `NO_PROXY` is written; `None`: the environment's `NO_PROXY`.
+    pub no_proxy: Option<String>,
+    /// Registries with the same content, tried in order while this one's path is down.
+    pub fallback_urls: Vec<Url>,
 }
 
 impl Upstream {
@@ -248,6 +256,9 @@ impl Upstream {
             tag_ttl: DEFAULT_TAG_TTL,
             official_images_prefix: false,
             transport: Transport::default(),
+            proxy: ProxySetting::FromEnv,
+            no_proxy: None,
+            fallback_urls: Vec::new(),
         }
     }
 }

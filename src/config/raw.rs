@@ -108,6 +108,9 @@ pub struct RawUpstream {
     pub max_fills: Option<u32>,
     pub allow_repositories: Option<Vec<String>>,
     pub deny_repositories: Option<Vec<String>>,
+    pub proxy: Option<String>,
+    pub no_proxy: Option<Vec<String>>,
+    pub fallback_urls: Option<Vec<String>>,
 }
 
 impl RawConfig {

@@ -11,8 +11,9 @@ use super::{
 use crate::oci::is_registry_name;
 
 /// Keys that name one registry's account or address: never inherited from the defaults.
-pub(super) const NOT_IN_DEFAULTS: [&str; 5] = [
+pub(super) const NOT_IN_DEFAULTS: [&str; 6] = [
     "url",
+    "fallback_urls",
     "username",
     "password",
     "password_env",
@@ -54,7 +55,10 @@ impl RawUpstream {
             max_blob_size,
             max_fills,
             allow_repositories,
-            deny_repositories
+            deny_repositories,
+            proxy,
+            no_proxy,
+            fallback_urls
         )
     }
 
@@ -62,6 +66,7 @@ impl RawUpstream {
     pub(super) fn account_keys_set(&self) -> impl Iterator<Item = &'static str> {
         let set = [
             self.url.is_some(),
+            self.fallback_urls.is_some(),
             self.username.is_some(),
             self.password.is_some(),
             self.password_env.is_some(),
@@ -112,6 +117,12 @@ impl RawUpstream {
 
         let tag_ttl = raw.tag_ttl.unwrap_or(DEFAULT_TAG_TTL);
         check_duration(&key(name, "tag_ttl"), tag_ttl, MAX_TAG_TTL)?;
+        let proxy = super::egress::proxy_setting(&key(name, "proxy"), raw.proxy.as_deref())?;
+        let no_proxy = super::egress::no_proxy(&key(name, "no_proxy"), raw.no_proxy.as_deref())?;
+        let fallback_urls = super::egress::fallback_urls(
+            &key(name, "fallback_urls"),
+            raw.fallback_urls.as_deref(),
+        )?;
         let is_docker_hub = name == "docker.io" || url.host_str() == Some("registry-1.docker.io");
         Ok(Upstream {
             name: name.to_string(),
@@ -126,6 +137,9 @@ impl RawUpstream {
             tag_ttl,
             official_images_prefix: raw.official_images_prefix.unwrap_or(is_docker_hub),
             transport,
+            proxy,
+            no_proxy,
+            fallback_urls,
         })
     }
 

@@ -367,6 +367,7 @@ impl Manifests {
             .missing
             .note(target, what, fetched)
             .map_err(|e| MirrorError::from_upstream(upstream, &target.repo, what, e))?;
+        let from_fallback = fetched.fallback.clone();
         let (bytes, header_digest) = (fetched.bytes, fetched.digest);
         // The upstream's Content-Type, else the manifest's own `mediaType`; either only when
         // it is a valid media type (it becomes a header, and the stored form's header).
@@ -394,6 +395,11 @@ impl Manifests {
                     target.repo
                 ),
             });
+        }
+        if let Some(fallback) = from_fallback {
+            // A tag's answer from another registry: on record, with the digest it named.
+            tracing::warn!(%upstream, repo = %target.repo, %reference, %digest, %fallback,
+                "manifest served by a fallback registry while the upstream is down");
         }
         // The first verified media type of a digest stays: another upstream (or a later
         // answer) serving the same bytes under another type does not change what clients get.

@@ -75,6 +75,17 @@ impl Mirror {
                         mss: c.mss,
                         since: unix(c.since),
                     }),
+                    proxy: client.proxy().map(str::to_string),
+                    fallbacks: client
+                        .fallback_states()
+                        .into_iter()
+                        .map(|f| crate::status::FallbackStatus {
+                            url: f.url,
+                            state: f.state.to_string(),
+                            served: f.served,
+                            last_served: f.last_served.map(unix),
+                        })
+                        .collect(),
                 }
             })
             .collect();

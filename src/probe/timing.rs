@@ -59,6 +59,8 @@ pub fn probe_upstream(upstream: &Upstream, mss: Option<u32>, d: &Deadlines) -> U
     // The probe measures each MSS itself: berth serve's self-healing would hide the hole.
     u.transport.mss_fallback = Vec::new();
     u.transport.min_speed = 0;
+    // The probe measures this upstream's path: a fallback answering would hide it.
+    u.fallback_urls.clear();
     u
 }
 

@@ -48,7 +48,7 @@ fn write_upstreams(out: &mut String, report: &StatusReport) {
     for u in &report.upstreams {
         let _ = write!(
             out,
-            "<tr data-upstream=\"{name}\"><td><b>{name}</b><br><code>{url}</code></td><td class=\"{state}\">{state}{hole}</td>\
+            "<tr data-upstream=\"{name}\"><td><b>{name}</b><br><code>{url}</code>{egress}</td><td class=\"{state}\">{state}{hole}</td>\
 <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
             u.requests,
             u.failures,
@@ -82,9 +82,38 @@ fn write_upstreams(out: &mut String, report: &StatusReport) {
                     esc(crate::status::CONFIRM_BLACK_HOLE)
                 ))
                 .unwrap_or_default(),
+            egress = egress_html(u, now),
         );
     }
     out.push_str("</table></div>");
+}
+
+/// The proxy and the fallbacks under an upstream's URL: each fallback with its state, how
+/// often it served and when last.
+fn egress_html(u: &crate::status::UpstreamStatus, now: u64) -> String {
+    let mut out = String::new();
+    if let Some(proxy) = &u.proxy {
+        let _ = write!(
+            out,
+            "<br><small>via proxy <code>{}</code></small>",
+            esc(proxy)
+        );
+    }
+    for f in &u.fallbacks {
+        let last = f
+            .last_served
+            .map(|t| format!(", last {}", ago(now, t)))
+            .unwrap_or_default();
+        let _ = write!(
+            out,
+            "<br><small class=\"fallback\" data-fallback=\"{url}\">fallback <code>{url}</code> \
+             <span class=\"{state}\">{state}</span>, served {}{last}</small>",
+            f.served,
+            url = esc(&f.url),
+            state = esc(&f.state),
+        );
+    }
+    out
 }
 
 /// The span the failure tables cover, for their headings: `in the last 1h`, or `since start`.

@@ -52,6 +52,22 @@ pub struct UpstreamStatus {
     /// The MSS clamp berth put on this upstream's connections after a PMTU black hole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub black_hole: Option<BlackHoleStatus>,
+    /// The proxy its traffic goes through, `http://host:port` (never its credentials).
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// `fallback_urls`, in order, and what each served while the upstream was down.
+    #[serde(default)]
+    pub fallbacks: Vec<FallbackStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FallbackStatus {
+    pub url: String,
+    /// `up`, `probing` or `down` (its own circuit breaker).
+    pub state: String,
+    /// Requests it answered while the upstream's own path was down.
+    pub served: u64,
+    pub last_served: Option<u64>,
 }
 
 /// A clamp in force: which host showed the black-hole signature, at which address, and since

@@ -66,6 +66,23 @@ fn write_upstreams(out: &mut String, report: &StatusReport) {
                 super::CONFIRM_BLACK_HOLE
             );
         }
+        if let Some(proxy) = &u.proxy {
+            let _ = writeln!(out, "  {:<22} via proxy {}", "", p(proxy));
+        }
+        for f in &u.fallbacks {
+            let last = f
+                .last_served
+                .map(|t| format!(", last {}", ago(now, t)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {:<22} fallback {} {}, served {}{last}",
+                "",
+                p(&f.url),
+                p(&f.state),
+                f.served
+            );
+        }
     }
 }
 
@@ -210,5 +227,53 @@ mod tests {
             "a client string started a line: {text}"
         );
         assert!(text.contains("sha256:éééééééééééé…"), "{text}");
+    }
+
+    #[test]
+    fn an_upstream_shows_its_proxy_and_what_each_fallback_served() {
+        let upstream = crate::status::UpstreamStatus {
+            name: "docker.io".into(),
+            url: "https://registry-1.docker.io/".into(),
+            state: "down".into(),
+            requests: 5,
+            failures: 2,
+            last_success: None,
+            last_error_at: None,
+            last_error_class: None,
+            last_error: None,
+            p50_ms: None,
+            ratelimit_remaining: None,
+            black_hole: None,
+            proxy: Some("http://proxy.lan:3128".into()),
+            fallbacks: vec![crate::status::FallbackStatus {
+                url: "https://mirror.gcr.io/".into(),
+                state: "up".into(),
+                served: 3,
+                last_served: Some(90),
+            }],
+        };
+        let report = StatusReport {
+            version: "0".into(),
+            generated_at: 100,
+            started_at: 0,
+            since_seconds: None,
+            requests: 5,
+            upstreams: vec![upstream],
+            failures: Failures::default(),
+            fills: vec![],
+            cache: crate::status::CacheStatus::default(),
+            pins: vec![],
+        };
+        let text = render_text(&report);
+        assert!(text.contains("via proxy http://proxy.lan:3128"), "{text}");
+        assert!(
+            text.contains("fallback https://mirror.gcr.io/ up, served 3, last 10s ago"),
+            "{text}"
+        );
+        let html = super::super::render_html(&report);
+        assert!(
+            html.contains("data-fallback=\"https://mirror.gcr.io/\""),
+            "{html}"
+        );
     }
 }

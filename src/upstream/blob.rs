@@ -167,7 +167,7 @@ impl BlobStream {
     }
 
     async fn open_once(&mut self) -> Result<(), UpstreamError> {
-        let response = self.client.admitted_attempt(&self.request).await?;
+        let response = self.client.attempt_or_fall_back(&self.request).await?;
         if let Some(super::ResponseUrl(url)) = response.extensions().get() {
             self.source = Some(url.clone());
         }

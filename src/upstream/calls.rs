@@ -19,6 +19,8 @@ pub struct FetchedManifest {
     pub media_type: Option<String>,
     /// `Docker-Content-Digest`, when the upstream sent one.
     pub digest: Option<Digest>,
+    /// The `fallback_urls` endpoint that served it (`None`: the upstream itself).
+    pub fallback: Option<String>,
 }
 
 /// A tag list or referrers index, streamed through.
@@ -44,7 +46,7 @@ impl UpstreamClient {
     ) -> Result<FetchedManifest, UpstreamError> {
         let mut req = Request::new(Method::GET, repo, Endpoint::Manifest(reference.clone()));
         req.accept = Some(accept_header(accept));
-        let response = self.send(&req).await?;
+        let response = self.send_or_fall_back(&req).await?;
         if content_length(&response).is_some_and(|len| len > MAX_MANIFEST_SIZE) {
             return Err(UpstreamError::TooLarge {
                 limit: MAX_MANIFEST_SIZE,
@@ -52,6 +54,10 @@ impl UpstreamClient {
         }
         let digest = header_digest(&response);
         let media_type = content_type(&response);
+        let fallback = response
+            .extensions()
+            .get::<super::ServedBy>()
+            .map(|s| s.0.clone());
         let bytes = self
             .body(response.into_body())
             .read_to_end(MAX_MANIFEST_SIZE, self.config.transport.header_timeout)
@@ -60,6 +66,7 @@ impl UpstreamClient {
             bytes,
             media_type,
             digest,
+            fallback,
         })
     }
 
@@ -72,7 +79,7 @@ impl UpstreamClient {
     ) -> Result<Option<Digest>, UpstreamError> {
         let mut req = Request::new(Method::HEAD, repo, Endpoint::Manifest(reference.clone()));
         req.accept = Some(accept_header(accept));
-        let response = self.send(&req).await?;
+        let response = self.send_or_fall_back(&req).await?;
         Ok(header_digest(&response))
     }
 
@@ -83,7 +90,7 @@ impl UpstreamClient {
         digest: &Digest,
     ) -> Result<Option<u64>, UpstreamError> {
         let req = Request::new(Method::HEAD, repo, Endpoint::Blob(digest.clone()));
-        let response = self.send(&req).await?;
+        let response = self.send_or_fall_back(&req).await?;
         Ok(content_length(&response))
     }
 
@@ -100,7 +107,7 @@ impl UpstreamClient {
         };
         let mut req = Request::new(Method::GET, repo, endpoint);
         req.query = query;
-        let response = self.send(&req).await?;
+        let response = self.send_or_fall_back(&req).await?;
         Ok(Listing {
             content_type: content_type(&response),
             body: self.body(response.into_body()),

@@ -32,6 +32,7 @@ use tokio_rustls::client::TlsStream;
 
 use super::black_hole::{self, BlackHoles};
 use super::class::PhaseError;
+use super::proxy::ProxyRules;
 use crate::config::{IpPreference, Transport, Upstream, host_key};
 use crate::failure::ErrorClass;
 use crate::metrics::{Histograms, Metrics, UpstreamNameLabels};
@@ -49,6 +50,8 @@ pub struct Connector {
     timings: Option<(Arc<Metrics>, String)>,
     /// Which hosts need a clamped MSS (PMTU black holes), shared with the upstream client.
     black_holes: Arc<BlackHoles>,
+    /// The HTTP proxy connections go through, when one applies (`proxy.rs`).
+    proxy: Option<Arc<ProxyRules>>,
 }
 
 impl Connector {
@@ -59,7 +62,14 @@ impl Connector {
             addresses: Arc::new(AddressRule::new(upstream)),
             timings: None,
             black_holes: Arc::new(BlackHoles::new(&upstream.transport)),
+            proxy: None,
         }
+    }
+
+    /// Connections to URIs the rules proxy go through a CONNECT tunnel (`proxy.rs`).
+    pub fn with_proxy(mut self, rules: Option<ProxyRules>) -> Connector {
+        self.proxy = rules.map(Arc::new);
+        self
     }
 
     pub fn with_metrics(mut self, metrics: Arc<Metrics>, upstream: &str) -> Connector {
@@ -275,6 +285,27 @@ impl Connector {
         let key = black_hole::key(&host, port);
         let clamp = self.black_holes.current(&key);
         let started = Instant::now();
+        // --- proxy hook (proxy.rs): through a CONNECT tunnel when a proxy applies to `uri`.
+        let tunnel =
+            (self.proxy.as_deref()).and_then(|rules| rules.route(&uri).map(|route| (rules, route)));
+        if let Some((rules, route)) = tunnel {
+            let dial = |addr| self.dial_addr(addr, clamp);
+            let target = (host.as_str(), port);
+            let tcp = route?
+                .tunnel(rules, &self.addresses, &self.transport, target, dial)
+                .await?;
+            self.observe(|m| &m.upstream_connect_seconds, started);
+            if !https {
+                return Ok(Conn::plain(tcp));
+            }
+            // No clamped races through a tunnel: fresh connections would reach the proxy, and
+            // the proxy's own segments to the upstream are beyond berth's MSS.
+            let started = Instant::now();
+            let conn = self.handshake(&host, port, tcp).await?;
+            self.observe(|m| &m.upstream_tls_handshake_seconds, started);
+            return Ok(conn);
+        }
+        // --- end of proxy hook
         let tcp = tokio::time::timeout(
             self.transport.connect_timeout,
             self.dial(&host, port, clamp),

@@ -9,8 +9,9 @@
 //! Files: `calls` (typed calls), `blob` (blob download with resume), `retry` (the retry loop,
 //! backoff), `health` (breaker, retry budget), `auth` (who gets which credentials),
 //! `challenge` (WWW-Authenticate), `tokens` (token cache), `body` (stall-aware body reads),
-//! `connector` (TCP/TLS, MSS clamp, address rule), `black_hole` (which hosts need a clamped MSS,
-//! found by itself), `error`; this file: one attempt (redirects,
+//! `fallback` (`fallback_urls`, asked while the path is down), `connector` (TCP/TLS, MSS
+//! clamp, address rule), `black_hole` (which hosts need a clamped MSS, found by itself),
+//! `proxy` (HTTP proxy rules, CONNECT tunnel), `error`; this file: one attempt (redirects,
 //! challenges) and the HTTP plumbing.
 
 mod auth;
@@ -22,7 +23,9 @@ mod challenge;
 mod class;
 mod connector;
 mod error;
+mod fallback;
 mod health;
+mod proxy;
 mod retry;
 mod tokens;
 
@@ -50,6 +53,7 @@ pub use challenge::{Challenge, parse_challenges};
 pub use class::connect_failure;
 pub use connector::{Conn, Connector, PhaseTimes, tls_config};
 pub use error::UpstreamError;
+pub use fallback::{FallbackState, ServedBy};
 pub use health::BreakerState;
 
 use crate::config::Upstream;
@@ -118,13 +122,20 @@ pub struct UpstreamClient {
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     black_holes: Arc<black_hole::BlackHoles>,
+    /// `fallback_urls`, in order (`fallback.rs`).
+    fallbacks: Vec<fallback::Fallback>,
+    /// `http://host:port` of the proxy the upstream's own URL goes through, if any.
+    proxy_shown: Option<String>,
 }
 
 impl UpstreamClient {
     pub fn new(config: Upstream, metrics: Arc<Metrics>) -> io::Result<UpstreamClient> {
         let tls = connector::tls_config(config.ca_file.as_deref(), config.transport.http1_only)?;
+        let proxy = proxy::ProxyRules::new(&config)?;
+        let proxy_shown = proxy.as_ref().and_then(|p| p.shown_for(&config.url));
         let connector = Connector::new(&config, Arc::new(tls))
-            .with_metrics(metrics.clone(), &config.metrics_label);
+            .with_metrics(metrics.clone(), &config.metrics_label)
+            .with_proxy(proxy);
         let black_holes = connector.black_holes();
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
@@ -139,6 +150,7 @@ impl UpstreamClient {
             probe_deadline,
             t.retry_budget,
         ));
+        let fallbacks = fallback::Fallback::all_for(&config, &metrics)?;
         Ok(UpstreamClient {
             auth: Auth::new(&config),
             config,
@@ -146,6 +158,8 @@ impl UpstreamClient {
             health,
             metrics,
             black_holes,
+            fallbacks,
+            proxy_shown,
         })
     }
 
@@ -160,6 +174,11 @@ impl UpstreamClient {
 
     pub fn config(&self) -> &Upstream {
         &self.config
+    }
+
+    /// `http://host:port` of the proxy this upstream is reached through (never credentials).
+    pub fn proxy(&self) -> Option<&str> {
+        self.proxy_shown.as_deref()
     }
 
     pub fn state(&self) -> BreakerState {

@@ -18,6 +18,7 @@
 pub mod ansible;
 pub mod berth;
 pub mod builder;
+pub mod connect_proxy;
 pub mod fake_upstream;
 pub mod images;
 pub mod inprocess;
