@@ -38,13 +38,18 @@ committed() { # the digest of what berth stored under $1, once it is there (≤ 
 
 # The upstream's files are in the page cache from the upload; one unmeasured GET makes sure.
 get_time "$reg" >/dev/null
-direct=() via=() ratios=()
+direct=() via=() ratios=() cpus=()
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for round in $(seq "$ROUNDS"); do
   addr=$(start_berth "cold-$round" "")
   d=$(get_time "$reg")
+  pid=$(cat "$work/cold-$round/pid")
+  before=$(cpu_ticks "$pid")
   b=$(get_time "$addr")
   # berth verified the digest before the last byte; check what it committed too.
   got=$(committed "$work/cold-$round/data")
+  after=$(cpu_ticks "$pid")
+  cpus+=("$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v m="$MIB" 'BEGIN {printf "%.2f", t / hz / (m / 1024)}')")
   [[ $got == "$digest" ]] || { echo "cold-pull: round $round: berth committed $got" >&2; exit 1; }
   stop_berth "cold-$round"
   sleep 0.2
@@ -65,6 +70,7 @@ report=$(
 | through berth, cold cache | **$(med "${via[@]}")** | $(mibs "$(med "${via[@]}")") | $(list "${via[@]}") |
 
 berth / direct, round by round: median **$(med "${ratios[@]}")×** ($(list "${ratios[@]}")).
+berth's CPU per GiB filled (download, SHA-256, spool, commit, send): median **$(med "${cpus[@]}") CPU-s/GiB** ($(list "${cpus[@]}")).
 berth: $BERTH_BIN, a fresh cache per round; each committed blob hashed to $digest.
 A shared 2-core machine is noisy: compare rows of one run.
 EOF

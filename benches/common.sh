@@ -14,8 +14,12 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # any HTTP answer on $1 within 20 s
-  for _ in $(seq 200); do curl -s -o /dev/null "http://$1/" && return 0; sleep 0.1; done
+wait_http() { # any HTTP(S) answer on $1 within 20 s
+  for _ in $(seq 200); do
+    curl -s -o /dev/null "http://$1/" && return 0
+    curl -sk -o /dev/null "https://$1/" && return 0
+    sleep 0.1
+  done
   echo "bench: nothing listening on $1" >&2; exit 1
 }
 # SHA-256 of stdin, hex. openssl's uses the CPU's SHA extensions (≈1.2 GB/s here); coreutils'
@@ -61,7 +65,8 @@ start_berth() { # name, extra tables[, top-level keys] → prints host:port; @SE
   local name=$1 extra=$2 top=${3:-} addr
   addr=127.0.0.1:$(free_port)
   mkdir -p "$work/$name"
-  printf '%s\ndefault_upstream = "docker.io"\n\n[upstreams."docker.io"]\nurl = "http://%s"\n\n%s\n' \
+  # Top-level keys before any table ([server] in `top` would otherwise swallow them).
+  printf 'default_upstream = "docker.io"\n%s\n\n[upstreams."docker.io"]\nurl = "http://%s"\n\n%s\n' \
     "${top//@SELF@/http://$addr}" "$reg" "$extra" >"$work/$name/berth.toml"
   BERTH_LOG=warn "$BERTH_BIN" serve --config "$work/$name/berth.toml" --listen "$addr" \
     --data-dir "$work/$name/data" >"$work/$name/log" 2>&1 &

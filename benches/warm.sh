@@ -59,6 +59,8 @@ wait_http "$proxy"
 nginx_plain=127.0.0.1:$(free_port)
 nginx_tls=127.0.0.1:$(free_port)
 mkdir -p "$work/nginx/www" "$work/nginx/tmp"
+# nginx's workers drop root (to nobody): they need to reach the file through mktemp's 0700 dir.
+chmod 755 "$work"
 cp "$work/blob" "$work/nginx/www/blob"
 cat >"$work/nginx/nginx.conf" <<EOF
 worker_processes 1;
