@@ -24,6 +24,11 @@ const IPV6_EXTRA: u32 = 20;
 /// The MSS a 1500-byte Ethernet path announces by default.
 const FULL_SIZE_MSS: u32 = 1460;
 
+/// An MSS as the reports write it: the number, or `default` for the system's own.
+pub fn mss_label(mss: Option<u32>) -> String {
+    mss.map_or_else(|| "default".into(), |m| m.to_string())
+}
+
 /// Handshakes at one MSS (`None`: the system default).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HandshakeRun {
@@ -70,12 +75,7 @@ impl HandshakeComparison {
                     .filter(|_| r.ok < r.attempts)
                     .map(|f| format!(" ({f})"))
                     .unwrap_or_default();
-                format!(
-                    "MSS {} {}/{}{failure}",
-                    super::report::mss_label(r.mss),
-                    r.ok,
-                    r.attempts
-                )
+                format!("MSS {} {}/{}{failure}", mss_label(r.mss), r.ok, r.attempts)
             })
             .collect::<Vec<_>>()
             .join(", ")

@@ -1,5 +1,6 @@
 //! The probe report: one JSON document with stable keys (`--json`), and its text rendering.
 
+pub use super::handshakes::mss_label;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -172,10 +173,6 @@ impl BulkRun {
     pub fn completed(&self) -> bool {
         self.outcome == "complete"
     }
-}
-
-pub fn mss_label(mss: Option<u32>) -> String {
-    mss.map_or_else(|| "default".into(), |m| m.to_string())
 }
 
 fn ms(v: Option<f64>) -> String {

@@ -10,10 +10,11 @@
 //! backoff), `health` (breaker, retry budget), `auth` (who gets which credentials),
 //! `challenge` (WWW-Authenticate), `tokens` (token cache), `body` (stall-aware body reads),
 //! `fallback` (`fallback_urls`, asked while the path is down), `connector` (TCP/TLS, MSS
-//! clamp, address rule), `black_hole` (which hosts need a clamped MSS, found by itself),
+//! clamp), `address_rule` (which addresses may be dialled), `black_hole` (which hosts need a clamped MSS, found by itself),
 //! `proxy` (HTTP proxy rules, CONNECT tunnel), `error`; this file: one attempt (redirects,
 //! challenges) and the HTTP plumbing.
 
+mod address_rule;
 mod auth;
 mod black_hole;
 mod blob;

@@ -28,8 +28,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::USER_AGENT_VALUE;
+use super::address_rule::AddressRule;
 use super::class::PhaseError;
-use super::connector::AddressRule;
 use crate::config::{ProxySetting, Transport, Upstream, host_key};
 use crate::failure::ErrorClass;
 

@@ -92,7 +92,7 @@ async fn a_hung_tls_handshake_is_filed_as_tls_handshake() {
     let berth = Berth::builder()
         .upstream_named("ghcr.io", &front.url())
         .config(&format!(
-            "ca_file = {:?}\ntls_timeout = \"300ms\"\nmax_attempts = 1",
+            "ca_file = {:?}\ntls_timeout = \"300ms\"\nmax_attempts = 1\nmss_fallback = []",
             ca.ca_pem.display().to_string()
         ))
         .start()
