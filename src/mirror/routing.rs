@@ -142,3 +142,45 @@ impl Routes {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_clients_are_evicted_least_recently_used_first() {
+        let config = Config::from_toml("upstream_patterns = [\"*.pkg.dev\"]").unwrap();
+        let routes = Routes::new(Arc::new(config), Arc::new(Metrics::default())).unwrap();
+        let name = |i: u64| format!("r{i}.pkg.dev");
+        let use_client = |i: u64| {
+            routes.upstream(&name(i)).unwrap();
+            routes.patterns.run_pending_tasks();
+        };
+        // Every name once, then r1 is busy, then every other name again.
+        for i in 0..PATTERN_CLIENTS {
+            use_client(i);
+        }
+        for _ in 0..5 {
+            use_client(1);
+        }
+        for i in (0..PATTERN_CLIENTS).filter(|i| *i != 1) {
+            use_client(i);
+        }
+        // r1 is now the least recently used: it goes for a new name, however often it was used
+        // before (a frequency-admitting cache would keep it and refuse the newcomer).
+        use_client(PATTERN_CLIENTS);
+        assert!(
+            routes.patterns.contains_key(&name(0)),
+            "a recently used name stays"
+        );
+        assert!(
+            routes.patterns.contains_key(&name(PATTERN_CLIENTS)),
+            "newcomer admitted"
+        );
+        assert!(
+            !routes.patterns.contains_key(&name(1)),
+            "least recently used goes"
+        );
+        assert_eq!(routes.patterns.entry_count(), PATTERN_CLIENTS);
+    }
+}

@@ -102,6 +102,7 @@ fn line(pull: &Pull) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::OpenOptionsExt as _;
     use std::time::{Duration, SystemTime};
 
     #[tokio::test]
@@ -148,5 +149,64 @@ mod tests {
         assert_eq!(lines[1]["error_class"], "stall");
         assert_eq!(lines[1]["cache"], "miss");
         assert_eq!(lines[1]["upstream_attempts"], 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_that_cannot_keep_up_holds_at_most_the_byte_budget() {
+        // A FIFO with a reader that never reads: the writer blocks once the pipe is full.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let _idle_reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        let log = AccessLog::open(&path).unwrap();
+        // 2 KiB lines: the byte budget (4 MiB) is reached near 2,000 queued lines, long before
+        // the line bound (8,192).
+        let pull = Pull {
+            at: SystemTime::now(),
+            client: None,
+            node: None,
+            registry: "ghcr.io".into(),
+            repository: "org/app".into(),
+            reference: "1".into(),
+            kind: "manifest",
+            status: 502,
+            error_class: None,
+            error: Some("e".repeat(2048)),
+            bytes: 0,
+            duration: Duration::ZERO,
+            cache: None,
+            upstream_attempts: 1,
+        };
+        for _ in 0..4_000 {
+            log.write(&pull);
+        }
+        let queued_bytes = QUEUE_BYTES - log.budget.available_permits();
+        assert!(queued_bytes <= QUEUE_BYTES);
+        assert!(
+            log.dropped.load(Ordering::Relaxed) > 1_000,
+            "4,000 lines of 2 KiB cannot all wait: {} dropped",
+            log.dropped.load(Ordering::Relaxed)
+        );
+        // Let the writer finish: drain the FIFO until it closes its end.
+        drop(log);
+        let mut rest = Vec::new();
+        use std::io::Read as _;
+        std::fs::File::open(&path)
+            .unwrap()
+            .read_to_end(&mut rest)
+            .unwrap();
+        assert!(
+            rest.len() <= QUEUE_BYTES + (1 << 20),
+            "{} bytes",
+            rest.len()
+        );
     }
 }
