@@ -509,3 +509,55 @@ impl AsyncWrite for Stream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+    use tower::Service as _;
+
+    /// The worst moment for the black-hole race: the full-size handshake and the first clamped
+    /// one are both in flight when the caller gives up. Nothing is remembered and both sockets
+    /// close with the future.
+    #[tokio::test]
+    async fn a_connect_cancelled_mid_race_leaves_no_clamp_and_no_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Accepts and never answers: every handshake hangs, at every MSS.
+        let (accepted, mut sockets) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let _ = accepted.send(socket);
+            }
+        });
+        let text = format!("[upstreams.\"r\"]\nurl = \"https://{addr}\"\ntls_timeout = \"3s\"\n");
+        let config = crate::config::Config::from_toml(&text).unwrap();
+        let tls = Arc::new(tls_config(None, true).unwrap());
+        let mut connector = Connector::new(&config.upstreams["r"], tls);
+        let uri: Uri = format!("https://{addr}/v2/").parse().unwrap();
+        // A third of tls_timeout is 1 s: at 2 s both handshakes are waiting (the clamped one
+        // until 4 s).
+        let gave_up = tokio::time::timeout(Duration::from_secs(2), connector.call(uri)).await;
+        assert!(gave_up.is_err(), "the handshakes hang");
+        assert!(
+            connector.black_holes().latest().is_none(),
+            "nothing clamped"
+        );
+        for n in 0..2 {
+            let mut socket = tokio::time::timeout(Duration::from_secs(5), sockets.recv())
+                .await
+                .unwrap_or_else(|_| panic!("connection {n} was opened"))
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            // The ClientHello, then the end of the connection.
+            loop {
+                let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
+                    .await
+                    .unwrap_or_else(|_| panic!("connection {n} is still open"));
+                if !matches!(read, Ok(len) if len > 0) {
+                    break;
+                }
+            }
+        }
+    }
+}
