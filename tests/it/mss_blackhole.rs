@@ -97,49 +97,13 @@ pub(crate) fn file_sha256(path: &Path) -> Option<String> {
     std::fs::read(path).ok().map(|b| sha256_hex(&b))
 }
 
-/// Starts berth inside `ns` and waits (≤ 30 s) for `GET /v2/` to answer 200 there.
+/// Starts berth inside `ns` with `config` and waits (≤ 30 s) for `GET /v2/` to answer there.
 pub(crate) fn start_berth(ns: &str, dir: &Path, config: &str) -> Proc {
     std::fs::create_dir_all(dir).unwrap();
     let config_path = dir.join("berth.toml");
     std::fs::write(&config_path, config).unwrap();
     let listen = format!("127.0.0.1:{BERTH_PORT}");
-    let data = dir.join("data");
-    let mut berth = Proc::spawn(
-        ns,
-        &[
-            env!("CARGO_BIN_EXE_berth"),
-            "serve",
-            "--config",
-            config_path.to_str().unwrap(),
-            "--listen",
-            &listen,
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[("BERTH_LOG", "info"), ("NO_COLOR", "1")],
-        dir.join("berth.log"),
-    );
-    let probe = dir.join("probe.out");
-    wait_until("berth to answer GET /v2/", Duration::from_secs(30), || {
-        berth.assert_running("berth");
-        let out = in_ns(
-            ns,
-            &[
-                "curl",
-                "-s",
-                "--max-time",
-                "2",
-                "-o",
-                probe.to_str().unwrap(),
-                "-w",
-                "%{http_code}",
-                &format!("http://{listen}/v2/"),
-            ],
-            Duration::from_secs(5),
-        );
-        (out.stdout.trim() == "200").then_some(())
-    });
-    berth
+    crate::support::netns::berth_in(ns, dir, &config_path, &listen, BERTH_PORT)
 }
 
 /// The config, rendered by the builder; berth itself starts inside the lab's namespace (see

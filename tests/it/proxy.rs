@@ -4,13 +4,13 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::connect_proxy::ConnectProxy;
 use crate::support::fake_upstream::{FakeUpstream, Kind, Options, Role, TlsFront};
 use crate::support::images::{self, Format, ImageIndex};
 use crate::support::inprocess::{Berth, get_bytes, get_text, sha256};
+use crate::support::log_buffer::LogBuffer;
 use crate::support::real::TestCa;
 use crate::support::util::{eventually, free_port};
 use http::Method;
@@ -66,37 +66,6 @@ impl TlsHub {
     }
 }
 
-/// Log lines at info level and above written while the guard lives on this (current-thread)
-/// runtime: the in-process berth logs into it.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl LogBuffer {
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 /// Pulls the amd64 image (index by tag, manifest, config, layers) through `base` and checks
 /// every body against its digest.
 async fn pull_byte_exact(base: &str, image: &ImageIndex) {
@@ -122,7 +91,7 @@ async fn pull_byte_exact(base: &str, image: &ImageIndex) {
 #[tokio::test]
 async fn pulls_go_through_the_proxy_and_its_credentials_stay_out_of_sight() {
     let logs = LogBuffer::default();
-    let _guard = logs.install();
+    let _guard = logs.install(tracing::Level::DEBUG);
     let hub = TlsHub::start(241).await;
     let proxy = ConnectProxy::start(Some((USER, PASSWORD)), &[]).await;
     let berth = Berth::builder()

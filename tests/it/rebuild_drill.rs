@@ -32,7 +32,7 @@ use crate::support::images::{self, Format, ImageIndex};
 use crate::support::netns::{InNetns, Netns, Proc, in_ns, ip, unique_id};
 use crate::support::prereq::{require_root, require_tools};
 use crate::support::real::{CRI_NAMESPACE, Containerd, PullPlatform, cri};
-use crate::support::util::{CmdOutput, run, wait_until};
+use crate::support::util::{CmdOutput, run};
 
 const BERTH_IP: &str = "10.27.27.10";
 const BERTH_UP_IP: &str = "10.27.28.1";
@@ -138,41 +138,15 @@ fn start_upstream(ns: &str) -> (InNetns, FakeUpstream) {
     })
 }
 
-/// berth inside its namespace on 0.0.0.0:5000, ready once `GET /v2/` answers there (≤ 30 s).
+/// berth inside its namespace on 0.0.0.0:5000, ready once `GET /v2/` answers there.
 fn start_berth(ns: &str, dir: &Path, config: &Path) -> Proc {
-    let data = dir.join("data");
-    let listen = format!("0.0.0.0:{BERTH_PORT}");
-    let mut berth = Proc::spawn(
+    crate::support::netns::berth_in(
         ns,
-        &[
-            env!("CARGO_BIN_EXE_berth"),
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            &listen,
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[("BERTH_LOG", "info"), ("NO_COLOR", "1")],
-        dir.join("berth.log"),
-    );
-    let url = format!("http://127.0.0.1:{BERTH_PORT}/v2/");
-    wait_until(
-        "berth to answer in its namespace",
-        Duration::from_secs(30),
-        || {
-            berth.assert_running("berth");
-            in_ns(
-                ns,
-                &["curl", "-sf", "--max-time", "2", &url],
-                Duration::from_secs(5),
-            )
-            .success
-            .then_some(())
-        },
-    );
-    berth
+        dir,
+        config,
+        &format!("0.0.0.0:{BERTH_PORT}"),
+        BERTH_PORT,
+    )
 }
 
 /// `berth <args>` inside berth's namespace, against it over loopback.

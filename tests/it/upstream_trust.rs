@@ -2,7 +2,6 @@
 //! probe is cancelled, content answers (404 from a CDN) that never count against health,
 //! credentials that stay with their authority, and bounded work per request.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::fake_upstream::{
@@ -10,40 +9,11 @@ use crate::support::fake_upstream::{
 };
 use crate::support::images::{self, Format};
 use crate::support::inprocess::{Berth, client, get, status_of};
+use crate::support::log_buffer::LogBuffer;
 use crate::support::real::TestCa;
 use crate::support::syn_gate::SynGate;
 use crate::support::util::eventually;
 use http::Method;
-
-/// Log lines at info level and above written while `f` runs on this (current-thread) runtime.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl LogBuffer {
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 /// The reproduction, end to end: SYNs to the upstream are dropped, two cold requests
 /// open the breaker, after the cooldown a tag revalidation becomes the probe and its 5 s
@@ -177,7 +147,7 @@ async fn an_unknown_blob_behind_a_redirecting_registry_is_404_and_the_upstream_s
 #[tokio::test]
 async fn a_redirect_target_asking_for_basic_gets_no_credentials() {
     let logs = LogBuffer::default();
-    let _guard = logs.install();
+    let _guard = logs.install(tracing::Level::INFO);
     let fake = FakeUpstream::start(Options {
         token_credentials: Some(("alice".into(), "s3cret-pass".into())),
         cdn_basic_challenge: true,

@@ -22,6 +22,7 @@ pub mod connect_proxy;
 pub mod fake_upstream;
 pub mod images;
 pub mod inprocess;
+pub mod log_buffer;
 pub mod netns;
 pub mod prereq;
 pub mod real;

@@ -19,11 +19,11 @@
 //! [`InNetns`] runs in-process servers (the fake upstream) on threads inside a namespace.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::util::{CmdOutput, kill_child, run};
+use crate::support::util::{CmdOutput, kill_child, run, wait_until};
 
 /// A short id unique in this test process (all tests share one pid): pid + a counter. Keep it
 /// short: interface names (`vrb<id>`) have 15 characters at most.
@@ -337,6 +337,43 @@ impl Drop for Proc {
     fn drop(&mut self) {
         kill_child(&mut self.child);
     }
+}
+
+/// `berth serve` inside `ns` listening on `listen`, its data and log under `dir`; ready once
+/// `GET /v2/` answers 200 on `127.0.0.1:<port>` there (≤ 30 s).
+pub fn berth_in(ns: &str, dir: &Path, config: &Path, listen: &str, port: u16) -> Proc {
+    let data = dir.join("data");
+    let mut berth = Proc::spawn(
+        ns,
+        &[
+            env!("CARGO_BIN_EXE_berth"),
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[("BERTH_LOG", "info"), ("NO_COLOR", "1")],
+        dir.join("berth.log"),
+    );
+    let url = format!("http://127.0.0.1:{port}/v2/");
+    wait_until(
+        "berth to answer GET /v2/ in its namespace",
+        Duration::from_secs(30),
+        || {
+            berth.assert_running("berth");
+            in_ns(
+                ns,
+                &["curl", "-sf", "--max-time", "2", &url],
+                Duration::from_secs(5),
+            )
+            .success
+            .then_some(())
+        },
+    );
+    berth
 }
 
 /// A tokio runtime on a thread that joined a network namespace: every socket its tasks open

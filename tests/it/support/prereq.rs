@@ -40,3 +40,21 @@ pub fn require_root(why: &str) -> bool {
         .unwrap_or(u32::MAX);
     euid == 0 || missing(&format!("root ({why})"))
 }
+
+/// `systemd-analyze verify` finds nothing to say about `unit` (no ignored directive, an
+/// executable ExecStart); scripts/test installs systemd, so a missing tool fails.
+pub fn assert_unit_verifies(unit: &std::path::Path) {
+    require_tool("systemd-analyze");
+    let verify = crate::support::util::run(
+        std::process::Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(unit),
+        std::time::Duration::from_secs(60),
+    );
+    verify.expect_success();
+    assert_eq!(
+        verify.stderr.trim(),
+        "",
+        "systemd-analyze verify complained"
+    );
+}
