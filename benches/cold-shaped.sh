@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Cold pull over a link that is the bottleneck: Debian's docker-registry in a network namespace
+# behind a veth whose upstream → host direction is shaped with tbf (400 Mbit/s by default), berth
+# on the host. Rounds alternate a direct GET of the blob over the shaped link and the same GET
+# through a fresh berth (empty cache); the ratio is taken round by round. On this path the link,
+# not berth's CPU, sets the pace: the ratio says what berth costs a real cold pull.
+# Writes target/bench-cold-shaped.md.
+#
+#   sudo benches/cold-shaped.sh                   # 200 MiB, 5 rounds, 400mbit
+#   MIB=100 ROUNDS=3 RATE=1gbit sudo benches/cold-shaped.sh
+#
+# Needs root (a namespace, tc), docker-registry, curl, openssl, python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MIB=${MIB:-200}
+ROUNDS=${ROUNDS:-5}
+RATE=${RATE:-400mbit}
+BERTH_BIN=${BERTH_BIN:-target/release/berth}
+REPO=library/bench
+[[ $(id -u) -eq 0 ]] || { echo "cold-shaped: needs root (network namespace, tc)" >&2; exit 1; }
+for tool in docker-registry curl openssl python3 tc; do
+  command -v "$tool" >/dev/null || { echo "cold-shaped: needs $tool" >&2; exit 1; }
+done
+[[ -x $BERTH_BIN ]] || cargo build --release --bin berth
+
+ns=bshape$$
+host_if=vsh$$ ns_if=vsn$$
+up=10.98.0.2:5000
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  ip link del "$host_if" 2>/dev/null || true
+  ip netns del "$ns" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() {
+  for _ in $(seq 200); do curl -s -o /dev/null "http://$1/" && return 0; sleep 0.1; done
+  echo "cold-shaped: nothing listening on $1" >&2; exit 1
+}
+
+ip netns add "$ns"
+ip link add "$host_if" type veth peer name "$ns_if" netns "$ns"
+ip addr add 10.98.0.1/24 dev "$host_if"
+ip link set "$host_if" up
+ip -n "$ns" addr add 10.98.0.2/24 dev "$ns_if"
+ip -n "$ns" link set "$ns_if" up
+ip -n "$ns" link set lo up
+# The bottleneck: what the upstream sends toward the host.
+ip netns exec "$ns" tc qdisc add dev "$ns_if" root tbf rate "$RATE" burst 256kb latency 50ms
+
+head -c "$((MIB * 1024 * 1024))" /dev/urandom >"$work/blob"
+digest="sha256:$(openssl dgst -sha256 -r <"$work/blob" | cut -d' ' -f1)"
+cat >"$work/registry.yml" <<EOF
+version: 0.1
+log: {level: warn, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $work/registry}}
+http: {addr: $up, secret: berth-bench-secret}
+EOF
+ip netns exec "$ns" docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+pids+=($!)
+wait_http "$up"
+location=$(curl -sS -D - -o /dev/null -X POST "http://$up/v2/$REPO/blobs/uploads/" |
+  awk 'tolower($1)=="location:" {print $2}' | tr -d '\r')
+[[ $location == http* ]] || location="http://$up$location"
+curl -sS -f -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
+  --data-binary @"$work/blob" "$location&digest=$digest"
+
+path="/v2/$REPO/blobs/$digest"
+get() { curl -sS -f -o "$work/got" -w '%{time_total}\n' "http://$1$path"; }
+check() { [[ "sha256:$(openssl dgst -sha256 -r <"$work/got" | cut -d' ' -f1)" == "$digest" ]] ||
+  { echo "cold-shaped: $1 served wrong bytes" >&2; exit 1; }; }
+direct=() via=() ratios=()
+for round in $(seq "$ROUNDS"); do
+  d=$(get "$up"); check direct
+  addr=127.0.0.1:$(free_port)
+  mkdir -p "$work/berth-$round"
+  printf '[upstreams."docker.io"]\nurl = "http://%s"\n' "$up" >"$work/berth-$round/berth.toml"
+  BERTH_LOG=warn "$BERTH_BIN" serve --config "$work/berth-$round/berth.toml" --listen "$addr" \
+    --data-dir "$work/berth-$round/data" >"$work/berth-$round/log" 2>&1 &
+  bpid=$!
+  wait_http "$addr"
+  b=$(get "$addr"); check berth
+  kill "$bpid"; wait "$bpid" 2>/dev/null || true
+  rm -rf "$work/berth-$round"
+  direct+=("$d") via+=("$b") ratios+=("$(awk -v b="$b" -v d="$d" 'BEGIN {printf "%.3f", b / d}')")
+  echo "round $round: direct ${d}s, through berth ${b}s" >&2
+done
+list() { local IFS=,; echo "$*" | sed 's/,/, /g'; }
+med() { printf '%s\n' "$@" | median; }
+report=$(
+  cat <<EOF
+## Cold pull of a ${MIB} MiB blob over a ${RATE} link, $ROUNDS rounds (seconds)
+
+| GET | median s | rounds (s) |
+|---|---|---|
+| straight from docker-registry over the link | **$(med "${direct[@]}")** | $(list "${direct[@]}") |
+| through berth (cold cache) over the link | **$(med "${via[@]}")** | $(list "${via[@]}") |
+
+berth / direct, round by round: median **$(med "${ratios[@]}")×** ($(list "${ratios[@]}")).
+EOF
+)
+echo "$report"
+mkdir -p target
+echo "$report" >target/bench-cold-shaped.md
