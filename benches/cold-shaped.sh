@@ -36,12 +36,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {
-  for _ in $(seq 200); do curl -s -o /dev/null "http://$1/" && return 0; sleep 0.1; done
-  echo "cold-shaped: nothing listening on $1" >&2; exit 1
-}
+# shellcheck source=benches/helpers.sh
+source "$(dirname "$0")/helpers.sh"
 
 ip netns add "$ns"
 ip link add "$host_if" type veth peer name "$ns_if" netns "$ns"
@@ -54,7 +50,7 @@ ip -n "$ns" link set lo up
 ip netns exec "$ns" tc qdisc add dev "$ns_if" root tbf rate "$RATE" burst 256kb latency 50ms
 
 head -c "$((MIB * 1024 * 1024))" /dev/urandom >"$work/blob"
-digest="sha256:$(openssl dgst -sha256 -r <"$work/blob" | cut -d' ' -f1)"
+digest="sha256:$(sha256 <"$work/blob")"
 cat >"$work/registry.yml" <<EOF
 version: 0.1
 log: {level: warn, accesslog: {disabled: true}}
@@ -64,15 +60,11 @@ EOF
 ip netns exec "$ns" docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
 pids+=($!)
 wait_http "$up"
-location=$(curl -sS -D - -o /dev/null -X POST "http://$up/v2/$REPO/blobs/uploads/" |
-  awk 'tolower($1)=="location:" {print $2}' | tr -d '\r')
-[[ $location == http* ]] || location="http://$up$location"
-curl -sS -f -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
-  --data-binary @"$work/blob" "$location&digest=$digest"
+push_blob "$up" "$REPO" "$work/blob" "$digest"
 
 path="/v2/$REPO/blobs/$digest"
 get() { curl -sS -f -o "$work/got" -w '%{time_total}\n' "http://$1$path"; }
-check() { [[ "sha256:$(openssl dgst -sha256 -r <"$work/got" | cut -d' ' -f1)" == "$digest" ]] ||
+check() { [[ "sha256:$(sha256 <"$work/got")" == "$digest" ]] ||
   { echo "cold-shaped: $1 served wrong bytes" >&2; exit 1; }; }
 direct=() via=() ratios=()
 for round in $(seq "$ROUNDS"); do

@@ -13,19 +13,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # any HTTP(S) answer on $1 within 20 s
-  for _ in $(seq 200); do
-    curl -s -o /dev/null "http://$1/" && return 0
-    curl -sk -o /dev/null "https://$1/" && return 0
-    sleep 0.1
-  done
-  echo "bench: nothing listening on $1" >&2; exit 1
-}
-# SHA-256 of stdin, hex. openssl's uses the CPU's SHA extensions (≈1.2 GB/s here); coreutils'
-# sha256sum does not (≈0.1 GB/s) and would be what a many-client bench measures.
-sha256() { openssl dgst -sha256 -r | cut -d' ' -f1; }
-median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+# shellcheck source=benches/helpers.sh
+source "$(dirname "${BASH_SOURCE[0]}")/helpers.sh"
 
 # The blob, and the upstream registry holding it (monolithic blob upload).
 head -c "$((MIB * 1024 * 1024))" /dev/urandom >"$work/blob"
@@ -47,11 +36,7 @@ EOF
 docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
 pids+=($!)
 wait_http "$reg"
-location=$(curl -sS -D - -o /dev/null -X POST "http://$reg/v2/$REPO/blobs/uploads/" |
-  awk 'tolower($1)=="location:" {print $2}' | tr -d '\r')
-[[ $location == http* ]] || location="http://$reg$location"
-curl -sS -f -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
-  --data-binary @"$work/blob" "$location&digest=$digest"
+push_blob "$reg" "$REPO" "$work/blob" "$digest"
 
 # The S3 server.
 s3=127.0.0.1:$(free_port)

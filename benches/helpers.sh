@@ -1,0 +1,25 @@
+# Helpers for the bench scripts, sourced by common.sh and by the scripts that set up their own
+# upstream (cold-shaped.sh): free ports, waiting for a listener, hashing, medians, a blob upload.
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # any HTTP(S) answer on $1 within 20 s
+  for _ in $(seq 200); do
+    curl -s -o /dev/null "http://$1/" && return 0
+    curl -sk -o /dev/null "https://$1/" && return 0
+    sleep 0.1
+  done
+  echo "bench: nothing listening on $1" >&2; exit 1
+}
+# SHA-256 of stdin, hex. openssl's uses the CPU's SHA extensions (≈1.2 GB/s here); coreutils'
+# sha256sum does not (≈0.1 GB/s) and would be what a many-client bench measures.
+sha256() { openssl dgst -sha256 -r | cut -d' ' -f1; }
+median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+
+push_blob() { # registry host:port, repository, file, digest: one monolithic blob upload
+  local location
+  location=$(curl -sS -D - -o /dev/null -X POST "http://$1/v2/$2/blobs/uploads/" |
+    awk 'tolower($1)=="location:" {print $2}' | tr -d '\r')
+  [[ $location == http* ]] || location="http://$1$location"
+  curl -sS -f -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
+    --data-binary @"$3" "$location&digest=$4"
+}
