@@ -101,14 +101,11 @@ fn explain(e: ClientError) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{CacheStatus, Failures, NodeFailures, UpstreamStatus};
+    use crate::status::{Failures, NodeFailures, UpstreamStatus};
 
     fn report(states: &[&str], failures: Failures) -> StatusReport {
         StatusReport {
-            version: "0".into(),
             generated_at: 100,
-            started_at: 0,
-            since_seconds: None,
             requests: 1,
             upstreams: states
                 .iter()
@@ -116,23 +113,11 @@ mod tests {
                     name: format!("{state}.example"),
                     url: format!("https://{state}.example/"),
                     state: state.to_string(),
-                    requests: 0,
-                    failures: 0,
-                    last_success: None,
-                    last_error_at: None,
-                    last_error_class: None,
-                    last_error: None,
-                    p50_ms: None,
-                    ratelimit_remaining: None,
-                    black_hole: None,
-                    proxy: None,
-                    fallbacks: vec![],
+                    ..UpstreamStatus::default()
                 })
                 .collect(),
             failures,
-            fills: vec![],
-            cache: CacheStatus::default(),
-            pins: vec![],
+            ..StatusReport::default()
         }
     }
 

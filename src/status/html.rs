@@ -270,17 +270,12 @@ fn esc(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{CacheStatus, Failures, ImageFailures};
+    use crate::status::{Failures, ImageFailures};
 
     #[test]
     fn client_chosen_names_are_escaped() {
         let report = StatusReport {
-            version: "0".into(),
             generated_at: 100,
-            started_at: 0,
-            since_seconds: None,
-            requests: 1,
-            upstreams: vec![],
             failures: Failures {
                 by_image: vec![ImageFailures {
                     image: "docker.io/<script>alert(1)</script>".into(),
@@ -294,9 +289,7 @@ mod tests {
                 }],
                 by_node: vec![],
             },
-            fills: vec![],
-            cache: CacheStatus::default(),
-            pins: vec![],
+            ..StatusReport::default()
         };
         let html = render_html(&report);
         assert!(!html.contains("<script>"));

@@ -16,7 +16,7 @@ pub const REFRESH_SECONDS: u32 = 10;
 /// A `since` window longer than this is "since start" anyway for a ring of 10,000 requests.
 pub const MAX_SINCE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StatusReport {
     pub version: String,
     /// Seconds since the Unix epoch.
@@ -33,7 +33,7 @@ pub struct StatusReport {
     pub pins: Vec<PinStatus>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct UpstreamStatus {
     pub name: String,
     pub url: String,

@@ -197,12 +197,7 @@ mod tests {
     #[test]
     fn strings_from_the_report_cannot_forge_lines_or_panic() {
         let report = StatusReport {
-            version: "0".into(),
             generated_at: 100,
-            started_at: 0,
-            since_seconds: None,
-            requests: 1,
-            upstreams: vec![],
             failures: Failures {
                 by_image: vec![ImageFailures {
                     image: "ghcr.io/org/app\r\n  all good\u{1b}[32m".into(),
@@ -216,9 +211,7 @@ mod tests {
                 }],
                 by_node: vec![],
             },
-            fills: vec![],
-            cache: crate::status::CacheStatus::default(),
-            pins: vec![],
+            ..StatusReport::default()
         };
         let text = render_text(&report);
         assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text}");
@@ -237,13 +230,6 @@ mod tests {
             state: "down".into(),
             requests: 5,
             failures: 2,
-            last_success: None,
-            last_error_at: None,
-            last_error_class: None,
-            last_error: None,
-            p50_ms: None,
-            ratelimit_remaining: None,
-            black_hole: None,
             proxy: Some("http://proxy.lan:3128".into()),
             fallbacks: vec![crate::status::FallbackStatus {
                 url: "https://mirror.gcr.io/".into(),
@@ -251,18 +237,12 @@ mod tests {
                 served: 3,
                 last_served: Some(90),
             }],
+            ..crate::status::UpstreamStatus::default()
         };
         let report = StatusReport {
-            version: "0".into(),
             generated_at: 100,
-            started_at: 0,
-            since_seconds: None,
-            requests: 5,
             upstreams: vec![upstream],
-            failures: Failures::default(),
-            fills: vec![],
-            cache: crate::status::CacheStatus::default(),
-            pins: vec![],
+            ..StatusReport::default()
         };
         let text = render_text(&report);
         assert!(text.contains("via proxy http://proxy.lan:3128"), "{text}");
