@@ -28,15 +28,20 @@ fn fallback_config(fallback: &FakeUpstream) -> String {
     )
 }
 
+/// berth whose docker.io is down (nothing listens) and has `fallback` as its fallback.
+async fn down_upstream_with(fallback: &FakeUpstream) -> Berth {
+    Berth::builder()
+        .upstream_named("docker.io", &closed_url())
+        .config(&fallback_config(fallback))
+        .start()
+        .await
+}
+
 #[tokio::test]
 async fn a_down_upstream_is_served_by_its_fallback_byte_exact() {
     let image = images::multi_arch(251, Format::Oci);
     let fallback = fake_with(&image).await;
-    let berth = Berth::builder()
-        .upstream_named("docker.io", &closed_url())
-        .config(&fallback_config(&fallback))
-        .start()
-        .await;
+    let berth = down_upstream_with(&fallback).await;
 
     let (status, index) = berth.get_bytes("/v2/library/app/manifests/1").await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&index));
@@ -93,11 +98,7 @@ async fn a_down_upstream_is_served_by_its_fallback_byte_exact() {
 async fn a_fallback_that_sends_wrong_bytes_poisons_nothing() {
     let image = images::multi_arch(252, Format::Oci);
     let fallback = fake_with(&image).await;
-    let berth = Berth::builder()
-        .upstream_named("docker.io", &closed_url())
-        .config(&fallback_config(&fallback))
-        .start()
-        .await;
+    let berth = down_upstream_with(&fallback).await;
     let layer = &image.image_for("amd64").layers[0];
     let path = format!("/v2/library/app/blobs/{}", layer.digest);
     fallback.inject(

@@ -262,25 +262,7 @@ pub async fn run(
             let path = format!("/v2/{}/manifests/latest", fill.to_string().repeat(len));
             let request =
                 format!("GET {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n");
-            for _ in 0..rounds {
-                if stop.is_cancelled() {
-                    return;
-                }
-                tally.attempts.fetch_add(1, Ordering::Relaxed);
-                match connect_from(from, target).await {
-                    Ok(mut stream) => {
-                        let sent = stream.write_all(request.as_bytes()).await;
-                        match sent.ok().and(read_answer(&mut stream).await) {
-                            Some(status) => tally.status(status),
-                            None => {
-                                tally.closed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    Err(e) => tally.connect_failed(&e),
-                }
-                pause(&stop, pace).await;
-            }
+            one_request_per_connection(&request, from, target, rounds, pace, &stop, &tally).await;
         }
         Attack::LongNs {
             from,
@@ -289,33 +271,13 @@ pub async fn run(
             pace,
         } => {
             let authorization = basic.map_or(String::new(), |(user, password)| {
-                let pair =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-                format!("Authorization: Basic {pair}\r\n")
+                format!("Authorization: {}\r\n", self::basic(&user, &password))
             });
             let request = format!(
                 "GET /v2/library/app/manifests/1?ns={} HTTP/1.1\r\nHost: berth\r\n{authorization}Connection: close\r\n\r\n",
                 "n".repeat(len)
             );
-            for _ in 0..rounds {
-                if stop.is_cancelled() {
-                    return;
-                }
-                tally.attempts.fetch_add(1, Ordering::Relaxed);
-                match connect_from(from, target).await {
-                    Ok(mut stream) => {
-                        let sent = stream.write_all(request.as_bytes()).await;
-                        match sent.ok().and(read_answer(&mut stream).await) {
-                            Some(status) => tally.status(status),
-                            None => {
-                                tally.closed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    Err(e) => tally.connect_failed(&e),
-                }
-                pause(&stop, pace).await;
-            }
+            one_request_per_connection(&request, from, target, rounds, pace, &stop, &tally).await;
         }
         Attack::WrongPasswords {
             from,
@@ -385,6 +347,37 @@ pub async fn run(
 }
 
 /// Waits `pace` or until `stop`.
+/// `rounds` times, each on a fresh connection from `from`: send `request`, count the answer.
+async fn one_request_per_connection(
+    request: &str,
+    from: IpAddr,
+    target: SocketAddr,
+    rounds: usize,
+    pace: Duration,
+    stop: &CancellationToken,
+    tally: &Tally,
+) {
+    for _ in 0..rounds {
+        if stop.is_cancelled() {
+            return;
+        }
+        tally.attempts.fetch_add(1, Ordering::Relaxed);
+        match connect_from(from, target).await {
+            Ok(mut stream) => {
+                let sent = stream.write_all(request.as_bytes()).await;
+                match sent.ok().and(read_answer(&mut stream).await) {
+                    Some(status) => tally.status(status),
+                    None => {
+                        tally.closed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(e) => tally.connect_failed(&e),
+        }
+        pause(stop, pace).await;
+    }
+}
+
 async fn pause(stop: &CancellationToken, pace: Duration) {
     tokio::select! {
         _ = stop.cancelled() => {}
