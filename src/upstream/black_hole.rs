@@ -90,6 +90,12 @@ impl BlackHoles {
         }
     }
 
+    /// The memory; a panic elsewhere while it was held leaves it usable (it holds no invariant
+    /// across entries).
+    fn clamps(&self) -> std::sync::MutexGuard<'_, HashMap<String, Clamp>> {
+        self.clamps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn enabled(&self) -> bool {
         !self.steps.is_empty()
     }
@@ -97,7 +103,7 @@ impl BlackHoles {
     /// The clamp a new connection to `key` starts with; `None`: full-size segments. A clamp
     /// past its recheck time is dropped here, so this connection tries full size again.
     pub fn current(&self, key: &str) -> Option<u32> {
-        let mut clamps = self.clamps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clamps = self.clamps();
         let clamp = clamps.get(key)?;
         if clamp.recheck_at > Instant::now() {
             return Some(clamp.mss);
@@ -123,7 +129,7 @@ impl BlackHoles {
         let Some(step) = self.steps.iter().position(|s| *s == mss) else {
             return;
         };
-        let mut clamps = self.clamps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clamps = self.clamps();
         if clamps.get(key).is_some_and(|c| c.mss == mss) {
             return;
         }
@@ -168,7 +174,7 @@ impl BlackHoles {
             return;
         }
         let next = {
-            let clamps = self.clamps.lock().unwrap_or_else(|e| e.into_inner());
+            let clamps = self.clamps();
             match clamps.get(key) {
                 None => Some(0),
                 Some(c) => Some(c.step + 1).filter(|s| *s < self.steps.len()),
@@ -182,11 +188,7 @@ impl BlackHoles {
                 "a transfer stalled before its first byte",
             ),
             None => {
-                let removed = self
-                    .clamps
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(key);
+                let removed = self.clamps().remove(key);
                 if removed.is_some() {
                     tracing::info!(upstream = %self.upstream, host = %key,
                         "transfers stall at every clamp: not an MTU problem, back to full size");
@@ -198,7 +200,7 @@ impl BlackHoles {
 
     /// The clamp in force most recently set, for the status page.
     pub fn latest(&self) -> Option<Clamp> {
-        let clamps = self.clamps.lock().unwrap_or_else(|e| e.into_inner());
+        let clamps = self.clamps();
         clamps.values().max_by_key(|c| c.since).cloned()
     }
 
@@ -208,7 +210,7 @@ impl BlackHoles {
             return;
         };
         let smallest = {
-            let clamps = self.clamps.lock().unwrap_or_else(|e| e.into_inner());
+            let clamps = self.clamps();
             clamps.values().map(|c| c.mss).min().unwrap_or(0)
         };
         metrics
