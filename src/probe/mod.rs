@@ -32,7 +32,7 @@ use futures::future::join_all;
 use url::Url;
 
 use crate::config::Config;
-use crate::failure::{ErrorClass, Failure};
+use crate::failure::{ErrorClass, Failure, How};
 use crate::oci::Platform;
 use crate::prewarm::references::ImageRef;
 use crate::upstream::Connector;
@@ -264,10 +264,10 @@ async fn compare_handshakes(
     clamps: &[u32],
     progress: &dyn Progress,
 ) {
-    let timed_out = Failure::of_io(
-        ErrorClass::TlsHandshake,
-        &std::io::Error::from(std::io::ErrorKind::TimedOut),
-    );
+    let timed_out = Failure {
+        class: ErrorClass::TlsHandshake,
+        how: How::TimedOut,
+    };
     for ((t, c), report) in list.iter().zip(collected).zip(reports) {
         let Some(addr) = c
             .samples
