@@ -13,14 +13,17 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use super::ApiError;
 use super::record::PullTarget;
 use crate::history::ManifestPull;
-use crate::mirror::{BlobBody, BlobQuery, ListingBody, Lookup, Manifest, Mirror, MirrorError};
+use crate::mirror::{BlobQuery, BlobStream, ListingBody, Lookup, Manifest, Mirror, MirrorError};
 use crate::oci::{ByteRange, Digest, Endpoint, ErrorCode, OciPath, Want};
+use crate::server::zero_copy::FileSender;
+use crate::store::file_span;
 
 const DIGEST_HEADER: &str = "docker-content-digest";
 
 pub async fn dispatch(
     State(mirror): State<Arc<Mirror>>,
     peer: Option<axum::Extension<crate::server::PeerAddr>>,
+    file_sender: Option<axum::Extension<FileSender>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -33,6 +36,7 @@ pub async fn dispatch(
         uri: &uri,
         headers: &headers,
         client,
+        file_sender: file_sender.map(|axum::Extension(sender)| sender),
     };
     let mut response = match handle(&mirror, &request, &mut pulled).await {
         Ok(response) => response,
@@ -60,6 +64,8 @@ struct Incoming<'a> {
     uri: &'a Uri,
     headers: &'a HeaderMap,
     client: Option<std::net::IpAddr>,
+    /// On plain HTTP/1: file spans can go to the socket with `sendfile`.
+    file_sender: Option<FileSender>,
 }
 
 impl Incoming<'_> {
@@ -131,7 +137,19 @@ async fn handle(
                 lookup,
             };
             let blob = mirror.blob(&target, &digest, query).await?;
-            built(blob_response(&digest, counted(mirror, blob)))
+            let body = blob.body.map(|stream| {
+                let stream = counted(mirror, stream);
+                match (stream, &request.file_sender) {
+                    (BlobStream::Spans { spans, .. }, Some(sender)) => {
+                        Body::from_stream(sender.frames(spans))
+                    }
+                    (BlobStream::Spans { spans, read_chunk }, None) => {
+                        Body::from_stream(file_span::into_bytes(spans, read_chunk))
+                    }
+                    (BlobStream::Bytes(bytes), _) => Body::from_stream(bytes),
+                }
+            });
+            built(blob_response(&digest, blob.range, blob.total, body))
         }
         Endpoint::Tags => {
             let listing = mirror
@@ -178,20 +196,31 @@ fn manifest_response(manifest: &Manifest) -> Result<Response, ApiError> {
     )
 }
 
-/// The blob's body, counted into `berth_served_bytes_total` as it goes out.
-fn counted(mirror: &Mirror, mut blob: BlobBody) -> BlobBody {
-    if let Some(stream) = blob.body.take() {
-        let served = mirror.metrics().served_bytes.clone();
-        blob.body = Some(Box::pin(futures::StreamExt::inspect(
-            stream,
-            move |chunk| {
-                if let Ok(bytes) = chunk {
-                    served.inc_by(bytes.len() as u64);
-                }
-            },
-        )));
+/// The blob's bytes, counted into `berth_served_bytes_total` as they go out.
+fn counted(mirror: &Mirror, stream: BlobStream) -> BlobStream {
+    use futures::StreamExt as _;
+    let served = mirror.metrics().served_bytes.clone();
+    match stream {
+        BlobStream::Spans { spans, read_chunk } => BlobStream::Spans {
+            spans: spans
+                .inspect(move |span| {
+                    if let Ok(span) = span {
+                        served.inc_by(span.len);
+                    }
+                })
+                .boxed(),
+            read_chunk,
+        },
+        BlobStream::Bytes(bytes) => BlobStream::Bytes(
+            bytes
+                .inspect(move |chunk| {
+                    if let Ok(chunk) = chunk {
+                        served.inc_by(chunk.len() as u64);
+                    }
+                })
+                .boxed(),
+        ),
     }
-    blob
 }
 
 /// A response, or a 500 naming the failure: a builder error never becomes an empty 200.
@@ -213,12 +242,17 @@ fn media_type_header(media_type: &str) -> Option<HeaderValue> {
         .flatten()
 }
 
-fn blob_response(digest: &Digest, blob: BlobBody) -> http::Result<Response> {
+fn blob_response(
+    digest: &Digest,
+    range: Option<(u64, u64)>,
+    total: Option<u64>,
+    body: Option<Body>,
+) -> http::Result<Response> {
     let mut builder = Response::builder()
         .header(CONTENT_TYPE, "application/octet-stream")
         .header(ACCEPT_RANGES, "bytes")
         .header(DIGEST_HEADER, digest.to_string());
-    match (blob.range, blob.total) {
+    match (range, total) {
         (Some((start, end)), Some(total)) => {
             builder = builder
                 .status(StatusCode::PARTIAL_CONTENT)
@@ -228,11 +262,7 @@ fn blob_response(digest: &Digest, blob: BlobBody) -> http::Result<Response> {
         (_, Some(total)) => builder = builder.header(CONTENT_LENGTH, total),
         (_, None) => {}
     }
-    let body = match blob.body {
-        Some(stream) => Body::from_stream(stream),
-        None => Body::empty(),
-    };
-    builder.body(body)
+    builder.body(body.unwrap_or_else(Body::empty))
 }
 
 fn passthrough_response(

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 pub use hashing::HashingThread;
-pub use reader::{FillReader, ReaderError};
+pub use reader::{FOLLOW_CHUNK, FillReader, ReaderError};
 pub use singleflight::FlightAbandoned;
 pub use singleflight::Singleflight;
 pub use slots::{Busy, Slot, Slots};

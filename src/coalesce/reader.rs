@@ -10,10 +10,12 @@ use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::watch;
 
 use super::{FillFailure, FillState};
+use crate::store::{FileSpan, SpanStream};
 
-/// Bytes per read of the spool. Small on purpose: each waiting client holds about one chunk
-/// here and one in the server's write buffer, so fan-out memory is ~2 chunks per client.
-const CHUNK: u64 = 64 * 1024;
+/// Bytes per read of the spool (for a client that reads bytes, not spans). Small on purpose:
+/// each waiting client holds about one chunk here and one in the server's write buffer, so
+/// fan-out memory is ~2 chunks per client.
+pub const FOLLOW_CHUNK: u64 = 64 * 1024;
 
 /// Streams `[pos, end)` of a fill. Construct with [`super::Fill::reader`].
 pub struct FillReader<E> {
@@ -98,11 +100,17 @@ impl<E: Clone + Display + Send + Sync + 'static> FillReader<E> {
         }
     }
 
+    /// The fill's bytes, read at most 64 KiB at a time.
     pub fn into_stream(self) -> BoxStream<'static, io::Result<Bytes>> {
+        crate::store::file_span::into_bytes(self.into_spans(), FOLLOW_CHUNK)
+    }
+
+    /// The fill's bytes as spans of its spool file, each as long as what had arrived.
+    pub fn into_spans(self) -> SpanStream {
         futures::stream::unfold(Some(self), |reader| async move {
             let mut reader = reader?;
-            match reader.next_chunk().await {
-                Ok(Some(bytes)) => Some((Ok(bytes), Some(reader))),
+            match reader.next_span().await {
+                Ok(Some(span)) => Some((Ok(span), Some(reader))),
                 Ok(None) => None,
                 Err(e) => Some((Err(e), None)),
             }
@@ -110,13 +118,17 @@ impl<E: Clone + Display + Send + Sync + 'static> FillReader<E> {
         .boxed()
     }
 
-    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+    async fn next_span(&mut self) -> io::Result<Option<FileSpan>> {
         loop {
             match self.step() {
                 Step::Read(len) => {
-                    let bytes = self.read_at(self.pos, len).await?;
-                    self.pos += bytes.len() as u64;
-                    return Ok(Some(bytes));
+                    let span = FileSpan {
+                        file: self.spool.clone(),
+                        offset: self.pos,
+                        len,
+                    };
+                    self.pos += len;
+                    return Ok(Some(span));
                 }
                 Step::Done => return Ok(None),
                 Step::Fail(e) => return Err(e),
@@ -163,14 +175,9 @@ impl<E: Clone + Display + Send + Sync + 'static> FillReader<E> {
             }
         }
         if self.pos < available {
-            Step::Read((available - self.pos).min(CHUNK))
+            Step::Read(available - self.pos)
         } else {
             Step::Wait
         }
-    }
-
-    async fn read_at(&self, offset: u64, len: u64) -> io::Result<Bytes> {
-        // The spool was just written: its pages are almost always in the page cache.
-        crate::store::page_cache::read_at(&self.spool, offset, len as usize).await
     }
 }

@@ -9,7 +9,7 @@ use crate::coalesce::{Fill, FillFailure, Fills, Joined};
 use crate::failure::ErrorClass;
 use crate::fleet::Fleet;
 use crate::oci::{ByteRange, Digest, Want};
-use crate::store::{ByteStream, keys};
+use crate::store::{ByteStream, SpanStream, keys};
 use crate::trace::{self, CacheResult};
 
 use super::core::Core;
@@ -33,7 +33,18 @@ pub struct BlobBody {
     /// The inclusive span served, for a 206.
     pub range: Option<(u64, u64)>,
     /// `None` when the caller asked for headers only (HEAD).
-    pub body: Option<ByteStream>,
+    pub body: Option<BlobStream>,
+}
+
+/// A blob's bytes: spans of a local file (a stored blob, a fill's spool) that the server can
+/// send without copying them, or bytes (from S3).
+pub enum BlobStream {
+    /// `read_chunk`: how much to read at a time for a client that takes bytes, not spans.
+    Spans {
+        spans: SpanStream,
+        read_chunk: u64,
+    },
+    Bytes(ByteStream),
 }
 
 /// Why a blob fill ended without content, as its followers see it.
@@ -210,12 +221,17 @@ impl Blobs {
             Want::Body => {
                 let (start, end) = span.unwrap_or((0, size.saturating_sub(1)));
                 let end_exclusive = if size == 0 { 0 } else { end + 1 };
-                match self
-                    .core
-                    .store
-                    .read(&keys::blob(digest), start..end_exclusive)
-                    .await
-                {
+                let (key, range) = (keys::blob(digest), start..end_exclusive);
+                let store = &self.core.store;
+                let read = match store.read_spans(&key, range.clone()).await {
+                    Ok(Some(spans)) => Ok(BlobStream::Spans {
+                        spans,
+                        read_chunk: crate::store::disk::READ_CHUNK,
+                    }),
+                    Ok(None) => store.read(&key, range).await.map(BlobStream::Bytes),
+                    Err(e) => Err(e),
+                };
+                match read {
                     Ok(stream) => Some(stream),
                     // Evicted between the size check and the open: fill it again.
                     Err(e) if e.is_not_found() => return Err(FillError::Raced),
@@ -331,6 +347,9 @@ fn fill_body(
     Ok(BlobBody {
         total,
         range: span,
-        body: (want == Want::Body).then(|| fill.reader(start, end).into_stream()),
+        body: (want == Want::Body).then(|| BlobStream::Spans {
+            spans: fill.reader(start, end).into_spans(),
+            read_chunk: crate::coalesce::FOLLOW_CHUNK,
+        }),
     })
 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::store::pins::{PinName, PinNameError, PinSet};
-pub use blobs::{BlobBody, BlobQuery, fill_failure_class};
+pub use blobs::{BlobBody, BlobQuery, BlobStream, fill_failure_class};
 pub use error::MirrorError;
 pub use listings::ListingBody;
 pub use manifests::Manifest;

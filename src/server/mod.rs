@@ -19,6 +19,7 @@
 pub mod tls;
 pub mod users;
 pub mod watchdog;
+pub mod zero_copy;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -45,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use watchdog::{Activity, RequestGuard, Watched};
+use zero_copy::{FileSender, SendfileSocket};
 
 /// The client's address, as an extension on every request.
 #[derive(Debug, Clone, Copy)]
@@ -132,7 +134,9 @@ pub async fn serve<S, B>(
         // first byte of a head; hyper's runs from when it starts waiting for one.
         .header_read_timeout(limits.idle_timeout.max(limits.header_timeout))
         .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS);
+        .max_headers(MAX_HEADERS)
+        // Body frames are queued, never copied into hyper's buffer: `zero_copy` relies on it.
+        .writev(true);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -303,15 +307,18 @@ impl Shared {
                         peer,
                         &activity,
                         service,
+                        None,
                     )
                     .await
                 }
                 None => {
+                    let (socket, sender) = SendfileSocket::new(stream);
                     self.http(
-                        Watched::new(stream, activity.clone()),
+                        Watched::new(socket, activity.clone()),
                         peer,
                         &activity,
                         service,
+                        Some(sender),
                     )
                     .await
                 }
@@ -344,6 +351,7 @@ impl Shared {
         peer: SocketAddr,
         activity: &Arc<Activity>,
         service: S,
+        file_sender: Option<FileSender>,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -370,6 +378,12 @@ impl Shared {
                     .note(Refusal::PerClientRequests, peer, &shared.limits);
             }
             request.extensions_mut().insert(PeerAddr(peer));
+            // HTTP/1 only: an HTTP/2 stream's bytes are framed, never the file's as they are.
+            if let Some(sender) = &file_sender
+                && request.version() <= http::Version::HTTP_11
+            {
+                request.extensions_mut().insert(sender.clone());
+            }
             let service = service.clone();
             async move {
                 let Some(ticket) = ticket else {

@@ -19,11 +19,11 @@ use tokio::io::AsyncWriteExt;
 
 use super::housekeeping::access::{AccessLog, OpenReaders};
 use super::housekeeping::scan::{self, ObjectKind};
-use super::{BlobStore, ByteStream, Listed, StoreError};
+use super::{BlobStore, ByteStream, Listed, SpanStream, StoreError};
 
 /// Bytes per read of a stored blob: large, so a warm GET is few syscalls; one chunk is what a
 /// client's response holds in flight beside the socket buffer.
-const READ_CHUNK: usize = 512 * 1024;
+pub const READ_CHUNK: u64 = 512 * 1024;
 
 /// Mode of every file berth writes into the cache (not world-readable).
 pub const FILE_MODE: u32 = 0o640;
@@ -232,6 +232,27 @@ pub fn remove_own_temp_files(dir: &Path, prefixes: &[&str]) -> std::io::Result<u
     Ok(removed)
 }
 
+impl DiskStore {
+    async fn spans(&self, key: &str, range: Range<u64>) -> Result<SpanStream, StoreError> {
+        let path = self.path(key)?;
+        // Registered before the open, so the evictor cannot delete between open and stream.
+        let guard = self.readers.open(key);
+        self.access.record(key);
+        let file = tokio::task::spawn_blocking(move || std::fs::File::open(path))
+            .await
+            .map_err(|e| StoreError::io(key, std::io::Error::other(e)))?
+            .map_err(|e| StoreError::io(key, e))?;
+        let spans = super::file_span::whole(Arc::new(file), range.start, range.end);
+        // The guard lives as long as the stream: dropped when the response ends or is cancelled.
+        Ok(spans
+            .map(move |span| {
+                let _reading = &guard;
+                span
+            })
+            .boxed())
+    }
+}
+
 #[async_trait::async_trait]
 impl BlobStore for DiskStore {
     async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
@@ -243,23 +264,16 @@ impl BlobStore for DiskStore {
     }
 
     async fn read(&self, key: &str, range: Range<u64>) -> Result<ByteStream, StoreError> {
-        let path = self.path(key)?;
-        // Registered before the open, so the evictor cannot delete between open and stream.
-        let guard = self.readers.open(key);
-        self.access.record(key);
-        let file = tokio::task::spawn_blocking(move || std::fs::File::open(path))
-            .await
-            .map_err(|e| StoreError::io(key, std::io::Error::other(e)))?
-            .map_err(|e| StoreError::io(key, e))?;
-        // Warm bytes come from the page cache on the runtime thread (no hop per chunk).
-        let chunks =
-            super::page_cache::range_stream(Arc::new(file), range.start, range.end, READ_CHUNK);
-        // The guard lives as long as the stream: dropped when the response ends or is cancelled.
-        let stream = chunks.map(move |chunk| {
-            let _reading = &guard;
-            chunk
-        });
-        Ok(stream.boxed())
+        let spans = self.spans(key, range).await?;
+        Ok(super::file_span::into_bytes(spans, READ_CHUNK))
+    }
+
+    async fn read_spans(
+        &self,
+        key: &str,
+        range: Range<u64>,
+    ) -> Result<Option<SpanStream>, StoreError> {
+        self.spans(key, range).await.map(Some)
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {

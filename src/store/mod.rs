@@ -10,6 +10,7 @@
 //! was used when, what is pinned, what to evict, verify and count.
 
 pub mod disk;
+pub mod file_span;
 pub mod housekeeping;
 pub mod keys;
 pub mod manifest_form;
@@ -26,6 +27,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub use disk::DiskStore;
+pub use file_span::{FileSpan, SpanStream};
 pub use s3::S3Store;
 pub use tiered::TieredStore;
 
@@ -65,6 +67,16 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn size(&self, key: &str) -> Result<Option<u64>, StoreError>;
     /// Streams `range` of the object (the caller has checked it against the size).
     async fn read(&self, key: &str, range: Range<u64>) -> Result<ByteStream, StoreError>;
+    /// `range` of the object as spans of a local file, which a server can send without
+    /// copying them through memory; `Ok(None)` when the store does not hold it in a local
+    /// file (then [`BlobStore::read`] it).
+    async fn read_spans(
+        &self,
+        _key: &str,
+        _range: Range<u64>,
+    ) -> Result<Option<SpanStream>, StoreError> {
+        Ok(None)
+    }
     /// Reads a small object whole, or `None` if absent.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
     /// Writes a small object atomically.

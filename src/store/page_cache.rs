@@ -8,7 +8,6 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::stream::{BoxStream, StreamExt};
 
 /// Reads from the page cache without blocking, on the calling thread; gives the buffer back
 /// when the kernel would have to wait for the disk (or cannot say): then the caller reads on
@@ -51,64 +50,4 @@ pub async fn read_at(file: &Arc<std::fs::File>, offset: u64, len: usize) -> io::
     })
     .await
     .map_err(io::Error::other)?
-}
-
-/// Streams `[start, end)` of `file` in chunks of at most `chunk` bytes.
-pub fn range_stream(
-    file: Arc<std::fs::File>,
-    start: u64,
-    end: u64,
-    chunk: usize,
-) -> BoxStream<'static, io::Result<Bytes>> {
-    futures::stream::unfold(Some(start), move |pos| {
-        let file = file.clone();
-        async move {
-            let pos = pos?;
-            if pos >= end {
-                return None;
-            }
-            let len = usize::try_from(end - pos).unwrap_or(usize::MAX).min(chunk);
-            match read_at(&file, pos, len).await {
-                Ok(bytes) => {
-                    let next = pos + bytes.len() as u64;
-                    Some((Ok(bytes), Some(next)))
-                }
-                Err(e) => Some((Err(e), None)),
-            }
-        }
-    })
-    .boxed()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_range_streams_exactly_its_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
-        let file = Arc::new(std::fs::File::open(&path).unwrap());
-        for (start, end) in [
-            (0, 3_000_000),
-            (1, 2),
-            (999_999, 2_500_001),
-            (3_000_000, 3_000_000),
-        ] {
-            let got: Vec<u8> = range_stream(file.clone(), start, end, 1 << 20)
-                .map(|c| c.unwrap().to_vec())
-                .concat()
-                .await;
-            assert!(got == data[start as usize..end as usize], "{start}..{end}");
-        }
-        let short = range_stream(file, 2_999_000, 3_000_100, 1 << 20)
-            .collect::<Vec<_>>()
-            .await;
-        assert!(
-            short.last().unwrap().is_err(),
-            "a range past the end is an error, not short"
-        );
-    }
 }

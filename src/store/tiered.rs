@@ -21,7 +21,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::housekeeping::scan::ObjectKind;
-use super::{BlobStore, ByteStream, DiskStore, Listed, StoreError};
+use super::{BlobStore, ByteStream, DiskStore, Listed, SpanStream, StoreError};
 use crate::oci::{Digest, Hasher};
 
 /// Promotions running at once (each streams one object from the remote to local disk).
@@ -179,6 +179,26 @@ impl BlobStore for TieredStore {
             }
         }
         self.remote.read(key, range).await
+    }
+
+    /// The hot tier's file when it has one; else `None`, and [`Self::read`] goes to S3.
+    async fn read_spans(
+        &self,
+        key: &str,
+        range: Range<u64>,
+    ) -> Result<Option<SpanStream>, StoreError> {
+        if !is_content(key) {
+            return Ok(None);
+        }
+        match self.local.read_spans(key, range).await {
+            Ok(spans) => Ok(spans),
+            Err(e) => {
+                if !e.is_not_found() {
+                    tracing::debug!(%key, error = %e, "hot tier read failed; reading S3");
+                }
+                Ok(None)
+            }
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
