@@ -10,6 +10,7 @@
 #
 #   benches/warm.sh                 # 200 MiB blob, 7 rounds
 #   MIB=50 ROUNDS=5 benches/warm.sh
+#   SERVERS="berth nginx" GETS=15 benches/warm.sh   # plain HTTP only
 #
 # Needs docker-registry, nginx (Debian's nginx-light: installed here when missing, as root),
 # curl, openssl, python3, s3s-fs (benches/common.sh starts one).
@@ -104,7 +105,8 @@ pid_of() { # server → the pid whose CPU counts
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
-servers=(berth proxy nginx berth-h1 nginx-h1 berth-h2 nginx-h2)
+# SERVERS="berth nginx" measures only those (each row needs its nginx reference in the list).
+read -ra servers <<<"${SERVERS:-berth proxy nginx berth-h1 nginx-h1 berth-h2 nginx-h2}"
 
 # Warm every server (the fills, the proxy's pull-through, the page cache) and check the bytes.
 for s in "${servers[@]}"; do
@@ -145,7 +147,7 @@ ref = {"berth": "nginx", "proxy": "nginx", "nginx": "nginx", "berth-h1": "nginx-
 print(f"Warm {mib} MiB blob, {gets} GETs per server and round, medians of {rounds} interleaved rounds (curl to /dev/null)\n")
 print("| server | MB/s | CPU-s per GiB | throughput vs nginx | CPU vs nginx |")
 print("|---|---|---|---|---|")
-for s in ["berth", "proxy", "nginx", "berth-h1", "nginx-h1", "berth-h2", "nginx-h2"]:
+for s in [s for s in ref if s in rows]:
     r = ref[s]
     print(f"| {s} | {med(s,0):,.0f} | {med(s,1):.2f} | {med(s,0)/med(r,0):.2f}× | {med(s,1)/med(r,1):.2f}× |")
 PY
