@@ -8,6 +8,7 @@
 #   benches/cold-pull.sh                  # 200 MiB blob, 7 rounds
 #   MIB=50 ROUNDS=3 benches/cold-pull.sh
 #   BERTH_BIN=target/debug/berth benches/cold-pull.sh
+#   UPSTREAM_TLS=1 benches/cold-pull.sh   # the upstream over HTTPS, as the public registries
 #
 # Needs docker-registry, curl, python3 (free ports) and s3s-fs (scripts/test installs them).
 set -euo pipefail
@@ -25,7 +26,7 @@ done
 # shellcheck source=benches/common.sh
 source "$(dirname "$0")/common.sh"
 path="/v2/$REPO/blobs/$digest"
-get_time() { curl -sS -f -o /dev/null -w '%{time_total}\n' "http://$1$path"; }
+get_time() { curl -sS -f "${@:2}" -o /dev/null -w '%{time_total}\n' "$1$path"; }
 committed() { # the digest of what berth stored under $1, once it is there (≤ 10 s)
   local file
   for _ in $(seq 100); do
@@ -37,15 +38,15 @@ committed() { # the digest of what berth stored under $1, once it is there (≤ 
 }
 
 # The upstream's files are in the page cache from the upload; one unmeasured GET makes sure.
-get_time "$reg" >/dev/null
+get_time "$upstream" "${curl_upstream[@]}" >/dev/null
 direct=() via=() ratios=() cpus=()
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for round in $(seq "$ROUNDS"); do
   addr=$(start_berth "cold-$round" "")
-  d=$(get_time "$reg")
+  d=$(get_time "$upstream" "${curl_upstream[@]}")
   pid=$(cat "$work/cold-$round/pid")
   before=$(cpu_ticks "$pid")
-  b=$(get_time "$addr")
+  b=$(get_time "http://$addr")
   # berth verified the digest before the last byte; check what it committed too.
   got=$(committed "$work/cold-$round/data")
   after=$(cpu_ticks "$pid")
@@ -62,7 +63,7 @@ med() { printf '%s\n' "$@" | median; }
 mibs() { awk -v t="$1" -v m="$MIB" 'BEGIN {printf "%.0f", m / t}'; }
 report=$(
   cat <<EOF
-## Cold single pull of a ${MIB} MiB blob, $ROUNDS rounds (seconds, curl to /dev/null, 127.0.0.1)
+## Cold single pull of a ${MIB} MiB blob, $ROUNDS rounds (seconds, curl to /dev/null, 127.0.0.1, upstream $upstream)
 
 | GET | median s | MiB/s | rounds (s) |
 |---|---|---|---|
@@ -70,7 +71,7 @@ report=$(
 | through berth, cold cache | **$(med "${via[@]}")** | $(mibs "$(med "${via[@]}")") | $(list "${via[@]}") |
 
 berth / direct, round by round: median **$(med "${ratios[@]}")×** ($(list "${ratios[@]}")).
-berth's CPU per GiB filled (download, SHA-256, spool, commit, send): median **$(med "${cpus[@]}") CPU-s/GiB** ($(list "${cpus[@]}")).
+berth's CPU per GiB filled (download$([[ ${UPSTREAM_TLS:-} == 1 ]] && echo " over TLS"), SHA-256, spool, commit, send): median **$(med "${cpus[@]}") CPU-s/GiB** ($(list "${cpus[@]}")).
 berth: $BERTH_BIN, a fresh cache per round; each committed blob hashed to $digest.
 A shared 2-core machine is noisy: compare rows of one run.
 EOF

@@ -1,6 +1,8 @@
 # Shared by the bench scripts: temp dir and child cleanup, free ports, a docker-registry upstream
 # holding one random blob, an s3s-fs server, berth processes. Source it after setting MIB,
-# BERTH_BIN and REPO.
+# BERTH_BIN and REPO. UPSTREAM_TLS=1 serves the upstream over HTTPS (a fresh self-signed
+# certificate berth trusts by `ca_file`): $upstream is its URL either way, $curl_upstream the
+# curl options that reach it.
 
 work=$(mktemp -d)
 pids=()
@@ -20,6 +22,19 @@ source "$(dirname "${BASH_SOURCE[0]}")/helpers.sh"
 head -c "$((MIB * 1024 * 1024))" /dev/urandom >"$work/blob"
 digest="sha256:$(sha256 <"$work/blob")"
 reg=127.0.0.1:$(free_port)
+upstream=http://$reg curl_upstream=() registry_tls=
+if [[ ${UPSTREAM_TLS:-} == 1 ]]; then
+  # A CA and a leaf it signs: rustls takes no self-signed CA certificate as a server's own.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench-ca \
+    -keyout "$work/upstream-ca-key.pem" -out "$work/upstream-ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 \
+    -keyout "$work/upstream-key.pem" -out "$work/upstream.csr" 2>/dev/null
+  openssl x509 -req -in "$work/upstream.csr" -days 2 -CA "$work/upstream-ca.pem" \
+    -CAkey "$work/upstream-ca-key.pem" -CAcreateserial -out "$work/upstream-cert.pem" \
+    -extfile <(printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n') 2>/dev/null
+  upstream=https://$reg curl_upstream=(--cacert "$work/upstream-ca.pem")
+  registry_tls="  tls: {certificate: $work/upstream-cert.pem, key: $work/upstream-key.pem}"
+fi
 cat >"$work/registry.yml" <<EOF
 version: 0.1
 log:
@@ -32,11 +47,12 @@ storage:
 http:
   addr: $reg
   secret: berth-bench-secret
+$registry_tls
 EOF
 docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
 pids+=($!)
 wait_http "$reg"
-push_blob "$reg" "$REPO" "$work/blob" "$digest"
+push_blob "$upstream" "$REPO" "$work/blob" "$digest" "${curl_upstream[@]}"
 
 # The S3 server.
 s3=127.0.0.1:$(free_port)
@@ -51,8 +67,10 @@ start_berth() { # name, extra tables[, top-level keys] → prints host:port; @SE
   addr=127.0.0.1:$(free_port)
   mkdir -p "$work/$name"
   # Top-level keys before any table ([server] in `top` would otherwise swallow them).
-  printf 'default_upstream = "docker.io"\n%s\n\n[upstreams."docker.io"]\nurl = "http://%s"\n\n%s\n' \
-    "${top//@SELF@/http://$addr}" "$reg" "$extra" >"$work/$name/berth.toml"
+  local ca=
+  [[ ${UPSTREAM_TLS:-} == 1 ]] && ca="ca_file = \"$work/upstream-ca.pem\""
+  printf 'default_upstream = "docker.io"\n%s\n\n[upstreams."docker.io"]\nurl = "%s"\n%s\n\n%s\n' \
+    "${top//@SELF@/http://$addr}" "$upstream" "$ca" "$extra" >"$work/$name/berth.toml"
   BERTH_LOG=warn "$BERTH_BIN" serve --config "$work/$name/berth.toml" --listen "$addr" \
     --data-dir "$work/$name/data" >"$work/$name/log" 2>&1 &
   echo $! >"$work/$name/pid"

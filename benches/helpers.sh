@@ -15,11 +15,13 @@ wait_http() { # any HTTP(S) answer on $1 within 20 s
 sha256() { openssl dgst -sha256 -r | cut -d' ' -f1; }
 median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 
-push_blob() { # registry host:port, repository, file, digest: one monolithic blob upload
-  local location
-  location=$(curl -sS -D - -o /dev/null -X POST "http://$1/v2/$2/blobs/uploads/" |
+push_blob() { # registry URL (or host:port), repository, file, digest[, curl options]: one
+  # monolithic blob upload
+  local base=$1 location
+  [[ $base == http* ]] || base=http://$base
+  location=$(curl -sS "${@:5}" -D - -o /dev/null -X POST "$base/v2/$2/blobs/uploads/" |
     awk 'tolower($1)=="location:" {print $2}' | tr -d '\r')
-  [[ $location == http* ]] || location="http://$1$location"
-  curl -sS -f -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
+  [[ $location == http* ]] || location="$base$location"
+  curl -sS -f "${@:5}" -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
     --data-binary @"$3" "$location&digest=$4"
 }
