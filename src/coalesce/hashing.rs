@@ -15,8 +15,10 @@ impl HashingThread {
     pub fn start(algorithm: Algorithm) -> std::io::Result<HashingThread> {
         let thread = ChunkThread::start(NAME, move |mut queue| {
             let mut hasher = Hasher::new(algorithm);
-            while let Some((chunk, _share)) = queue.next() {
-                hasher.update(&chunk);
+            while let Some((batch, _share)) = queue.next() {
+                for chunk in &batch {
+                    hasher.update(chunk);
+                }
             }
             hasher.finish()
         })?;
@@ -27,6 +29,11 @@ impl HashingThread {
     /// the thread died.
     pub async fn update(&mut self, chunk: Bytes) -> std::io::Result<()> {
         self.0.send(chunk, NAME).await
+    }
+
+    /// Sends what is batched to the thread now.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush(NAME).await
     }
 
     /// The digest of everything queued; the thread ends (a second call is an error).

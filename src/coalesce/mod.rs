@@ -278,6 +278,14 @@ impl<K: Hash + Eq + Clone, E: Clone + Send + Sync + 'static> FillWriter<K, E> {
     /// Appends a chunk to the spool; readers see it once the spooler thread has written it.
     /// Waits only when the thread is far behind (a slow disk).
     pub async fn append(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
+        self.append_batched(chunk).await?;
+        self.flush().await
+    }
+
+    /// [`FillWriter::append`] for a fast source: the chunk goes to the spooler thread with the
+    /// next 256 KiB or at [`FillWriter::flush`], which the caller owes its readers whenever
+    /// the source makes it wait.
+    pub async fn append_batched(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
         let (offset, len) = (self.received, chunk.len() as u64);
         let spooler = match &mut self.spooler {
             Some(spooler) => spooler,
@@ -287,9 +295,19 @@ impl<K: Hash + Eq + Clone, E: Clone + Send + Sync + 'static> FillWriter<K, E> {
                 self.state.clone(),
             )?),
         };
-        spooler.write(chunk).await?;
+        // Counted as soon as queued: a cancelled wait below loses no received byte.
+        spooler.push(chunk);
         self.received = offset + len;
-        Ok(())
+        spooler.write_due().await
+    }
+
+    /// Hands what [`FillWriter::append_batched`] batched to the spooler thread now: readers
+    /// see it without waiting for more.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.spooler {
+            Some(spooler) => spooler.flush().await,
+            None => Ok(()),
+        }
     }
 
     /// The content matched its digest: once the spooler has written every byte, readers may

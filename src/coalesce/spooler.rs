@@ -31,10 +31,12 @@ impl Spooler {
             while let Some(first) = queue.next() {
                 let mut batch = 0;
                 let mut next = Some(first);
-                while let Some((chunk, _share)) = next.take() {
-                    file.write_all_at(&chunk, offset)?;
-                    offset += chunk.len() as u64;
-                    batch += chunk.len();
+                while let Some((chunks, _share)) = next.take() {
+                    for chunk in &chunks {
+                        file.write_all_at(chunk, offset)?;
+                        offset += chunk.len() as u64;
+                        batch += chunk.len();
+                    }
                     if batch < MAX_BATCH {
                         next = queue.try_next();
                     }
@@ -46,15 +48,34 @@ impl Spooler {
         Ok(Spooler(thread))
     }
 
-    /// Queues `chunk`. An error is the thread's (a write that failed, e.g. ENOSPC).
-    pub(super) async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
-        if self.0.send(chunk, NAME).await.is_ok() {
+    /// Queues `chunk` to be written after what is queued already; [`Spooler::write_due`] sends
+    /// it on.
+    pub(super) fn push(&mut self, chunk: Bytes) {
+        self.0.push(chunk);
+    }
+
+    /// Sends a full batch to the thread. An error is the thread's (a write that failed, e.g.
+    /// ENOSPC).
+    pub(super) async fn write_due(&mut self) -> io::Result<()> {
+        let sent = self.0.flush_if_full(NAME).await;
+        self.stopped_unless(sent).await
+    }
+
+    /// The thread's own error for a send that found it stopped.
+    async fn stopped_unless(&mut self, sent: io::Result<()>) -> io::Result<()> {
+        if sent.is_ok() {
             return Ok(());
         }
         Err(match self.finish().await {
             Err(e) => e,
             Ok(()) => io::Error::other("the spool writer has stopped"),
         })
+    }
+
+    /// Sends what is batched to the thread now.
+    pub(super) async fn flush(&mut self) -> io::Result<()> {
+        let sent = self.0.flush(NAME).await;
+        self.stopped_unless(sent).await
     }
 
     /// Waits until every queued chunk is in the file (or the thread's error).

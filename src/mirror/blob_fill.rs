@@ -154,7 +154,7 @@ impl<'a> FillJob<'a> {
                 announced = Some(total);
                 writer.start(total);
                 loop {
-                    match peer.next().await {
+                    match self.next_or_flush(writer, peer.next()).await? {
                         Ok(Some(chunk)) => self.keep(writer, chunk).await?,
                         Ok(None) => return Ok(announced),
                         Err(e) => break e,
@@ -204,7 +204,7 @@ impl<'a> FillJob<'a> {
             writer.start(stream.total());
         }
         loop {
-            match stream.next().await {
+            match self.next_or_flush(writer, stream.next()).await? {
                 Ok(Some(chunk)) => {
                     self.upstream_bytes.inc_by(chunk.len() as u64);
                     self.keep(writer, chunk).await?;
@@ -257,17 +257,39 @@ impl<'a> FillJob<'a> {
             return Err(self.no_room(e));
         }
         let kept = match self.hasher.update(chunk.clone()).await {
-            Ok(()) => writer.append(chunk).await,
+            Ok(()) => writer.append_batched(chunk).await,
             Err(e) => Err(e),
         };
-        kept.map_err(|e| {
-            tracing::error!(upstream = %self.target.upstream_name(), repo = %self.target.repo,
-                digest = %self.digest, received = writer.written(), error = %e,
-                "cannot write the spool file; blob fill failed");
-            FillError::Failed(MirrorError::Store(format!(
-                "cannot write the spool file: {e}"
-            )))
-        })
+        kept.map_err(|e| self.spool_failed(writer, e))
+    }
+
+    fn spool_failed(&self, writer: &Writer, e: std::io::Error) -> FillError {
+        tracing::error!(upstream = %self.target.upstream_name(), repo = %self.target.repo,
+            digest = %self.digest, received = writer.written(), error = %e,
+            "cannot write the spool file; blob fill failed");
+        FillError::Failed(MirrorError::Store(format!(
+            "cannot write the spool file: {e}"
+        )))
+    }
+
+    /// What `next` gives (a source's next chunk). When it has nothing yet, the chunks batched
+    /// for the hasher and the spool go to them first: readers of a slow upstream get every
+    /// byte as it comes, a fast one's chunks travel in batches.
+    async fn next_or_flush<F: std::future::Future>(
+        &mut self,
+        writer: &mut Writer,
+        next: F,
+    ) -> Result<F::Output, FillError> {
+        let mut next = std::pin::pin!(next);
+        if let std::task::Poll::Ready(item) = futures::poll!(next.as_mut()) {
+            return Ok(item);
+        }
+        let flushed = match self.hasher.flush().await {
+            Ok(()) => writer.flush().await,
+            Err(e) => Err(e),
+        };
+        flushed.map_err(|e| self.spool_failed(writer, e))?;
+        Ok(next.await)
     }
 
     /// The received bytes hash to the digest.
