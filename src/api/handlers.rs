@@ -16,7 +16,7 @@ use crate::history::ManifestPull;
 use crate::mirror::{BlobQuery, BlobStream, ListingBody, Lookup, Manifest, Mirror, MirrorError};
 use crate::oci::{ByteRange, Digest, Endpoint, ErrorCode, OciPath, Want};
 use crate::server::zero_copy::FileSender;
-use crate::store::file_span;
+use crate::store::{ByteStream, file_span};
 
 const DIGEST_HEADER: &str = "docker-content-digest";
 
@@ -138,16 +138,16 @@ async fn handle(
             };
             let blob = mirror.blob(&target, &digest, query).await?;
             let body = blob.body.map(|stream| {
-                let stream = counted(mirror, stream);
-                match (stream, &request.file_sender) {
+                let bytes = match (stream, &request.file_sender) {
                     (BlobStream::Spans { spans, .. }, Some(sender)) => {
-                        Body::from_stream(sender.frames(spans))
+                        futures::StreamExt::boxed(sender.frames(spans))
                     }
                     (BlobStream::Spans { spans, read_chunk }, None) => {
-                        Body::from_stream(file_span::into_bytes(spans, read_chunk))
+                        file_span::into_bytes(spans, read_chunk)
                     }
-                    (BlobStream::Bytes(bytes), _) => Body::from_stream(bytes),
-                }
+                    (BlobStream::Bytes(bytes), _) => bytes,
+                };
+                Body::from_stream(counted(mirror, bytes))
             });
             built(blob_response(&digest, blob.range, blob.total, body))
         }
@@ -196,31 +196,15 @@ fn manifest_response(manifest: &Manifest) -> Result<Response, ApiError> {
     )
 }
 
-/// The blob's bytes, counted into `berth_served_bytes_total` as they go out.
-fn counted(mirror: &Mirror, stream: BlobStream) -> BlobStream {
-    use futures::StreamExt as _;
+/// The blob's bytes (or their stand-ins), counted into `berth_served_bytes_total` as hyper
+/// takes them.
+fn counted(mirror: &Mirror, bytes: ByteStream) -> ByteStream {
     let served = mirror.metrics().served_bytes.clone();
-    match stream {
-        BlobStream::Spans { spans, read_chunk } => BlobStream::Spans {
-            spans: spans
-                .inspect(move |span| {
-                    if let Ok(span) = span {
-                        served.inc_by(span.len);
-                    }
-                })
-                .boxed(),
-            read_chunk,
-        },
-        BlobStream::Bytes(bytes) => BlobStream::Bytes(
-            bytes
-                .inspect(move |chunk| {
-                    if let Ok(chunk) = chunk {
-                        served.inc_by(chunk.len() as u64);
-                    }
-                })
-                .boxed(),
-        ),
-    }
+    futures::StreamExt::boxed(futures::StreamExt::inspect(bytes, move |chunk| {
+        if let Ok(chunk) = chunk {
+            served.inc_by(chunk.len() as u64);
+        }
+    }))
 }
 
 /// A response, or a 500 naming the failure: a builder error never becomes an empty 200.
