@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -26,10 +26,11 @@ use tokio::net::TcpStream;
 
 use crate::store::{FileSpan, SpanStream, file_span};
 
-/// The longest stand-in, so the longest span one `sendfile` call is asked for. Zeros in
-/// `.bss`: no memory is spent on it, and it is never read.
+/// The longest stand-in, so the longest span one `sendfile` call is asked for.
 const STAND_IN_LEN: usize = 4 << 20;
-static STAND_IN: [u8; STAND_IN_LEN] = [0; STAND_IN_LEN];
+/// Zeroed pages from the allocator, never written or read: no memory is spent on them (a
+/// `static` array would put 4 MiB of zeros into the binary).
+static STAND_IN: LazyLock<Box<[u8]>> = LazyLock::new(|| vec![0u8; STAND_IN_LEN].into());
 
 /// What a connection's bodies queued for its socket, in the order hyper writes it.
 enum Queued {
