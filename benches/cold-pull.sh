@@ -58,8 +58,6 @@ for round in $(seq "$ROUNDS"); do
   direct+=("$d") via+=("$b") ratios+=("$(awk -v b="$b" -v d="$d" 'BEGIN {printf "%.2f", b / d}')")
   echo "round $round: direct ${d}s, through berth ${b}s" >&2
 done
-list() { local IFS=,; echo "$*" | sed 's/,/, /g'; }
-med() { printf '%s\n' "$@" | median; }
 mibs() { awk -v t="$1" -v m="$MIB" 'BEGIN {printf "%.0f", m / t}'; }
 report=$(
   cat <<EOF

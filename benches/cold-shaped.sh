@@ -82,8 +82,6 @@ for round in $(seq "$ROUNDS"); do
   direct+=("$d") via+=("$b") ratios+=("$(awk -v b="$b" -v d="$d" 'BEGIN {printf "%.3f", b / d}')")
   echo "round $round: direct ${d}s, through berth ${b}s" >&2
 done
-list() { local IFS=,; echo "$*" | sed 's/,/, /g'; }
-med() { printf '%s\n' "$@" | median; }
 report=$(
   cat <<EOF
 ## Cold pull of a ${MIB} MiB blob over a ${RATE} link, $ROUNDS rounds (seconds)

@@ -14,6 +14,8 @@ wait_http() { # any HTTP(S) answer on $1 within 20 s
 # sha256sum does not (≈0.1 GB/s) and would be what a many-client bench measures.
 sha256() { openssl dgst -sha256 -r | cut -d' ' -f1; }
 median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+med() { printf '%s\n' "$@" | median; }         # the median of the arguments
+list() { local IFS=,; echo "$*" | sed 's/,/, /g'; } # the arguments as "a, b, c"
 
 push_blob() { # registry URL (or host:port), repository, file, digest[, curl options]: one
   # monolithic blob upload
