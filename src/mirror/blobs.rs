@@ -9,7 +9,7 @@ use crate::coalesce::{Fill, FillFailure, Fills, Joined};
 use crate::failure::ErrorClass;
 use crate::fleet::Fleet;
 use crate::oci::{ByteRange, Digest, Want};
-use crate::store::{ByteStream, SpanStream, keys};
+use crate::store::{ByteStream, Content, SpanStream, keys};
 use crate::trace::{self, CacheResult};
 
 use super::core::Core;
@@ -221,18 +221,17 @@ impl Blobs {
             Want::Body => {
                 let (start, end) = span.unwrap_or((0, size.saturating_sub(1)));
                 let end_exclusive = if size == 0 { 0 } else { end + 1 };
-                let (key, range) = (keys::blob(digest), start..end_exclusive);
-                let store = &self.core.store;
-                let read = match store.read_spans(&key, range.clone()).await {
-                    Ok(Some(spans)) => Ok(BlobStream::Spans {
+                let read = self
+                    .core
+                    .store
+                    .read_content(&keys::blob(digest), start..end_exclusive)
+                    .await;
+                match read {
+                    Ok(Content::Spans(spans)) => Some(BlobStream::Spans {
                         spans,
                         read_chunk: crate::store::disk::READ_CHUNK,
                     }),
-                    Ok(None) => store.read(&key, range).await.map(BlobStream::Bytes),
-                    Err(e) => Err(e),
-                };
-                match read {
-                    Ok(stream) => Some(stream),
+                    Ok(Content::Bytes(bytes)) => Some(BlobStream::Bytes(bytes)),
                     // Evicted between the size check and the open: fill it again.
                     Err(e) if e.is_not_found() => return Err(FillError::Raced),
                     Err(e) => return Err(FillError::Failed(e.into())),

@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::housekeeping::access::{AccessLog, OpenReaders};
 use super::housekeeping::scan::{self, ObjectKind};
-use super::{BlobStore, ByteStream, Listed, SpanStream, StoreError};
+use super::{BlobStore, ByteStream, Content, Listed, SpanStream, StoreError};
 
 /// Bytes per read of a stored blob: large, so a warm GET is few syscalls; one chunk is what a
 /// client's response holds in flight beside the socket buffer.
@@ -268,12 +268,8 @@ impl BlobStore for DiskStore {
         Ok(super::file_span::into_bytes(spans, READ_CHUNK))
     }
 
-    async fn read_spans(
-        &self,
-        key: &str,
-        range: Range<u64>,
-    ) -> Result<Option<SpanStream>, StoreError> {
-        self.spans(key, range).await.map(Some)
+    async fn read_content(&self, key: &str, range: Range<u64>) -> Result<Content, StoreError> {
+        self.spans(key, range).await.map(Content::Spans)
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {

@@ -33,6 +33,12 @@ pub use tiered::TieredStore;
 
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
 
+/// What [`BlobStore::read_content`] gives.
+pub enum Content {
+    Spans(SpanStream),
+    Bytes(ByteStream),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store I/O error on {key}: {source}")]
@@ -67,15 +73,10 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn size(&self, key: &str) -> Result<Option<u64>, StoreError>;
     /// Streams `range` of the object (the caller has checked it against the size).
     async fn read(&self, key: &str, range: Range<u64>) -> Result<ByteStream, StoreError>;
-    /// `range` of the object as spans of a local file, which a server can send without
-    /// copying them through memory; `Ok(None)` when the store does not hold it in a local
-    /// file (then [`BlobStore::read`] it).
-    async fn read_spans(
-        &self,
-        _key: &str,
-        _range: Range<u64>,
-    ) -> Result<Option<SpanStream>, StoreError> {
-        Ok(None)
+    /// `range` of the object as the store holds it: spans of a local file when it has one
+    /// (a server can send them without copying them through memory), else streamed bytes.
+    async fn read_content(&self, key: &str, range: Range<u64>) -> Result<Content, StoreError> {
+        Ok(Content::Bytes(self.read(key, range).await?))
     }
     /// Reads a small object whole, or `None` if absent.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;

@@ -21,7 +21,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::housekeeping::scan::ObjectKind;
-use super::{BlobStore, ByteStream, DiskStore, Listed, SpanStream, StoreError};
+use super::{BlobStore, ByteStream, Content, DiskStore, Listed, StoreError};
 use crate::oci::{Digest, Hasher};
 
 /// Promotions running at once (each streams one object from the remote to local disk).
@@ -168,9 +168,17 @@ impl BlobStore for TieredStore {
     }
 
     async fn read(&self, key: &str, range: Range<u64>) -> Result<ByteStream, StoreError> {
+        Ok(match self.read_content(key, range).await? {
+            Content::Spans(spans) => super::file_span::into_bytes(spans, super::disk::READ_CHUNK),
+            Content::Bytes(bytes) => bytes,
+        })
+    }
+
+    /// The hot tier's file when it has one, else S3's bytes (and the object is promoted).
+    async fn read_content(&self, key: &str, range: Range<u64>) -> Result<Content, StoreError> {
         if is_content(key) {
-            match self.local.read(key, range.clone()).await {
-                Ok(stream) => return Ok(stream),
+            match self.local.read_content(key, range.clone()).await {
+                Ok(content) => return Ok(content),
                 Err(e) if e.is_not_found() => {}
                 Err(e) => tracing::debug!(%key, error = %e, "hot tier read failed; reading S3"),
             }
@@ -178,27 +186,7 @@ impl BlobStore for TieredStore {
                 self.promote(key, size);
             }
         }
-        self.remote.read(key, range).await
-    }
-
-    /// The hot tier's file when it has one; else `None`, and [`Self::read`] goes to S3.
-    async fn read_spans(
-        &self,
-        key: &str,
-        range: Range<u64>,
-    ) -> Result<Option<SpanStream>, StoreError> {
-        if !is_content(key) {
-            return Ok(None);
-        }
-        match self.local.read_spans(key, range).await {
-            Ok(spans) => Ok(spans),
-            Err(e) => {
-                if !e.is_not_found() {
-                    tracing::debug!(%key, error = %e, "hot tier read failed; reading S3");
-                }
-                Ok(None)
-            }
-        }
+        Ok(Content::Bytes(self.remote.read(key, range).await?))
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
