@@ -14,7 +14,7 @@ pub mod file_span;
 pub mod housekeeping;
 pub mod keys;
 pub mod manifest_form;
-pub mod page_cache;
+mod page_cache;
 mod s3;
 mod tiered;
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 /// Reads from the page cache without blocking, on the calling thread; gives the buffer back
 /// when the kernel would have to wait for the disk (or cannot say): then the caller reads on
 /// the blocking pool, which also reports any real error.
-pub fn read_cached(file: &std::fs::File, offset: u64, mut buf: Vec<u8>) -> Result<Bytes, Vec<u8>> {
+fn read_cached(file: &std::fs::File, offset: u64, mut buf: Vec<u8>) -> Result<Bytes, Vec<u8>> {
     let read = rustix::io::preadv2(
         file,
         &mut [io::IoSliceMut::new(&mut buf)],
