@@ -69,6 +69,7 @@ start_berth() { # name, extra tables[, top-level keys] → prints host:port; @SE
   # Top-level keys before any table ([server] in `top` would otherwise swallow them).
   local ca=
   [[ ${UPSTREAM_TLS:-} == 1 ]] && ca="ca_file = \"$work/upstream-ca.pem\""
+  ca+=$'\n'"${UPSTREAM_KEYS:-}"
   printf 'default_upstream = "docker.io"\n%s\n\n[upstreams."docker.io"]\nurl = "%s"\n%s\n\n%s\n' \
     "${top//@SELF@/http://$addr}" "$upstream" "$ca" "$extra" >"$work/$name/berth.toml"
   BERTH_LOG=warn "$BERTH_BIN" serve --config "$work/$name/berth.toml" --listen "$addr" \

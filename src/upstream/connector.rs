@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -38,6 +38,11 @@ use crate::metrics::{Histograms, Metrics, UpstreamNameLabels};
 /// How long sent data may stay unacknowledged before the kernel gives up on the socket.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
+/// What a TLS socket is read by at once, below rustls (which asks for one record, ≤ 16 KiB,
+/// per read): blob connections read big (64 thousand `recv`s per GiB become 4 thousand), the
+/// others, mostly idle or carrying manifests, keep a small buffer.
+const BLOB_READ_BUFFER: usize = 256 * 1024;
+const READ_BUFFER: usize = 32 * 1024;
 
 #[derive(Clone)]
 pub struct Connector {
@@ -50,6 +55,8 @@ pub struct Connector {
     black_holes: Arc<BlackHoles>,
     /// The HTTP proxy connections go through, when one applies (`proxy.rs`).
     proxy: Option<Arc<ProxyRules>>,
+    /// Bytes read from a TLS socket ahead of rustls at most.
+    read_buffer: usize,
 }
 
 impl Connector {
@@ -61,6 +68,7 @@ impl Connector {
             timings: None,
             black_holes: Arc::new(BlackHoles::new(&upstream.transport)),
             proxy: None,
+            read_buffer: READ_BUFFER,
         }
     }
 
@@ -75,6 +83,19 @@ impl Connector {
             Arc::new(BlackHoles::new(&self.transport).with_metrics(metrics.clone(), upstream));
         self.timings = Some((metrics, upstream.to_string()));
         self
+    }
+
+    /// The same connector (black-hole memory, proxy, address rule, metrics) for blob bodies:
+    /// only HTTP/1.1 offered in the TLS handshake (`UpstreamClient::new` says why), and TLS
+    /// sockets read [`BLOB_READ_BUFFER`] at a time.
+    pub fn for_blobs(&self) -> Connector {
+        let mut tls = (*self.tls).clone();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Connector {
+            tls: Arc::new(tls),
+            read_buffer: BLOB_READ_BUFFER,
+            ..self.clone()
+        }
     }
 
     /// The black-hole memory this connector dials by.
@@ -330,16 +351,19 @@ impl Connector {
             PhaseError::wrap(ErrorClass::TlsHandshake, e)
         })?;
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone());
-        let stream = tokio::time::timeout(self.transport.tls_timeout, tls.connect(name, tcp))
-            .await
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("TLS handshake with {host}:{port} timed out (TCP connect was fine)"),
-                )
-            })
-            .and_then(|r| r)
-            .map_err(|e| PhaseError::wrap(ErrorClass::TlsHandshake, e))?;
+        let stream = tokio::time::timeout(
+            self.transport.tls_timeout,
+            tls.connect(name, BufReader::with_capacity(self.read_buffer, tcp)),
+        )
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("TLS handshake with {host}:{port} timed out (TCP connect was fine)"),
+            )
+        })
+        .and_then(|r| r)
+        .map_err(|e| PhaseError::wrap(ErrorClass::TlsHandshake, e))?;
         Ok(Conn::tls(stream))
     }
 
@@ -411,7 +435,7 @@ pub struct Conn {
 
 enum Stream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<BufReader<TcpStream>>>),
 }
 
 impl Conn {
@@ -422,7 +446,7 @@ impl Conn {
         }
     }
 
-    fn tls(stream: TlsStream<TcpStream>) -> Conn {
+    fn tls(stream: TlsStream<BufReader<TcpStream>>) -> Conn {
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         Conn {
             io: TokioIo::new(Stream::Tls(Box::new(stream))),
