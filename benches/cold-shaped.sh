@@ -8,6 +8,7 @@
 #
 #   sudo benches/cold-shaped.sh                   # 200 MiB, 5 rounds, 400mbit
 #   MIB=100 ROUNDS=3 RATE=1gbit sudo benches/cold-shaped.sh
+#   UPSTREAM_TLS=1 sudo benches/cold-shaped.sh    # the upstream over HTTPS, as the public ones
 #
 # Needs root (a namespace, tc), docker-registry, curl, openssl, python3.
 set -euo pipefail
@@ -51,32 +52,38 @@ ip netns exec "$ns" tc qdisc add dev "$ns_if" root tbf rate "$RATE" burst 256kb 
 
 head -c "$((MIB * 1024 * 1024))" /dev/urandom >"$work/blob"
 digest="sha256:$(sha256 <"$work/blob")"
+scheme=http tls= curl_tls=() ca=
+if [[ ${UPSTREAM_TLS:-} == 1 ]]; then
+  upstream_certificate "${up%:*}"
+  scheme=https curl_tls=(--cacert "$work/upstream-ca.pem") ca="ca_file = \"$work/upstream-ca.pem\""
+  tls="tls: {certificate: $work/upstream-cert.pem, key: $work/upstream-key.pem}"
+fi
 cat >"$work/registry.yml" <<EOF
 version: 0.1
 log: {level: warn, accesslog: {disabled: true}}
 storage: {filesystem: {rootdirectory: $work/registry}}
-http: {addr: $up, secret: berth-bench-secret}
+http: {addr: $up, secret: berth-bench-secret, $tls}
 EOF
 ip netns exec "$ns" docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
 pids+=($!)
 wait_http "$up"
-push_blob "$up" "$REPO" "$work/blob" "$digest"
+push_blob "$scheme://$up" "$REPO" "$work/blob" "$digest" "${curl_tls[@]}"
 
 path="/v2/$REPO/blobs/$digest"
-get() { curl -sS -f -o "$work/got" -w '%{time_total}\n' "http://$1$path"; }
+get() { curl -sS -f -o "$work/got" -w '%{time_total}\n' "${@:2}" "$1$path"; }
 check() { [[ "sha256:$(sha256 <"$work/got")" == "$digest" ]] ||
   { echo "cold-shaped: $1 served wrong bytes" >&2; exit 1; }; }
 direct=() via=() ratios=()
 for round in $(seq "$ROUNDS"); do
-  d=$(get "$up"); check direct
+  d=$(get "$scheme://$up" "${curl_tls[@]}"); check direct
   addr=127.0.0.1:$(free_port)
   mkdir -p "$work/berth-$round"
-  printf '[upstreams."docker.io"]\nurl = "http://%s"\n' "$up" >"$work/berth-$round/berth.toml"
+  printf '[upstreams."docker.io"]\nurl = "%s://%s"\n%s\n' "$scheme" "$up" "$ca" >"$work/berth-$round/berth.toml"
   BERTH_LOG=warn "$BERTH_BIN" serve --config "$work/berth-$round/berth.toml" --listen "$addr" \
     --data-dir "$work/berth-$round/data" >"$work/berth-$round/log" 2>&1 &
   bpid=$!
   wait_http "$addr"
-  b=$(get "$addr"); check berth
+  b=$(get "http://$addr"); check berth
   kill "$bpid"; wait "$bpid" 2>/dev/null || true
   rm -rf "$work/berth-$round"
   direct+=("$d") via+=("$b") ratios+=("$(awk -v b="$b" -v d="$d" 'BEGIN {printf "%.3f", b / d}')")
@@ -84,7 +91,7 @@ for round in $(seq "$ROUNDS"); do
 done
 report=$(
   cat <<EOF
-## Cold pull of a ${MIB} MiB blob over a ${RATE} link, $ROUNDS rounds (seconds)
+## Cold pull of a ${MIB} MiB blob over a ${RATE} link ($scheme upstream), $ROUNDS rounds (seconds)
 
 | GET | median s | rounds (s) |
 |---|---|---|

@@ -24,14 +24,7 @@ digest="sha256:$(sha256 <"$work/blob")"
 reg=127.0.0.1:$(free_port)
 upstream=http://$reg curl_upstream=() registry_tls=
 if [[ ${UPSTREAM_TLS:-} == 1 ]]; then
-  # A CA and a leaf it signs: rustls takes no self-signed CA certificate as a server's own.
-  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench-ca \
-    -keyout "$work/upstream-ca-key.pem" -out "$work/upstream-ca.pem" 2>/dev/null
-  openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 \
-    -keyout "$work/upstream-key.pem" -out "$work/upstream.csr" 2>/dev/null
-  openssl x509 -req -in "$work/upstream.csr" -days 2 -CA "$work/upstream-ca.pem" \
-    -CAkey "$work/upstream-ca-key.pem" -CAcreateserial -out "$work/upstream-cert.pem" \
-    -extfile <(printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n') 2>/dev/null
+  upstream_certificate 127.0.0.1
   upstream=https://$reg curl_upstream=(--cacert "$work/upstream-ca.pem")
   registry_tls="  tls: {certificate: $work/upstream-cert.pem, key: $work/upstream-key.pem}"
 fi

@@ -27,3 +27,15 @@ push_blob() { # registry URL (or host:port), repository, file, digest[, curl opt
   curl -sS -f "${@:5}" -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
     --data-binary @"$3" "$location&digest=$4"
 }
+
+upstream_certificate() { # IP: $work/upstream-ca.pem and a leaf for IP it signs
+  # ($work/upstream-cert.pem, upstream-key.pem). rustls takes no self-signed CA certificate as
+  # a server's own, hence the two.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench-ca \
+    -keyout "$work/upstream-ca-key.pem" -out "$work/upstream-ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=$1" \
+    -keyout "$work/upstream-key.pem" -out "$work/upstream.csr" 2>/dev/null
+  openssl x509 -req -in "$work/upstream.csr" -days 2 -CA "$work/upstream-ca.pem" \
+    -CAkey "$work/upstream-ca-key.pem" -CAcreateserial -out "$work/upstream-cert.pem" \
+    -extfile <(printf 'subjectAltName=IP:%s\nbasicConstraints=CA:FALSE\n' "$1") 2>/dev/null
+}
