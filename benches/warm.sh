@@ -11,6 +11,11 @@
 #   benches/warm.sh                 # 200 MiB blob, 7 rounds
 #   MIB=50 ROUNDS=5 benches/warm.sh
 #   SERVERS="berth nginx" GETS=15 benches/warm.sh   # plain HTTP only
+#   CONNS=4 SERVERS="berth proxy nginx" benches/warm.sh   # wrk, 4 connections, 5 s per round
+#
+# Sequential curl GETs are bound by curl's own receive on loopback; CONNS=N instead runs
+# `wrk -t2 -cN` for SECONDS_PER_ROUND (5) per server and round: clients and server share the two cores,
+# so a server's CPU per GiB shows in the throughput. HTTP/1 only (wrk speaks no HTTP/2).
 #
 # Needs docker-registry, nginx (Debian's nginx-light: installed here when missing, as root),
 # curl, openssl, python3, s3s-fs (benches/common.sh starts one).
@@ -116,35 +121,50 @@ for s in "${servers[@]}"; do
 done
 sleep 1 # berth's commit and the proxy's write-behind after the first GET
 
+if [[ -n ${CONNS:-} ]]; then
+  command -v wrk >/dev/null || { echo "warm: CONNS needs wrk (apt-get install wrk)" >&2; exit 1; }
+  for s in "${servers[@]}"; do
+    [[ $s != *-h2 ]] || { echo "warm: wrk speaks no HTTP/2; leave $s out of SERVERS" >&2; exit 1; }
+  done
+fi
+# wrk's "N requests in Ts, X.YYGB read": the bytes read, partial responses included.
+wrk_bytes() { awk '/requests in/ {match($5, /^[0-9.]+/); n=substr($5, 1, RLENGTH); u=substr($5, RLENGTH+1)
+  m=(u=="TB")?2^40:(u=="GB")?2^30:(u=="MB")?2^20:(u=="KB")?2^10:1; printf "%.0f", n*m}'; }
 for round in $(seq "$ROUNDS"); do
   for s in "${servers[@]}"; do
     pid=$(pid_of "$s")
     before=$(cpu_ticks "$pid")
     t0=$(date +%s.%N)
-    for _ in $(seq "$GETS"); do
-      # shellcheck disable=SC2086
-      curl -sS -f -k ${CURL_OPTS[$s]:-} -o /dev/null "${URL[$s]}"
-    done
+    if [[ -n ${CONNS:-} ]]; then
+      bytes=$(wrk -t2 -c"$CONNS" -d"${SECONDS_PER_ROUND:-5}s" "${URL[$s]}" | wrk_bytes)
+    else
+      for _ in $(seq "$GETS"); do
+        # shellcheck disable=SC2086
+        curl -sS -f -k ${CURL_OPTS[$s]:-} -o /dev/null "${URL[$s]}"
+      done
+      bytes=$((GETS * MIB * 1048576))
+    fi
     t1=$(date +%s.%N)
     after=$(cpu_ticks "$pid")
-    echo "$s $round $t0 $t1 $((after - before))" >>"$work/runs"
+    echo "$s $round $t0 $t1 $((after - before)) $bytes" >>"$work/runs"
   done
 done
 
-python3 - "$work/runs" "$MIB" "$TICK" "$ROUNDS" "$GETS" <<'PY' | tee target/bench-warm.md
+how=${CONNS:+wrk -t2 -c$CONNS for ${SECONDS_PER_ROUND:-5} s}
+python3 - "$work/runs" "$MIB" "$TICK" "$ROUNDS" "${how:-$GETS curl GETs}" <<'PY' | tee target/bench-warm.md
 import sys, statistics
-runs, mib, tick, rounds, gets = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+runs, mib, tick, rounds, how = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 rows = {}
 for line in open(runs):
-    s, r, t0, t1, ticks = line.split()
-    served = gets * mib * 1048576
+    s, r, t0, t1, ticks, served = line.split()
+    served = int(served)
     rows.setdefault(s, []).append(
         (served / (float(t1) - float(t0)) / 1e6, int(ticks) / tick / (served / 2**30)))
 def med(s, i):
     return statistics.median(v[i] for v in rows[s])
 ref = {"berth": "nginx", "proxy": "nginx", "nginx": "nginx", "berth-h1": "nginx-h1",
        "nginx-h1": "nginx-h1", "berth-h2": "nginx-h2", "nginx-h2": "nginx-h2"}
-print(f"Warm {mib} MiB blob, {gets} GETs per server and round, medians of {rounds} interleaved rounds (curl to /dev/null)\n")
+print(f"Warm {mib} MiB blob, {how} per server and round, medians of {rounds} interleaved rounds\n")
 print("| server | MB/s | CPU-s per GiB | throughput vs nginx | CPU vs nginx |")
 print("|---|---|---|---|---|")
 for s in [s for s in ref if s in rows]:
