@@ -77,6 +77,8 @@ pub mod pulls;
 pub mod server;
 pub mod status;
 pub mod store;
+#[cfg(test)]
+mod test_pki;
 pub mod text;
 pub mod trace;
 pub mod units;

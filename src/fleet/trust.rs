@@ -75,50 +75,13 @@ pub(super) fn access(advertise_url: &Url, server: &ServerConfig) -> Result<Acces
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
-    use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
+    use rcgen::ExtendedKeyUsagePurpose;
 
     use super::*;
     use crate::config::TlsFiles;
-
-    /// A private CA (PEM), and a server certificate for 127.0.0.1 signed by it.
-    struct Pki {
-        dir: tempfile::TempDir,
-        ca: PathBuf,
-        leaf: PathBuf,
-        key: PathBuf,
-        /// The leaf followed by the CA certificate.
-        full_chain: PathBuf,
-    }
-
-    fn pki(usages: Vec<ExtendedKeyUsagePurpose>) -> Pki {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-        let ca = ca.self_signed(&ca_key).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        leaf.extended_key_usages = usages;
-        let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, text: &str| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, text).unwrap();
-            path
-        };
-        Pki {
-            ca: write("ca.pem", &ca.pem()),
-            leaf: write("leaf.pem", &leaf.pem()),
-            key: write("key.pem", &key.serialize_pem()),
-            full_chain: write("chain.pem", &format!("{}{}", leaf.pem(), ca.pem())),
-            dir,
-        }
-    }
+    use crate::test_pki::pki;
 
     fn server(cert: &Path, key: &Path, client_ca: Option<&Path>) -> ServerConfig {
         ServerConfig {

@@ -501,43 +501,26 @@ mod tests {
     use http_body_util::Full;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
     use super::*;
+    use crate::config::TlsFiles;
     use crate::oci::{Reference, Tag};
+    use crate::test_pki::Pki;
 
-    /// An HTTPS registry that offers HTTP/2 and HTTP/1.1 (as the public ones do) and notes the
-    /// protocol of every request; its CA certificate is written to `ca_file`.
-    async fn registry(
-        ca_file: &std::path::Path,
-    ) -> (String, Arc<Mutex<Vec<(String, http::Version)>>>) {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-        let ca = ca.self_signed(&ca_key).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
-        std::fs::write(ca_file, ca.pem()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![CertificateDer::from(leaf.der().to_vec())],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .unwrap();
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    type Seen = Arc<Mutex<Vec<(String, http::Version)>>>;
+
+    /// An HTTPS registry with berth's own server TLS (HTTP/2 and HTTP/1.1 offered, as the
+    /// public registries do) that notes the protocol of every request.
+    async fn registry(pki: &Pki) -> (String, Seen) {
+        let files = TlsFiles {
+            cert_file: pki.leaf.clone(),
+            key_file: pki.key.clone(),
+            client_ca_file: None,
+        };
+        let acceptor = crate::server::tls::Tls::load(&files).unwrap().acceptor;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://{}", listener.local_addr().unwrap());
-        let seen: Arc<Mutex<Vec<(String, http::Version)>>> = Arc::default();
+        let seen = Seen::default();
         let log = seen.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
@@ -570,12 +553,11 @@ mod tests {
     /// connection of their own over HTTP/1.1 (`UpstreamClient::new` says why).
     #[tokio::test]
     async fn blob_bodies_go_over_http1_and_the_rest_over_http2() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca_file = dir.path().join("ca.pem");
-        let (url, seen) = registry(&ca_file).await;
+        let pki = crate::test_pki::pki(vec![]);
+        let (url, seen) = registry(&pki).await;
         let text = format!(
             "[upstreams.\"r\"]\nurl = \"{url}\"\nca_file = \"{}\"\nmss_fallback = []\n",
-            ca_file.display()
+            pki.ca.display()
         );
         let config = crate::config::Config::from_toml(&text).unwrap();
         let client =
