@@ -60,11 +60,12 @@ start_berth() { # name, extra tables[, top-level keys] → prints host:port; @SE
   addr=127.0.0.1:$(free_port)
   mkdir -p "$work/$name"
   # Top-level keys before any table ([server] in `top` would otherwise swallow them).
-  local ca=
-  [[ ${UPSTREAM_TLS:-} == 1 ]] && ca="ca_file = \"$work/upstream-ca.pem\""
-  ca+=$'\n'"${UPSTREAM_KEYS:-}"
+  # The upstream table's keys beyond its URL: the CA for a TLS upstream, then UPSTREAM_KEYS.
+  local upstream_keys=
+  [[ ${UPSTREAM_TLS:-} == 1 ]] && upstream_keys="ca_file = \"$work/upstream-ca.pem\""
+  upstream_keys+=$'\n'"${UPSTREAM_KEYS:-}"
   printf 'default_upstream = "docker.io"\n%s\n\n[upstreams."docker.io"]\nurl = "%s"\n%s\n\n%s\n' \
-    "${top//@SELF@/http://$addr}" "$upstream" "$ca" "$extra" >"$work/$name/berth.toml"
+    "${top//@SELF@/http://$addr}" "$upstream" "$upstream_keys" "$extra" >"$work/$name/berth.toml"
   BERTH_LOG=warn "$BERTH_BIN" serve --config "$work/$name/berth.toml" --listen "$addr" \
     --data-dir "$work/$name/data" >"$work/$name/log" 2>&1 &
   echo $! >"$work/$name/pid"
