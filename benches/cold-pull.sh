@@ -10,6 +10,10 @@
 #   BERTH_BIN=target/debug/berth benches/cold-pull.sh
 #   UPSTREAM_TLS=1 benches/cold-pull.sh   # the upstream over HTTPS, as the public registries
 #
+# Then `cargo bench --bench floor` measures the least CPU the same work takes on this machine
+# (receive, SHA-256, write and sync, send; AES-GCM over TLS), and the report reads berth's
+# CPU per GiB against it.
+#
 # Needs docker-registry, curl, python3 (free ports) and s3s-fs (scripts/test installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +62,13 @@ for round in $(seq "$ROUNDS"); do
   direct+=("$d") via+=("$b") ratios+=("$(awk -v b="$b" -v d="$d" 'BEGIN {printf "%.2f", b / d}')")
   echo "round $round: direct ${d}s, through berth ${b}s" >&2
 done
+floor_kind=plain
+[[ ${UPSTREAM_TLS:-} == 1 ]] && floor_kind=tls
+floor=$(cargo bench -q --bench floor -- "$work/blob" "$work" 2>/dev/null) ||
+  { echo "cold-pull: the floor bench failed (cargo bench --bench floor -- FILE)" >&2; exit 1; }
+floor_of() { awk -v k="$1" '$1 == k {print $2}' <<<"$floor"; }
+floor_parts="receive $(floor_of receive), send $(floor_of send), SHA-256 $(floor_of sha256), write and sync $(floor_of write+sync)"
+[[ $floor_kind == tls ]] && floor_parts+=", AES-128-GCM $(floor_of aes-128-gcm)"
 mibs() { awk -v t="$1" -v m="$MIB" 'BEGIN {printf "%.0f", m / t}'; }
 report=$(
   cat <<EOF
@@ -70,6 +81,7 @@ report=$(
 
 berth / direct, round by round: median **$(med "${ratios[@]}")×** ($(list "${ratios[@]}")).
 berth's CPU per GiB filled (download$([[ ${UPSTREAM_TLS:-} == 1 ]] && echo " over TLS"), SHA-256, spool, commit, send): median **$(med "${cpus[@]}") CPU-s/GiB** ($(list "${cpus[@]}")).
+The same work at this machine's floor (\`cargo bench --bench floor\`, each part with nothing in between): **$(floor_of "$floor_kind") CPU-s/GiB** ($floor_parts); berth's fill costs **$(awk -v b="$(med "${cpus[@]}")" -v f="$(floor_of "$floor_kind")" 'BEGIN {printf "%.2f", b / f}')×** the floor.
 berth: $BERTH_BIN, a fresh cache per round; each committed blob hashed to $digest.
 A shared 2-core machine is noisy: compare rows of one run.
 EOF
