@@ -64,6 +64,7 @@ for round in $(seq "$ROUNDS"); do
 done
 floor_kind=plain
 [[ ${UPSTREAM_TLS:-} == 1 ]] && floor_kind=tls
+echo "cold-pull: measuring the floor (cargo bench --bench floor; builds it the first time)" >&2
 floor=$(cargo bench -q --bench floor -- "$work/blob" "$work" 2>/dev/null) ||
   { echo "cold-pull: the floor bench failed (cargo bench --bench floor -- FILE)" >&2; exit 1; }
 floor_of() { awk -v k="$1" '$1 == k {print $2}' <<<"$floor"; }
