@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
 use http::header::{
     ACCEPT, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE,
 };
@@ -139,9 +140,7 @@ async fn handle(
             let blob = mirror.blob(&target, &digest, query).await?;
             let body = blob.body.map(|stream| {
                 let bytes = match (stream, &request.file_sender) {
-                    (BlobStream::Spans { spans, .. }, Some(sender)) => {
-                        futures::StreamExt::boxed(sender.frames(spans))
-                    }
+                    (BlobStream::Spans { spans, .. }, Some(sender)) => sender.frames(spans).boxed(),
                     (BlobStream::Spans { spans, read_chunk }, None) => {
                         file_span::into_bytes(spans, read_chunk)
                     }
@@ -200,11 +199,13 @@ fn manifest_response(manifest: &Manifest) -> Result<Response, ApiError> {
 /// takes them.
 fn counted(mirror: &Mirror, bytes: ByteStream) -> ByteStream {
     let served = mirror.metrics().served_bytes.clone();
-    futures::StreamExt::boxed(futures::StreamExt::inspect(bytes, move |chunk| {
-        if let Ok(chunk) = chunk {
-            served.inc_by(chunk.len() as u64);
-        }
-    }))
+    bytes
+        .inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                served.inc_by(chunk.len() as u64);
+            }
+        })
+        .boxed()
 }
 
 /// A response, or a 500 naming the failure: a builder error never becomes an empty 200.
